@@ -1,0 +1,163 @@
+"""On-disk cache of preprocessed images, so training never decodes a 4,000 x 3,000 original twice.
+
+Each entry is a 16-bit ``.npy`` file keyed by the source file (resolved path, size, modification time),
+the ROI, and the preprocessing settings. Entries for different settings live in different folders
+(``<root>/<settings-hash>/``), so changing a setting rebuilds automatically and switching back reuses
+the old entries. Writes are atomic; a half-written entry can never be read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from mammobench.data.dicom import ImageReadError
+from mammobench.data.preprocess import PreprocessSettings, load_and_preprocess
+from mammobench.runtime import atomic_path, atomic_write_text, progress, stable_hash
+
+logger = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+_SCALE = 65535.0
+
+
+@dataclass(frozen=True)
+class CacheRequest:
+    """One image to preprocess: a file, an optional ROI, and whether it is a whole mammogram."""
+
+    path: str
+    roi: tuple[int, int, int, int] | None = None
+    full_image: bool = True
+
+
+@dataclass
+class CacheReport:
+    """What :meth:`ImageCache.build` did; ``failed`` holds ``(position, path, reason)``."""
+
+    built: int = 0
+    reused: int = 0
+    failed: list[tuple[int, str, str]] = field(default_factory=list)
+
+
+class ImageCache:
+    """Preprocessed images on disk for one :class:`PreprocessSettings`.
+
+    Args:
+        root: cache folder (shared between runs; safe to delete).
+        settings: preprocessing settings; their hash names the sub-folder.
+
+    Example:
+        >>> cache = ImageCache("cache", PreprocessSettings(size=224))              # doctest: +SKIP
+        >>> report = cache.build([CacheRequest("a.dcm")], workers=2)              # doctest: +SKIP
+        >>> image = cache.get(CacheRequest("a.dcm"))  # (224, 224) float32 in [0, 1]  # doctest: +SKIP
+    """
+
+    def __init__(self, root: str | Path, settings: PreprocessSettings):
+        self.settings = settings
+        self.root = Path(root)
+        self.folder = self.root / f"{settings.size}px-{stable_hash(settings.model_dump())}"
+
+    def __repr__(self) -> str:
+        return f"ImageCache({str(self.folder)!r})"
+
+    def entry_path(self, request: CacheRequest) -> Path:
+        """Where ``request``'s preprocessed image lives (whether or not it exists yet)."""
+        src = Path(request.path).resolve()
+        try:
+            st = src.stat()
+            stamp: tuple[int, int] = (st.st_size, st.st_mtime_ns)
+        except OSError:
+            stamp = (-1, -1)
+        key = stable_hash(
+            {"path": str(src), "stamp": stamp, "roi": request.roi, "full": request.full_image, "v": CACHE_FORMAT},
+            length=24,
+        )
+        return self.folder / key[:2] / f"{key}.npy"
+
+    def get(self, request: CacheRequest, entry: Path | None = None) -> np.ndarray:
+        """The preprocessed image, from the cache or built now. Raises ``ImageReadError``."""
+        entry = entry or self.entry_path(request)
+        if entry.is_file():
+            try:
+                return load_entry(entry)
+            except (ValueError, OSError, EOFError):
+                logger.warning("cache entry %s is damaged; rebuilding it", entry)
+        return self._build_entry(request, entry)
+
+    def _build_entry(self, request: CacheRequest, entry: Path) -> np.ndarray:
+        image = load_and_preprocess(request.path, self.settings, roi=request.roi, full_image=request.full_image)
+        self._write_settings()
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(entry) as tmp:
+            np.save(tmp, np.round(image * _SCALE).astype(np.uint16), allow_pickle=False)
+        return image
+
+    def _write_settings(self) -> None:
+        marker = self.folder / "settings.json"
+        if not marker.exists():
+            atomic_write_text(marker, json.dumps(self.settings.model_dump(), indent=2))
+
+    def build(
+        self, requests: Sequence[CacheRequest], *, workers: int = 0, show_progress: bool = False
+    ) -> CacheReport:
+        """Preprocess every request not cached yet; unreadable images are reported, not raised.
+
+        Args:
+            requests: images to cache.
+            workers: processes to decode with (0 = one per CPU core, 1 = in this process).
+            show_progress: draw a progress bar (the CLI does; library calls stay quiet).
+        """
+        report = CacheReport()
+        entries = [self.entry_path(r) for r in requests]
+        todo = [i for i, e in enumerate(entries) if not e.is_file()]
+        report.reused = len(requests) - len(todo)
+        if not todo:
+            return report
+        self._write_settings()
+        workers = workers or (os.cpu_count() or 1)
+        workers = min(workers, len(todo))
+        jobs = [(requests[i], str(entries[i]), self.settings) for i in todo]
+        if workers <= 1:
+            results = (_build_job(job) for job in jobs)
+            iterator = progress(results, total=len(jobs), description="Preprocessing images", enabled=show_progress)
+            outcomes = list(iterator)
+        else:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+                mapped = pool.map(_build_job, jobs, chunksize=max(1, len(jobs) // (workers * 8)))
+                outcomes = list(
+                    progress(mapped, total=len(jobs), description="Preprocessing images", enabled=show_progress)
+                )
+        for i, error in zip(todo, outcomes, strict=True):
+            if error is None:
+                report.built += 1
+            else:
+                report.failed.append((i, requests[i].path, error))
+        return report
+
+
+def load_entry(entry: str | Path) -> np.ndarray:
+    """Read a cache entry back as float32 in [0, 1] (never unpickles)."""
+    return np.load(entry, allow_pickle=False).astype(np.float32) / _SCALE
+
+
+def _build_job(job: tuple[CacheRequest, str, PreprocessSettings]) -> str | None:
+    """Worker: build one entry; return ``None`` on success or the reason it failed."""
+    request, entry, settings = job
+    try:
+        image = load_and_preprocess(request.path, settings, roi=request.roi, full_image=request.full_image)
+    except ImageReadError as exc:
+        return exc.reason
+    except (ValueError, OSError, MemoryError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    Path(entry).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(entry) as tmp:
+        np.save(tmp, np.round(image * _SCALE).astype(np.uint16), allow_pickle=False)
+    return None

@@ -1,0 +1,153 @@
+"""Lightning DataModule: a manifest with train/val/test rows -> cached, augmented, batched tensors.
+
+``prepare_data`` (one process) builds the cache and finds unreadable images; ``setup`` (every process)
+drops them, reports them in :attr:`MammoDataModule.skipped`, and makes the datasets. The training
+sampler is a hook: pass ``train_sampler`` (e.g. a class-balanced sampler from the training layer).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+
+import lightning.pytorch as pl
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from mammobench.data.cache import ImageCache
+from mammobench.data.dataset import MammoDataset, cache_request
+from mammobench.data.splits import check_no_leakage
+from mammobench.data.transforms import AugmentSettings, create_transform
+from mammobench.runtime import MammobenchError
+
+logger = logging.getLogger(__name__)
+
+#: ``(training targets, generator) -> sampler``; the generator is seeded per epoch by the data module.
+SamplerFactory = Callable[[np.ndarray, torch.Generator], Sampler[int]]
+
+
+def default_workers() -> int:
+    """Loader processes: one core is left to the training step (and none at all on a 1-core machine)."""
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
+class MammoDataModule(pl.LightningDataModule):
+    """Feeds a resolved manifest (``split`` in train/val/test) to Lightning.
+
+    Args:
+        frame: manifest rows with ``split`` already resolved (no ``cv`` rows).
+        labels: class names in output order.
+        cache: preprocessed-image cache (its settings fix the image size).
+        mean, std: scalar input normalisation.
+        augment: training augmentation.
+        batch_size: samples per batch (per device).
+        num_workers: loader processes (``None`` = :func:`default_workers`).
+        train_sampler: makes the training sampler from the training targets (hook for balanced batches).
+        seed: seeds the loaders' generators (per epoch, see :meth:`epoch_seed`).
+        cache_workers: processes that build the cache (0 = one per core).
+    """
+
+    def __init__(
+        self,
+        frame: pd.DataFrame,
+        labels: list[str],
+        cache: ImageCache,
+        *,
+        mean: float,
+        std: float,
+        augment: AugmentSettings | None = None,
+        batch_size: int = 32,
+        num_workers: int | None = None,
+        train_sampler: SamplerFactory | None = None,
+        seed: int = 42,
+        cache_workers: int = 0,
+        show_progress: bool = False,
+    ):
+        super().__init__()
+        if (frame["split"] == "cv").any():
+            raise MammobenchError("the manifest is k-fold: choose a fold (data.fold) before training")
+        check_no_leakage(frame)
+        self.frame = frame.reset_index(drop=True)
+        self.labels = list(labels)
+        self.cache = cache
+        self.mean, self.std = mean, std
+        self.augment = augment or AugmentSettings()
+        self.batch_size = batch_size
+        self.num_workers = default_workers() if num_workers is None else num_workers
+        self.train_sampler = train_sampler
+        self.seed = seed
+        self.cache_workers = cache_workers
+        self.show_progress = show_progress
+        self.skipped: pd.DataFrame = pd.DataFrame(columns=["sample_id", "image_path", "reason"])
+        self.datasets: dict[str, MammoDataset] = {}
+        self._reasons: dict[int, str] = {}
+
+    def prepare_data(self) -> None:
+        requests = [cache_request(r) for _, r in self.frame.iterrows()]
+        report = self.cache.build(requests, workers=self.cache_workers, show_progress=self.show_progress)
+        self._reasons = {i: reason for i, _, reason in report.failed}
+        for i, path, reason in report.failed:
+            logger.warning("skipping %s (%s): %s", self.frame.at[i, "sample_id"], path, reason)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        entries = [self.cache.entry_path(cache_request(r)) for _, r in self.frame.iterrows()]
+        ok = np.array([e.is_file() for e in entries])
+        if not ok.all():
+            bad = self.frame[~ok]
+            self.skipped = pd.DataFrame({
+                "sample_id": bad["sample_id"], "image_path": bad["image_path"],
+                "reason": [self._reasons.get(i, "could not be read or preprocessed") for i in bad.index],
+            })
+        usable = self.frame[ok]
+        for split in ("train", "val", "test"):
+            rows = usable[usable["split"] == split]
+            if len(rows):
+                augment = split == "train"
+                transform = create_transform(train=augment, augment=self.augment, mean=self.mean, std=self.std)
+                self.datasets[split] = MammoDataset(rows, self.labels, self.cache, transform)
+
+    def dataset(self, split: str) -> MammoDataset:
+        if split not in self.datasets:
+            raise MammobenchError(f"the {split} split is empty: nothing to load")
+        return self.datasets[split]
+
+    def epoch_seed(self, epoch: int) -> int:
+        """The seed of one epoch's shuffling, sampling and worker augmentation."""
+        return self.seed * 100_003 + epoch
+
+    def _loader(self, split: str, *, train: bool) -> DataLoader:
+        ds = self.dataset(split)
+        # A fresh generator per epoch (the trainer reloads the training loader every epoch), so epoch e
+        # draws the same batches whether or not the run was interrupted and resumed before it.
+        epoch = self.trainer.current_epoch if train and self.trainer is not None else 0
+        generator = torch.Generator().manual_seed(self.epoch_seed(epoch))
+        sampler = self.train_sampler(ds.targets, generator) if train and self.train_sampler is not None else None
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            shuffle=train and sampler is None,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            drop_last=train and len(ds) > self.batch_size,
+            generator=generator,
+            persistent_workers=False,  # workers are re-seeded from each epoch's generator
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)
+
+    def loader(self, split: str) -> DataLoader:
+        """An evaluation loader (no augmentation, fixed order) for any split."""
+        return self._loader(split, train=False)

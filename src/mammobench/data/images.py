@@ -1,0 +1,93 @@
+"""One image reader for every format users hold: DICOM, 8/16-bit PNG, JPEG, PGM, TIFF.
+
+Everything comes back as a float32 single-channel array in [0, 1]; a file that cannot be read raises
+:class:`~mammobench.data.dicom.ImageReadError` naming the file and the reason.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from mammobench.data.dicom import ImageReadError, read_dicom
+
+IMAGE_SUFFIXES: frozenset[str] = frozenset(
+    {".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".pgm", ".pnm", ".tif", ".tiff", ".bmp"}
+)
+
+_DICOM_MAGIC_OFFSET = 128
+
+
+def is_dicom(path: str | Path) -> bool:
+    """True for ``.dcm``/``.dicom`` files and for files with the ``DICM`` preamble marker."""
+    path = Path(path)
+    if path.suffix.lower() in (".dcm", ".dicom"):
+        return True
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(_DICOM_MAGIC_OFFSET)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image as float32 ``(H, W)`` in [0, 1].
+
+    8-bit files are divided by 255, 16-bit by 65535; colour images are converted to luminance.
+
+    Raises:
+        ImageReadError: missing, empty, truncated, not an image, or an unsupported layout.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(path, "file does not exist")
+    if path.stat().st_size == 0:
+        raise ImageReadError(path, "file is empty")
+    if is_dicom(path):
+        return read_dicom(path)
+    try:
+        with Image.open(path) as img:
+            img.load()  # decodes now, so a truncated file fails here and not later
+            return _pil_to_float(img, path)
+    except UnidentifiedImageError:
+        raise ImageReadError(path, "not a recognised image format (expected DICOM, PNG, JPEG, PGM or TIFF)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageReadError(path, f"corrupt or truncated image ({exc})") from None
+
+
+def _pil_to_float(img: Image.Image, path: Path) -> np.ndarray:
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        return np.asarray(img, dtype=np.uint16).astype(np.float32) / 65535.0
+    if mode == "I":
+        arr = np.asarray(img, dtype=np.int64)
+        scale = 65535.0 if arr.max(initial=0) > 255 else 255.0
+        return np.clip(arr.astype(np.float32) / scale, 0.0, 1.0)
+    if mode == "F":
+        arr = np.asarray(img, dtype=np.float32)
+        lo, hi = float(arr.min()), float(arr.max())
+        return (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+    if mode != "L":
+        img = img.convert("L")
+    arr = np.asarray(img, dtype=np.uint8)
+    if arr.ndim != 2:
+        raise ImageReadError(path, f"expected a 2-D grayscale image, got shape {arr.shape}")
+    return arr.astype(np.float32) / 255.0
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """``(height, width)`` read from the header only (PIL lazily, DICOM without pixels)."""
+    path = Path(path)
+    if is_dicom(path):
+        from mammobench.data.dicom import read_dicom_header
+
+        h = read_dicom_header(path)
+        return h.rows, h.columns
+    try:
+        with Image.open(path) as img:
+            return img.height, img.width
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ImageReadError(path, f"cannot read image header ({exc})") from None

@@ -1,0 +1,128 @@
+"""Label sets and mappings: CBIS-DDSM's three pathologies, the binary task, and user mappings.
+
+CBIS-DDSM labels every *abnormality* ``BENIGN``, ``MALIGNANT`` or ``BENIGN_WITHOUT_CALLBACK`` (judged
+non-cancer from the screening films alone). The binary task merges the last into ``BENIGN``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from mammobench.runtime import MammobenchError
+
+BENIGN = "BENIGN"
+MALIGNANT = "MALIGNANT"
+BENIGN_WITHOUT_CALLBACK = "BENIGN_WITHOUT_CALLBACK"
+NORMAL = "NORMAL"
+
+#: The order classes take in outputs (probability columns, confusion matrices) when present.
+CANONICAL_ORDER: tuple[str, ...] = (BENIGN, MALIGNANT, BENIGN_WITHOUT_CALLBACK, NORMAL)
+
+#: Worst-finding rule for labelling a whole image from its abnormalities: higher is worse.
+SEVERITY: dict[str, int] = {MALIGNANT: 3, BENIGN: 2, BENIGN_WITHOUT_CALLBACK: 1, NORMAL: 0}
+
+RAW_LABELS: tuple[str, ...] = (BENIGN, MALIGNANT, BENIGN_WITHOUT_CALLBACK, NORMAL)
+
+
+class LabelError(MammobenchError):
+    """An unknown label, or a label specification that cannot be parsed."""
+
+
+@dataclass(frozen=True)
+class LabelMapping:
+    """Maps raw pathology labels to the classes a model learns.
+
+    Args:
+        name: ``3class``, ``binary`` or ``custom``.
+        mapping: raw label -> class; raw labels not listed map to themselves.
+    """
+
+    name: str
+    mapping: Mapping[str, str] = field(default_factory=dict)
+
+    def __call__(self, raw: str) -> str:
+        raw = str(raw).strip().upper()
+        if raw not in self.mapping and raw not in RAW_LABELS:
+            raise LabelError(f"unknown label {raw!r}; expected one of {', '.join(RAW_LABELS)} or a mapped label")
+        return self.mapping.get(raw, raw)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.name, "mapping": dict(self.mapping)}
+
+
+THREE_CLASS = LabelMapping("3class", {})
+BINARY = LabelMapping(
+    "binary", {BENIGN_WITHOUT_CALLBACK: BENIGN, NORMAL: BENIGN}
+)  # non-malignant vs malignant
+
+
+def parse_label_spec(spec: str) -> LabelMapping:
+    """Parse ``--labels``: ``3class``, ``binary``, ``RAW=CLASS,RAW=CLASS`` or a YAML/JSON file of that mapping.
+
+    A mapping may name raw labels of a user's own table (``B=BENIGN,M=MALIGNANT``); raw labels it does
+    not name must be one of the known pathologies.
+
+    Examples:
+        >>> parse_label_spec("binary")(BENIGN_WITHOUT_CALLBACK)
+        'BENIGN'
+        >>> parse_label_spec("BENIGN_WITHOUT_CALLBACK=BENIGN")("MALIGNANT")
+        'MALIGNANT'
+    """
+    spec = spec.strip()
+    if spec.lower() in ("3class", "3-class", "three"):
+        return THREE_CLASS
+    if spec.lower() in ("binary", "2class"):
+        return BINARY
+    path = Path(spec)
+    if path.suffix.lower() in (".yaml", ".yml", ".json"):
+        if not path.is_file():
+            raise LabelError(f"label mapping file {path} does not exist")
+        text = path.read_text()
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+        if not isinstance(data, dict) or not data:
+            raise LabelError(f"label mapping file {path} must hold a non-empty mapping RAW_LABEL: CLASS")
+        pairs = {str(k): str(v) for k, v in data.items()}
+    else:
+        pairs = {}
+        for item in spec.split(","):
+            if "=" not in item:
+                raise LabelError(
+                    f"cannot parse label spec {spec!r}: expected '3class', 'binary', 'RAW=CLASS,...' "
+                    "or a .yaml/.json mapping file"
+                )
+            raw, _, target = item.partition("=")
+            pairs[raw.strip()] = target.strip()
+    mapping: dict[str, str] = {}
+    for raw, target in pairs.items():
+        raw_u, target_u = raw.upper(), target.upper()
+        if not raw_u:
+            raise LabelError(f"label mapping {spec!r} has an empty raw label")
+        if not target_u or not target_u.replace("_", "").isalnum():
+            raise LabelError(f"label mapping target {target!r} for {raw!r} must be a word such as BENIGN")
+        mapping[raw_u] = target_u
+    return LabelMapping("custom", mapping)
+
+
+def order_labels(labels: Iterable[str]) -> list[str]:
+    """Unique labels in canonical order (known pathologies first, then others alphabetically)."""
+    unique = set(labels)
+    known = [c for c in CANONICAL_ORDER if c in unique]
+    return known + sorted(unique - set(known))
+
+
+def worst(labels: Iterable[str]) -> str:
+    """The worst finding (MALIGNANT > BENIGN > BENIGN_WITHOUT_CALLBACK > NORMAL)."""
+    items = list(labels)
+    if not items:
+        raise LabelError("cannot take the worst of no labels")
+    return max(items, key=lambda x: SEVERITY.get(x, -1))
+
+
+def positive_label(labels: Iterable[str]) -> str | None:
+    """The class scored in malignant-vs-rest metrics: ``MALIGNANT`` when present."""
+    return MALIGNANT if MALIGNANT in set(labels) else None

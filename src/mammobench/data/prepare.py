@@ -1,0 +1,244 @@
+"""``prepare``: from a dataset as users hold it to ``manifest.csv``, a cache, a summary and a preview.
+
+Example:
+    >>> from mammobench.data.prepare import prepare
+    >>> result = prepare("mias", "data/mini-mias", "prepared/mias", mode="roi", labels="binary",
+    ...                  split="kfold", folds=5)                                   # doctest: +SKIP
+    >>> result.counts                                                               # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+
+import mammobench
+from mammobench.data.cache import CacheRequest, ImageCache
+from mammobench.data.demo import DEMO_DATASET, SYNTHETIC_NOTICE, generate_demo_dataset
+from mammobench.data.labels import LabelError, order_labels, parse_label_spec, positive_label
+from mammobench.data.manifest import ManifestInfo, parse_roi, validate_manifest, write_manifest
+from mammobench.data.preprocess import PreprocessSettings
+from mammobench.data.sources.base import SourceResult, Skipped
+from mammobench.data.splits import SplitReport, check_no_leakage, split_kfold, split_official, split_random
+from mammobench.data.summary import count_table, majority_accuracy, preview_grid
+from mammobench.runtime import MammobenchError, atomic_write_text, utc_now
+
+logger = logging.getLogger(__name__)
+
+DatasetName = Literal["cbis-ddsm", "mias", "csv", "demo"]
+DATASETS: tuple[str, ...] = ("cbis-ddsm", "mias", "csv", "demo")
+
+
+@dataclass
+class PrepareResult:
+    """What :func:`prepare` made. ``frame`` is the manifest as written (absolute paths)."""
+
+    out: Path
+    manifest_path: Path
+    frame: pd.DataFrame
+    info: ManifestInfo
+    skipped: list[Skipped]
+    counts: pd.DataFrame
+    majority: pd.DataFrame
+    split_report: SplitReport
+    preview_path: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def load_source(
+    dataset: str,
+    root: str | Path,
+    *,
+    mode: Literal["roi", "full"] = "roi",
+    roi_source: Literal["crop", "mask"] = "crop",
+    roi_margin: float = 0.25,
+    include_normal: bool = False,
+    csv_dir: str | Path | None = None,
+    show_progress: bool = False,
+) -> SourceResult:
+    """Dispatch to the dataset's source reader (see :mod:`mammobench.data.sources`)."""
+    if dataset == "cbis-ddsm":
+        from mammobench.data.sources.cbis_ddsm import load_cbis_ddsm
+
+        return load_cbis_ddsm(root, mode=mode, roi_source=roi_source, roi_margin=roi_margin, csv_dir=csv_dir,
+                              show_progress=show_progress)
+    if dataset == "mias":
+        from mammobench.data.sources.mias import load_mias
+
+        return load_mias(root, mode=mode, roi_margin=roi_margin, include_normal=include_normal)
+    if dataset in ("csv", "demo"):
+        from mammobench.data.sources.table import load_table
+
+        result = load_table(root, dataset=DEMO_DATASET if dataset == "demo" else "csv")
+        if mode == "full":  # a table's ROI columns describe lesions; full mode uses the whole image
+            result.records["roi"] = ""
+            result.records["image_type"] = result.records["image_type"].replace("crop", "full")
+        return result
+    raise MammobenchError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
+
+
+def prepare(
+    dataset: DatasetName,
+    root: str | Path | None,
+    out: str | Path,
+    *,
+    mode: Literal["roi", "full"] = "roi",
+    labels: str = "3class",
+    split: Literal["random", "official", "kfold"] = "random",
+    folds: int = 5,
+    test_fraction: float = 0.2,
+    val_fraction: float = 0.1,
+    seed: int = 42,
+    leak_rule: Literal["drop-train", "move-test"] = "drop-train",
+    roi_source: Literal["crop", "mask"] = "crop",
+    roi_margin: float = 0.25,
+    include_normal: bool = False,
+    csv_dir: str | Path | None = None,
+    preprocess: PreprocessSettings | None = None,
+    cache_dir: str | Path | None = None,
+    build_cache: bool = True,
+    workers: int = 0,
+    preview: bool = True,
+    show_progress: bool = False,
+) -> PrepareResult:
+    """Read a dataset, map labels, drop unreadable images, split by patient, write the manifest.
+
+    Args:
+        dataset: ``cbis-ddsm``, ``mias``, ``csv`` (your own table) or ``demo`` (built-in synthetic data,
+            generated into ``root`` or ``out/demo_images``).
+        root: the dataset folder (for ``csv``, the table file).
+        out: folder for ``manifest.csv``, ``manifest.json``, ``skipped.csv``, ``summary.md``, ``preview.png``.
+        mode: ``roi`` (lesion crops) or ``full`` (whole images labelled by their worst finding).
+        labels: ``3class``, ``binary`` (BENIGN_WITHOUT_CALLBACK merged into BENIGN) or a mapping
+            ``RAW=CLASS,...`` / mapping file.
+        split: ``random`` (patient-grouped, stratified 80/20 + validation), ``official`` (de-leaked
+            dataset split) or ``kfold`` (``folds`` patient-grouped folds).
+        preprocess: settings of the cache built now (default 224 px); images that fail to decode are
+            reported in ``skipped.csv`` and left out.
+        build_cache: decode and cache every image now (also finds unreadable files early).
+        workers: decoding processes (0 = one per core).
+
+    Raises:
+        MammobenchError (or a subclass): bad input, naming the file, row or value.
+    """
+    out = Path(out)
+    notes: list[str] = []
+    if dataset == "demo":
+        demo_root = Path(root) if root else out / "demo_images"
+        root = generate_demo_dataset(demo_root)
+        notes.append(SYNTHETIC_NOTICE)
+    if root is None:
+        raise MammobenchError(f"prepare {dataset} needs the dataset's folder (ROOT)")
+    mapping = parse_label_spec(labels)
+    source = load_source(dataset, root, mode=mode, roi_source=roi_source, roi_margin=roi_margin,
+                         include_normal=include_normal, csv_dir=csv_dir, show_progress=show_progress)
+    frame = source.records.copy()
+    skipped = list(source.skipped)
+    notes += source.notes
+    try:
+        frame["label"] = frame["raw_label"].map(mapping)
+    except LabelError as exc:
+        bad = next(r for r in frame.itertuples() if _maps_badly(mapping, r.raw_label))
+        raise LabelError(f"{bad.source}: {exc}") from None
+    frame["split"] = ""
+
+    settings = preprocess or PreprocessSettings()
+    cache = ImageCache(Path(cache_dir) if cache_dir else out / "cache", settings)
+    if build_cache:
+        requests = [_request(r) for r in frame.itertuples()]
+        report = cache.build(requests, workers=workers, show_progress=show_progress)
+        if report.failed:
+            bad_rows = [i for i, _, _ in report.failed]
+            for i, path, reason in report.failed:
+                skipped.append(Skipped(str(frame.iloc[i]["source"]), path, f"unreadable image: {reason}"))
+            frame = frame.drop(frame.index[bad_rows])
+        notes.append(f"cache {cache.folder}: {report.built} built, {report.reused} reused, {len(report.failed)} failed")
+    if frame.empty:
+        raise MammobenchError(f"no readable image left in {root} ({len(skipped)} skipped; see {out / 'skipped.csv'})")
+    frame = frame.reset_index(drop=True)
+
+    if split == "random":
+        frame, split_report = split_random(frame, test_fraction=test_fraction, val_fraction=val_fraction, seed=seed)
+    elif split == "official":
+        frame, split_report = split_official(frame, val_fraction=val_fraction, seed=seed, rule=leak_rule)
+    elif split == "kfold":
+        frame, split_report = split_kfold(frame, k=folds, seed=seed)
+    else:
+        raise MammobenchError(f"unknown split {split!r}; expected random, official or kfold")
+    check_no_leakage(frame)
+    if split_report.leaking_patients:
+        what = (f"dropped their {split_report.dropped_rows} training rows" if split_report.rule == "drop-train"
+                else f"moved their {split_report.moved_rows} training rows to test")
+        notes.append(f"{len(split_report.leaking_patients)} patients were in both official train and test: {what}")
+    frame = validate_manifest(frame, where="prepared manifest")
+
+    label_set = order_labels(frame["label"])
+    info = ManifestInfo(
+        dataset=DEMO_DATASET if dataset == "demo" else dataset, mode=mode, labels=label_set,
+        label_mapping=mapping.to_dict(), positive_label=positive_label(label_set), split=split_report.to_dict(),
+        synthetic=dataset == "demo", source_root=str(Path(root).resolve()), created=utc_now(),
+        mammobench_version=mammobench.__version__, notes=notes,
+    )
+    manifest_path = write_manifest(frame, out, info)
+    _write_skipped(out / "skipped.csv", skipped)
+    counts = count_table(frame, label_set)
+    majority = majority_accuracy(frame)
+    preview_path = None
+    if preview and build_cache:
+        title = f"{info.dataset} ({mode}, {settings.size}px)" + (" - SYNTHETIC DEMO DATA" if info.synthetic else "")
+        preview_path = preview_grid(frame, cache, out / "preview.png", labels=label_set, seed=seed, title=title)
+    atomic_write_text(out / "summary.md", render_summary(info, counts, majority, skipped, notes))
+    return PrepareResult(out, manifest_path, frame, info, skipped, counts, majority, split_report, preview_path, notes)
+
+
+def _maps_badly(mapping, raw: str) -> bool:  # type: ignore[no-untyped-def]
+    try:
+        mapping(raw)
+    except LabelError:
+        return True
+    return False
+
+
+def _request(row: object) -> CacheRequest:
+    return CacheRequest(
+        str(row.image_path), parse_roi(row.roi), str(getattr(row, "image_type", "full")) != "crop"  # type: ignore[attr-defined]
+    )
+
+
+def _write_skipped(path: Path, skipped: list[Skipped]) -> None:
+    buf = io.StringIO()
+    pd.DataFrame([s.__dict__ for s in skipped], columns=["reference", "path", "reason"]).to_csv(buf, index=False)
+    atomic_write_text(path, buf.getvalue())
+
+
+def render_summary(
+    info: ManifestInfo, counts: pd.DataFrame, majority: pd.DataFrame, skipped: list[Skipped], notes: list[str]
+) -> str:
+    """Markdown summary of a prepared dataset (also what ``prepare`` prints)."""
+    lines = [f"# Prepared dataset: {info.dataset}", ""]
+    if info.synthetic:
+        lines += [f"> **{SYNTHETIC_NOTICE}**", ""]
+    lines += [f"- mode: {info.mode}; labels: {', '.join(info.labels)} ({info.label_mapping.get('name')})",
+              f"- split: {info.split.get('method')} (seed {info.split.get('seed')})", ""]
+    lines += ["## Samples per split, lesion type and label", "", _markdown(counts), ""]
+    shown = majority.assign(majority_accuracy=(majority["majority_accuracy"] * 100).round(1).astype(str) + " %")
+    lines += ["## Always-majority accuracy (the floor every accuracy must beat)", "", _markdown(shown), ""]
+    if notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    lines += [f"## Skipped: {len(skipped)} (details in skipped.csv)", ""]
+    if skipped:
+        reasons = pd.Series([s.reason.split(" (")[0] for s in skipped]).value_counts()
+        lines += [f"- {n} x {reason}" for reason, n in reasons.items()] + [""]
+    return "\n".join(lines)
+
+
+def _markdown(frame: pd.DataFrame) -> str:
+    cols = [str(c) for c in frame.columns]
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    out += ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(out)

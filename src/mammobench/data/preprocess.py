@@ -1,0 +1,202 @@
+"""Preprocessing: breast crop, canonical side, contrast window, optional CLAHE, aspect-keeping resize.
+
+The same function prepares images for training, evaluation and serving, so a model always sees what it
+was trained on. Settings are a frozen pydantic model; their hash keys the on-disk cache.
+
+Pipeline for a full mammogram (no ROI):
+    read -> breast mask on a thumbnail -> crop to the breast -> flip so the chest wall is on the left
+    -> percentile window over breast pixels -> optional CLAHE -> resize keeping aspect, pad to square.
+For a lesion (an ROI of a full image, or a crop file) the breast-finding steps use the full image when
+there is one (for the side), then the ROI is cut out and windowed on its own pixels.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import cv2
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from mammobench.data.images import read_image
+
+_THUMB = 512  # breast segmentation runs on a thumbnail of this long side
+
+
+class PreprocessSettings(BaseModel):
+    """How a raw image becomes a model input. Changing any field rebuilds the cache automatically.
+
+    Attributes:
+        size: output side in pixels (224, 384, 512 or any); the image is square after padding.
+        keep_aspect: resize the long side to ``size`` and pad (True), or stretch to a square (False).
+        window: lower/upper intensity percentiles mapped to 0 and 1 (contrast/brightness normalisation).
+        clahe: apply Contrast Limited Adaptive Histogram Equalisation after windowing.
+        clahe_clip: CLAHE clip limit; ``clahe_tiles``: its tile grid.
+        crop_breast: crop full mammograms to the breast (drops film borders, labels, background).
+        canonical_side: flip full mammograms so the chest wall is on this side (``none`` to keep).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    size: int = Field(224, ge=16, le=4096)
+    keep_aspect: bool = True
+    window: tuple[float, float] = (0.5, 99.5)
+    clahe: bool = False
+    clahe_clip: float = Field(2.0, gt=0)
+    clahe_tiles: int = Field(8, ge=1, le=64)
+    crop_breast: bool = True
+    canonical_side: Literal["left", "right", "none"] = "left"
+
+    @field_validator("window")
+    @classmethod
+    def _check_window(cls, v: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = v
+        if not 0.0 <= lo < hi <= 100.0:
+            raise ValueError(f"window percentiles must satisfy 0 <= low < high <= 100, got {v}")
+        return v
+
+
+def breast_mask(image: np.ndarray) -> np.ndarray:
+    """Boolean mask of the breast: the largest bright connected region, computed on a thumbnail.
+
+    Film borders, scanner labels and burnt-in text are separate smaller regions (or thin strips cut off
+    by a morphological opening) and are excluded.
+
+    Args:
+        image: ``(H, W)`` float in [0, 1].
+
+    Returns:
+        ``(H, W)`` bool mask at the input's resolution.
+    """
+    h, w = image.shape
+    scale = _THUMB / max(h, w)
+    thumb = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    u8 = np.clip(thumb * 255.0, 0, 255).astype(np.uint8)
+    otsu, _ = cv2.threshold(u8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    # Half of Otsu's threshold keeps the faint skin line and fatty tissue that Otsu alone cuts off.
+    level = max(1.0, otsu * 0.5)
+    binary = (u8 > level).astype(np.uint8)
+    k = max(3, int(round(min(thumb.shape) * 0.02)) | 1)
+    binary = cv2.morphologyEx(binary, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    if n <= 1:
+        return np.ones_like(image, dtype=bool)
+    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    mask_small = (labels == largest).astype(np.uint8)
+    return cv2.resize(mask_small, (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+
+
+def bbox_of(mask: np.ndarray, margin: float = 0.02) -> tuple[int, int, int, int]:
+    """``(x0, y0, x1, y1)`` of a mask's True pixels, grown by ``margin`` of the image size."""
+    ys, xs = np.nonzero(mask)
+    h, w = mask.shape
+    if len(xs) == 0:
+        return 0, 0, w, h
+    mx, my = int(margin * w), int(margin * h)
+    return max(0, xs.min() - mx), max(0, ys.min() - my), min(w, xs.max() + 1 + mx), min(h, ys.max() + 1 + my)
+
+
+def chest_wall_side(mask: np.ndarray) -> Literal["left", "right"]:
+    """Which side of the image the chest wall is on: the side holding more of the breast."""
+    cols = mask.sum(axis=0).astype(np.float64)
+    half = mask.shape[1] // 2
+    return "left" if cols[:half].sum() >= cols[half:].sum() else "right"
+
+
+def window_percentile(image: np.ndarray, low: float, high: float, mask: np.ndarray | None = None) -> np.ndarray:
+    """Map the ``low``/``high`` percentiles (of the masked pixels) to 0/1 and clip."""
+    values = image[mask] if mask is not None and mask.any() else image
+    lo, hi = np.percentile(values, [low, high])
+    if hi - lo < 1e-6:
+        return np.zeros_like(image) if hi <= 0 else np.clip(image / max(hi, 1e-6), 0, 1)
+    return np.clip((image - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def apply_clahe(image: np.ndarray, clip: float = 2.0, tiles: int = 8) -> np.ndarray:
+    """CLAHE on a 16-bit rendering of ``image`` (float [0, 1] in and out)."""
+    u16 = np.clip(image * 65535.0, 0, 65535).astype(np.uint16)
+    out = cv2.createCLAHE(clipLimit=clip, tileGridSize=(tiles, tiles)).apply(u16)
+    return out.astype(np.float32) / 65535.0
+
+
+def resize_pad(
+    image: np.ndarray, size: int, keep_aspect: bool = True, align: Literal["centre", "left", "right"] = "centre"
+) -> np.ndarray:
+    """Resize to ``size x size``: long side to ``size`` and zero padding, or a plain stretch.
+
+    ``align`` places a narrow image against the ``left``/``right`` edge (the chest wall of a canonical
+    full mammogram) or in the ``centre`` (a lesion crop).
+    """
+    h, w = image.shape
+    interp = cv2.INTER_AREA if max(h, w) > size else cv2.INTER_LINEAR
+    if not keep_aspect:
+        return cv2.resize(image, (size, size), interpolation=interp)
+    scale = size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    resized = cv2.resize(image, (nw, nh), interpolation=interp)
+    out = np.zeros((size, size), dtype=np.float32)
+    y0 = (size - nh) // 2
+    x0 = {"centre": (size - nw) // 2, "left": 0, "right": size - nw}[align]
+    out[y0 : y0 + nh, x0 : x0 + nw] = resized
+    return out
+
+
+def preprocess_array(
+    image: np.ndarray,
+    settings: PreprocessSettings,
+    *,
+    roi: tuple[int, int, int, int] | None = None,
+    full_image: bool = True,
+) -> np.ndarray:
+    """Apply the preprocessing pipeline to an already decoded image.
+
+    Args:
+        image: ``(H, W)`` float32 in [0, 1].
+        settings: the :class:`PreprocessSettings`.
+        roi: ``(x0, y0, x1, y1)`` lesion box in ``image`` pixels, or ``None`` for the whole image.
+        full_image: ``image`` is a whole mammogram (breast crop and side flip apply); ``False`` for a
+            lesion crop file, which is only windowed and resized.
+
+    Returns:
+        ``(size, size)`` float32 in [0, 1].
+
+    Raises:
+        ValueError: an ROI outside the image.
+    """
+    h, w = image.shape
+    mask: np.ndarray | None = None
+    flip = False
+    if full_image and (settings.crop_breast or settings.canonical_side != "none"):
+        mask = breast_mask(image)
+        if settings.canonical_side != "none":
+            flip = chest_wall_side(mask) != settings.canonical_side
+    if roi is not None:
+        x0, y0, x1, y1 = roi
+        if x0 >= w or y0 >= h:
+            raise ValueError(f"roi {roi} lies outside the {w}x{h} image")
+        x1, y1 = min(x1, w), min(y1, h)
+        image, mask = image[y0:y1, x0:x1], None
+    elif full_image and settings.crop_breast and mask is not None:
+        x0, y0, x1, y1 = bbox_of(mask)
+        image, mask = image[y0:y1, x0:x1], mask[y0:y1, x0:x1]
+    if flip:
+        image = image[:, ::-1]
+        mask = mask[:, ::-1] if mask is not None else None
+    image = window_percentile(np.ascontiguousarray(image, dtype=np.float32), *settings.window, mask=mask)
+    if settings.clahe:
+        image = apply_clahe(image, settings.clahe_clip, settings.clahe_tiles)
+    align: Literal["centre", "left", "right"] = "centre"
+    if roi is None and full_image and settings.canonical_side != "none":
+        align = settings.canonical_side
+    return resize_pad(image, settings.size, settings.keep_aspect, align)
+
+
+def load_and_preprocess(
+    path: str,
+    settings: PreprocessSettings,
+    *,
+    roi: tuple[int, int, int, int] | None = None,
+    full_image: bool = True,
+) -> np.ndarray:
+    """Read ``path`` with :func:`~mammobench.data.images.read_image` and run :func:`preprocess_array`."""
+    return preprocess_array(read_image(path), settings, roi=roi, full_image=full_image)

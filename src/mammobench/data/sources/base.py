@@ -1,0 +1,39 @@
+"""What every source returns: manifest records (without ``split``) and the rows it could not use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+RECORD_COLUMNS: tuple[str, ...] = (
+    "sample_id", "dataset", "patient_id", "image_path", "roi", "raw_label", "lesion_type",
+    "laterality", "view", "image_type",
+)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A row or file that did not make it into the manifest, and why.
+
+    Attributes:
+        reference: where it came from (``file.csv:row``, a sample id, or an image path).
+        path: the image involved, when there is one.
+        reason: a sentence a user can act on.
+    """
+
+    reference: str
+    path: str
+    reason: str
+
+
+@dataclass
+class SourceResult:
+    records: pd.DataFrame
+    skipped: list[Skipped] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        missing = [c for c in RECORD_COLUMNS if c not in self.records.columns]
+        if missing:  # a programming error in a source, not user input
+            raise AssertionError(f"source records lack columns {missing}")

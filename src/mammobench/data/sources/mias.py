@@ -1,0 +1,197 @@
+"""mini-MIAS: 322 digitised films (161 women), 1024 x 1024, 8-bit PGM, 200 micron pixels.
+
+Suckling J et al. (1994) The Mammographic Image Analysis Society Digital Mammogram Database.
+Excerpta Medica International Congress Series 1069:375-378.
+
+``Info.txt`` has one row per finding: ``ref tissue class severity x y radius``; rows of normal images
+stop after the class, a few findings have no centre (``*NOTE 3*``). Coordinates have their origin at the
+bottom-left corner (y grows upwards), so ``row = height - y``. Images ``mdb2k-1`` (right) and ``mdb2k``
+(left) are one woman: she is the patient.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+
+from mammobench.data.dicom import ImageReadError
+from mammobench.data.images import image_size
+from mammobench.data.labels import BENIGN, MALIGNANT, NORMAL, worst
+from mammobench.data.manifest import format_roi
+from mammobench.data.sources.base import SourceResult, Skipped
+from mammobench.runtime import MammobenchError
+
+DATASET = "mias"
+
+LESION_TYPES: dict[str, str] = {
+    "CALC": "calcification",
+    "CIRC": "mass",
+    "SPIC": "mass",
+    "MISC": "mass",
+    "ARCH": "architectural_distortion",
+    "ASYM": "asymmetry",
+    "NORM": "",
+}
+_SEVERITY = {"B": BENIGN, "M": MALIGNANT}
+_ROW = re.compile(r"^(mdb\d{3})\s+([FGD])\s+([A-Z]{4})(?:\s+([BM]))?(?:\s+(\d+)\s+(\d+)\s+(\d+))?", re.IGNORECASE)
+
+
+class MiasError(MammobenchError):
+    """mini-MIAS files that cannot be used."""
+
+
+@dataclass(frozen=True)
+class MiasFinding:
+    ref: str
+    tissue: str
+    abnormality: str
+    severity: str | None
+    x: int | None
+    y: int | None
+    radius: int | None
+    line: int
+
+
+def parse_info(path: str | Path) -> list[MiasFinding]:
+    """Parse ``Info.txt`` into findings (normal images give one finding with class ``NORM``).
+
+    Raises:
+        MiasError: a row starting with ``mdb`` that does not follow the documented format.
+    """
+    findings = []
+    for n, line in enumerate(Path(path).read_text(errors="replace").splitlines(), start=1):
+        text = line.strip()
+        if not text.lower().startswith("mdb"):
+            continue
+        m = _ROW.match(text)
+        if not m:
+            raise MiasError(f"{path}:{n}: cannot parse {text!r}; expected 'mdbNNN TISSUE CLASS [B|M] [x y radius]'")
+        ref, tissue, cls, sev, x, y, r = m.groups()
+        cls = cls.upper()
+        if cls not in LESION_TYPES:
+            raise MiasError(f"{path}:{n}: unknown abnormality class {cls!r}; expected one of {', '.join(LESION_TYPES)}")
+        if cls != "NORM" and sev is None:
+            raise MiasError(f"{path}:{n}: abnormality {cls} without severity B or M")
+        findings.append(
+            MiasFinding(
+                ref=ref.lower(), tissue=tissue.upper(), abnormality=cls, severity=sev.upper() if sev else None,
+                x=int(x) if x else None, y=int(y) if y else None, radius=int(r) if r else None, line=n,
+            )
+        )
+    if not findings:
+        raise MiasError(f"{path}: no 'mdbNNN ...' rows")
+    return findings
+
+
+def find_image(root: Path, ref: str) -> Path | None:
+    """``ref`` as PGM (the original) or PNG/TIFF (lossless conversions users make)."""
+    for suffix in (".pgm", ".png", ".tif", ".tiff"):
+        for candidate in (root / f"{ref}{suffix}", root / f"{ref.upper()}{suffix}"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def roi_box(x: int, y: int, radius: int, height: int, width: int, margin: float, min_size: int = 48) -> tuple[int, int, int, int]:
+    """Square box around a MIAS finding, in image pixels (origin top-left).
+
+    ``y`` counts from the bottom edge (MIAS convention). The half-side is the radius grown by ``margin``
+    (context), never less than ``min_size / 2``; the box is clipped to the image.
+    """
+    row = height - y
+    half = max(int(round(radius * (1.0 + margin))), min_size // 2)
+    x0, y0 = max(0, x - half), max(0, row - half)
+    x1, y1 = min(width, x + half), min(height, row + half)
+    if x1 <= x0 or y1 <= y0:
+        raise ValueError(f"finding at x={x} y={y} radius={radius} lies outside the {width}x{height} image")
+    return x0, y0, x1, y1
+
+
+def load_mias(
+    root: str | Path,
+    *,
+    mode: Literal["roi", "full"] = "roi",
+    roi_margin: float = 0.25,
+    include_normal: bool = False,
+) -> SourceResult:
+    """Manifest records for a mini-MIAS folder (``Info.txt`` beside the images).
+
+    Args:
+        root: folder with ``Info.txt`` and ``mdbNNN.pgm``/``.png``.
+        mode: ``roi`` - one sample per finding with a centre; ``full`` - one per image, worst finding.
+        roi_margin: context around the finding's circle, as a fraction of its radius.
+        include_normal: in ``full`` mode, keep normal images (label ``NORMAL``).
+    """
+    root = Path(root)
+    info = next((p for p in (root / "Info.txt", root / "info.txt") if p.is_file()), None)
+    if info is None:
+        raise MiasError(f"no Info.txt in {root}: expected the mini-MIAS folder (Info.txt and mdbNNN.pgm files)")
+    findings = parse_info(info)
+    skipped: list[Skipped] = []
+    records: list[dict[str, object]] = []
+    sizes: dict[str, tuple[int, int]] = {}
+    images: dict[str, Path | None] = {}
+    for f in findings:
+        if f.ref not in images:
+            images[f.ref] = find_image(root, f.ref)
+    missing = sorted(r for r, p in images.items() if p is None)
+    for ref in missing:
+        skipped.append(Skipped(f"Info.txt:{ref}", "", f"image {ref}.pgm/.png not found in {root}"))
+
+    def base(ref: str) -> dict[str, object]:
+        number = int(ref[3:])
+        return {
+            "dataset": DATASET,
+            "patient_id": f"mias_{(number + 1) // 2:03d}",
+            "image_path": str(images[ref]),
+            "laterality": "L" if number % 2 == 0 else "R",
+            "view": "MLO",
+            "image_type": "full",
+        }
+
+    by_ref: dict[str, list[MiasFinding]] = {}
+    for f in findings:
+        by_ref.setdefault(f.ref, []).append(f)
+    for ref, items in by_ref.items():
+        if images[ref] is None:
+            continue
+        lesions = [f for f in items if f.abnormality != "NORM"]
+        if mode == "full":
+            if not lesions and not include_normal:
+                skipped.append(Skipped(f"Info.txt:{items[0].line}", str(images[ref]), "normal image (pass --include-normal to keep)"))
+                continue
+            label = worst(_SEVERITY[f.severity] for f in lesions if f.severity) if lesions else NORMAL
+            kinds = sorted({LESION_TYPES[f.abnormality] for f in lesions})
+            records.append({**base(ref), "sample_id": ref, "roi": "", "raw_label": label,
+                            "lesion_type": "+".join(kinds) if kinds else "normal", "abnormality_id": str(len(lesions)),
+                            "source": f"Info.txt:{items[0].line}"})
+            continue
+        for k, f in enumerate(lesions, start=1):
+            ref_line = f"Info.txt:{f.line}"
+            if f.x is None or f.y is None or f.radius is None:
+                skipped.append(Skipped(ref_line, str(images[ref]), "finding has no centre/radius in Info.txt (e.g. *NOTE 3*): no ROI"))
+                continue
+            if ref not in sizes:
+                try:
+                    sizes[ref] = image_size(images[ref])  # type: ignore[arg-type]
+                except ImageReadError as exc:
+                    skipped.append(Skipped(ref_line, str(images[ref]), exc.reason))
+                    continue
+            h, w = sizes[ref]
+            try:
+                box = roi_box(f.x, f.y, f.radius, h, w, roi_margin)
+            except ValueError as exc:
+                skipped.append(Skipped(ref_line, str(images[ref]), str(exc)))
+                continue
+            records.append({**base(ref), "sample_id": f"{ref}_{k}", "roi": format_roi(box),
+                            "raw_label": _SEVERITY[f.severity or "B"], "lesion_type": LESION_TYPES[f.abnormality],
+                            "abnormality_id": str(k), "source": ref_line})
+    if not records:
+        raise MiasError(f"no usable mini-MIAS sample in {root} ({len(skipped)} skipped; first: "
+                        f"{skipped[0].reason if skipped else 'none'})")
+    notes = [f"{len(by_ref)} images in Info.txt, {len(by_ref) - len(missing)} found; y axis flipped (origin bottom-left)"]
+    return SourceResult(pd.DataFrame(records), skipped, notes)

@@ -1,0 +1,88 @@
+"""A user's own table: ``path,label,patient_id`` (required) plus any manifest column.
+
+Optional columns: ``roi`` (``x0 y0 x1 y1``), ``lesion_type``, ``laterality``, ``view``, ``split``
+(used by ``--split official``), ``sample_id``, ``image_type`` (``full``/``crop``), ``dataset``.
+Relative paths are relative to the table's folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from mammobench.data.manifest import parse_roi
+from mammobench.data.sources.base import SourceResult, Skipped
+from mammobench.runtime import MammobenchError
+
+REQUIRED = ("path", "label", "patient_id")
+DATASET = "csv"
+
+
+class TableError(MammobenchError):
+    """A user table with missing columns or bad values."""
+
+
+def load_table(path: str | Path, *, dataset: str = DATASET) -> SourceResult:
+    """Manifest records from a user CSV; rows whose image is missing are skipped and listed.
+
+    Raises:
+        TableError: the file is missing or empty, a required column is absent, or a row has an empty
+            required value or a malformed ROI (naming the row).
+    """
+    path = Path(path)
+    if path.is_dir():
+        candidates = sorted(path.glob("*.csv"))
+        if len(candidates) != 1:
+            raise TableError(f"{path} is a folder with {len(candidates)} CSV files; pass the table itself")
+        path = candidates[0]
+    if not path.is_file():
+        raise TableError(f"table {path} does not exist")
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise TableError(f"{path} is empty; expected a header with {', '.join(REQUIRED)}") from None
+    table.columns = [c.strip().lower() for c in table.columns]
+    missing = [c for c in REQUIRED if c not in table.columns]
+    if missing:
+        raise TableError(f"{path}: missing column(s) {', '.join(missing)}; required: {', '.join(REQUIRED)}; "
+                         f"found: {', '.join(table.columns)}")
+    if table.empty:
+        raise TableError(f"{path}: no rows")
+    base = path.parent.resolve()
+    records, skipped = [], []
+    for i, row in table.iterrows():
+        ref = f"{path.name}:{int(i) + 2}"
+        for col in REQUIRED:
+            if not str(row[col]).strip():
+                raise TableError(f"{ref}: empty {col}")
+        image = Path(str(row["path"]).strip())
+        image = image if image.is_absolute() else base / image
+        try:
+            roi = parse_roi(row.get("roi", ""))
+        except ValueError as exc:
+            raise TableError(f"{ref}: {exc}") from None
+        if not image.is_file():
+            skipped.append(Skipped(ref, str(image), "image file not found"))
+            continue
+        records.append({
+            "sample_id": str(row.get("sample_id", "")).strip() or f"{image.stem}_{int(i) + 2}",
+            "dataset": str(row.get("dataset", "")).strip() or dataset,
+            "patient_id": str(row["patient_id"]).strip(),
+            "image_path": str(image),
+            "roi": row.get("roi", "") or "",
+            "raw_label": str(row["label"]).strip().upper(),
+            "lesion_type": str(row.get("lesion_type", "")).strip(),
+            "laterality": str(row.get("laterality", "")).strip().upper()[:1],
+            "view": str(row.get("view", "")).strip().upper(),
+            "image_type": str(row.get("image_type", "")).strip().lower() or ("full" if roi else "crop"),
+            "official_split": str(row.get("split", "")).strip().lower(),
+            "source": ref,
+        })
+    if not records:
+        raise TableError(f"{path}: none of the {len(table)} images exist (first missing: {skipped[0].path})")
+    frame = pd.DataFrame(records)
+    dup = frame["sample_id"][frame["sample_id"].duplicated()].tolist()
+    if dup:
+        raise TableError(f"{path}: duplicate sample_id {dup[0]!r}")
+    return SourceResult(frame, skipped, [f"table {path.name}: {len(table)} rows"])

@@ -1,0 +1,154 @@
+"""Run-time plumbing shared by every layer: atomic writes, hashing, versions, logging, progress.
+
+Nothing a user made is lost: every file mammobench writes goes to a temporary name beside its
+target first and is renamed into place, so an interrupted run never leaves half a file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import platform
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+logger = logging.getLogger("mammobench")
+
+
+class MammobenchError(Exception):
+    """Base class of the errors mammobench raises for bad input; the CLI prints them without a traceback."""
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
+    """Write ``obj`` as indented JSON atomically; NaN is written as ``null`` so any JSON reader can parse it."""
+    return atomic_write_text(path, json.dumps(_nan_to_none(obj), indent=2, sort_keys=False, default=str) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path to write to (by any library); it is renamed onto ``path`` on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _nan_to_none(obj: Any) -> Any:
+    if isinstance(obj, float) and obj != obj:  # NaN
+        return None
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_nan_to_none(v) for v in obj]
+    return obj
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    """Short hex digest of a JSON-serialisable object, independent of dict order."""
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+_VERSIONED = (
+    "mammobench", "torch", "torchvision", "timm", "lightning", "torchmetrics", "numpy", "pandas",
+    "scikit-learn", "pydicom", "opencv-python-headless", "pillow", "safetensors", "onnxruntime", "grad-cam",
+)
+
+
+def environment_info() -> dict[str, Any]:
+    """Versions and machine facts that a run records so it can be reproduced."""
+    from importlib import metadata
+
+    versions: dict[str, str | None] = {}
+    for name in _VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    info: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "processor": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "versions": versions,
+        "time_utc": utc_now(),
+    }
+    try:
+        import torch
+
+        info["cuda_available"] = torch.cuda.is_available()
+        info["cuda_version"] = torch.version.cuda
+        if torch.cuda.is_available():
+            info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except ImportError:  # pragma: no cover - torch is a hard dependency
+        pass
+    return info
+
+
+def progress(
+    items: Iterable[T], *, total: int | None = None, description: str = "", enabled: bool = False
+) -> Iterable[T]:
+    """Wrap ``items`` in a rich progress bar when ``enabled`` (the CLI turns it on; library calls stay quiet)."""
+    if not enabled:
+        return items
+    from rich.progress import track
+
+    return track(items, total=total, description=description, transient=False)
+
+
+def format_list(values: Sequence[Any], limit: int = 10) -> str:
+    """``a, b, c … (+N more)`` for error messages that name what is wrong without flooding the screen."""
+    shown = ", ".join(str(v) for v in list(values)[:limit])
+    extra = len(values) - limit
+    return f"{shown} … (+{extra} more)" if extra > 0 else shown

@@ -1,0 +1,62 @@
+"""Shared fixtures: tiny synthetic images made in tmp_path, and the real files in ../shared when present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("MAMMOBENCH_SHARED", REPO.parent / "shared"))
+CBIS_CSV = SHARED / "data" / "cbis-ddsm" / "csv"
+CBIS_DICOM = SHARED / "data" / "cbis-ddsm" / "dicom"
+MIAS = SHARED / "data" / "mini-mias"
+WEIGHTS = SHARED / "weights"
+
+requires_shared = pytest.mark.skipif(
+    not SHARED.is_dir(),
+    reason=f"real data not available: {SHARED} is absent (it sits beside the checkout on the project's machines; "
+    "set MAMMOBENCH_SHARED to point elsewhere)",
+)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_threads(monkeypatch):
+    # Two cores on CI: keep torch from oversubscribing them inside one test.
+    import torch
+
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def write_png(path: Path, array: np.ndarray) -> Path:
+    """Save a uint8 or uint16 array as PNG."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)  # uint16 arrays become 16-bit PNGs
+    return path
+
+
+def fake_mammogram(height: int = 300, width: int = 200, side: str = "L", seed: int = 0) -> np.ndarray:
+    """A bright half-disc (the breast) on black, chest wall on ``side``, with a burnt-in label square."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    cx = 0 if side == "L" else width - 1
+    inside = ((xx - cx) / (0.7 * width)) ** 2 + ((yy - height / 2) / (0.4 * height)) ** 2 < 1
+    img = np.where(inside, 0.5 + 0.2 * rng.random((height, width)), 0.02 * rng.random((height, width)))
+    lx = width - 30 if side == "L" else 10
+    img[10:25, lx : lx + 15] = 1.0  # a label far from the breast
+    return (img * 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def demo_prepared(tmp_path_factory):
+    """A small prepared demo dataset (64 px), shared by the tests that need a manifest."""
+    from mammobench.data.demo import generate_demo_dataset
+    from mammobench.data.prepare import prepare
+    from mammobench.data.preprocess import PreprocessSettings
+
+    root = tmp_path_factory.mktemp("demo")
+    table = generate_demo_dataset(root / "images", n_patients=40, seed=1)
+    return prepare("csv", table, root / "prepared", preprocess=PreprocessSettings(size=64), workers=1, seed=3)

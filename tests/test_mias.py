@@ -1,0 +1,64 @@
+"""mini-MIAS subset in ../shared: lesion counts, ROIs inside the image, the y axis flipped."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mammobench.data.images import read_image
+from mammobench.data.manifest import parse_roi
+from mammobench.data.sources.mias import MiasError, load_mias, parse_info, roi_box
+
+from .conftest import MIAS, requires_shared
+
+pytestmark = requires_shared
+
+
+def test_info_parsing():
+    findings = parse_info(MIAS / "Info.txt")
+    assert len(findings) == 108 and len({f.ref for f in findings}) == 104
+    lesions = [f for f in findings if f.abnormality != "NORM"]
+    assert len(lesions) == 43
+    assert sum(f.x is None for f in lesions) == 3  # mdb059 and the two '*NOTE 3*' rows
+
+
+def test_roi_mode_counts_and_bounds():
+    result = load_mias(MIAS, mode="roi")
+    frame = result.records
+    assert len(frame) == 40
+    assert frame["raw_label"].value_counts().to_dict() == {"BENIGN": 24, "MALIGNANT": 16}
+    assert len(result.skipped) == 3 and all("no centre" in s.reason for s in result.skipped)
+    for roi in frame["roi"]:
+        x0, y0, x1, y1 = parse_roi(roi)
+        assert 0 <= x0 < x1 <= 1024 and 0 <= y0 < y1 <= 1024
+    # Pairs of images are one woman: mdb001 (right) and mdb002 (left) share a patient.
+    assert frame["patient_id"].nunique() < frame["image_path"].nunique() + 1
+    assert set(frame["laterality"]) == {"L", "R"}
+
+
+def test_y_axis_is_flipped():
+    # mdb015: a circumscribed mass at x=595, y=864 (origin bottom-left), radius 68.
+    img = read_image(next(MIAS.glob("mdb015.*")))
+    x0, y0, x1, y1 = roi_box(595, 864, 68, 1024, 1024, margin=0.0)
+    assert (y0 + y1) / 2 == pytest.approx(1024 - 864, abs=1)
+    flipped = img[y0:y1, x0:x1].mean()
+    unflipped = img[864 - 68 : 864 + 68, x0:x1].mean()
+    assert flipped > 0.5 > 0.1 > unflipped  # the lesion is on the breast; the mirror spot is background
+
+
+def test_full_mode_with_and_without_normals():
+    with_normals = load_mias(MIAS, mode="full", include_normal=True).records
+    assert len(with_normals) == 104 and with_normals["patient_id"].nunique() == 52
+    assert (with_normals["raw_label"] == "NORMAL").sum() == 104 - 39
+    two = with_normals.set_index("sample_id").loc["mdb226"]
+    assert two["raw_label"] == "BENIGN" and two["abnormality_id"] == "3"
+    assert len(load_mias(MIAS, mode="full").records) == 39
+
+
+def test_bad_info_rows_are_named(tmp_path):
+    (tmp_path / "Info.txt").write_text("mdb001 G CIRC B 535 425 197\nmdb002 G WHAT B 1 2 3\n")
+    with pytest.raises(MiasError, match=r"Info.txt:2: unknown abnormality class 'WHAT'"):
+        load_mias(tmp_path)
+    with pytest.raises(MiasError, match="no Info.txt"):
+        load_mias(tmp_path / "nowhere")
+    np.zeros(1)

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from mammobench.data.preprocess import (
+    PreprocessSettings, breast_mask, chest_wall_side, preprocess_array, resize_pad, window_percentile,
+)
+
+from .conftest import fake_mammogram
+
+
+def test_breast_mask_excludes_label_and_background():
+    img = fake_mammogram().astype(np.float32) / 255
+    mask = breast_mask(img)
+    assert not mask[10:25, 170:185].any()  # the burnt-in label
+    assert mask[150, 20] and not mask[150, 195]
+
+
+@pytest.mark.parametrize("side", ["L", "R"])
+def test_chest_wall_side_and_canonical_flip(side):
+    img = fake_mammogram(side=side).astype(np.float32) / 255
+    assert chest_wall_side(breast_mask(img)) == ("left" if side == "L" else "right")
+    out = preprocess_array(img, PreprocessSettings(size=64))
+    # After the canonical flip the breast hugs the left edge whatever side it came from.
+    assert out[:, :8].mean() > 0.3 and out[:, -8:].mean() < out[:, :8].mean()
+
+
+def test_breast_crop_removes_background():
+    img = fake_mammogram().astype(np.float32) / 255
+    cropped = preprocess_array(img, PreprocessSettings(size=64, keep_aspect=False))
+    plain = preprocess_array(img, PreprocessSettings(size=64, keep_aspect=False, crop_breast=False))
+    assert (cropped > 0.2).mean() > (plain > 0.2).mean() + 0.1
+
+
+def test_roi_is_cut_and_crops_skip_breast_steps():
+    img = np.zeros((100, 100), np.float32)
+    img[40:60, 40:60] = 1.0
+    out = preprocess_array(img, PreprocessSettings(size=32, window=(0, 100)), roi=(40, 40, 60, 60))
+    assert out.shape == (32, 32) and out.min() > 0.99  # the ROI is all lesion
+    with pytest.raises(ValueError, match="outside"):
+        preprocess_array(img, PreprocessSettings(size=32), roi=(200, 200, 210, 210))
+    crop = preprocess_array(img[30:70, 30:70], PreprocessSettings(size=40, window=(0, 100)), full_image=False)
+    assert crop[20, 20] == pytest.approx(1.0)
+
+
+def test_resize_pad_keeps_aspect():
+    img = np.ones((100, 50), np.float32)
+    out = resize_pad(img, 64)
+    assert out.shape == (64, 64)
+    assert out[:, 16:48].min() > 0.999 and out[:, :15].max() == 0.0 and out[:, 49:].max() == 0.0
+    left = resize_pad(img, 64, align="left")
+    assert left[:, :32].min() > 0.999 and left[:, 33:].max() == 0.0
+    assert resize_pad(img, 64, keep_aspect=False).min() > 0.999
+
+
+def test_window_percentile_maps_to_unit_range():
+    img = np.linspace(0.2, 0.6, 1000, dtype=np.float32).reshape(10, 100)
+    out = window_percentile(img, 0, 100)
+    assert out.min() == 0.0 and out.max() == pytest.approx(1.0)
+    assert window_percentile(np.full((4, 4), 0.5, np.float32), 1, 99).shape == (4, 4)  # flat image: no NaN
+
+
+def test_clahe_stays_in_range():
+    img = fake_mammogram().astype(np.float32) / 255
+    out = preprocess_array(img, PreprocessSettings(size=64, clahe=True))
+    assert out.min() >= 0 and out.max() <= 1 and not np.isnan(out).any()
+
+
+@pytest.mark.parametrize("bad", [{"window": (50, 10)}, {"size": 4}, {"canonical_side": "up"}, {"sise": 224}])
+def test_settings_validation(bad):
+    with pytest.raises(ValidationError):
+        PreprocessSettings(**bad)

@@ -1,0 +1,117 @@
+"""A user's own table, and `prepare` end to end on the demo data (bad input, re-runs, outputs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mammobench.data.labels import LabelError
+from mammobench.data.manifest import REQUIRED_COLUMNS, read_manifest, read_manifest_info
+from mammobench.data.prepare import prepare
+from mammobench.data.preprocess import PreprocessSettings
+from mammobench.data.sources.table import TableError, load_table
+from mammobench.data.splits import check_no_leakage
+from mammobench.runtime import MammobenchError
+
+from .conftest import fake_mammogram, write_png
+
+
+def make_table(tmp_path, n=12, extra=None):
+    rows = []
+    for i in range(n):
+        write_png(tmp_path / "img" / f"{i}.png", fake_mammogram(seed=i))
+        rows.append({"path": f"img/{i}.png", "label": "BENIGN" if i % 2 else "MALIGNANT", "patient_id": f"p{i // 2}"})
+    table = pd.DataFrame(rows)
+    if extra:
+        extra(table)
+    table.to_csv(tmp_path / "t.csv", index=False)
+    return tmp_path / "t.csv"
+
+
+def test_table_missing_columns_named(tmp_path):
+    (tmp_path / "t.csv").write_text("file,label\na.png,BENIGN\n")
+    with pytest.raises(TableError, match="missing column\\(s\\) path, patient_id"):
+        load_table(tmp_path / "t.csv")
+
+
+def test_table_missing_images_skipped_and_bad_roi_named(tmp_path):
+    table = make_table(tmp_path)
+    df = pd.read_csv(table)
+    df.loc[len(df)] = {"path": "img/absent.png", "label": "BENIGN", "patient_id": "p9"}
+    df.to_csv(table, index=False)
+    result = load_table(table)
+    assert len(result.records) == 12 and len(result.skipped) == 1 and result.skipped[0].reference == "t.csv:14"
+    df["roi"] = ""
+    df.loc[3, "roi"] = "1 2 3"
+    df.to_csv(table, index=False)
+    with pytest.raises(TableError, match="t.csv:5: roi '1 2 3'"):
+        load_table(table)
+
+
+def test_unknown_label_names_the_row(tmp_path):
+    table = make_table(tmp_path, extra=lambda t: t.__setitem__("label", ["BENIGN"] * 5 + ["CANCER"] + ["BENIGN"] * 6))
+    with pytest.raises(LabelError, match="t.csv:7: unknown label 'CANCER'"):
+        prepare("csv", table, tmp_path / "out", build_cache=False)
+
+
+def test_corrupt_image_is_reported_and_skipped(tmp_path):
+    table = make_table(tmp_path, n=20)
+    (tmp_path / "img" / "4.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    result = prepare("csv", table, tmp_path / "out", preprocess=PreprocessSettings(size=32), workers=1)
+    assert len(result.frame) == 19
+    bad = [s for s in result.skipped if s.path.endswith("4.png")]
+    assert len(bad) == 1 and "unreadable image" in bad[0].reason
+    skipped_csv = pd.read_csv(tmp_path / "out" / "skipped.csv")
+    assert skipped_csv["path"].str.endswith("4.png").any()
+
+
+def test_empty_folder_and_no_images_are_errors(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MammobenchError):
+        prepare("mias", tmp_path / "empty", tmp_path / "o1")
+    with pytest.raises(MammobenchError):
+        prepare("cbis-ddsm", tmp_path / "empty", tmp_path / "o2")
+    pd.DataFrame({"path": ["x.png"], "label": ["BENIGN"], "patient_id": ["p"]}).to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(TableError, match="none of the 1 images exist"):
+        prepare("csv", tmp_path / "t.csv", tmp_path / "o3")
+
+
+def test_demo_prepare_outputs(demo_prepared):
+    out = demo_prepared.out
+    frame = read_manifest(out)
+    assert list(frame.columns[: len(REQUIRED_COLUMNS)]) == list(REQUIRED_COLUMNS)
+    check_no_leakage(frame)
+    assert set(frame["split"]) == {"train", "val", "test"}
+    assert frame.groupby("patient_id")["split"].nunique().max() == 1
+    info = read_manifest_info(out)
+    assert info.labels == ["BENIGN", "MALIGNANT", "BENIGN_WITHOUT_CALLBACK"]
+    assert info.positive_label == "MALIGNANT"
+    for name in ("manifest.csv", "manifest.json", "skipped.csv", "summary.md", "preview.png"):
+        assert (out / name).is_file(), name
+    summary = (out / "summary.md").read_text()
+    assert "Always-majority accuracy" in summary
+    maj = demo_prepared.majority.set_index("split")
+    test = frame[frame["split"] == "test"]["label"].value_counts(normalize=True)
+    assert maj.loc["test", "majority_accuracy"] == pytest.approx(test.max())
+    assert demo_prepared.counts["total"].sum() == len(frame)
+
+
+def test_prepared_folder_can_be_moved(tmp_path):
+    prepare("demo", None, tmp_path / "out", preprocess=PreprocessSettings(size=32), workers=1, preview=False)
+    raw = pd.read_csv(tmp_path / "out" / "manifest.csv")
+    assert raw["image_path"].str.startswith("demo_images/").all()  # relative to the manifest
+    (tmp_path / "out").rename(tmp_path / "moved")
+    frame = read_manifest(tmp_path / "moved")
+    assert all(Path(p).is_file() for p in frame["image_path"])
+
+
+def test_demo_is_marked_synthetic_and_rerun_is_idempotent(tmp_path):
+    a = prepare("demo", tmp_path / "gen", tmp_path / "out", preprocess=PreprocessSettings(size=32), workers=1)
+    assert a.info.synthetic and a.info.dataset == "demo-synthetic"
+    assert "SYNTHETIC" in (tmp_path / "out" / "summary.md").read_text()
+    assert (a.frame["image_path"].str.contains("synthetic_")).all()
+    b = prepare("demo", tmp_path / "gen", tmp_path / "out", preprocess=PreprocessSettings(size=32), workers=1)
+    assert any("0 built" in n for n in b.notes)  # the cache was reused
+    pd.testing.assert_frame_equal(a.frame.drop(columns=[]), b.frame)
