@@ -60,3 +60,18 @@ def demo_prepared(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     table = generate_demo_dataset(root / "images", n_patients=40, seed=1)
     return prepare("csv", table, root / "prepared", preprocess=PreprocessSettings(size=64), workers=1, seed=3)
+
+
+@pytest.fixture(scope="session")
+def trained_runs(demo_prepared, tmp_path_factory):
+    """A small CNN and ViT trained for a few epochs on the demo data: {"cnn": run_dir, "vit": run_dir}."""
+    from mammobench.config import load_config
+    from mammobench.training.fit import fit
+
+    out = tmp_path_factory.mktemp("runs")
+    runs = {}
+    for key, preset in (("cnn", "demo_cnn"), ("vit", "demo_vit")):
+        cfg = load_config(preset, [f"data.manifest={demo_prepared.out}", f"output.dir={out}", "output.tensorboard=false",
+                                   "stages.finetune_epochs=6", "data.batch_size=16"])
+        runs[key] = fit(cfg).run_dir
+    return runs

@@ -13,7 +13,11 @@ from mammobench.data.manifest import parse_roi, read_manifest
 from mammobench.data.prepare import prepare
 from mammobench.data.preprocess import PreprocessSettings
 from mammobench.data.sources.cbis_ddsm import (
-    CbisDdsmError, detect_layout, find_case_descriptions, leaking_patients, read_case_descriptions,
+    CbisDdsmError,
+    detect_layout,
+    find_case_descriptions,
+    leaking_patients,
+    read_case_descriptions,
 )
 from mammobench.data.splits import check_no_leakage, split_official
 

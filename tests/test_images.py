@@ -49,7 +49,7 @@ def test_other_formats(tmp_path, suffix):
     a = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (16, 1))
     Image.fromarray(a).save(tmp_path / f"x{suffix}")
     out = read_image(tmp_path / f"x{suffix}")
-    assert out.shape == a.shape and 0.0 <= out.min() and out.max() <= 1.0
+    assert out.shape == a.shape and out.min() >= 0.0 and out.max() <= 1.0
     assert abs(float(out.mean()) - a.mean() / 255) < 0.02
 
 
@@ -112,7 +112,7 @@ def test_real_cbis_dicom_decodes_as_16_bit():
     assert raw.dtype == np.uint16 and raw.max() > 255  # really 16-bit, not 8-bit in disguise
     img = read_image(path)
     assert img.shape == (4432, 2864) and img.dtype == np.float32
-    assert 0.0 <= img.min() and img.max() <= 1.0
+    assert img.min() >= 0.0 and img.max() <= 1.0
     np.testing.assert_allclose(img, raw / 65535.0, atol=1e-6)
     assert image_size(path) == (4432, 2864)
 

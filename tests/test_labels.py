@@ -3,7 +3,14 @@ from __future__ import annotations
 import pytest
 
 from mammobench.data.labels import (
-    BENIGN, BENIGN_WITHOUT_CALLBACK, MALIGNANT, NORMAL, LabelError, order_labels, parse_label_spec, worst,
+    BENIGN,
+    BENIGN_WITHOUT_CALLBACK,
+    MALIGNANT,
+    NORMAL,
+    LabelError,
+    order_labels,
+    parse_label_spec,
+    worst,
 )
 
 

@@ -5,7 +5,12 @@ import pytest
 from pydantic import ValidationError
 
 from mammobench.data.preprocess import (
-    PreprocessSettings, breast_mask, chest_wall_side, preprocess_array, resize_pad, window_percentile,
+    PreprocessSettings,
+    breast_mask,
+    chest_wall_side,
+    preprocess_array,
+    resize_pad,
+    window_percentile,
 )
 
 from .conftest import fake_mammogram

@@ -5,7 +5,12 @@ import pandas as pd
 import pytest
 
 from mammobench.data.splits import (
-    SplitError, check_no_leakage, resolve_fold, split_kfold, split_official, split_random,
+    SplitError,
+    check_no_leakage,
+    resolve_fold,
+    split_kfold,
+    split_official,
+    split_random,
 )
 
 

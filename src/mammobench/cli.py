@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -60,7 +60,7 @@ def _frame_table(frame, title: str = "") -> Table:  # type: ignore[no-untyped-de
 @app.command()
 def prepare(
     dataset: Annotated[str, typer.Argument(help="cbis-ddsm | mias | csv | demo")],
-    root: Annotated[Optional[Path], typer.Argument(help="Dataset folder (csv: the table file; demo: where to generate).")] = None,
+    root: Annotated[Path | None, typer.Argument(help="Dataset folder (csv: the table file; demo: where to generate).")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for manifest.csv and friends.")] = Path("prepared"),
     mode: Annotated[str, typer.Option(help="roi (lesion crops) or full (whole images, worst finding).")] = "roi",
     labels: Annotated[str, typer.Option(help="3class | binary | RAW=CLASS,... | mapping.yaml")] = "3class",
@@ -73,11 +73,11 @@ def prepare(
     roi_source: Annotated[str, typer.Option(help="CBIS-DDSM ROI: crop (dataset crops) | mask (mask box on the full image).")] = "crop",
     roi_margin: Annotated[float, typer.Option(help="Context around a lesion box, as a fraction of its size.")] = 0.25,
     include_normal: Annotated[bool, typer.Option(help="mini-MIAS full mode: keep normal images.")] = False,
-    csv_dir: Annotated[Optional[Path], typer.Option(help="CBIS-DDSM: folder of the case-description CSVs.")] = None,
+    csv_dir: Annotated[Path | None, typer.Option(help="CBIS-DDSM: folder of the case-description CSVs.")] = None,
     size: Annotated[int, typer.Option(help="Preprocessed image size for the cache and preview.")] = 224,
     clahe: Annotated[bool, typer.Option(help="Apply CLAHE after the percentile window.")] = False,
     cache: Annotated[bool, typer.Option(help="Decode and cache every image now (finds unreadable files).")] = True,
-    workers: Annotated[int, typer.Option(help="Decoding processes (0 = one per core).")] = 0,
+    workers: Annotated[int, typer.Option(help="Decoding threads (0 = one per core).")] = 0,
 ) -> None:
     """Read a dataset as you hold it and write a leak-free, split manifest (+ cache, summary, preview)."""
     from mammobench.data.prepare import prepare as run_prepare
@@ -103,6 +103,161 @@ def prepare(
     if result.skipped:
         console.print(f"[yellow]{len(result.skipped)} rows/files skipped[/] (reasons in {out / 'skipped.csv'})")
     console.print(f"Manifest: [bold]{result.manifest_path}[/]" + (f"  preview: {result.preview_path}" if result.preview_path else ""))
+
+
+# --------------------------------------------------------------------------- train
+
+
+@app.command()
+def train(
+    config: Annotated[str | None, typer.Option("--config", "-c", help="YAML config file or preset name (resnet18, vit_base_patch16_384, ...).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a config value: key=value (repeatable).")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue an interrupted run from its last checkpoint.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a finished run of the same name.")] = False,
+) -> None:
+    """Train a model from a config; writes a run directory (weights, curves, history, split, versions)."""
+    from mammobench.config import load_config
+    from mammobench.training.fit import fit
+    from mammobench.training.fit import resume as resume_run
+
+    try:
+        if resume is not None:
+            if config or set_:
+                raise MammobenchError("--resume continues a run with the config it saved; drop --config/--set")
+            result = resume_run(resume, show_progress=True)
+        else:
+            cfg = load_config(config, set_)
+            result = fit(cfg, overwrite=overwrite, show_progress=True)
+    except MammobenchError as exc:
+        _fail(exc)
+    score = "n/a" if result.best_score is None else f"{result.best_score:.4f}"
+    console.print(f"Run [bold]{result.run_dir}[/] {result.status}: best {result.monitor} = {score} "
+                  f"(epoch {result.best_epoch}), {result.train_seconds:.0f} s")
+    console.print(f"Curves: {result.run_dir / 'curves.png'}   next: mammobench evaluate {result.run_dir}")
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def _metric_line(name: str, m: dict) -> str:  # type: ignore[type-arg]
+    v, (lo, hi) = m["value"], m["ci"]
+    if v is None or v != v:
+        return f"{name}: n/a"
+    return f"{name}: {v:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None and lo == lo else f"{name}: {v:.3f}"
+
+
+@app.command()
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    split: Annotated[str, typer.Option(help="test | val | train")] = "test",
+    tta: Annotated[bool, typer.Option(help="Average over horizontal and vertical flips.")] = False,
+    n_boot: Annotated[int, typer.Option(help="Patient-bootstrap resamples for the 95 % intervals.")] = 1000,
+    threshold: Annotated[str, typer.Option(help="Malignant threshold chosen on validation: youden | sensitivity.")] = "youden",
+    target_sensitivity: Annotated[float, typer.Option(help="For --threshold sensitivity.")] = 0.9,
+) -> None:
+    """Metrics with patient-bootstrap CIs, per lesion type, and plots for one split of a run."""
+    from mammobench.evaluation.evaluate import evaluate as run_evaluate
+
+    try:
+        result = run_evaluate(run, split=split, tta=tta, n_boot=n_boot, threshold_method=threshold,
+                              target_sensitivity=target_sensitivity)
+    except MammobenchError as exc:
+        _fail(exc)
+    r = result.metrics
+    if r["synthetic"]:
+        console.print(f"[bold yellow]{r['notice']}[/]")
+    m = r["metrics"]
+    console.print(f"[bold]{r['architecture']}[/] on {split} ({r['n']} samples, {r['patients']} patients), 95 % CI by patient bootstrap:")
+    console.print(f"  accuracy {m['accuracy']['value'] * 100:.1f} % (always-majority {m['majority_accuracy']['value'] * 100:.1f} %)")
+    for key in ("balanced_accuracy", "auc_macro", "auc_malignant", "sensitivity", "specificity", "f1_macro", "ece"):
+        if key in m:
+            console.print("  " + _metric_line(key, m[key]))
+    console.print(f"Written to {result.out_dir} (metrics.json, predictions.csv, roc/pr/confusion/reliability plots)")
+
+
+@app.command()
+def compare(
+    configs: Annotated[list[str], typer.Argument(help="Config files or preset names.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for runs and the report.")] = Path("comparison"),
+    set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="key=value applied to every config.")] = None,
+    tta: Annotated[bool, typer.Option(help="Evaluate with flip test-time augmentation.")] = False,
+    n_boot: Annotated[int, typer.Option(help="Patient-bootstrap resamples.")] = 1000,
+    gallery: Annotated[int, typer.Option(help="Grad-CAM examples per model and kind (correct/wrong).")] = 4,
+) -> None:
+    """Train (or reuse) several models on the identical split and write report.md / report.html."""
+    from mammobench.evaluation.compare import compare as run_compare
+
+    try:
+        result = run_compare(configs, out, overrides=set_, tta=tta, n_boot=n_boot, gallery=gallery, show_progress=True)
+    except MammobenchError as exc:
+        _fail(exc)
+    _print_compare(result)
+
+
+def _print_compare(result) -> None:  # type: ignore[no-untyped-def]
+    cols = ["model", "test accuracy %", "test majority %", "test macro AUC", "test malignant AUC"]
+    console.print(_frame_table(result.table[[c for c in cols if c in result.table]], "Test results (95 % CI)"))
+    console.print(f"Report: [bold]{result.html}[/] (and {result.markdown.name}, results.json)")
+
+
+@app.command()
+def crossval(
+    config: Annotated[str, typer.Option("--config", "-c", help="Config file or preset name.")],
+    set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="Override: key=value.")] = None,
+    n_boot: Annotated[int, typer.Option(help="Patient-bootstrap resamples.")] = 1000,
+    overwrite: Annotated[bool, typer.Option(help="Retrain folds that already finished.")] = False,
+) -> None:
+    """Train and test on every fold of a k-fold manifest; AUC per fold, mean, spread, pooled."""
+    from mammobench.evaluation.crossval import crossval as run_cv
+
+    try:
+        result = run_cv(config, overrides=set_, n_boot=n_boot, overwrite=overwrite, show_progress=True)
+    except MammobenchError as exc:
+        _fail(exc)
+    console.print(_frame_table(result.folds.drop(columns=["run_dir"]), "Test metrics per fold"))
+    for key in ("auc_macro", "auc_malignant"):
+        if key in result.summary:
+            s = result.summary[key]
+            console.print(f"{key}: mean {s['mean']:.3f}, sd {s['sd']:.3f} (min {s['min']:.3f}, max {s['max']:.3f})")
+    console.print(f"Summary: {result.out / 'summary.json'}")
+
+
+@app.command()
+def explain(
+    run: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    images: Annotated[list[Path], typer.Argument(help="Image files (DICOM, PNG, JPEG, ...).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the Grad-CAM figures.")] = Path("explanations"),
+    target: Annotated[str | None, typer.Option("--class", help="Class to explain (default: the predicted one).")] = None,
+    roi: Annotated[tuple[int, int, int, int] | None, typer.Option(help="Lesion box x0 y0 x1 y1 in a full image.")] = None,
+) -> None:
+    """Grad-CAM (CNN) / token Grad-CAM (ViT) overlays on the preprocessed images."""
+    from mammobench.evaluation.explain import explain_files
+    from mammobench.evaluation.inference import load_run_model
+
+    try:
+        model, info = load_run_model(run)
+        results = explain_files(model, info, images, out, target=target, roi=roi)
+    except MammobenchError as exc:
+        _fail(exc)
+    for r in results:
+        probs = ", ".join(f"{k} {v:.2f}" for k, v in r.probabilities.items())
+        console.print(f"{r.path}: predicted [bold]{r.predicted}[/] ({probs}) -> {r.figure}")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("demo_output"),
+) -> None:
+    """The built-in SYNTHETIC demo: prepare, train a small CNN and ViT, compare, write the report."""
+    from mammobench.demo import run_demo
+
+    console.print("[bold yellow]SYNTHETIC DEMO DATA[/] - generated images, not patients; the numbers say nothing about real mammograms.")
+    try:
+        result = run_demo(out, show_progress=True)
+    except MammobenchError as exc:
+        _fail(exc)
+    _print_compare(result)
+    console.print(f"Open {result.html} in a browser. Next: mammobench prepare cbis-ddsm /path/to/CBIS-DDSM --out prepared/cbis")
 
 
 def _fail(exc: BaseException) -> None:

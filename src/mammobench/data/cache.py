@@ -12,9 +12,8 @@ import json
 import logging
 import os
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -112,7 +111,7 @@ class ImageCache:
 
         Args:
             requests: images to cache.
-            workers: processes to decode with (0 = one per CPU core, 1 = in this process).
+            workers: threads to decode with (0 = one per CPU core).
             show_progress: draw a progress bar (the CLI does; library calls stay quiet).
         """
         report = CacheReport()
@@ -125,16 +124,11 @@ class ImageCache:
         workers = workers or (os.cpu_count() or 1)
         workers = min(workers, len(todo))
         jobs = [(requests[i], str(entries[i]), self.settings) for i in todo]
-        if workers <= 1:
-            results = (_build_job(job) for job in jobs)
-            iterator = progress(results, total=len(jobs), description="Preprocessing images", enabled=show_progress)
-            outcomes = list(iterator)
-        else:
-            with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-                mapped = pool.map(_build_job, jobs, chunksize=max(1, len(jobs) // (workers * 8)))
-                outcomes = list(
-                    progress(mapped, total=len(jobs), description="Preprocessing images", enabled=show_progress)
-                )
+        # Threads, not processes: decoders (Pillow, OpenCV, pylibjpeg) release the GIL for the heavy part,
+        # and threads need no `if __name__ == "__main__"` guard in users' scripts and notebooks.
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            mapped = pool.map(_build_job, jobs)
+            outcomes = list(progress(mapped, total=len(jobs), description="Preprocessing images", enabled=show_progress))
         for i, error in zip(todo, outcomes, strict=True):
             if error is None:
                 report.built += 1

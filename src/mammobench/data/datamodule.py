@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
@@ -29,8 +30,36 @@ logger = logging.getLogger(__name__)
 SamplerFactory = Callable[[np.ndarray, torch.Generator], Sampler[int]]
 
 
+class EpochSeededLoader(DataLoader):
+    """A DataLoader whose every ``iter()`` re-seeds its generator from the current epoch.
+
+    Shuffling, the sampler's draws and the loader workers' seeds all come from that generator, so epoch
+    ``e`` sees the same batches and augmentations whether the run went straight through or was
+    interrupted and resumed before ``e``.
+
+    Args:
+        seed_fn: returns the seed of the epoch about to be iterated.
+    """
+
+    def __init__(self, *args: Any, seed_fn: Callable[[], int], **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.seed_fn = seed_fn
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        if self.generator is not None:
+            self.generator.manual_seed(self.seed_fn())
+        return super().__iter__()
+
+
 def default_workers() -> int:
-    """Loader processes: one core is left to the training step (and none at all on a 1-core machine)."""
+    """Loader processes: up to 8 (one core left for the main process) when a GPU computes; none on CPU.
+
+    On a CPU-only machine the training step already uses every core, and loading a cached image costs a
+    few milliseconds against a few hundred for the step: loader workers would only compete for cores
+    (measured in ``benchmarks/bench_train.py``).
+    """
+    if not torch.cuda.is_available():
+        return 0
     return max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
@@ -47,7 +76,7 @@ class MammoDataModule(pl.LightningDataModule):
         num_workers: loader processes (``None`` = :func:`default_workers`).
         train_sampler: makes the training sampler from the training targets (hook for balanced batches).
         seed: seeds the loaders' generators (per epoch, see :meth:`epoch_seed`).
-        cache_workers: processes that build the cache (0 = one per core).
+        cache_workers: threads that build the cache (0 = one per core).
     """
 
     def __init__(
@@ -81,6 +110,7 @@ class MammoDataModule(pl.LightningDataModule):
         self.seed = seed
         self.cache_workers = cache_workers
         self.show_progress = show_progress
+        self.start_epoch = 0  # set by a resumed run to the epoch it continues at
         self.skipped: pd.DataFrame = pd.DataFrame(columns=["sample_id", "image_path", "reason"])
         self.datasets: dict[str, MammoDataset] = {}
         self._reasons: dict[int, str] = {}
@@ -122,12 +152,9 @@ class MammoDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, *, train: bool) -> DataLoader:
         ds = self.dataset(split)
-        # A fresh generator per epoch (the trainer reloads the training loader every epoch), so epoch e
-        # draws the same batches whether or not the run was interrupted and resumed before it.
-        epoch = self.trainer.current_epoch if train and self.trainer is not None else 0
-        generator = torch.Generator().manual_seed(self.epoch_seed(epoch))
+        generator = torch.Generator()
         sampler = self.train_sampler(ds.targets, generator) if train and self.train_sampler is not None else None
-        return DataLoader(
+        return EpochSeededLoader(
             ds,
             batch_size=self.batch_size,
             shuffle=train and sampler is None,
@@ -137,7 +164,14 @@ class MammoDataModule(pl.LightningDataModule):
             drop_last=train and len(ds) > self.batch_size,
             generator=generator,
             persistent_workers=False,  # workers are re-seeded from each epoch's generator
+            seed_fn=self._current_seed if train else (lambda: self.seed),
         )
+
+    def _current_seed(self) -> int:
+        # When resuming, Lightning creates the first iterator before it restores the epoch counter, so
+        # the epoch to resume at is passed in (``start_epoch``).
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        return self.epoch_seed(max(epoch, self.start_epoch))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

@@ -65,25 +65,25 @@ def _lesion(rng: np.random.Generator, h: int, w: int, cx: float, cy: float, labe
         u = (dx * np.cos(rot) + dy * np.sin(rot)) / a
         v = (-dx * np.sin(rot) + dy * np.cos(rot)) / b
         # Some benign masses are lobulated, which makes them harder to tell from malignant ones.
-        lobes = rng.uniform(0.0, 0.25) * np.cos(int(rng.integers(2, 5)) * theta) if rng.random() < 0.3 else 0.0
-        out = np.clip((1.0 + lobes - (u**2 + v**2)) * 6.0, 0, 1) * rng.uniform(0.12, 0.34)
-        return cv2.GaussianBlur(out, (0, 0), rng.uniform(0.6, 1.6))
+        lobes = rng.uniform(0.1, 0.35) * np.cos(int(rng.integers(3, 7)) * theta) if rng.random() < 0.45 else 0.0
+        out = np.clip((1.0 + lobes - (u**2 + v**2)) * 6.0, 0, 1) * rng.uniform(0.08, 0.30)
+        return cv2.GaussianBlur(out, (0, 0), rng.uniform(0.6, 2.2))
     if label == MALIGNANT:
         base = rng.uniform(6, 10)
-        harmonics = sum(rng.uniform(0.08, 0.25) * np.cos(k * theta + rng.uniform(0, 2 * np.pi)) for k in (3, 5, 7))
-        core = np.clip((base * (1.0 + harmonics) - r) / 2.0, 0, 1) * rng.uniform(0.12, 0.34)
+        harmonics = sum(rng.uniform(0.04, 0.22) * np.cos(k * theta + rng.uniform(0, 2 * np.pi)) for k in (3, 5, 7))
+        core = np.clip((base * (1.0 + harmonics) - r) / 2.0, 0, 1) * rng.uniform(0.08, 0.30)
         spicules = np.zeros((h, w), np.float32)
-        faint = rng.random() < 0.25  # subtle cancers: few, faint spicules
-        for angle in rng.uniform(0, 2 * np.pi, int(rng.integers(2, 6) if faint else rng.integers(7, 15))):
-            length = base * rng.uniform(1.8, 3.2)
+        faint = rng.random() < 0.45  # subtle cancers: few, faint spicules
+        for angle in rng.uniform(0, 2 * np.pi, int(rng.integers(1, 5) if faint else rng.integers(6, 14))):
+            length = base * rng.uniform(1.5, 3.0)
             end = (int(cx + length * np.cos(angle)), int(cy + length * np.sin(angle)))
-            strength = rng.uniform(0.03, 0.08) if faint else rng.uniform(0.10, 0.20)
+            strength = rng.uniform(0.02, 0.06) if faint else rng.uniform(0.08, 0.18)
             cv2.line(spicules, (int(cx), int(cy)), end, float(strength), 1, cv2.LINE_AA)
         return cv2.GaussianBlur(np.maximum(core, spicules), (0, 0), 0.7)
     # BENIGN_WITHOUT_CALLBACK: scattered coarse calcifications
-    for _ in range(int(rng.integers(5, 13))):
+    for _ in range(int(rng.integers(3, 12))):
         px, py = cx + rng.normal(0, 9), cy + rng.normal(0, 9)
-        cv2.circle(out, (int(px), int(py)), int(rng.integers(1, 3)), float(rng.uniform(0.35, 0.6)), -1, cv2.LINE_AA)
+        cv2.circle(out, (int(px), int(py)), int(rng.integers(1, 3)), float(rng.uniform(0.15, 0.5)), -1, cv2.LINE_AA)
     return out
 
 
@@ -109,7 +109,7 @@ def generate_image(seed: int, label: str, side: str, height: int = 320, width: i
     k = int(rng.integers(len(xs))) if len(xs) else 0
     cx, cy = (float(xs[k]), float(ys[k])) if len(xs) else (width / 2, height / 2)
     image = image + breast * _lesion(rng, height, width, cx, cy, label)
-    image = image + rng.normal(0, 0.015, image.shape).astype(np.float32) * breast
+    image = image + rng.normal(0, 0.025, image.shape).astype(np.float32) * breast
     image = np.clip(image, 0, 1)
     half = 28
     roi = (max(0, int(cx) - half), max(0, int(cy) - half), min(width, int(cx) + half), min(height, int(cy) + half))
@@ -143,6 +143,7 @@ def generate_demo_dataset(out: str | Path, *, n_patients: int = 160, seed: int =
                 "path": f"images/{name}", "label": label, "patient_id": f"SYN_{p:04d}",
                 "roi": " ".join(map(str, roi)), "lesion_type": "calcification" if label == BENIGN_WITHOUT_CALLBACK else "mass",
                 "laterality": side, "view": view, "image_type": "full", "sample_id": f"synthetic_{p:04d}_{side}_{view}",
+                "dataset": DEMO_DATASET,
             })
     table = out / "demo.csv"
     buf = io.StringIO()

@@ -23,7 +23,7 @@ from mammobench.data.demo import DEMO_DATASET, SYNTHETIC_NOTICE, generate_demo_d
 from mammobench.data.labels import LabelError, order_labels, parse_label_spec, positive_label
 from mammobench.data.manifest import ManifestInfo, parse_roi, validate_manifest, write_manifest
 from mammobench.data.preprocess import PreprocessSettings
-from mammobench.data.sources.base import SourceResult, Skipped
+from mammobench.data.sources.base import Skipped, SourceResult
 from mammobench.data.splits import SplitReport, check_no_leakage, split_kfold, split_official, split_random
 from mammobench.data.summary import count_table, majority_accuracy, preview_grid
 from mammobench.runtime import MammobenchError, atomic_write_text, utc_now
@@ -121,7 +121,7 @@ def prepare(
         preprocess: settings of the cache built now (default 224 px); images that fail to decode are
             reported in ``skipped.csv`` and left out.
         build_cache: decode and cache every image now (also finds unreadable files early).
-        workers: decoding processes (0 = one per core).
+        workers: decoding threads (0 = one per core).
 
     Raises:
         MammobenchError (or a subclass): bad input, naming the file, row or value.
@@ -178,10 +178,13 @@ def prepare(
     frame = validate_manifest(frame, where="prepared manifest")
 
     label_set = order_labels(frame["label"])
+    synthetic = bool((frame["dataset"] == DEMO_DATASET).any())
+    if synthetic and dataset != "demo":
+        notes.insert(0, SYNTHETIC_NOTICE)
     info = ManifestInfo(
-        dataset=DEMO_DATASET if dataset == "demo" else dataset, mode=mode, labels=label_set,
+        dataset=DEMO_DATASET if synthetic else dataset, mode=mode, labels=label_set,
         label_mapping=mapping.to_dict(), positive_label=positive_label(label_set), split=split_report.to_dict(),
-        synthetic=dataset == "demo", source_root=str(Path(root).resolve()), created=utc_now(),
+        synthetic=synthetic, source_root=str(Path(root).resolve()), created=utc_now(),
         mammobench_version=mammobench.__version__, notes=notes,
     )
     manifest_path = write_manifest(frame, out, info)

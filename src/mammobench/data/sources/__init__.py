@@ -5,6 +5,6 @@
 * :mod:`.table` - a user's own CSV (``path,label,patient_id``).
 """
 
-from mammobench.data.sources.base import SourceResult, Skipped
+from mammobench.data.sources.base import Skipped, SourceResult
 
 __all__ = ["SourceResult", "Skipped"]

@@ -30,7 +30,7 @@ from mammobench.data.dicom import ImageReadError, index_dicom_tree
 from mammobench.data.images import image_size, read_image
 from mammobench.data.labels import worst
 from mammobench.data.manifest import format_roi
-from mammobench.data.sources.base import SourceResult, Skipped
+from mammobench.data.sources.base import Skipped, SourceResult
 from mammobench.runtime import MammobenchError, format_list, progress
 
 logger = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from mammobench.data.dicom import ImageReadError
 from mammobench.data.images import image_size
 from mammobench.data.labels import BENIGN, MALIGNANT, NORMAL, worst
 from mammobench.data.manifest import format_roi
-from mammobench.data.sources.base import SourceResult, Skipped
+from mammobench.data.sources.base import Skipped, SourceResult
 from mammobench.runtime import MammobenchError
 
 DATASET = "mias"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from mammobench.data.manifest import parse_roi
-from mammobench.data.sources.base import SourceResult, Skipped
+from mammobench.data.sources.base import Skipped, SourceResult
 from mammobench.runtime import MammobenchError
 
 REQUIRED = ("path", "label", "patient_id")

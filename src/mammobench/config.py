@@ -1,0 +1,246 @@
+"""The run configuration: YAML files validated by pydantic, with ``--set key=value`` overrides.
+
+An unknown key or a bad value is an error that names it and says what is allowed. The resolved config
+(defaults filled in) is saved in every run directory as ``config.yaml``.
+
+Example:
+    >>> cfg = load_config("configs/resnet18.yaml", ["data.manifest=prepared/cbis", "optim.lr=3e-4"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mammobench.data.preprocess import PreprocessSettings
+from mammobench.data.transforms import AugmentSettings
+from mammobench.runtime import MammobenchError
+
+PACKAGED_CONFIGS = Path(__file__).parent / "configs"
+
+
+class ConfigError(MammobenchError):
+    """A config file or override that does not validate."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PreprocessConfig(_Strict):
+    """Preprocessing except the size (``data.image_size``); see :class:`~mammobench.data.preprocess.PreprocessSettings`."""
+
+    keep_aspect: bool = True
+    window: tuple[float, float] = (0.5, 99.5)
+    clahe: bool = False
+    clahe_clip: float = Field(2.0, gt=0)
+    clahe_tiles: int = Field(8, ge=1, le=64)
+    crop_breast: bool = True
+    canonical_side: Literal["left", "right", "none"] = "left"
+
+    def settings(self, size: int) -> PreprocessSettings:
+        return PreprocessSettings(size=size, **self.model_dump())
+
+
+class DataConfig(_Strict):
+    manifest: Path | None = Field(None, description="prepared manifest.csv (or its folder)")
+    fold: int | None = Field(None, ge=0, description="k-fold manifests: the fold used as test set")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="k-fold: validation carved from the other folds")
+    image_size: int | None = Field(None, ge=16, le=4096, description="None = the model's pretrained input size")
+    preprocess: PreprocessConfig = PreprocessConfig()
+    augment: AugmentSettings = AugmentSettings()
+    sampler: Literal["balanced", "none"] = "balanced"
+    batch_size: int = Field(32, ge=1)
+    num_workers: int | None = Field(None, ge=0, description="None = one less than the CPU cores")
+    cache_dir: Path | None = Field(None, description="None = <manifest folder>/cache")
+
+
+class ModelConfig(_Strict):
+    name: str = "resnet18"
+    pretrained: str = Field("hub", description="hub | none | path to .safetensors / state dict")
+    drop_rate: float = Field(0.0, ge=0, lt=1)
+    drop_path_rate: float | None = Field(None, ge=0, lt=1)
+    img_size: int | None = Field(None, description="for ViTs built for a size: build at this size")
+    mean: float | None = None
+    std: float | None = Field(None, gt=0)
+
+
+class LossConfig(_Strict):
+    name: Literal["focal", "ce"] = "focal"
+    gamma: float = Field(2.0, ge=0)
+    alpha: Literal["balanced"] | list[float] | None = Field(
+        None, description="per-class weights: None, 'balanced' (inverse frequency) or one number per class"
+    )
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+    @field_validator("alpha")
+    @classmethod
+    def _positive(cls, v: Any) -> Any:
+        if isinstance(v, list) and (not v or any(w < 0 for w in v)):
+            raise ValueError("alpha must be a non-empty list of non-negative weights, 'balanced' or null")
+        return v
+
+
+class OptimConfig(_Strict):
+    lr: float = Field(1e-3, gt=0, description="head learning rate")
+    backbone_lr_mult: float = Field(0.1, gt=0, le=1, description="backbone LR = lr x this (stage 2)")
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0, description="linear warm-up at the start of each stage")
+    min_lr_ratio: float = Field(0.01, ge=0, le=1, description="cosine floor, as a fraction of the peak LR")
+    grad_clip: float | None = Field(1.0, gt=0)
+    ema_decay: float | None = Field(None, gt=0, lt=1, description="exponential moving average of weights")
+
+
+class StagesConfig(_Strict):
+    head_epochs: int = Field(2, ge=0, description="stage 1: only the new head trains")
+    finetune_epochs: int = Field(10, ge=0, description="stage 2: head + the last blocks")
+    unfreeze_blocks: int | Literal["all"] = Field(2, description="blocks unfrozen in stage 2")
+
+    @model_validator(mode="after")
+    def _some_epochs(self) -> StagesConfig:
+        if self.head_epochs + self.finetune_epochs == 0:
+            raise ValueError("head_epochs + finetune_epochs must be at least 1")
+        if isinstance(self.unfreeze_blocks, int) and self.unfreeze_blocks < 0:
+            raise ValueError("unfreeze_blocks must be >= 0 or 'all'")
+        return self
+
+
+class TrainerConfig(_Strict):
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    strategy: str = "auto"
+    num_nodes: int = Field(1, ge=1)
+    precision: str = Field("auto", description="auto = bf16-mixed (or 16-mixed) on GPU, 32-true on CPU")
+    compile: bool = False
+    channels_last: bool | Literal["auto"] = "auto"
+    deterministic: bool | Literal["warn"] = "warn"
+    monitor: Literal["val/auc_macro", "val/auc_malignant", "val/loss", "val/acc", "val/balanced_acc"] = "val/auc_macro"
+    early_stopping_patience: int | None = Field(5, ge=1)
+    limit_train_batches: int | float | None = None
+    limit_val_batches: int | float | None = None
+    log_every_n_steps: int = Field(10, ge=1)
+    max_time: str | None = Field(None, description="e.g. 00:12:00:00 (DD:HH:MM:SS)")
+
+
+class OutputConfig(_Strict):
+    dir: Path = Path("runs")
+    name: str | None = Field(None, description="run folder name; None = the config's name (+ _foldK)")
+    tensorboard: bool = True
+    mlflow: bool = Field(False, description="also log to MLflow (needs mlflow installed)")
+
+
+class Config(_Strict):
+    """A whole training run."""
+
+    name: str = "run"
+    seed: int = 42
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    stages: StagesConfig = StagesConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    output: OutputConfig = OutputConfig()
+
+    def run_name(self) -> str:
+        base = self.output.name or self.name
+        return f"{base}_fold{self.data.fold}" if self.data.fold is not None and not self.output.name else base
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A config file, or the name of a packaged preset (``resnet18`` -> ``configs/resnet18.yaml``)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    preset = PACKAGED_CONFIGS / f"{p.stem if p.suffix in ('.yaml', '.yml') else p.name}.yaml"
+    if preset.is_file():
+        return preset
+    presets = ", ".join(sorted(q.stem for q in PACKAGED_CONFIGS.glob("*.yaml")))
+    raise ConfigError(f"config {path} does not exist and is not a preset ({presets})")
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: {k} is not a section")
+    node[keys[-1]] = value
+
+
+def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
+    """``["a.b=1", "c=[1, 2]"]`` -> nested dict (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. optim.lr=3e-4")
+        key, _, raw = item.partition("=")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc})") from None
+        _set_dotted(out, key.strip(), value)
+    return out
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def config_from_dict(data: dict[str, Any], *, where: str = "config") -> Config:
+    """Validate a dict; errors name each bad key and what is allowed."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            if err["type"] == "extra_forbidden":
+                section = _section(err["loc"][:-1])
+                allowed = ", ".join(section.model_fields) if section else "?"
+                lines.append(f"{loc}: unknown key (allowed here: {allowed})")
+            else:
+                lines.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError(f"{where} is invalid:\n  " + "\n  ".join(lines)) from None
+
+
+def _section(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Config
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None) if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return model
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or a preset name), apply ``key=value`` overrides, validate.
+
+    Raises:
+        ConfigError: unreadable YAML, unknown keys, bad values - each named.
+    """
+    data: dict[str, Any] = {}
+    where = "config"
+    if path is not None:
+        resolved = resolve_config_path(path)
+        where = str(resolved)
+        try:
+            loaded = yaml.safe_load(resolved.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{resolved} is not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{resolved} must hold a mapping of sections, not {type(loaded).__name__}")
+        data = loaded
+    return config_from_dict(_merge(data, parse_overrides(overrides)), where=where)

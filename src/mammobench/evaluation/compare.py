@@ -1,0 +1,260 @@
+"""``compare``: train (or reuse) several models on the identical split, evaluate them, write a report.
+
+Example:
+    >>> result = compare(["resnet18", "efficientnet_b0", "vit_base_patch16_384"], "comparison",
+    ...                  overrides=["data.manifest=prepared/cbis"])                 # doctest: +SKIP
+    >>> result.html                                                                  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+import mammobench
+from mammobench.config import Config, load_config
+from mammobench.data.cache import ImageCache
+from mammobench.data.dataset import cache_request
+from mammobench.data.demo import DEMO_DATASET, SYNTHETIC_NOTICE
+from mammobench.evaluation.evaluate import EvaluationResult, cache_root, evaluate, split_rows
+from mammobench.evaluation.explain import explain_arrays, overlay
+from mammobench.evaluation.inference import load_run_model
+from mammobench.evaluation.metrics import paired_auc_difference
+from mammobench.evaluation.plots import plot_roc_overlay
+from mammobench.evaluation.report import write_report
+from mammobench.runtime import (
+    MammobenchError,
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+    environment_info,
+    utc_now,
+)
+from mammobench.training.fit import fit
+from mammobench.training.rundir import RUN_INFO, read_model_info, read_run_info
+
+logger = logging.getLogger(__name__)
+
+
+class CompareError(MammobenchError):
+    """Runs that cannot be compared (different data or label sets, duplicate names)."""
+
+
+@dataclass
+class ModelResult:
+    name: str
+    run_dir: Path
+    config: Config
+    run_info: dict[str, Any]
+    test: EvaluationResult
+    val: EvaluationResult
+    gallery: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class CompareResult:
+    out: Path
+    markdown: Path
+    html: Path
+    table: pd.DataFrame
+    models: list[ModelResult]
+    paired: list[dict[str, Any]]
+
+
+def _train_or_reuse(cfg: Config, *, show_progress: bool) -> Path:
+    run_dir = cfg.output.dir / cfg.run_name()
+    if (run_dir / RUN_INFO).is_file():
+        status = read_run_info(run_dir).get("status")
+        saved = load_config(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
+        same = saved is not None and saved.model_dump(mode="json") == cfg.model_dump(mode="json")
+        if status == "finished" and same:
+            logger.info("reusing finished run %s", run_dir)
+            return run_dir
+        if status != "finished" and same and (run_dir / "checkpoints" / "last.ckpt").is_file():
+            logger.info("resuming unfinished run %s", run_dir)
+            return fit(cfg, resume=True, show_progress=show_progress).run_dir
+        logger.info("run %s exists with %s; training it again", run_dir, "another config" if not same else f"status {status}")
+    return fit(cfg, overwrite=True, show_progress=show_progress).run_dir
+
+
+def _same_data(cfgs: list[Config]) -> None:
+    keys = {(str(Path(c.data.manifest).resolve()) if c.data.manifest else None, c.data.fold) for c in cfgs}
+    if len(keys) > 1:
+        detail = "; ".join(f"{c.name}: manifest={c.data.manifest}, fold={c.data.fold}" for c in cfgs)
+        raise CompareError(f"the configs use different data, so their splits differ: {detail}")
+
+
+def _check_runs(models: list[ModelResult]) -> None:
+    first = models[0]
+    labels = read_model_info(first.run_dir).labels
+    split = pd.read_csv(first.run_dir / "split.csv", dtype=str)[["sample_id", "split"]].sort_values("sample_id")
+    for m in models[1:]:
+        other = read_model_info(m.run_dir).labels
+        if other != labels:
+            raise CompareError(f"runs {first.run_dir} and {m.run_dir} predict different label sets: {labels} vs {other}")
+        s = pd.read_csv(m.run_dir / "split.csv", dtype=str)[["sample_id", "split"]].sort_values("sample_id")
+        if not s.reset_index(drop=True).equals(split.reset_index(drop=True)):
+            raise CompareError(f"runs {first.run_dir} and {m.run_dir} were trained on different splits")
+
+
+def _gallery(m: ModelResult, out: Path, per_kind: int) -> list[dict[str, Any]]:
+    """Grad-CAM overlays of the most confident correct and wrong test predictions."""
+    if per_kind <= 0:
+        return []
+    import cv2
+
+    preds = m.test.predictions
+    labels = m.test.metrics["labels"]
+    probs = preds[[f"prob_{lab}" for lab in labels]].to_numpy()
+    conf = probs.max(1)
+    correct = (preds["predicted"] == preds["label"]).to_numpy()
+    chosen = [("correct", i) for i in np.argsort(-np.where(correct, conf, -1))[:per_kind] if correct[i]]
+    chosen += [("wrong", i) for i in np.argsort(-np.where(~correct, conf, -1))[:per_kind] if not correct[i]]
+    if not chosen:
+        return []
+    model, info = load_run_model(m.run_dir)
+    rows = split_rows(m.run_dir, "test").set_index("sample_id")
+    cache = ImageCache(cache_root(m.run_dir), info.preprocess)
+    images = [cache.get(cache_request(rows.loc[preds.iloc[i]["sample_id"]])) for _, i in chosen]
+    explained = explain_arrays(model, info, images)
+    items = []
+    for (kind, i), image, (p, pred, _, cam) in zip(chosen, images, explained, strict=True):
+        row = preds.iloc[i]
+        path = out / "gallery" / m.name / f"{kind}_{row['sample_id']}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        big = cv2.resize(overlay(image, cam), (192, 192), interpolation=cv2.INTER_NEAREST)
+        with atomic_path(path) as tmp:
+            cv2.imwrite(str(tmp), big[:, :, ::-1])
+        items.append({"kind": kind, "sample_id": row["sample_id"], "true": row["label"], "predicted": labels[pred],
+                      "confidence": float(p[labels[pred]]), "image": str(path)})
+    return items
+
+
+def compare(
+    configs: list[str | Path | Config],
+    out: str | Path,
+    *,
+    overrides: list[str] | None = None,
+    tta: bool = False,
+    n_boot: int = 1000,
+    gallery: int = 4,
+    show_progress: bool = False,
+) -> CompareResult:
+    """Train or reuse each config's run under ``out/runs``, evaluate all on the same test set, report.
+
+    Args:
+        configs: config files, preset names or :class:`Config` objects.
+        out: output folder (``runs/``, ``report.md``, ``report.html``, ``results.json``, ``results.csv``).
+        overrides: ``key=value`` applied to every config (e.g. ``data.manifest=...``).
+        tta: evaluate with flip test-time augmentation.
+        n_boot: patient-bootstrap resamples for intervals and paired tests.
+        gallery: Grad-CAM examples per model and kind (correct / wrong).
+
+    Raises:
+        CompareError: different data or label sets, duplicate names.
+    """
+    out = Path(out)
+    if len(configs) < 1:
+        raise CompareError("compare needs at least one config")
+    cfgs = [c if isinstance(c, Config) else load_config(c, overrides) for c in configs]
+    cfgs = [c.model_copy(update={"output": c.output.model_copy(update={"dir": out / "runs"})}) for c in cfgs]
+    names = [c.run_name() for c in cfgs]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise CompareError(f"two configs would write the same run {dup}; give them different names (name: ...)")
+    _same_data(cfgs)
+    models: list[ModelResult] = []
+    for cfg in cfgs:
+        run_dir = _train_or_reuse(cfg, show_progress=show_progress)
+        models.append(ModelResult(cfg.run_name(), run_dir, cfg, read_run_info(run_dir), None, None))  # type: ignore[arg-type]
+    _check_runs(models)
+    for m in models:
+        m.test = evaluate(m.run_dir, split="test", tta=tta, n_boot=n_boot)
+        m.val = evaluate(m.run_dir, split="val", tta=tta, n_boot=n_boot)
+        m.gallery = _gallery(m, out, gallery)
+
+    labels = models[0].test.metrics["labels"]
+    positive = models[0].test.metrics["positive_label"]
+    aligned = {}
+    for m in models:
+        preds = m.test.predictions.set_index("sample_id")
+        aligned[m.name] = preds
+    common = sorted(set.intersection(*[set(p.index) for p in aligned.values()]))
+    y = aligned[models[0].name].loc[common, "label"].map({lab: i for i, lab in enumerate(labels)}).to_numpy()
+    groups = (aligned[models[0].name].loc[common, "dataset"] + "/" + aligned[models[0].name].loc[common, "patient_id"]).to_numpy()
+    probs = {n: p.loc[common, [f"prob_{lab}" for lab in labels]].to_numpy() for n, p in aligned.items()}
+    paired = []
+    for a, b in itertools.combinations([m.name for m in models], 2):
+        entry: dict[str, Any] = {"a": a, "b": b}
+        entry["auc_macro"] = paired_auc_difference(y, probs[a], probs[b], groups, n_boot=n_boot)
+        if positive in labels:
+            entry["auc_malignant"] = paired_auc_difference(y, probs[a], probs[b], groups, column=labels.index(positive),
+                                                           n_boot=n_boot)
+        paired.append(entry)
+    split = pd.read_csv(models[0].run_dir / "split.csv", dtype=str, keep_default_na=False)
+    synthetic = bool((split["dataset"] == DEMO_DATASET).any())
+    mark = " (SYNTHETIC DEMO DATA)" if synthetic else ""
+    curves = {n: (y, p) for n, p in probs.items()}
+    figures = {"roc_macro": plot_roc_overlay(curves, out / "roc_macro.png", column=None, label="macro one-vs-rest",
+                                             title=f"ROC: macro one-vs-rest{mark}")}
+    if positive in labels:
+        figures["roc_malignant"] = plot_roc_overlay(curves, out / "roc_malignant.png", column=labels.index(positive),
+                                                    label=f"{positive} vs rest", title=f"ROC: {positive} vs rest{mark}")
+    table = results_table(models)
+    buf = io.StringIO()
+    table.to_csv(buf, index=False)
+    atomic_write_text(out / "results.csv", buf.getvalue())
+    results = {
+        "created": utc_now(), "mammobench_version": mammobench.__version__, "synthetic": synthetic,
+        "notice": SYNTHETIC_NOTICE if synthetic else "", "labels": labels, "positive_label": positive, "tta": tta,
+        "bootstrap": {"unit": "patient", "n": n_boot}, "machine": environment_info(),
+        "models": {m.name: {"run_dir": str(m.run_dir), "architecture": m.config.model.name, "run": m.run_info,
+                            "test": m.test.metrics, "val": m.val.metrics, "gallery": m.gallery} for m in models},
+        "paired": paired, "n_common_test": len(common),
+    }
+    atomic_write_json(out / "results.json", results)
+    md, html = write_report(out, results, table, split, figures)
+    return CompareResult(out, md, html, table, models, paired)
+
+
+def _fmt(metric: dict[str, Any] | None, pct: bool = False) -> str:
+    if not metric or metric.get("value") is None or metric["value"] != metric["value"]:
+        return "n/a"
+    scale, suffix = (100.0, "") if pct else (1.0, "")
+    v = metric["value"] * scale
+    lo, hi = (c * scale if c is not None and c == c else float("nan") for c in metric.get("ci", [None, None]))
+    digits = 1 if pct else 3
+    ci = f" [{lo:.{digits}f}, {hi:.{digits}f}]" if lo == lo and hi == hi else ""
+    return f"{v:.{digits}f}{suffix}{ci}"
+
+
+def results_table(models: list[ModelResult]) -> pd.DataFrame:
+    """The notebook's comparison table, with 95 % patient-bootstrap intervals."""
+    rows = []
+    for m in models:
+        t, v = m.test.metrics["metrics"], m.val.metrics["metrics"]
+        rows.append({
+            "model": m.name,
+            "architecture": m.config.model.name,
+            "parameters (M)": f"{m.run_info.get('parameters', 0) / 1e6:.2f}",
+            "val accuracy %": _fmt(v["accuracy"], pct=True),
+            "test accuracy %": _fmt(t["accuracy"], pct=True),
+            "test majority %": f"{t['majority_accuracy']['value'] * 100:.1f}",
+            "test balanced accuracy %": _fmt(t["balanced_accuracy"], pct=True),
+            "test macro AUC": _fmt(t["auc_macro"]),
+            "test malignant AUC": _fmt(t.get("auc_malignant")),
+            "sensitivity %": _fmt(t.get("sensitivity"), pct=True),
+            "specificity %": _fmt(t.get("specificity"), pct=True),
+            "ECE": _fmt(t["ece"]),
+            "train time (s)": f"{m.run_info.get('train_seconds', float('nan')):.0f}",
+            "train images/s": f"{m.run_info.get('train_images_per_s') or float('nan'):.1f}",
+        })
+    return pd.DataFrame(rows)
+

@@ -1,0 +1,224 @@
+"""``evaluate(run_dir)``: predictions, metrics with patient-bootstrap CIs, breakdowns and plots for a split.
+
+Writes ``<run>/evaluation/<split>[_tta]/``: ``metrics.json``, ``predictions.csv`` and ``roc.png``,
+``pr.png``, ``confusion.png``, ``reliability.png``, ``curves.png``.
+
+Example:
+    >>> result = evaluate("runs/resnet18", split="test", tta=True)            # doctest: +SKIP
+    >>> result.metrics["metrics"]["auc_macro"]                                # doctest: +SKIP
+    {'value': 0.81, 'ci': [0.78, 0.84]}
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+import mammobench
+from mammobench.config import load_config
+from mammobench.data.cache import ImageCache
+from mammobench.data.dataset import cache_request
+from mammobench.data.demo import DEMO_DATASET, SYNTHETIC_NOTICE
+from mammobench.evaluation.inference import load_run_model, predict_probs
+from mammobench.evaluation.metrics import (
+    UndefinedMetricWarning,
+    choose_threshold,
+    confusion,
+    metrics_with_ci,
+    per_class_table,
+)
+from mammobench.evaluation.plots import plot_confusion, plot_pr, plot_reliability, plot_roc
+from mammobench.runtime import MammobenchError, atomic_write_json, atomic_write_text, utc_now
+from mammobench.training.curves import plot_training_curves
+from mammobench.training.rundir import ModelInfo, RunError, require_finished
+
+logger = logging.getLogger(__name__)
+
+EVAL_FORMAT = 1
+
+
+@dataclass
+class EvaluationResult:
+    run_dir: Path
+    split: str
+    out_dir: Path
+    metrics: dict[str, Any]
+    predictions: pd.DataFrame
+
+
+def cache_root(run_dir: Path) -> Path:
+    """The cache the run trained from (its config's ``data.cache_dir`` or the manifest's folder)."""
+    cfg = load_config(run_dir / "config.yaml")
+    if cfg.data.cache_dir is not None:
+        return Path(cfg.data.cache_dir)
+    manifest = Path(cfg.data.manifest) if cfg.data.manifest else None
+    if manifest is not None:
+        folder = manifest if manifest.is_dir() or manifest.suffix != ".csv" else manifest.parent
+        if folder.is_dir():
+            return folder / "cache"
+    return run_dir / "cache"
+
+
+def split_rows(run_dir: Path, split: str) -> pd.DataFrame:
+    frame = pd.read_csv(run_dir / "split.csv", dtype=str, keep_default_na=False)
+    rows = frame[frame["split"] == split].reset_index(drop=True)
+    if rows.empty:
+        raise MammobenchError(f"the {split} split of run {run_dir} is empty (splits: {sorted(set(frame['split']))})")
+    return rows
+
+
+def _readable(rows: pd.DataFrame, info: ModelInfo, root: Path) -> tuple[pd.DataFrame, list[dict[str, str]]]:
+    cache = ImageCache(root, info.preprocess)
+    report = cache.build([cache_request(r) for _, r in rows.iterrows()], workers=1)
+    skipped = [{"sample_id": rows.at[i, "sample_id"], "path": p, "reason": r} for i, p, r in report.failed]
+    for s in skipped:
+        logger.warning("not evaluated: %s (%s): %s", s["sample_id"], s["path"], s["reason"])
+    keep = np.ones(len(rows), bool)
+    keep[[i for i, _, _ in report.failed]] = False
+    return rows[keep].reset_index(drop=True), skipped
+
+
+def run_predictions(run_dir: str | Path, split: str, *, tta: bool = False, device: str = "auto",
+                    batch_size: int = 64) -> tuple[pd.DataFrame, np.ndarray, ModelInfo, list[dict[str, str]]]:
+    """Rows of ``split`` (readable ones), their ``(N, C)`` probabilities, the model info, and skipped rows."""
+    run_dir = Path(run_dir)
+    require_finished(run_dir)
+    model, info = load_run_model(run_dir)
+    root = cache_root(run_dir)
+    rows, skipped = _readable(split_rows(run_dir, split), info, root)
+    if rows.empty:
+        raise MammobenchError(f"no readable image in the {split} split of {run_dir}")
+    probs = predict_probs(model, info, rows, root, tta=tta, device=device, batch_size=batch_size)
+    return rows, probs, info, skipped
+
+
+def _targets(rows: pd.DataFrame, labels: list[str], run_dir: Path) -> np.ndarray:
+    unknown = sorted(set(rows["label"]) - set(labels))
+    if unknown:
+        raise RunError(f"split.csv of {run_dir} has label(s) {unknown} the model does not know ({labels})")
+    return rows["label"].map({lab: i for i, lab in enumerate(labels)}).to_numpy()
+
+
+def _groups(rows: pd.DataFrame) -> np.ndarray:
+    return (rows["dataset"] + "/" + rows["patient_id"]).to_numpy()
+
+
+def _breakdowns(report: dict[str, Any], rows: pd.DataFrame, y: np.ndarray, probs: np.ndarray, labels: list[str],
+                groups: np.ndarray, positive: str | None, threshold: float | None, n_boot: int, seed: int,
+                breakdown_min: int) -> None:
+    """Metrics per lesion type and per dataset, when the split holds more than one of them."""
+    for column, key in (("lesion_type", "by_lesion_type"), ("dataset", "by_dataset")):
+        values = [v for v in rows[column].unique() if v] if column in rows else []
+        if len(values) <= 1:
+            continue
+        report[key] = {}
+        for value in sorted(values):
+            sel = (rows[column] == value).to_numpy()
+            if sel.sum() < breakdown_min:
+                continue
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", UndefinedMetricWarning)
+                report[key][value] = {"n": int(sel.sum()), **metrics_with_ci(
+                    y[sel], probs[sel], labels, groups[sel], positive=positive, threshold=threshold,
+                    n_boot=max(200, n_boot // 2), seed=seed)}
+            for message in sorted({str(w.message) for w in caught}):
+                warnings.warn(f"{column} {value}: {message}", UndefinedMetricWarning, stacklevel=2)
+
+
+def evaluate(
+    run_dir: str | Path,
+    *,
+    split: str = "test",
+    tta: bool = False,
+    n_boot: int = 1000,
+    threshold_method: str = "youden",
+    target_sensitivity: float = 0.9,
+    device: str = "auto",
+    seed: int = 0,
+    breakdown_min: int = 10,
+) -> EvaluationResult:
+    """Evaluate a finished run on one split.
+
+    Args:
+        run_dir: a run directory made by :func:`mammobench.training.fit.fit`.
+        split: ``test`` (default), ``val`` or ``train``.
+        tta: average predictions over horizontal and vertical flips.
+        n_boot: patient-bootstrap resamples for the 95 % intervals.
+        threshold_method: how the malignant decision threshold is chosen on the validation split:
+            ``youden`` or ``sensitivity`` (reach ``target_sensitivity``).
+        breakdown_min: smallest subgroup (lesion type, dataset) that gets its own metrics.
+
+    Raises:
+        RunError: unfinished run, missing files, another format version, mismatched labels.
+    """
+    run_dir = Path(run_dir)
+    rows, probs, info, skipped = run_predictions(run_dir, split, tta=tta, device=device)
+    labels = info.labels
+    y = _targets(rows, labels, run_dir)
+    positive = info.positive_label
+    threshold: float | None = None
+    threshold_info: dict[str, Any] = {"method": "argmax"}
+    if positive is not None:
+        k = labels.index(positive)
+        val_rows, val_probs, _, _ = run_predictions(run_dir, "val", tta=tta, device=device) if split != "val" else (rows, probs, info, [])
+        val_y = _targets(val_rows, labels, run_dir)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", UndefinedMetricWarning)
+            threshold = choose_threshold(val_y == k, val_probs[:, k], method=threshold_method,
+                                         target_sensitivity=target_sensitivity)
+        threshold_info = {"method": threshold_method, "value": threshold, "chosen_on": "val",
+                          "target_sensitivity": target_sensitivity if threshold_method == "sensitivity" else None,
+                          "class": positive}
+    groups = _groups(rows)
+    out_dir = run_dir / "evaluation" / f"{split}{'_tta' if tta else ''}"
+    synthetic = bool((rows["dataset"] == DEMO_DATASET).any())
+    report: dict[str, Any] = {
+        "format": EVAL_FORMAT, "mammobench_version": mammobench.__version__, "created": utc_now(),
+        "run": str(run_dir), "architecture": info.architecture, "split": split, "tta": tta,
+        "synthetic": synthetic, "notice": SYNTHETIC_NOTICE if synthetic else "",
+        "n": int(len(rows)), "patients": int(len(np.unique(groups))), "labels": labels, "positive_label": positive,
+        "class_counts": {lab: int((y == i).sum()) for i, lab in enumerate(labels)},
+        "threshold": threshold_info,
+        "bootstrap": {"unit": "patient", "n": n_boot, "seed": seed, "level": 0.95},
+        "skipped": skipped,
+    }
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UndefinedMetricWarning)
+        report["metrics"] = metrics_with_ci(y, probs, labels, groups, positive=positive, threshold=threshold,
+                                            n_boot=n_boot, seed=seed)
+        _breakdowns(report, rows, y, probs, labels, groups, positive, threshold, n_boot, seed, breakdown_min)
+    # Undefined metrics (a class absent from the set or a subgroup) are NaN; say so once each, not per resample.
+    undefined = sorted({str(w.message) for w in caught if issubclass(w.category, UndefinedMetricWarning)})
+    for message in undefined:
+        logger.warning("%s split: %s (reported as NaN)", split, message)
+    report["warnings"] = undefined
+    report["per_class"] = per_class_table(y, probs, labels)
+    report["confusion_matrix"] = confusion(y, probs, len(labels))
+
+    preds = rows[[c for c in ("sample_id", "dataset", "patient_id", "lesion_type", "label") if c in rows]].copy()
+    for i, lab in enumerate(labels):
+        preds[f"prob_{lab}"] = probs[:, i]
+    preds["predicted"] = [labels[i] for i in probs.argmax(1)]
+    if positive is not None and threshold is not None:
+        preds[f"{positive.lower()}_call"] = probs[:, labels.index(positive)] >= threshold
+    buf = io.StringIO()
+    preds.to_csv(buf, index=False)
+    atomic_write_text(out_dir / "predictions.csv", buf.getvalue())
+
+    tag = f"{info.architecture}, {split}{' + TTA' if tta else ''}" + (" - SYNTHETIC DEMO DATA" if synthetic else "")
+    plot_roc(y, probs, labels, out_dir / "roc.png", title=f"ROC ({tag})")
+    plot_pr(y, probs, labels, out_dir / "pr.png", title=f"Precision-recall ({tag})")
+    plot_confusion(report["confusion_matrix"], labels, out_dir / "confusion.png", title=f"Confusion ({tag})")
+    plot_reliability(y, probs, out_dir / "reliability.png", ece=report["metrics"]["ece"]["value"], title=f"Reliability ({tag})")
+    history = run_dir / "history.csv"
+    if history.is_file():
+        plot_training_curves(pd.read_csv(history), out_dir / "curves.png", title=f"Training ({info.architecture})")
+    atomic_write_json(out_dir / "metrics.json", report)
+    return EvaluationResult(run_dir, split, out_dir, report, preds)

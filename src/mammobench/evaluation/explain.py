@@ -1,0 +1,144 @@
+"""Grad-CAM explanations (Selvaraju et al., ICCV 2017, arXiv:1610.02391) through the ``grad-cam`` package.
+
+CNNs use their last feature stage (timm's ``feature_info``); Vision Transformers use the first norm of
+their last block, with the patch tokens reshaped to the patch grid (the package's documented recipe
+for ViTs). Maps are computed on the preprocessed input and have its shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from mammobench.data.preprocess import load_and_preprocess
+from mammobench.runtime import MammobenchError, atomic_path
+from mammobench.training.rundir import ModelInfo
+
+
+def target_layer(model: nn.Module) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor] | None]:
+    """The layer Grad-CAM looks at, and the reshape that turns ViT tokens into a feature map."""
+    if hasattr(model, "blocks") and hasattr(model, "patch_embed") and hasattr(model.patch_embed, "grid_size"):
+        gh, gw = model.patch_embed.grid_size
+        prefix = int(getattr(model, "num_prefix_tokens", 1))
+
+        def reshape(tokens: torch.Tensor) -> torch.Tensor:
+            grid = tokens[:, prefix:, :]
+            return grid.reshape(grid.size(0), gh, gw, grid.size(2)).permute(0, 3, 1, 2)
+
+        return model.blocks[-1].norm1, reshape
+    info = getattr(model, "feature_info", None)
+    if info:
+        return model.get_submodule(info[-1]["module"]), None
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise MammobenchError(f"cannot find a layer for Grad-CAM in {type(model).__name__}")
+    return convs[-1], None
+
+
+def gradcam(model: nn.Module, inputs: torch.Tensor, targets: Sequence[int]) -> np.ndarray:
+    """Grad-CAM maps.
+
+    Args:
+        model: a classifier in eval mode.
+        inputs: ``(N, 1, H, W)`` normalised model inputs.
+        targets: the class index explained for each input.
+
+    Returns:
+        ``(N, H, W)`` float32 maps in [0, 1].
+    """
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    layer, reshape = target_layer(model)
+    with GradCAM(model=model, target_layers=[layer], reshape_transform=reshape) as cam:
+        maps = cam(input_tensor=inputs, targets=[ClassifierOutputTarget(int(t)) for t in targets])
+    return np.asarray(maps, dtype=np.float32)
+
+
+def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.4) -> np.ndarray:
+    """RGB uint8: the grey image with the map in a jet colour scale on top."""
+    grey = np.clip(image * 255, 0, 255).astype(np.uint8)
+    heat = cv2.applyColorMap(np.clip(cam * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)[:, :, ::-1]
+    rgb = np.repeat(grey[:, :, None], 3, axis=2)
+    return (rgb * (1 - alpha) + heat * alpha).astype(np.uint8)
+
+
+@dataclass
+class Explanation:
+    path: str
+    probabilities: dict[str, float]
+    predicted: str
+    explained: str
+    cam: np.ndarray
+    image: np.ndarray
+    figure: Path | None = None
+
+
+def explain_arrays(model: nn.Module, info: ModelInfo, images: Sequence[np.ndarray], *, target: str | None = None,
+                   device: str = "cpu") -> list[tuple[dict[str, float], int, int, np.ndarray]]:
+    """Explain preprocessed images (``(S, S)`` in [0, 1]): ``(probabilities, predicted, explained, cam)`` each."""
+    if target is not None and target not in info.labels:
+        raise MammobenchError(f"class {target!r} is not one of the model's classes {info.labels}")
+    model = model.to(device).eval()
+    x = torch.stack([torch.from_numpy((img - info.mean) / info.std)[None] for img in images]).float().to(device)
+    with torch.no_grad():
+        probs = model(x).float().softmax(1).cpu().numpy()
+    predicted = probs.argmax(1)
+    chosen = [info.labels.index(target)] * len(images) if target else list(predicted)
+    cams = gradcam(model, x, chosen)
+    return [({lab: float(p[i]) for i, lab in enumerate(info.labels)}, int(predicted[n]), int(chosen[n]), cams[n])
+            for n, p in enumerate(probs)]
+
+
+def save_figure(image: np.ndarray, cam: np.ndarray, path: str | Path, *, title: str) -> Path:
+    """Two panels (the model's input, the Grad-CAM overlay) with a title; PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(6.4, 3.5))
+    axes[0].imshow(image, cmap="gray", vmin=0, vmax=1)
+    axes[0].set_title("model input", fontsize=8)
+    axes[1].imshow(overlay(image, cam))
+    axes[1].set_title("Grad-CAM", fontsize=8)
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    return Path(path)
+
+
+def explain_files(
+    model: nn.Module, info: ModelInfo, paths: Sequence[str | Path], out_dir: str | Path | None = None, *,
+    target: str | None = None, roi: tuple[int, int, int, int] | None = None, full_image: bool | None = None,
+    device: str = "cpu",
+) -> list[Explanation]:
+    """Read, preprocess and explain image files; figures go to ``out_dir`` when given.
+
+    ``full_image`` defaults to what the model was trained on (``info.mode``): whole mammograms are
+    cropped to the breast; lesion crops are only windowed and resized. An ``roi`` cuts a lesion out of
+    a full image first.
+
+    Raises:
+        ImageReadError: a file that cannot be read (named).
+    """
+    full = (info.mode == "full" or roi is not None) if full_image is None else full_image
+    images = [load_and_preprocess(str(p), info.preprocess, roi=roi, full_image=full) for p in paths]
+    results = []
+    for path, image, (probs, pred, chosen, cam) in zip(paths, images, explain_arrays(model, info, images, target=target, device=device), strict=True):
+        ex = Explanation(str(path), probs, info.labels[pred], info.labels[chosen], cam, image)
+        if out_dir is not None:
+            title = f"{Path(path).name}: predicted {ex.predicted} ({probs[ex.predicted]:.2f}); map for {ex.explained}"
+            ex.figure = save_figure(image, cam, Path(out_dir) / f"{Path(path).stem}_gradcam.png", title=title)
+        results.append(ex)
+    return results

@@ -1,0 +1,76 @@
+"""Load a finished run's model and predict probabilities for manifest rows (optionally with flip TTA)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from mammobench.data.cache import ImageCache
+from mammobench.data.dataset import MammoDataset
+from mammobench.data.transforms import AugmentSettings, create_transform
+from mammobench.models.factory import create_model
+from mammobench.runtime import sha256_file
+from mammobench.training.rundir import MODEL_FILE, ModelInfo, RunError, read_model_info
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def build_model(info: ModelInfo, weights: dict[str, torch.Tensor]) -> nn.Module:
+    """Rebuild the architecture of ``info`` (no download) and load ``weights`` strictly."""
+    model, _ = create_model(info.architecture, num_classes=len(info.labels), pretrained="none",
+                            in_chans=info.in_chans, img_size=info.img_size)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise RunError(f"weights do not fit {info.architecture}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return model.eval()
+
+
+def load_run_model(run_dir: str | Path) -> tuple[nn.Module, ModelInfo]:
+    """The best model of a finished run (weights checked against the SHA-256 in ``model.json``)."""
+    from safetensors.torch import load_file
+
+    run_dir = Path(run_dir)
+    info = read_model_info(run_dir)
+    path = run_dir / MODEL_FILE
+    if not path.is_file():
+        raise RunError(f"run {run_dir} has no {MODEL_FILE}")
+    if sha256_file(path) != info.weights_sha256:
+        raise RunError(f"{path} does not match the checksum in model.json: the weights were changed or damaged")
+    return build_model(info, load_file(str(path))), info
+
+
+@torch.no_grad()
+def predict_probs(
+    model: nn.Module, info: ModelInfo, frame: pd.DataFrame, cache_root: str | Path, *, tta: bool = False,
+    batch_size: int = 64, device: str = "auto", num_workers: int = 0,
+) -> np.ndarray:
+    """``(N, C)`` class probabilities for manifest rows, in row order.
+
+    Args:
+        tta: average over the image and its horizontal and vertical flips (test-time augmentation).
+    """
+    dev = resolve_device(device)
+    model = model.to(dev).eval()
+    cache = ImageCache(cache_root, info.preprocess)
+    transform = create_transform(train=False, augment=AugmentSettings(enabled=False), mean=info.mean, std=info.std)
+    ds = MammoDataset(frame.assign(label=info.labels[0]), info.labels, cache, transform)
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    out = []
+    for batch in loader:
+        x = batch["image"].to(dev)
+        views = [x, x.flip(-1), x.flip(-2)] if tta else [x]
+        probs = torch.stack([model(v).float().softmax(1) for v in views]).mean(0)
+        out.append(probs.cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, len(info.labels)), np.float32)

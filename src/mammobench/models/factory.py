@@ -1,0 +1,240 @@
+"""``create_model``: any timm backbone, one input channel, a new head, weights from the hub, a file or none.
+
+Pretrained ImageNet weights expect three channels; timm sums the RGB filters of the first convolution
+for a single-channel input, which keeps the pretrained response to a grey image. Input size and
+normalisation follow the model's pretrained config (``timm.data.resolve_model_data_config``) unless the
+caller overrides them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from mammobench.runtime import MammobenchError, format_list
+
+logger = logging.getLogger(__name__)
+
+
+class ModelError(MammobenchError):
+    """An unknown model name, unreachable hub weights, or a weights file that does not fit."""
+
+
+@dataclass
+class LoadReport:
+    """Where the weights came from and what did not load.
+
+    Attributes:
+        source: ``hub``, ``file`` or ``none``.
+        path: the weights file (``file`` only).
+        loaded: tensors loaded.
+        reinitialised: head tensors left at their new initialisation (class count differs).
+        adapted: tensors adapted to the model (first convolution to 1 channel, resized position embeddings).
+        missing, unexpected: keys the model has and the file lacks, and the reverse.
+    """
+
+    source: str
+    path: str = ""
+    loaded: int = 0
+    reinitialised: list[str] = field(default_factory=list)
+    adapted: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        if self.source == "none":
+            return "random initialisation (no pretrained weights)"
+        what = "timm hub" if self.source == "hub" else self.path
+        parts = [f"{self.loaded} tensors from {what}"]
+        if self.adapted:
+            parts.append(f"adapted: {', '.join(self.adapted)}")
+        if self.reinitialised:
+            parts.append(f"new head: {', '.join(self.reinitialised)}")
+        return "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """What the model expects: square ``size`` pixels, one channel normalised by scalar ``mean``/``std``."""
+
+    size: int
+    mean: float
+    std: float
+
+
+def check_model_name(name: str) -> None:
+    """Raise :class:`ModelError` with suggestions when timm does not know ``name``."""
+    if timm.is_model(name):
+        return
+    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; list them with timm.list_models('*pattern*')"
+    raise ModelError(f"timm does not know a model named {name!r}{hint}")
+
+
+def create_model(
+    name: str,
+    *,
+    num_classes: int,
+    pretrained: str = "none",
+    in_chans: int = 1,
+    drop_rate: float = 0.0,
+    drop_path_rate: float | None = None,
+    img_size: int | None = None,
+) -> tuple[nn.Module, LoadReport]:
+    """Create a timm classifier for ``num_classes`` lesion classes.
+
+    Args:
+        name: any timm model name (``resnet18``, ``tf_efficientnet_lite0``, ``vit_base_patch16_384`` ...).
+        num_classes: size of the new head.
+        pretrained: ``hub`` (timm downloads the default pretrained weights), ``none``, or the path of a
+            ``.safetensors`` file or state dict (``.pth``/``.bin``, loaded with ``weights_only=True``).
+        in_chans: input channels (1 for mammograms).
+        drop_rate: dropout before the head; ``drop_path_rate``: stochastic depth (models that have it).
+        img_size: input size for models built for one (ViTs); ``None`` keeps the model's default.
+
+    Returns:
+        ``(model, report)``.
+
+    Raises:
+        ModelError: unknown name, hub unreachable, or a weights file that does not fit the model.
+
+    Example:
+        >>> model, report = create_model("resnet18", num_classes=3, pretrained="none")
+        >>> model(torch.zeros(2, 1, 64, 64)).shape
+        torch.Size([2, 3])
+    """
+    check_model_name(name)
+    kwargs: dict[str, object] = {"num_classes": num_classes, "in_chans": in_chans, "drop_rate": drop_rate}
+    if drop_path_rate is not None:
+        kwargs["drop_path_rate"] = drop_path_rate
+    if img_size is not None:
+        kwargs["img_size"] = img_size
+    source = "hub" if pretrained == "hub" else ("none" if pretrained in ("none", "", None) else "file")
+    try:
+        model = timm.create_model(name, pretrained=source == "hub", **kwargs)
+    except TypeError as exc:
+        if "img_size" in kwargs and "img_size" in str(exc):
+            raise ModelError(f"{name} has no fixed input size; leave model.img_size unset") from None
+        raise
+    except (OSError, RuntimeError, ValueError) as exc:
+        if source == "hub":
+            raise ModelError(
+                f"could not fetch pretrained weights for {name} from the hub ({type(exc).__name__}: {exc}). "
+                "Offline? Set model.pretrained to a local .safetensors file, or to none."
+            ) from None
+        raise ModelError(f"cannot create {name}: {exc}") from None
+    if source == "hub":
+        return model, LoadReport("hub", loaded=len(model.state_dict()))
+    if source == "none":
+        return model, LoadReport("none")
+    report = load_weights_file(model, pretrained)
+    logger.info("%s: %s", name, report.summary())
+    return model, report
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise ModelError(f"weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # safetensors raises its own error types
+            raise ModelError(f"{path} is not a readable safetensors file: {exc}") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle code
+    except Exception as exc:
+        raise ModelError(
+            f"{path} could not be loaded as a plain state dict ({type(exc).__name__}: {exc}); "
+            "convert it to .safetensors"
+        ) from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelError(f"{path} does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_weights_file(model: nn.Module, path: str | Path) -> LoadReport:
+    """Load pretrained weights from a file into ``model``, the way timm's hub loading would.
+
+    Steps: the model family's own ``checkpoint_filter_fn`` (e.g. ViT position-embedding resizing), the
+    first convolution summed to the model's input channels, the classifier dropped when its class count
+    differs. Everything else must match exactly.
+
+    Raises:
+        ModelError: listing missing, unexpected or mis-shaped tensors when the file does not fit.
+    """
+    path = Path(path)
+    state = _read_state_dict(path)
+    report = LoadReport("file", path=str(path))
+    filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    if filter_fn is not None:
+        try:
+            state = filter_fn(state, model)
+        except Exception as exc:  # a foreign file confuses the filter: report it below as a mismatch
+            logger.debug("checkpoint_filter_fn failed on %s: %s", path, exc)
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    own = model.state_dict()
+    first_conv = cfg.get("first_conv")
+    convs = [first_conv] if isinstance(first_conv, str) else list(first_conv or [])
+    from timm.models._manipulate import adapt_input_conv
+
+    for conv in convs:
+        key = f"{conv}.weight"
+        if key in state and key in own and state[key].shape != own[key].shape and state[key].ndim == 4:
+            state[key] = adapt_input_conv(own[key].shape[1], state[key])
+            report.adapted.append(f"{key} {tuple(state[key].shape)}")
+    classifiers = cfg.get("classifier")
+    heads = [classifiers] if isinstance(classifiers, str) else list(classifiers or [])
+    for head in heads:
+        for suffix in (".weight", ".bias"):
+            key = head + suffix
+            if key in state and key in own and state[key].shape != own[key].shape:
+                del state[key]
+                report.reinitialised.append(key)
+    mismatched = [f"{k} {tuple(v.shape)} != {tuple(own[k].shape)}" for k, v in state.items() if k in own and v.shape != own[k].shape]
+    # BatchNorm's step counter is absent from many exported files and unused in eval and training.
+    missing = [k for k in own if k not in state and k not in report.reinitialised and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    if mismatched or missing or unexpected:
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} missing ({format_list(missing, 5)})")
+        if unexpected:
+            problems.append(f"{len(unexpected)} unexpected ({format_list(unexpected, 5)})")
+        if mismatched:
+            problems.append(f"{len(mismatched)} of the wrong shape ({format_list(mismatched, 3)})")
+        raise ModelError(
+            f"weights file {path} does not fit {type(model).__name__} ({getattr(model, 'default_cfg', {}).get('architecture', '?')}): "
+            + "; ".join(problems)
+        )
+    model.load_state_dict(state, strict=False)
+    report.loaded = len(state)
+    return report
+
+
+def resolve_input_config(
+    model: nn.Module, *, size: int | None = None, mean: float | None = None, std: float | None = None
+) -> InputConfig:
+    """The model's expected input: its pretrained config's size and mean/std (averaged over RGB)."""
+    from timm.data import resolve_model_data_config
+
+    data_cfg = resolve_model_data_config(model)
+    default_size = int(data_cfg["input_size"][-1])
+    m = float(sum(data_cfg["mean"]) / len(data_cfg["mean"]))
+    s = float(sum(data_cfg["std"]) / len(data_cfg["std"]))
+    return InputConfig(size=size or default_size, mean=m if mean is None else mean, std=s if std is None else std)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

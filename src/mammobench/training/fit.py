@@ -1,0 +1,331 @@
+"""``fit(config) -> RunResult``: a config in, a complete, reproducible run directory out.
+
+Example:
+    >>> from mammobench.config import load_config
+    >>> from mammobench.training.fit import fit
+    >>> result = fit(load_config("resnet18", ["data.manifest=prepared/cbis"]))   # doctest: +SKIP
+    >>> result.run_dir, result.best_score                                       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import pandas as pd
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+import mammobench
+from mammobench.config import Config, ConfigError, load_config
+from mammobench.data.cache import ImageCache
+from mammobench.data.datamodule import MammoDataModule
+from mammobench.data.manifest import read_manifest, read_manifest_info
+from mammobench.data.splits import resolve_fold
+from mammobench.models.factory import count_parameters, create_model, resolve_input_config
+from mammobench.models.finetune import parameter_plan
+from mammobench.runtime import (
+    MammobenchError,
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+    environment_info,
+    sha256_file,
+    utc_now,
+)
+from mammobench.training.callbacks import EpochSeed, History
+from mammobench.training.curves import plot_training_curves
+from mammobench.training.losses import create_loss
+from mammobench.training.module import LesionClassifier
+from mammobench.training.rundir import (
+    MODEL_FILE,
+    MODEL_INFO,
+    RUN_FORMAT,
+    RUN_INFO,
+    ModelInfo,
+    RunError,
+    read_run_info,
+)
+from mammobench.training.sampling import create_balanced_sampler
+
+logger = logging.getLogger(__name__)
+
+# Lightning chatter that says nothing to a user of this tool.
+for _message in (".*smaller than the logging interval.*", ".*LeafSpec.*is deprecated.*",
+                 ".*does not have many workers which may be a bottleneck.*",
+                 # frozen blocks keep their norm layers in eval mode on purpose (see finetune.apply_stage)
+                 r".*module\(s\) in eval mode at the start of training.*",
+                 # a resumed run writes into its own folders again
+                 ".*exists and is not empty.*"):
+    warnings.filterwarnings("ignore", message=_message)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    status: str
+    monitor: str
+    best_score: float | None
+    best_epoch: int | None
+    history: pd.DataFrame
+    train_seconds: float
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temporary file and renamed, so an interruption never leaves a torn one."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
+
+
+def _split_frame(config: Config) -> tuple[pd.DataFrame, list[str], str | None, Path, str]:
+    if config.data.manifest is None:
+        raise ConfigError("data.manifest is not set: point it at a prepared manifest (mammobench prepare ...)")
+    frame = read_manifest(config.data.manifest)
+    info = read_manifest_info(config.data.manifest)
+    manifest_dir = Path(config.data.manifest)
+    manifest_dir = manifest_dir if manifest_dir.is_dir() else manifest_dir.parent
+    if (frame["split"] == "cv").any():
+        if config.data.fold is None:
+            raise ConfigError("the manifest is k-fold (split 'cv'): set data.fold to the fold to test on")
+        frame = resolve_fold(frame, config.data.fold, val_fraction=config.data.val_fraction, seed=config.seed)
+    elif config.data.fold is not None:
+        raise ConfigError(f"data.fold={config.data.fold} is set but {config.data.manifest} has no folds")
+    labels = info.labels
+    for split in ("train", "val"):
+        if not (frame["split"] == split).any():
+            raise MammobenchError(f"the {split} split of {config.data.manifest} is empty: nothing to {'train' if split == 'train' else 'validate'} on")
+    train_labels = set(frame.loc[frame["split"] == "train", "label"])
+    missing = [lab for lab in labels if lab not in train_labels]
+    if missing:
+        raise MammobenchError(f"label(s) {', '.join(missing)} have no training sample; merge them (--labels) or re-split")
+    return frame, labels, info.positive_label, manifest_dir, info.mode
+
+
+def _resolve_hardware(config: Config) -> tuple[str, bool]:
+    t = config.trainer
+    gpu = torch.cuda.is_available() and t.accelerator in ("auto", "gpu", "cuda")
+    precision = t.precision
+    if precision == "auto":
+        precision = ("bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed") if gpu else "32-true"
+    channels_last = t.channels_last if t.channels_last != "auto" else (gpu and "vit" not in config.model.name)
+    return precision, bool(channels_last)
+
+
+def _strategy(config: Config) -> str:
+    t = config.trainer
+    if t.strategy != "auto":
+        return t.strategy
+    many = t.num_nodes > 1 or (torch.cuda.device_count() > 1 and t.devices not in (1, "1"))
+    freezes = config.stages.head_epochs > 0 or config.stages.unfreeze_blocks != "all"
+    # Frozen blocks produce no gradients; DDP must be told, or it waits for them forever.
+    return "ddp_find_unused_parameters_true" if many and freezes else "auto"
+
+
+def _loggers(config: Config, run_dir: Path) -> list[Logger]:
+    loggers: list[Logger] = [CSVLogger(save_dir=str(run_dir), name="logs", version="csv")]
+    if config.output.tensorboard:
+        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="logs", version="tensorboard", default_hp_metric=False))
+    if config.output.mlflow:
+        try:
+            from lightning.pytorch.loggers import MLFlowLogger
+
+            loggers.append(MLFlowLogger(experiment_name="mammobench", run_name=config.run_name()))
+        except (ImportError, ModuleNotFoundError):
+            logger.warning("output.mlflow is on but mlflow is not installed (pip install mlflow); skipping it")
+    return loggers
+
+
+def _write_table(path: Path, frame: pd.DataFrame) -> None:
+    buf = io.StringIO()
+    frame.to_csv(buf, index=False)
+    atomic_write_text(path, buf.getvalue())
+
+
+def _resume_epoch(checkpoint: Path) -> int:
+    """The epoch a run resumed from ``checkpoint`` continues at (read without loading the tensors)."""
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    try:
+        return int(ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+    except (KeyError, TypeError):
+        return int(ckpt.get("epoch", -1)) + 1
+
+
+def fit(
+    config: Config,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    show_progress: bool = False,
+    callbacks: list[pl.Callback] | None = None,
+) -> RunResult:
+    """Train one model as ``config`` says and write its run directory.
+
+    Args:
+        config: the validated run configuration.
+        resume: continue an interrupted or failed run from ``checkpoints/last.ckpt``.
+        overwrite: replace a finished run of the same name (otherwise that is an error).
+        show_progress: rich progress bar and model summary (the CLI turns them on).
+        callbacks: extra Lightning callbacks (notebook hooks, tests).
+
+    Returns:
+        :class:`RunResult` with the run directory and the best validation score.
+
+    Raises:
+        ConfigError, MammobenchError: bad config or data (named); NonFiniteLossError: NaN loss.
+    """
+    run_dir = config.output.dir / config.run_name()
+    last_ckpt = run_dir / "checkpoints" / "last.ckpt"
+    if (run_dir / RUN_INFO).is_file():
+        status = read_run_info(run_dir).get("status")
+        if resume:
+            if status == "finished":
+                raise RunError(f"run {run_dir} already finished; nothing to resume")
+            if not last_ckpt.is_file():
+                raise RunError(f"run {run_dir} has no checkpoints/last.ckpt to resume from (it stopped in its first epoch); start it again")
+        elif status == "finished" and not overwrite:
+            raise RunError(f"run {run_dir} already exists and finished; pick another output.name or pass --overwrite")
+        elif status != "finished" and not overwrite:
+            raise RunError(f"run {run_dir} exists but did not finish (status: {status}); continue it with --resume or pass --overwrite")
+    elif resume:
+        raise RunError(f"nothing to resume at {run_dir}")
+    if overwrite and not resume and run_dir.exists():
+        for stale in (run_dir / "checkpoints").glob("*.ckpt"):
+            stale.unlink()
+
+    pl.seed_everything(config.seed, workers=True, verbose=False)
+    frame, labels, positive, manifest_dir, mode = _split_frame(config)
+    model, load_report = create_model(
+        config.model.name, num_classes=len(labels), pretrained=config.model.pretrained, in_chans=1,
+        drop_rate=config.model.drop_rate, drop_path_rate=config.model.drop_path_rate, img_size=config.model.img_size,
+    )
+    input_cfg = resolve_input_config(model, size=config.data.image_size, mean=config.model.mean, std=config.model.std)
+    preprocess = config.data.preprocess.settings(input_cfg.size)
+    cache = ImageCache(config.data.cache_dir or manifest_dir / "cache", preprocess)
+    dm = MammoDataModule(
+        frame, labels, cache, mean=input_cfg.mean, std=input_cfg.std, augment=config.data.augment,
+        batch_size=config.data.batch_size, num_workers=config.data.num_workers,
+        train_sampler=create_balanced_sampler if config.data.sampler == "balanced" else None,
+        seed=config.seed, show_progress=show_progress,
+    )
+    dm.prepare_data()
+    dm.setup("fit")
+    train_targets = dm.dataset("train").targets
+    loss = create_loss(config.loss.name, num_classes=len(labels), gamma=config.loss.gamma, alpha=config.loss.alpha,
+                       label_smoothing=config.loss.label_smoothing, train_targets=train_targets)
+    if config.data.sampler == "balanced" and config.loss.alpha == "balanced":
+        logger.warning("balanced sampling and balanced loss weights together compensate class imbalance twice")
+    precision, channels_last = _resolve_hardware(config)
+    module = LesionClassifier(
+        model, labels=labels, loss=loss, plan=parameter_plan(model), optim=config.optim, stages=config.stages,
+        positive_label=positive, channels_last=channels_last, compile=config.trainer.compile,
+    )
+    monitor = config.trainer.monitor
+    mode = "min" if monitor == "val/loss" else "max"
+    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode=mode,
+                                 save_last=True, save_top_k=1, enable_version_counter=False)
+    history = History(run_dir / "history.csv")
+    cbs: list[pl.Callback] = [checkpoint, history, EpochSeed(config.seed)]
+    if config.trainer.early_stopping_patience:
+        cbs.append(EarlyStopping(monitor=monitor, mode=mode, patience=config.trainer.early_stopping_patience))
+    if show_progress:
+        cbs.append(RichProgressBar())
+    cbs += callbacks or []
+    t = config.trainer
+    trainer = pl.Trainer(
+        default_root_dir=str(run_dir), max_epochs=config.stages.head_epochs + config.stages.finetune_epochs,
+        accelerator=t.accelerator, devices=t.devices, strategy=_strategy(config), num_nodes=t.num_nodes,
+        precision=precision, deterministic=t.deterministic, gradient_clip_val=config.optim.grad_clip,
+        callbacks=cbs, logger=_loggers(config, run_dir), enable_progress_bar=show_progress,
+        enable_model_summary=show_progress, num_sanity_val_steps=0,
+        log_every_n_steps=t.log_every_n_steps, limit_train_batches=t.limit_train_batches,
+        limit_val_batches=t.limit_val_batches, max_time=t.max_time, plugins=[AtomicCheckpointIO()],
+    )
+
+    # What reproduces the run, written before the first step.
+    started = utc_now()
+    if trainer.is_global_zero:
+        atomic_write_text(run_dir / "config.yaml", config.to_yaml())
+        split_cols = [c for c in ("sample_id", "dataset", "patient_id", "label", "split", "lesion_type", "fold",
+                                  "laterality", "view", "image_path", "roi", "image_type") if c in frame.columns]
+        _write_table(run_dir / "split.csv", frame[split_cols])
+        if len(dm.skipped):
+            _write_table(run_dir / "skipped.csv", dm.skipped)
+        atomic_write_json(run_dir / "environment.json", {**environment_info(), "seed": config.seed,
+                                                         "precision": precision, "channels_last": channels_last})
+    base_info: dict[str, Any] = {
+        "format": RUN_FORMAT, "mammobench_version": mammobench.__version__, "name": config.run_name(),
+        "started": started, "monitor": monitor, "labels": labels, "weights": load_report.summary(),
+        "parameters": count_parameters(model), "input_size": input_cfg.size, "device": str(trainer.strategy.root_device),
+        "counts": {s: dm.dataset(s).class_counts for s in dm.datasets},
+    }
+    if trainer.is_global_zero:
+        atomic_write_json(run_dir / RUN_INFO, {**base_info, "status": "running"})
+    if resume:
+        dm.start_epoch = _resume_epoch(last_ckpt)
+    t0 = time.perf_counter()
+    status, error = "failed", ""
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=str(last_ckpt) if resume else None)
+        status = "interrupted" if trainer.interrupted else "finished"
+    except BaseException as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        status = "interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed"
+        raise
+    finally:
+        seconds = time.perf_counter() - t0
+        if trainer.is_global_zero and status != "finished":
+            atomic_write_json(run_dir / RUN_INFO, {**base_info, "status": status, "error": error,
+                                                   "stopped": utc_now(), "train_seconds": seconds})
+    if not trainer.is_global_zero:
+        return RunResult(run_dir, status, monitor, None, None, history.frame(), seconds)
+
+    best_path = checkpoint.best_model_path or str(last_ckpt)
+    state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
+    module.load_state_dict(state)
+    weights = {k: v.detach().contiguous().cpu() for k, v in module.eval_model().state_dict().items()}
+    from safetensors.torch import save_file
+
+    with atomic_path(run_dir / MODEL_FILE) as tmp:
+        save_file(weights, str(tmp), metadata={"architecture": config.model.name, "format": str(RUN_FORMAT)})
+    model_info = ModelInfo(
+        architecture=config.model.name, labels=labels, positive_label=positive, input_size=input_cfg.size,
+        mean=input_cfg.mean, std=input_cfg.std, img_size=config.model.img_size, preprocess=preprocess,
+        weights_sha256=sha256_file(run_dir / MODEL_FILE), ema=config.optim.ema_decay is not None,
+        mode="full" if mode == "full" else "roi",
+    )
+    atomic_write_json(run_dir / MODEL_INFO, model_info.model_dump(mode="json"))
+    hist = history.frame()
+    if len(hist):
+        plot_training_curves(hist, run_dir / "curves.png", title=f"{config.run_name()} ({config.model.name})")
+    best_score = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None
+    best_epoch = None
+    if best_score is not None and monitor in hist:
+        best_epoch = int(hist.loc[(hist[monitor] - best_score).abs().idxmin(), "epoch"])
+    ips = hist["train/images_per_s"].median() if "train/images_per_s" in hist else None
+    atomic_write_json(run_dir / RUN_INFO, {
+        **base_info, "status": status, "finished": utc_now(), "train_seconds": seconds,
+        "epochs_run": len(hist), "stopped_early": len(hist) < config.stages.head_epochs + config.stages.finetune_epochs,
+        "best_epoch": best_epoch, "best_score": best_score, "train_images_per_s": float(ips) if ips == ips and ips is not None else None,
+    })
+    logger.info("run %s %s: best %s = %s at epoch %s", run_dir, status, monitor, best_score, best_epoch)
+    return RunResult(run_dir, status, monitor, best_score, best_epoch, hist, seconds)
+
+
+def resume(run_dir: str | Path, *, show_progress: bool = False) -> RunResult:
+    """Continue an interrupted run with the config it saved."""
+    run_dir = Path(run_dir)
+    config = load_config(run_dir / "config.yaml")
+    if (config.output.dir / config.run_name()).resolve() != run_dir.resolve():
+        config = config.model_copy(update={"output": config.output.model_copy(update={"dir": run_dir.parent, "name": run_dir.name})})
+    return fit(config, resume=True, show_progress=show_progress)
+

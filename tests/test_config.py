@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import pytest
+
+from mammobench.config import PACKAGED_CONFIGS, ConfigError, load_config
+from mammobench.models.factory import check_model_name
+
+PRESETS = sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml"))
+
+
+def test_presets_exist():
+    for name in ("resnet18", "resnet50", "efficientnet_b0", "vit_base_patch16_224", "vit_base_patch16_384",
+                 "convnext_tiny", "demo_cnn", "demo_vit"):
+        assert name in PRESETS
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_preset_validates_and_names_a_timm_model(name):
+    cfg = load_config(name)
+    check_model_name(cfg.model.name)
+
+
+def test_overrides_and_resolved_yaml():
+    cfg = load_config("resnet18", ["optim.lr=3e-4", "data.augment.hflip=0", "loss.alpha=[1, 2, 3]", "data.manifest=x"])
+    assert cfg.optim.lr == 3e-4 and cfg.data.augment.hflip == 0 and cfg.loss.alpha == [1, 2, 3]
+    again = load_config(None, None)
+    assert again.model.name == "resnet18"
+    assert "lr: 0.0003" in cfg.to_yaml()
+
+
+def test_unknown_key_names_it_and_the_allowed_keys(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("optim:\n  learning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"optim.learning_rate: unknown key \(allowed here: lr, backbone_lr_mult"):
+        load_config(f)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("data.batch_size=0", "data.batch_size: Input should be greater than or equal to 1"),
+    ("loss.name=hinge", "loss.name"),
+    ("stages.head_epochs=0", None),
+    ("trainer.monitor=val/f1", "trainer.monitor"),
+    ("nonsense", "expected key=value"),
+])
+def test_bad_values_are_named(override, message):
+    if message is None:
+        load_config("resnet18", [override])
+        return
+    with pytest.raises(ConfigError, match=message):
+        load_config("resnet18", [override])
+
+
+def test_zero_epochs_and_missing_preset():
+    with pytest.raises(ConfigError, match="at least 1"):
+        load_config("resnet18", ["stages.head_epochs=0", "stages.finetune_epochs=0"])
+    with pytest.raises(ConfigError, match="not a preset"):
+        load_config("no_such_preset")

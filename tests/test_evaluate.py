@@ -1,0 +1,132 @@
+"""evaluate / compare / explain on runs trained on the demo data."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mammobench.data.dicom import ImageReadError
+from mammobench.evaluation.compare import CompareError, compare
+from mammobench.evaluation.evaluate import evaluate
+from mammobench.evaluation.explain import explain_arrays, explain_files, gradcam
+from mammobench.evaluation.inference import load_run_model
+from mammobench.training.rundir import RunError
+
+from .conftest import write_png
+
+
+def test_evaluate_writes_metrics_and_plots(trained_runs):
+    result = evaluate(trained_runs["cnn"], split="test", n_boot=200)
+    out = result.out_dir
+    for name in ("metrics.json", "predictions.csv", "roc.png", "pr.png", "confusion.png", "reliability.png", "curves.png"):
+        assert (out / name).is_file(), name
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["synthetic"] and "SYNTHETIC" in m["notice"]
+    assert m["bootstrap"]["unit"] == "patient" and m["threshold"]["chosen_on"] == "val"
+    for key in ("accuracy", "majority_accuracy", "balanced_accuracy", "auc_macro", "auc_malignant", "sensitivity",
+                "specificity", "f1_macro", "ece"):
+        v = m["metrics"][key]
+        assert v["value"] is not None and len(v["ci"]) == 2, key
+        if v["ci"][0] is not None:
+            assert v["ci"][0] <= v["value"] + 1e-9 and v["value"] <= v["ci"][1] + 1e-9, key
+    preds = pd.read_csv(out / "predictions.csv")
+    assert len(preds) == m["n"] and np.allclose(preds.filter(like="prob_").sum(1), 1, atol=1e-5)
+    assert m["metrics"]["accuracy"]["value"] == pytest.approx((preds["predicted"] == preds["label"]).mean())
+    assert "mass" in m["by_lesion_type"] and set(m["by_lesion_type"]) <= {"mass", "calcification"}
+    assert sum(sum(r) for r in m["confusion_matrix"]) == m["n"]
+
+
+def test_tta_and_val_split(trained_runs):
+    plain = evaluate(trained_runs["cnn"], split="val", n_boot=50)
+    tta = evaluate(trained_runs["cnn"], split="val", n_boot=50, tta=True)
+    assert tta.out_dir.name == "val_tta" and plain.out_dir.name == "val"
+    assert not np.allclose(plain.predictions.filter(like="prob_"), tta.predictions.filter(like="prob_"))
+
+
+def test_gradcam_maps_have_the_image_shape_and_vary(trained_runs):
+    for key in ("cnn", "vit"):
+        model, info = load_run_model(trained_runs[key])
+        image = np.random.default_rng(0).random((info.input_size, info.input_size)).astype(np.float32)
+        (probs, pred, chosen, cam), = explain_arrays(model, info, [image])
+        assert cam.shape == (info.input_size, info.input_size)
+        assert cam.std() > 1e-3, f"{key}: Grad-CAM map is constant"
+        assert pred == chosen and abs(sum(probs.values()) - 1) < 1e-5
+        other = explain_arrays(model, info, [image], target="BENIGN")[0]
+        assert other[2] == 0
+
+
+def test_explain_files_and_bad_image(trained_runs, tmp_path, demo_prepared):
+    model, info = load_run_model(trained_runs["cnn"])
+    frame = pd.read_csv(demo_prepared.out / "manifest.csv")
+    src = demo_prepared.out / frame.iloc[0]["image_path"] if not str(frame.iloc[0]["image_path"]).startswith("/") else frame.iloc[0]["image_path"]
+    roi = tuple(int(v) for v in frame.iloc[0]["roi"].split())
+    results = explain_files(model, info, [src], tmp_path / "cams", roi=roi)
+    assert results[0].figure.is_file() and results[0].cam.shape == (64, 64)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"nope")
+    with pytest.raises(ImageReadError, match="bad.png"):
+        explain_files(model, info, [bad])
+    x = torch.zeros(1, 1, 64, 64)
+    assert gradcam(model, x, [0]).shape == (1, 64, 64)
+
+
+def test_compare_writes_a_report_with_the_metrics(trained_runs, demo_prepared, tmp_path):
+    # Reuse: copy the finished runs where compare will look for them.
+    for key in ("cnn", "vit"):
+        shutil.copytree(trained_runs[key], tmp_path / "runs" / trained_runs[key].name)
+        cfg = (tmp_path / "runs" / trained_runs[key].name / "config.yaml")
+        cfg.write_text(cfg.read_text().replace(str(trained_runs[key].parent), str(tmp_path / "runs")))
+    result = compare(["demo_cnn", "demo_vit"], tmp_path, n_boot=100, gallery=2,
+                     overrides=[f"data.manifest={demo_prepared.out}", "output.tensorboard=false",
+                                "stages.finetune_epochs=6", "data.batch_size=16"])
+    results = json.loads((tmp_path / "results.json").read_text())
+    html = result.html.read_text()
+    md = result.markdown.read_text()
+    assert "SYNTHETIC DEMO DATA" in html and "SYNTHETIC DEMO DATA" in md
+    for name in ("demo_cnn", "demo_vit"):
+        test = results["models"][name]["test"]["metrics"]
+        auc = f"{test['auc_macro']['value']:.3f}"
+        acc = f"{test['accuracy']['value'] * 100:.1f}"
+        assert auc in html and auc in md and acc in html
+        assert results["models"][name]["run"]["status"] == "finished"
+    assert html.count("data:image/png;base64,") >= 6  # self-contained
+    assert len(results["paired"]) == 1 and "p_value" in results["paired"][0]["auc_macro"]
+    assert (tmp_path / "roc_macro.png").is_file() and (tmp_path / "results.csv").is_file()
+    assert any(g["kind"] in ("correct", "wrong") for g in results["models"]["demo_cnn"]["gallery"])
+
+
+def test_compare_refuses_different_data_and_labels(trained_runs, demo_prepared, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(demo_prepared.out, other, ignore=shutil.ignore_patterns("cache"))
+    from mammobench.config import load_config
+
+    a = load_config("demo_cnn", [f"data.manifest={demo_prepared.out}"])
+    b = load_config("demo_vit", [f"data.manifest={other}"])
+    with pytest.raises(CompareError, match="different data"):
+        compare([a, b], tmp_path / "cmp")
+    with pytest.raises(CompareError, match="same run"):
+        compare([a, a], tmp_path / "cmp")
+
+
+def test_run_directory_problems_are_named(trained_runs, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(trained_runs["cnn"], broken)
+    info = json.loads((broken / "model.json").read_text())
+    (broken / "model.json").write_text(json.dumps({**info, "format": 99}))
+    with pytest.raises(RunError, match="format 99"):
+        evaluate(broken)
+    (broken / "model.json").write_text(json.dumps(info))
+    (broken / "model.safetensors").write_bytes((broken / "model.safetensors").read_bytes()[:-10] + b"0" * 10)
+    with pytest.raises(RunError, match="checksum"):
+        evaluate(broken)
+    (broken / "split.csv").unlink()
+    with pytest.raises(RunError, match="missing split.csv"):
+        evaluate(broken)
+    with pytest.raises(RunError, match="does not exist"):
+        evaluate(tmp_path / "nowhere")
+    write_png(tmp_path / "x.png", np.zeros((4, 4), np.uint8))

@@ -1,0 +1,153 @@
+"""Training end to end on the synthetic demo data: smoke runs (CNN and ViT), exact resume, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import lightning.pytorch as pl
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mammobench.config import ConfigError, load_config
+from mammobench.models.factory import ModelError
+from mammobench.runtime import MammobenchError
+from mammobench.training.fit import fit, resume
+from mammobench.training.module import NonFiniteLossError
+from mammobench.training.rundir import RunError, read_model_info, require_finished
+
+
+def tiny(manifest, out, *extra):
+    return load_config("demo_cnn", [
+        f"data.manifest={manifest}", f"output.dir={out}", "output.tensorboard=false",
+        "stages.head_epochs=1", "stages.finetune_epochs=1", "stages.unfreeze_blocks=1", "data.batch_size=16", *extra,
+    ])
+
+
+class _NormModes(pl.Callback):
+    """Records, per epoch, how many BatchNorm layers train (update their statistics)."""
+
+    def __init__(self):
+        self.training = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        bns = [m for m in pl_module.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        self.training[trainer.current_epoch] = sum(m.training for m in bns)
+
+
+def test_cnn_smoke_run_writes_a_complete_run_directory(demo_prepared, tmp_path):
+    modes = _NormModes()
+    result = fit(tiny(demo_prepared.out, tmp_path, "trainer.limit_train_batches=2"), callbacks=[modes])
+    assert modes.training[0] == 0 < modes.training[1]  # stage 1: all frozen; stage 2: the last block trains
+    run = result.run_dir
+    assert result.status == "finished"
+    for name in ("config.yaml", "split.csv", "environment.json", "run.json", "history.csv", "model.safetensors",
+                 "model.json", "curves.png", "checkpoints/last.ckpt", "logs/csv/metrics.csv"):
+        assert (run / name).is_file(), name
+    info = require_finished(run)
+    assert info["labels"] == ["BENIGN", "MALIGNANT", "BENIGN_WITHOUT_CALLBACK"]
+    env = json.loads((run / "environment.json").read_text())
+    assert env["versions"]["torch"] and env["versions"]["timm"] and env["seed"] == 42
+    model = read_model_info(run)
+    assert model.architecture == "test_resnet" and model.input_size == 64
+    history = pd.read_csv(run / "history.csv")
+    assert list(history["stage"]) == [1, 2]
+    assert {"train/loss", "train/acc", "val/loss", "val/acc", "val/auc_macro", "lr/head"} <= set(history.columns)
+    split = pd.read_csv(run / "split.csv")
+    assert set(split["split"]) == {"train", "val", "test"}
+    weights = load_file(run / "model.safetensors")
+    assert "fc.weight" in weights and weights["fc.weight"].shape[0] == 3
+    with pytest.raises(RunError, match="already exists and finished"):
+        fit(tiny(demo_prepared.out, tmp_path))
+
+
+def test_vit_smoke_run_with_ema(demo_prepared, tmp_path):
+    cfg = load_config("demo_vit", [f"data.manifest={demo_prepared.out}", f"output.dir={tmp_path}",
+                                   "output.tensorboard=false", "stages.head_epochs=1", "stages.finetune_epochs=1",
+                                   "stages.unfreeze_blocks=2", "trainer.limit_train_batches=1", "optim.ema_decay=0.9"])
+    result = fit(cfg)
+    assert result.status == "finished" and len(result.history) == 2
+    assert read_model_info(result.run_dir).ema
+
+
+class _CrashAt(pl.Callback):
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("simulated power cut")
+
+
+@pytest.mark.slow
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(demo_prepared, tmp_path):
+    extra = ["stages.head_epochs=1", "stages.finetune_epochs=2", "model.drop_rate=0.2", "data.num_workers=1",
+             "trainer.deterministic=true"]
+    straight = fit(tiny(demo_prepared.out, tmp_path, "output.name=straight", *extra))
+    cfg = tiny(demo_prepared.out, tmp_path, "output.name=broken", *extra)
+    with pytest.raises(RuntimeError, match="power cut"):
+        fit(cfg, callbacks=[_CrashAt(2)])
+    assert json.loads((tmp_path / "broken" / "run.json").read_text())["status"] == "failed"
+    resumed = resume(tmp_path / "broken")
+    assert resumed.status == "finished"
+    a = load_file(straight.run_dir / "model.safetensors")
+    b = load_file(resumed.run_dir / "model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    cols = ["epoch", "train/loss", "val/loss", "val/auc_macro"]
+    pd.testing.assert_frame_equal(straight.history[cols], resumed.history[cols])
+    with pytest.raises(RunError, match="already finished"):
+        resume(tmp_path / "broken")
+
+
+def _edited_manifest(demo_prepared, tmp_path, edit):
+    frame = pd.read_csv(demo_prepared.out / "manifest.csv")
+    frame["image_path"] = [str(demo_prepared.out / p) if not p.startswith("/") else p for p in frame["image_path"]]
+    frame = edit(frame)
+    out = tmp_path / "edited"
+    out.mkdir()
+    frame.to_csv(out / "manifest.csv", index=False)
+    (out / "manifest.json").write_text((demo_prepared.out / "manifest.json").read_text())
+    return out
+
+
+def test_empty_validation_split(demo_prepared, tmp_path):
+    manifest = _edited_manifest(demo_prepared, tmp_path, lambda f: f.assign(split=f["split"].replace("val", "train")))
+    with pytest.raises(MammobenchError, match="val split .* is empty"):
+        fit(tiny(manifest, tmp_path))
+
+
+def test_label_missing_from_train(demo_prepared, tmp_path):
+    def drop(f):
+        return f[~((f["split"] == "train") & (f["label"] == "BENIGN_WITHOUT_CALLBACK"))]
+
+    with pytest.raises(MammobenchError, match="BENIGN_WITHOUT_CALLBACK have no training sample"):
+        fit(tiny(_edited_manifest(demo_prepared, tmp_path, drop), tmp_path))
+
+
+def test_unknown_model_and_bad_weights_leave_no_run(demo_prepared, tmp_path):
+    with pytest.raises(ModelError, match="timm does not know"):
+        fit(tiny(demo_prepared.out, tmp_path, "model.name=resnet_nine"))
+    bad = tmp_path / "w.safetensors"
+    bad.write_bytes(b"not safetensors")
+    with pytest.raises(ModelError, match="not a readable safetensors"):
+        fit(tiny(demo_prepared.out, tmp_path, f"model.pretrained={bad}"))
+    assert not (tmp_path / "demo_cnn").exists()
+    with pytest.raises(ConfigError, match="data.manifest is not set"):
+        fit(load_config("demo_cnn", [f"output.dir={tmp_path}"]))
+
+
+class _Poison(pl.Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        with torch.no_grad():
+            next(pl_module.model.parameters()).fill_(float("nan"))
+
+
+def test_nan_loss_stops_with_a_clear_message(demo_prepared, tmp_path):
+    with pytest.raises(NonFiniteLossError, match="training loss became nan at epoch 0"):
+        fit(tiny(demo_prepared.out, tmp_path), callbacks=[_Poison()])
+    info = json.loads((tmp_path / "demo_cnn" / "run.json").read_text())
+    assert info["status"] == "failed" and "NonFiniteLossError" in info["error"]
+    with pytest.raises(RunError, match="no checkpoints/last.ckpt"):
+        resume(tmp_path / "demo_cnn")

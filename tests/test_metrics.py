@@ -1,0 +1,126 @@
+"""Metric values against scikit-learn on fixed inputs, bootstrap coverage on a known case, thresholds."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
+
+from mammobench.evaluation.metrics import (
+    PatientBootstrap,
+    UndefinedMetricWarning,
+    choose_threshold,
+    compute_metrics,
+    expected_calibration_error,
+    metrics_with_ci,
+    paired_auc_difference,
+    rank_auc,
+)
+
+LABELS = ["BENIGN", "MALIGNANT", "BENIGN_WITHOUT_CALLBACK"]
+
+
+@pytest.fixture
+def fixed():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 300)
+    logits = rng.normal(size=(300, 3)) + 1.5 * np.eye(3)[y]
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return y, probs
+
+
+def test_metrics_match_scikit_learn(fixed):
+    y, probs = fixed
+    m = compute_metrics(y, probs, LABELS, positive="MALIGNANT")
+    pred = probs.argmax(1)
+    assert m["accuracy"] == pytest.approx((pred == y).mean())
+    assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, pred))
+    assert m["f1_macro"] == pytest.approx(f1_score(y, pred, average="macro"))
+    assert m["auc_macro"] == pytest.approx(roc_auc_score(y, probs, multi_class="ovr", average="macro"))
+    assert m["auc_malignant"] == pytest.approx(roc_auc_score(y == 1, probs[:, 1]))
+    assert m["majority_accuracy"] == pytest.approx(np.bincount(y).max() / len(y))
+    called = pred == 1
+    assert m["sensitivity"] == pytest.approx((called & (y == 1)).sum() / (y == 1).sum())
+    assert m["specificity"] == pytest.approx((~called & (y != 1)).sum() / (y != 1).sum())
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_rank_auc_equals_scikit_learn(ties):
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 500).astype(bool)
+    score = rng.normal(size=500) + y
+    if ties:
+        score = np.round(score, 1)
+    assert rank_auc(y, score) == pytest.approx(roc_auc_score(y, score), abs=1e-12)
+
+
+def test_undefined_balanced_accuracy_and_f1_edge_cases():
+    y = np.array([0, 0, 1, 1])
+    probs = np.array([[0.1, 0.9, 0.0]] * 4)  # always predicts class 1; class 2 absent
+    m = compute_metrics(y, probs, LABELS, positive=None, warn=False)
+    assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, probs.argmax(1)))
+    assert m["f1_macro"] == pytest.approx(f1_score(y, probs.argmax(1), labels=[0, 1, 2], average="macro", zero_division=0))
+
+
+def test_ece_known_values():
+    y = np.array([0, 0, 1, 1])
+    perfect = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    assert expected_calibration_error(y, perfect) == pytest.approx(0.0)
+    overconfident = np.array([[0.9, 0.1]] * 4)  # 90 % sure, right half the time
+    assert expected_calibration_error(y, overconfident) == pytest.approx(0.4)
+
+
+def test_undefined_auc_warns_and_is_nan(fixed):
+    y, probs = fixed
+    y = np.where(y == 2, 0, y)  # class 2 absent
+    with pytest.warns(UndefinedMetricWarning, match="AUC of BENIGN_WITHOUT_CALLBACK is undefined"):
+        m = compute_metrics(y, probs, LABELS)
+    assert np.isnan(m["auc_BENIGN_WITHOUT_CALLBACK"])
+    assert not np.isnan(m["auc_macro"])  # the mean of the defined ones
+
+
+def test_bootstrap_ci_covers_the_truth():
+    # Population AUC of N(1,1) positives vs N(0,1) negatives is Phi(1/sqrt 2) = 0.7602.
+    truth, hits, trials = 0.7602, 0, 30
+    for seed in range(trials):
+        rng = np.random.default_rng(seed)
+        y = rng.integers(0, 2, 200)
+        score = rng.normal(size=200) + y
+        probs = np.stack([1 - 1 / (1 + np.exp(-score)), 1 / (1 + np.exp(-score))], 1)
+        groups = np.arange(200) // 2  # two samples per patient
+        ci = metrics_with_ci(y, probs, ["BENIGN", "MALIGNANT"], groups, n_boot=200, seed=seed)["auc_malignant"]["ci"]
+        hits += ci[0] <= truth <= ci[1]
+    assert hits / trials >= 0.85  # nominal 95 %, with Monte Carlo slack
+
+
+def test_bootstrap_resamples_patients_not_images():
+    groups = np.array(["a", "a", "a", "b", "c"])
+    for idx in PatientBootstrap(groups, n=50, seed=1).indices():
+        chosen = groups[idx]
+        for g in set(chosen):  # a patient is drawn with all of her images, or not at all
+            assert (chosen == g).sum() % (groups == g).sum() == 0
+
+
+def test_threshold_choice():
+    y = np.array([0, 0, 0, 1, 1, 1, 1], bool)
+    score = np.array([0.1, 0.2, 0.6, 0.4, 0.8, 0.85, 0.9])
+    assert choose_threshold(y, score, method="youden") == pytest.approx(0.8)
+    assert choose_threshold(y, score, method="sensitivity", target_sensitivity=1.0) == pytest.approx(0.4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert choose_threshold(np.ones(3, bool), np.ones(3)) == 0.5
+
+
+def test_paired_difference_detects_a_better_model():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 400)
+    good = np.clip(0.5 + 0.35 * (2 * y - 1) + rng.normal(0, 0.2, 400), 0, 1)
+    bad = np.clip(0.5 + 0.05 * (2 * y - 1) + rng.normal(0, 0.2, 400), 0, 1)
+    pa, pb = np.stack([1 - good, good], 1), np.stack([1 - bad, bad], 1)
+    groups = np.arange(400)
+    d = paired_auc_difference(y, pa, pb, groups, column=1, n_boot=500)
+    assert d["difference"] > 0.2 and d["ci_low"] > 0 and d["p_value"] < 0.01
+    same = paired_auc_difference(y, pa, pa, groups, column=1, n_boot=200)
+    assert same["difference"] == 0.0 and same["p_value"] == 1.0
