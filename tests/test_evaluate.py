@@ -35,7 +35,7 @@ def test_evaluate_writes_metrics_and_plots(trained_runs):
         if v["ci"][0] is not None:
             assert v["ci"][0] <= v["value"] + 1e-9 and v["value"] <= v["ci"][1] + 1e-9, key
     preds = pd.read_csv(out / "predictions.csv")
-    assert len(preds) == m["n"] and np.allclose(preds.filter(like="prob_").sum(1), 1, atol=1e-5)
+    assert len(preds) == m["n"] and np.allclose(preds.filter(like="prob_").sum(axis=1), 1, atol=1e-5)
     assert m["metrics"]["accuracy"]["value"] == pytest.approx((preds["predicted"] == preds["label"]).mean())
     assert "mass" in m["by_lesion_type"] and set(m["by_lesion_type"]) <= {"mass", "calcification"}
     assert sum(sum(r) for r in m["confusion_matrix"]) == m["n"]

@@ -260,8 +260,85 @@ def demo(
     console.print(f"Open {result.html} in a browser. Next: mammobench prepare cbis-ddsm /path/to/CBIS-DDSM --out prepared/cbis")
 
 
+# --------------------------------------------------------------------------- serving
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Bundle folder to write.")] = Path("bundle"),
+    onnx: Annotated[bool, typer.Option(help="Also export model.onnx (dynamic batch), checked against PyTorch.")] = False,
+    threshold: Annotated[str, typer.Option(help="Malignant threshold chosen on validation: youden | sensitivity.")] = "youden",
+) -> None:
+    """Write a safe model bundle: safetensors weights + bundle.json (+ model.onnx)."""
+    from mammobench.serving.bundle import export_bundle, read_bundle_meta
+
+    try:
+        path = export_bundle(run, out, onnx=onnx, threshold_method=threshold)
+    except MammobenchError as exc:
+        _fail(exc)
+    meta = read_bundle_meta(path)
+    console.print(f"Bundle [bold]{path}[/]: {meta.architecture}, classes {', '.join(meta.labels)}")
+    for label, t in meta.thresholds.items():
+        console.print(f"  decision threshold for {label}: {t.value:.4f} ({t.method}, chosen on {t.chosen_on})")
+    if meta.onnx is not None:
+        console.print(f"  ONNX: {meta.onnx.file}, max |p_torch - p_onnx| = {meta.onnx_max_abs_difference:.1e} on validation images")
+
+
+@app.command()
+def predict(
+    bundle: Annotated[Path, typer.Argument(help="A bundle folder (mammobench export).")],
+    paths: Annotated[list[Path], typer.Argument(help="Image files and/or folders (searched recursively).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="predictions.csv or predictions.json")] = Path("predictions.csv"),
+    roi: Annotated[tuple[int, int, int, int] | None, typer.Option(help="Lesion box x0 y0 x1 y1 in each full image.")] = None,
+    backend: Annotated[str, typer.Option(help="torch | onnx")] = "torch",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 16,
+) -> None:
+    """Predict images with a bundle; unreadable files are listed with their error, the rest still predicted."""
+    from mammobench.serving.predictor import Predictor, write_predictions
+
+    try:
+        predictor = Predictor.from_bundle(bundle, backend=backend, device=device, batch_size=batch_size)  # type: ignore[arg-type]
+        results = predictor.predict_paths(paths, roi=roi, show_progress=True)
+    except MammobenchError as exc:
+        _fail(exc)
+    if not results:
+        _fail(MammobenchError(f"no image found in {', '.join(map(str, paths))}"))
+    write_predictions(results, out)
+    failed = [r for r in results if r.error]
+    counts: dict[str, int] = {}
+    for r in results:
+        if not r.error:
+            counts[r.decision] = counts.get(r.decision, 0) + 1
+    console.print(f"{len(results) - len(failed)} predicted ({', '.join(f'{k}: {v}' for k, v in counts.items())}), "
+                  f"{len(failed)} unreadable -> [bold]{out}[/]")
+    for r in failed[:10]:
+        console.print(f"  [yellow]{r.path}[/]: {r.error}")
+
+
+@app.command()
+def serve(
+    bundle: Annotated[Path, typer.Argument(help="A bundle folder (mammobench export).")],
+    host: Annotated[str, typer.Option(help="Address to bind; 127.0.0.1 keeps the page on this machine.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 7860,
+    backend: Annotated[str, typer.Option(help="torch | onnx")] = "torch",
+    max_file_mb: Annotated[int, typer.Option(help="Largest upload accepted.")] = 100,
+) -> None:
+    """A local web page: upload a PNG/JPEG/DICOM, see probabilities, the decision and a Grad-CAM overlay."""
+    from mammobench.serving.web import serve as run_serve
+
+    if host not in ("127.0.0.1", "localhost"):
+        err_console.print(f"[yellow]warning:[/] binding to {host}: other machines can reach this page")
+    console.print(f"Serving {bundle} at http://{host}:{port} (research use only; Ctrl+C to stop)")
+    try:
+        run_serve(bundle, host=host, port=port, backend=backend, max_file_mb=max_file_mb)
+    except MammobenchError as exc:
+        _fail(exc)
+
+
 def _fail(exc: BaseException) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}")
+    err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True, highlight=False)
     raise typer.Exit(2)
 
 

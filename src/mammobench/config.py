@@ -119,6 +119,8 @@ class TrainerConfig(_Strict):
     deterministic: bool | Literal["warn"] = "warn"
     monitor: Literal["val/auc_macro", "val/auc_malignant", "val/loss", "val/acc", "val/balanced_acc"] = "val/auc_macro"
     early_stopping_patience: int | None = Field(5, ge=1)
+    weights: Literal["best", "last"] = Field(
+        "best", description="exported weights: best validation epoch, or the last (tiny validation sets are noise)")
     limit_train_batches: int | float | None = None
     limit_val_batches: int | float | None = None
     log_every_n_steps: int = Field(10, ge=1)

@@ -289,7 +289,7 @@ def fit(
     if not trainer.is_global_zero:
         return RunResult(run_dir, status, monitor, None, None, history.frame(), seconds)
 
-    best_path = checkpoint.best_model_path or str(last_ckpt)
+    best_path = str(last_ckpt) if config.trainer.weights == "last" else (checkpoint.best_model_path or str(last_ckpt))
     state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
     module.load_state_dict(state)
     weights = {k: v.detach().contiguous().cpu() for k, v in module.eval_model().state_dict().items()}

@@ -1,0 +1,255 @@
+"""Model bundles: ``model.safetensors`` + ``bundle.json`` (+ ``model.onnx``), everything needed to predict.
+
+Loading a bundle runs no code from it: the JSON is validated against a strict schema, the weights are
+safetensors (no pickle), and their SHA-256 must match the one recorded in ``bundle.json``; a tampered,
+damaged or mismatched bundle is refused with a message saying which check failed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+from torch import nn
+
+import mammobench
+from mammobench.config import load_config
+from mammobench.data.preprocess import PreprocessSettings
+from mammobench.runtime import (
+    MammobenchError,
+    atomic_path,
+    atomic_write_json,
+    environment_info,
+    sha256_file,
+    utc_now,
+)
+from mammobench.training.rundir import MODEL_FILE, ModelInfo, read_model_info, read_run_info, require_finished
+
+logger = logging.getLogger(__name__)
+
+BUNDLE_FORMAT = 1
+BUNDLE_KIND = "mammobench-bundle"
+BUNDLE_JSON = "bundle.json"
+ONNX_FILE = "model.onnx"
+
+
+class BundleError(MammobenchError):
+    """A bundle that is malformed, tampered with, or does not fit its architecture."""
+
+
+class FileEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    file: str
+    sha256: str
+
+
+class Threshold(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    value: float
+    method: str
+    chosen_on: str
+
+
+class BundleMeta(BaseModel):
+    """``bundle.json``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str = BUNDLE_KIND
+    format: int = BUNDLE_FORMAT
+    architecture: str
+    labels: list[str]
+    positive_label: str | None
+    in_chans: int = 1
+    input_size: int
+    mean: float
+    std: float
+    img_size: int | None = None
+    mode: str = "roi"
+    preprocess: PreprocessSettings
+    thresholds: dict[str, Threshold] = {}
+    weights: FileEntry
+    onnx: FileEntry | None = None
+    onnx_max_abs_difference: float | None = None
+    provenance: dict[str, Any] = {}
+
+    def model_info(self) -> ModelInfo:
+        return ModelInfo(architecture=self.architecture, labels=self.labels, positive_label=self.positive_label,
+                         in_chans=self.in_chans, input_size=self.input_size, mean=self.mean, std=self.std,
+                         img_size=self.img_size, preprocess=self.preprocess, weights_sha256=self.weights.sha256,
+                         mode=self.mode)
+
+
+@dataclass
+class Bundle:
+    path: Path
+    meta: BundleMeta
+    model: nn.Module
+
+    @property
+    def info(self) -> ModelInfo:
+        return self.meta.model_info()
+
+
+def read_bundle_meta(path: str | Path) -> BundleMeta:
+    """Parse and validate ``bundle.json`` (no weights touched)."""
+    folder = Path(path)
+    meta_path = folder / BUNDLE_JSON if folder.is_dir() else folder
+    if not meta_path.is_file():
+        raise BundleError(f"{path} is not a mammobench bundle: no {BUNDLE_JSON}")
+    try:
+        data = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{meta_path} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or data.get("kind") != BUNDLE_KIND:
+        raise BundleError(f"{meta_path} is not a mammobench bundle description (kind must be {BUNDLE_KIND!r})")
+    if data.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{meta_path} has bundle format {data.get('format')!r}; this mammobench reads {BUNDLE_FORMAT}")
+    try:
+        meta = BundleMeta.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise BundleError(f"{meta_path} is malformed: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+    for entry in (meta.weights, meta.onnx):
+        if entry is not None and (Path(entry.file).name != entry.file or entry.file.startswith(".")):
+            raise BundleError(f"{meta_path} names file {entry.file!r}; bundle files must sit beside bundle.json")
+    return meta
+
+
+def verified_file(folder: Path, entry: FileEntry, what: str) -> Path:
+    """The path of a bundle file whose SHA-256 matches ``bundle.json``; a clear error otherwise."""
+    path = folder / entry.file
+    if not path.is_file():
+        raise BundleError(f"bundle {folder} lacks its {what} file {entry.file}")
+    digest = sha256_file(path)
+    if digest != entry.sha256:
+        raise BundleError(f"bundle {folder}: {entry.file} does not match the SHA-256 in {BUNDLE_JSON} "
+                          f"(tampered with or damaged; expected {entry.sha256[:12]}..., found {digest[:12]}...)")
+    return path
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Validate and load a bundle: schema, checksum, then a strict load of the weights into the architecture."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from mammobench.evaluation.inference import build_model
+
+    folder = Path(path)
+    if not folder.is_dir():
+        raise BundleError(f"bundle {folder} is not a folder")
+    meta = read_bundle_meta(folder)
+    weights_path = verified_file(folder, meta.weights, "weights")
+    try:
+        weights = load_file(str(weights_path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise BundleError(f"{weights_path} is not a readable safetensors file: {exc}") from None
+    try:
+        model = build_model(meta.model_info(), weights)
+    except (MammobenchError, RuntimeError) as exc:
+        raise BundleError(f"bundle {folder}: weights do not fit {meta.architecture} ({exc})") from None
+    return Bundle(folder, meta, model)
+
+
+def _val_threshold(run_dir: Path, info: ModelInfo, method: str) -> dict[str, Threshold]:
+    if info.positive_label is None:
+        return {}
+    from mammobench.evaluation.evaluate import run_predictions
+    from mammobench.evaluation.metrics import choose_threshold
+
+    rows, probs, _, _ = run_predictions(run_dir, "val")
+    k = info.labels.index(info.positive_label)
+    value = choose_threshold((rows["label"] == info.positive_label).to_numpy(), probs[:, k], method=method)
+    return {info.positive_label: Threshold(value=value, method=method, chosen_on="val")}
+
+
+def _test_summary(run_dir: Path) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    for folder in sorted((run_dir / "evaluation").glob("*/metrics.json")):
+        data = json.loads(folder.read_text())
+        summary[folder.parent.name] = {k: data["metrics"][k] for k in ("accuracy", "majority_accuracy", "auc_macro",
+                                                                        "auc_malignant") if k in data["metrics"]}
+    return summary
+
+
+def export_bundle(
+    run_dir: str | Path, out: str | Path, *, onnx: bool = False, threshold_method: str = "youden",
+    parity_tolerance: float = 1e-4, parity_samples: int = 64,
+) -> Path:
+    """Write a bundle for a finished run.
+
+    Args:
+        run_dir: a finished run directory.
+        out: the bundle folder to create.
+        onnx: also export ``model.onnx`` and check it against PyTorch on real validation images.
+        threshold_method: how the malignant decision threshold is chosen on validation (``youden`` or
+            ``sensitivity``).
+        parity_tolerance: the largest allowed |p_torch - p_onnx|.
+
+    Raises:
+        RunError: unfinished run; BundleError: ONNX disagreeing with PyTorch beyond the tolerance.
+    """
+    from safetensors.torch import save_file
+
+    from mammobench.evaluation.inference import load_run_model
+
+    run_dir, out = Path(run_dir), Path(out)
+    require_finished(run_dir)
+    info = read_model_info(run_dir)
+    model, _ = load_run_model(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(out / MODEL_FILE) as tmp:
+        save_file(weights, str(tmp), metadata={"architecture": info.architecture})
+    cfg = load_config(run_dir / "config.yaml")
+    run_info = read_run_info(run_dir)
+    split = (run_dir / "split.csv").read_text().splitlines()
+    meta = BundleMeta(
+        architecture=info.architecture, labels=info.labels, positive_label=info.positive_label, in_chans=info.in_chans,
+        input_size=info.input_size, mean=info.mean, std=info.std, img_size=info.img_size, mode=info.mode,
+        preprocess=info.preprocess, thresholds=_val_threshold(run_dir, info, threshold_method),
+        weights=FileEntry(file=MODEL_FILE, sha256=sha256_file(out / MODEL_FILE)),
+        provenance={
+            "run": str(run_dir.resolve()), "run_name": run_info.get("name"), "exported": utc_now(),
+            "mammobench_version": mammobench.__version__, "trained_with": run_info.get("mammobench_version"),
+            "environment": environment_info()["versions"], "config": cfg.model_dump(mode="json"),
+            "best_epoch": run_info.get("best_epoch"), "best_validation": {run_info.get("monitor"): run_info.get("best_score")},
+            "counts": run_info.get("counts"), "evaluation": _test_summary(run_dir), "split_rows": len(split) - 1,
+            "synthetic": "demo-synthetic" in (run_dir / "split.csv").read_text(),
+        },
+    )
+    if onnx:
+        from mammobench.serving.onnx import OnnxRunner, export_onnx, max_probability_difference
+
+        onnx_path = export_onnx(model, info.input_size, out / ONNX_FILE)
+        inputs = _real_inputs(run_dir, info, parity_samples)
+        diff = max_probability_difference(model, OnnxRunner(onnx_path), inputs)
+        if diff > parity_tolerance:
+            onnx_path.unlink()
+            raise BundleError(f"ONNX export disagrees with PyTorch by {diff:.2e} (> {parity_tolerance:.0e}) on "
+                              f"{len(inputs)} validation images; not written")
+        meta.onnx = FileEntry(file=ONNX_FILE, sha256=sha256_file(onnx_path))
+        meta.onnx_max_abs_difference = diff
+        logger.info("ONNX export matches PyTorch to %.2e on %d validation images", diff, len(inputs))
+    atomic_write_json(out / BUNDLE_JSON, meta.model_dump(mode="json"))
+    return out
+
+
+def _real_inputs(run_dir: Path, info: ModelInfo, n: int) -> torch.Tensor:
+    """Normalised model inputs of up to ``n`` validation (then test) images of the run."""
+    import pandas as pd
+
+    from mammobench.data.cache import ImageCache
+    from mammobench.data.dataset import cache_request
+    from mammobench.evaluation.evaluate import cache_root
+
+    split = pd.read_csv(run_dir / "split.csv", dtype=str, keep_default_na=False)
+    rows = pd.concat([split[split["split"] == "val"], split[split["split"] == "test"]]).head(n)
+    cache = ImageCache(cache_root(run_dir), info.preprocess)
+    images = [cache.get(cache_request(r)) for _, r in rows.iterrows()]
+    return torch.stack([torch.from_numpy((img - info.mean) / info.std)[None] for img in images]).float()

@@ -1,0 +1,187 @@
+"""``Predictor``: one API for batch prediction (CLI), the web page and notebooks.
+
+Example:
+    >>> p = Predictor.from_bundle("bundles/resnet18")                          # doctest: +SKIP
+    >>> p.predict_paths(["case1.dcm", "lesions/"])[0].predicted               # doctest: +SKIP
+    'MALIGNANT'
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mammobench.data.dicom import ImageReadError
+from mammobench.data.images import IMAGE_SUFFIXES, is_dicom, read_image
+from mammobench.data.preprocess import preprocess_array
+from mammobench.evaluation.inference import resolve_device
+from mammobench.runtime import MammobenchError, atomic_write_text, progress
+from mammobench.serving.bundle import Bundle, BundleError, load_bundle, verified_file
+
+logger = logging.getLogger(__name__)
+
+Backend = Literal["torch", "onnx"]
+
+
+@dataclass
+class Prediction:
+    """One image's result; ``error`` is set (and the rest empty) when the image could not be read."""
+
+    path: str
+    probabilities: dict[str, float] = field(default_factory=dict)
+    predicted: str = ""
+    decision: str = ""
+    threshold: float | None = None
+    error: str = ""
+
+    def row(self) -> dict[str, object]:
+        out: dict[str, object] = {"path": self.path}
+        out.update({f"prob_{k}": v for k, v in self.probabilities.items()})
+        out.update({"predicted": self.predicted, "decision": self.decision, "threshold": self.threshold, "error": self.error})
+        return out
+
+
+def collect_images(paths: Iterable[str | Path]) -> list[Path]:
+    """Files as given; folders searched recursively for images (by suffix, or DICOM without one)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            for f in sorted(p.rglob("*")):
+                if f.is_file() and not f.name.startswith(".") and (f.suffix.lower() in IMAGE_SUFFIXES or (not f.suffix and is_dicom(f))):
+                    out.append(f)
+        else:
+            out.append(p)  # a missing or odd file is reported per file, not here
+    return out
+
+
+class Predictor:
+    """Preprocess like training did, run the model (PyTorch or onnxruntime), apply the decision threshold.
+
+    Args:
+        bundle: a loaded :class:`~mammobench.serving.bundle.Bundle`.
+        backend: ``torch`` or ``onnx`` (needs a bundle exported with ``--onnx``).
+        device: ``auto``, ``cpu``, ``cuda``...
+        batch_size: images per forward pass.
+    """
+
+    def __init__(self, bundle: Bundle, *, backend: Backend = "torch", device: str = "auto", batch_size: int = 16):
+        self.bundle = bundle
+        self.meta = bundle.meta
+        self.info = bundle.info
+        self.device = resolve_device(device)
+        self.batch_size = batch_size
+        self.backend = backend
+        self.model = bundle.model.to(self.device).eval()
+        self._onnx = None
+        if backend == "onnx":
+            if self.meta.onnx is None:
+                raise BundleError(f"bundle {bundle.path} has no ONNX model; export it with --onnx")
+            from mammobench.serving.onnx import OnnxRunner
+
+            self._onnx = OnnxRunner(verified_file(bundle.path, self.meta.onnx, "ONNX"), device=str(self.device))
+        elif backend != "torch":
+            raise MammobenchError(f"unknown backend {backend!r}; expected torch or onnx")
+        self.positive = self.meta.positive_label
+        threshold = self.meta.thresholds.get(self.positive) if self.positive else None
+        self.threshold = threshold.value if threshold else None
+
+    @classmethod
+    def from_bundle(cls, path: str | Path, *, backend: Backend = "torch", device: str = "auto",
+                    batch_size: int = 16) -> Predictor:
+        return cls(load_bundle(path), backend=backend, device=device, batch_size=batch_size)
+
+    @property
+    def labels(self) -> list[str]:
+        return self.meta.labels
+
+    # ----------------------------------------------------------------- preprocessing
+    def preprocess(self, image: np.ndarray, *, roi: tuple[int, int, int, int] | None = None,
+                   full_image: bool | None = None) -> np.ndarray:
+        """A decoded image (float [0, 1]) -> the ``(S, S)`` model input before normalisation.
+
+        ``full_image`` defaults to what the model was trained on: whole mammograms are cropped to the
+        breast; for a lesion model an image is taken as a lesion crop unless ``roi`` cuts one out.
+        """
+        full = (self.meta.mode == "full" or roi is not None) if full_image is None else full_image
+        return preprocess_array(image, self.meta.preprocess, roi=roi, full_image=full)
+
+    def _load(self, path: Path, roi: tuple[int, int, int, int] | None, full_image: bool | None) -> np.ndarray | str:
+        try:
+            return self.preprocess(read_image(path), roi=roi, full_image=full_image)
+        except ImageReadError as exc:
+            return exc.reason
+        except (ValueError, MemoryError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+
+    # ----------------------------------------------------------------- inference
+    def probabilities(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """``(N, C)`` probabilities of preprocessed ``(S, S)`` images."""
+        batch = np.stack([(img - self.info.mean) / self.info.std for img in images])[:, None].astype(np.float32)
+        if self._onnx is not None:
+            return self._onnx(batch)
+        with torch.no_grad():
+            x = torch.from_numpy(batch).to(self.device)
+            return self.model(x).float().softmax(1).cpu().numpy()
+
+    def _result(self, path: str, probs: np.ndarray) -> Prediction:
+        probabilities = {lab: float(p) for lab, p in zip(self.labels, probs, strict=True)}
+        predicted = self.labels[int(np.argmax(probs))]
+        if self.positive is not None and self.threshold is not None:
+            malignant = probabilities[self.positive] >= self.threshold
+            decision = self.positive if malignant else f"not {self.positive}"
+        else:
+            decision = predicted
+        return Prediction(path, probabilities, predicted, decision, self.threshold)
+
+    def predict_array(self, image: np.ndarray, *, roi: tuple[int, int, int, int] | None = None,
+                      full_image: bool | None = None, name: str = "<array>") -> Prediction:
+        """Predict one decoded image (float32 in [0, 1])."""
+        return self._result(name, self.probabilities([self.preprocess(image, roi=roi, full_image=full_image)])[0])
+
+    def predict_paths(self, paths: Iterable[str | Path], *, roi: tuple[int, int, int, int] | None = None,
+                      full_image: bool | None = None, show_progress: bool = False, workers: int = 2) -> list[Prediction]:
+        """Predict files and folders (recursive). Unreadable files come back with ``error`` set."""
+        files = collect_images(paths)
+        results: list[Prediction] = []
+        batches = [files[i : i + self.batch_size] for i in range(0, len(files), self.batch_size)]
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            for batch in progress(batches, total=len(batches), description="Predicting", enabled=show_progress):
+                loaded = list(pool.map(lambda f: self._load(f, roi, full_image), batch))
+                ok = [(f, img) for f, img in zip(batch, loaded, strict=True) if not isinstance(img, str)]
+                probs = self.probabilities([img for _, img in ok]) if ok else np.zeros((0, len(self.labels)))
+                by_path = {str(f): p for (f, _), p in zip(ok, probs, strict=True)}
+                for f, img in zip(batch, loaded, strict=True):
+                    if isinstance(img, str):
+                        logger.warning("cannot predict %s: %s", f, img)
+                        results.append(Prediction(str(f), error=img))
+                    else:
+                        results.append(self._result(str(f), by_path[str(f)]))
+        return results
+
+    def explain(self, image: np.ndarray, *, target: str | None = None) -> np.ndarray:
+        """Grad-CAM map (``(S, S)`` in [0, 1]) of a preprocessed image, with the PyTorch model."""
+        from mammobench.evaluation.explain import explain_arrays
+
+        return explain_arrays(self.model, self.info, [image], target=target, device=str(self.device))[0][3]
+
+
+def write_predictions(predictions: Sequence[Prediction], path: str | Path) -> Path:
+    """CSV (``.csv``) or JSON (``.json``) with one row per image."""
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        atomic_write_text(path, json.dumps([asdict(p) for p in predictions], indent=2) + "\n")
+    else:
+        buf = io.StringIO()
+        pd.DataFrame([p.row() for p in predictions]).to_csv(buf, index=False)
+        atomic_write_text(path, buf.getvalue())
+    return path

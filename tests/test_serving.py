@@ -1,0 +1,143 @@
+"""Bundles (round trip, tampering), batch prediction on a messy folder, ONNX parity, the CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from mammobench.cli import app
+from mammobench.data.images import read_image
+from mammobench.evaluation.inference import load_run_model
+from mammobench.serving.bundle import BundleError, export_bundle, load_bundle, read_bundle_meta
+from mammobench.serving.predictor import Predictor, write_predictions
+
+from .conftest import write_png
+from .test_images import make_dicom
+
+
+@pytest.fixture(scope="module")
+def bundle(trained_runs, tmp_path_factory):
+    return export_bundle(trained_runs["cnn"], tmp_path_factory.mktemp("bundle") / "cnn", onnx=True)
+
+
+@pytest.fixture(scope="module")
+def lesion_images(demo_prepared, tmp_path_factory):
+    """A few lesion crops cut from demo images, as a user would hold them."""
+    frame = pd.read_csv(demo_prepared.out / "manifest.csv")
+    folder = tmp_path_factory.mktemp("lesions")
+    paths = []
+    for i, row in frame.head(6).iterrows():
+        src = row["image_path"] if str(row["image_path"]).startswith("/") else demo_prepared.out / row["image_path"]
+        x0, y0, x1, y1 = map(int, row["roi"].split())
+        crop = (read_image(src)[y0:y1, x0:x1] * 65535).astype(np.uint16)
+        paths.append(write_png(folder / f"lesion_{i}.png", crop))
+    return paths
+
+
+def test_bundle_contents(bundle):
+    meta = read_bundle_meta(bundle)
+    assert {p.name for p in bundle.iterdir()} >= {"model.safetensors", "bundle.json", "model.onnx"}
+    assert meta.architecture == "test_resnet" and meta.labels == ["BENIGN", "MALIGNANT", "BENIGN_WITHOUT_CALLBACK"]
+    t = meta.thresholds["MALIGNANT"]
+    assert 0.0 <= t.value <= 1.0 and t.chosen_on == "val"
+    assert meta.onnx_max_abs_difference is not None and meta.onnx_max_abs_difference <= 1e-4
+    assert meta.provenance["synthetic"] and meta.provenance["config"]["model"]["name"] == "test_resnet"
+    assert meta.preprocess.size == 64
+
+
+def test_round_trip_gives_identical_predictions(bundle, trained_runs, lesion_images):
+    run_model, info = load_run_model(trained_runs["cnn"])
+    predictor = Predictor.from_bundle(bundle, device="cpu")
+    images = [predictor.preprocess(read_image(p)) for p in lesion_images]
+    import torch
+
+    x = torch.stack([torch.from_numpy((im - info.mean) / info.std)[None] for im in images]).float()
+    with torch.no_grad():
+        expected = run_model(x).softmax(1).numpy()
+    np.testing.assert_array_equal(predictor.probabilities(images), expected)
+    via_paths = predictor.predict_paths(lesion_images)
+    np.testing.assert_allclose([list(r.probabilities.values()) for r in via_paths], expected, atol=1e-6)
+
+
+def test_onnx_backend_matches_torch(bundle, lesion_images):
+    torch_p = Predictor.from_bundle(bundle, device="cpu").predict_paths(lesion_images)
+    onnx_p = Predictor.from_bundle(bundle, backend="onnx", device="cpu").predict_paths(lesion_images)
+    a = np.array([list(r.probabilities.values()) for r in torch_p])
+    b = np.array([list(r.probabilities.values()) for r in onnx_p])
+    assert np.abs(a - b).max() <= 1e-4
+    assert [r.decision for r in torch_p] == [r.decision for r in onnx_p]
+
+
+def _copy(bundle, tmp_path):
+    dst = tmp_path / "b"
+    shutil.copytree(bundle, dst)
+    return dst
+
+
+def test_tampered_weights_are_refused(bundle, tmp_path):
+    b = _copy(bundle, tmp_path)
+    data = bytearray((b / "model.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (b / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="does not match the SHA-256"):
+        load_bundle(b)
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda m: m.update(kind="something-else"), "not a mammobench bundle"),
+    (lambda m: m.update(format=7), "bundle format 7"),
+    (lambda m: m.update(surprise=1), "malformed"),
+    (lambda m: m["weights"].update(file="../model.safetensors"), "beside bundle.json"),
+    (lambda m: m.update(architecture="test_vit"), "do not fit test_vit"),
+])
+def test_tampered_or_mismatched_description_is_refused(bundle, tmp_path, edit, message):
+    b = _copy(bundle, tmp_path)
+    meta = json.loads((b / "bundle.json").read_text())
+    edit(meta)
+    (b / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match=message):
+        load_bundle(b)
+
+
+def test_onnx_file_is_checked_too(bundle, tmp_path):
+    b = _copy(bundle, tmp_path)
+    (b / "model.onnx").write_bytes(b"\x00" * 100)
+    with pytest.raises(BundleError, match="model.onnx does not match"):
+        Predictor.from_bundle(b, backend="onnx")
+
+
+def test_predict_mixed_folder_with_corrupt_files(bundle, lesion_images, tmp_path):
+    folder = tmp_path / "mixed"
+    (folder / "nested" / "deeper").mkdir(parents=True)
+    shutil.copy(lesion_images[0], folder / "a.png")
+    shutil.copy(lesion_images[1], folder / "nested" / "deeper" / "b.png")
+    (folder / "nested" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    (folder / "notes.txt").write_text("not an image, not collected")
+    make_dicom(folder / "nested" / "scan.dcm", (read_image(lesion_images[2]) * 65535).astype(np.uint16))
+    results = Predictor.from_bundle(bundle).predict_paths([folder, tmp_path / "absent.png"])
+    by_name = {r.path.split("/")[-1]: r for r in results}
+    assert set(by_name) == {"a.png", "b.png", "corrupt.png", "scan.dcm", "absent.png"}
+    assert by_name["corrupt.png"].error and by_name["absent.png"].error == "file does not exist"
+    for name in ("a.png", "b.png", "scan.dcm"):
+        r = by_name[name]
+        assert not r.error and abs(sum(r.probabilities.values()) - 1) < 1e-5 and r.decision
+    csv = pd.read_csv(write_predictions(results, tmp_path / "p.csv"))
+    assert len(csv) == 5 and {"prob_MALIGNANT", "predicted", "threshold", "error"} <= set(csv.columns)
+    js = json.loads(write_predictions(results, tmp_path / "p.json").read_text())
+    assert len(js) == 5
+
+
+def test_cli_export_predict(trained_runs, lesion_images, tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(app, ["export", str(trained_runs["vit"]), "--out", str(tmp_path / "vit")])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["predict", str(tmp_path / "vit"), str(lesion_images[0].parent), "--out", str(tmp_path / "p.csv")])
+    assert r.exit_code == 0, r.output
+    assert len(pd.read_csv(tmp_path / "p.csv")) == len(lesion_images)
+    r = runner.invoke(app, ["predict", str(tmp_path / "nope"), str(lesion_images[0])])
+    assert r.exit_code == 2 and "not a folder" in r.output

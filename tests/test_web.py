@@ -1,0 +1,93 @@
+"""The web page: messages for bad uploads, and a real browser test (headless Chromium via Playwright)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+
+import numpy as np
+import pytest
+
+from mammobench.serving.bundle import export_bundle
+from mammobench.serving.predictor import Predictor
+from mammobench.serving.web import analyse, create_app
+
+from .conftest import write_png
+from .test_serving import lesion_images  # noqa: F401 - fixture
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def predictor(trained_runs, tmp_path_factory):
+    return Predictor.from_bundle(export_bundle(trained_runs["cnn"], tmp_path_factory.mktemp("web") / "b"))
+
+
+def test_analyse_messages(predictor, lesion_images, tmp_path):  # noqa: F811
+    assert analyse(predictor, None)[1] == "Upload an image first."
+    bad = tmp_path / "bad.png"
+    bad.write_text("this is text")
+    probs, text, cam = analyse(predictor, str(bad))
+    assert probs is None and cam is None and "Could not read **bad.png**" in text
+    assert "limit is" in analyse(predictor, str(lesion_images[0]), max_bytes=10)[1]
+    assert "Lesion box not understood" in analyse(predictor, str(lesion_images[0]), "1 2 3")[1]
+    probs, text, cam = analyse(predictor, str(lesion_images[0]))
+    assert abs(sum(probs.values()) - 1) < 1e-5 and "Decision:" in text and cam.shape == (384, 384, 3)
+
+
+def _chromium() -> str | None:
+    """Debian's Chromium; installed with apt when missing and we may (root, apt-get present)."""
+    path = shutil.which("chromium")
+    if path is None and hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, timeout=300, capture_output=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=False, env=env, timeout=600, capture_output=True)
+        path = shutil.which("chromium")
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_upload_in_a_real_browser(predictor, lesion_images, tmp_path):  # noqa: F811
+    chromium = _chromium()
+    if chromium is None:
+        pytest.skip("Chromium is not installed and could not be installed (needs root and apt-get)")
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    app = create_app(predictor)
+    port = _free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, share=False)
+    not_an_image = write_png(tmp_path / "noise.png", np.zeros((2, 2), np.uint8))
+    not_an_image.write_bytes(b"definitely not a PNG")
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle", timeout=60_000)
+            assert "Research use only" in page.inner_text("#notice")
+            page.set_input_files("#upload input[type=file]", str(lesion_images[0]))
+            page.wait_for_timeout(500)
+            page.click("#predict")
+            page.wait_for_function("document.querySelector('#decision').innerText.includes('Decision')", timeout=60_000)
+            decision = page.inner_text("#decision")
+            assert "MALIGNANT" in decision
+            labels = page.inner_text("#probs")
+            assert "BENIGN" in labels and "%" in labels
+            assert page.locator("#gradcam img").count() == 1
+            page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+            page.reload(wait_until="networkidle")  # a fresh page: the file box holds the first upload
+            page.set_input_files("#upload input[type=file]", str(not_an_image))
+            page.wait_for_timeout(500)
+            page.click("#predict")
+            page.wait_for_function("document.querySelector('#decision').innerText.includes('Could not read')", timeout=60_000)
+            browser.close()
+    finally:
+        app.close()
