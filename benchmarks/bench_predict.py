@@ -54,7 +54,7 @@ def main() -> None:
         images = [rng.random((args.size, args.size), dtype=np.float32) for _ in range(args.batch)]
         print(f"# inference latency - {time.strftime('%Y-%m-%d')} - {platform.machine()}, torch {torch.__version__}, "
               f"{torch.get_num_threads()} threads, {args.size} px, median of {args.repeats}")
-        print("| model | backend | 1 image (ms) | batch of %d (ms) | per image in batch (ms) |" % args.batch)
+        print(f"| model | backend | 1 image (ms) | batch of {args.batch} (ms) | per image in batch (ms) |")
         print("|---|---|---|---|---|")
         for name in args.models:
             cfg = load_config(None, [f"name=lat_{name}", f"model.name={name}", "model.pretrained=none",

@@ -38,6 +38,9 @@ def _setup_logging(verbose: bool) -> None:
     )
     for noisy in ("PIL", "matplotlib", "urllib3", "httpx", "fsspec"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not verbose:  # "GPU available: ...", tips and other Lightning chatter
+        for chatty in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+            logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
 @app.callback()

@@ -126,7 +126,8 @@ def generate_demo_dataset(out: str | Path, *, n_patients: int = 160, seed: int =
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    labels, shares = zip(*_CLASS_SHARE, strict=True)
+    labels = [label for label, _ in _CLASS_SHARE]
+    shares = [share for _, share in _CLASS_SHARE]
     rows = []
     for p in range(n_patients):
         label = str(rng.choice(labels, p=shares))
@@ -135,10 +136,10 @@ def generate_demo_dataset(out: str | Path, *, n_patients: int = 160, seed: int =
             image_seed = seed * 1_000_003 + p * 2 + v
             image, roi = generate_image(image_seed, label, side)
             name = f"synthetic_{p:04d}_{side}_{view}.png"
-            ok, buf = cv2.imencode(".png", image)
+            ok, encoded = cv2.imencode(".png", image)
             if not ok:  # pragma: no cover - cv2 always encodes uint16 PNG
                 raise RuntimeError(f"could not encode {name}")
-            atomic_write_bytes(images / name, buf.tobytes())
+            atomic_write_bytes(images / name, encoded.tobytes())
             rows.append({
                 "path": f"images/{name}", "label": label, "patient_id": f"SYN_{p:04d}",
                 "roi": " ".join(map(str, roi)), "lesion_type": "calcification" if label == BENIGN_WITHOUT_CALLBACK else "mass",

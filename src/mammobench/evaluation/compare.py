@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import itertools
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,7 +139,7 @@ def _gallery(m: ModelResult, out: Path, per_kind: int) -> list[dict[str, Any]]:
 
 
 def compare(
-    configs: list[str | Path | Config],
+    configs: Sequence[str | Path | Config],
     out: str | Path,
     *,
     overrides: list[str] | None = None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -23,15 +24,16 @@ from mammobench.training.rundir import ModelInfo
 
 def target_layer(model: nn.Module) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor] | None]:
     """The layer Grad-CAM looks at, and the reshape that turns ViT tokens into a feature map."""
-    if hasattr(model, "blocks") and hasattr(model, "patch_embed") and hasattr(model.patch_embed, "grid_size"):
-        gh, gw = model.patch_embed.grid_size
+    vit: Any = model  # timm ViT attributes (blocks, patch_embed) are not in nn.Module's type
+    if hasattr(model, "blocks") and hasattr(model, "patch_embed") and hasattr(vit.patch_embed, "grid_size"):
+        gh, gw = vit.patch_embed.grid_size
         prefix = int(getattr(model, "num_prefix_tokens", 1))
 
         def reshape(tokens: torch.Tensor) -> torch.Tensor:
             grid = tokens[:, prefix:, :]
             return grid.reshape(grid.size(0), gh, gw, grid.size(2)).permute(0, 3, 1, 2)
 
-        return model.blocks[-1].norm1, reshape
+        return vit.blocks[-1].norm1, reshape
     info = getattr(model, "feature_info", None)
     if info:
         return model.get_submodule(info[-1]["module"]), None

@@ -13,6 +13,7 @@ import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -111,7 +112,7 @@ def create_model(
         torch.Size([2, 3])
     """
     check_model_name(name)
-    kwargs: dict[str, object] = {"num_classes": num_classes, "in_chans": in_chans, "drop_rate": drop_rate}
+    kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_chans, "drop_rate": drop_rate}
     if drop_path_rate is not None:
         kwargs["drop_path_rate"] = drop_path_rate
     if img_size is not None:

@@ -8,6 +8,7 @@ ViT transformer blocks and ConvNeXt stages alike. The head is the model's classi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
@@ -29,7 +30,8 @@ class ParameterPlan:
 def parameter_plan(model: nn.Module) -> ParameterPlan:
     """Split ``model``'s parameters into the classifier head and an ordered list of backbone blocks."""
     names = [n for n, _ in model.named_parameters()]
-    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+    timm_model: Any = model  # timm's methods (get_classifier, group_matcher) are not in nn.Module's type
+    classifier = timm_model.get_classifier() if hasattr(model, "get_classifier") else None
     head_ids = {id(p) for p in classifier.parameters()} if isinstance(classifier, nn.Module) else set()
     head = tuple(n for n, p in model.named_parameters() if id(p) in head_ids)
     if not head:  # no get_classifier: the last parameters are the head
@@ -38,7 +40,7 @@ def parameter_plan(model: nn.Module) -> ParameterPlan:
     if hasattr(model, "group_matcher"):
         from timm.models import group_parameters
 
-        grouped = group_parameters(model, model.group_matcher(coarse=True))
+        grouped = group_parameters(model, timm_model.group_matcher(coarse=True))
         groups = [[n for n in grouped[k] if n not in head] for k in sorted(grouped)]
     else:
         for child_name, child in model.named_children():

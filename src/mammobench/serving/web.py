@@ -79,7 +79,7 @@ def analyse(predictor: Predictor, file_path: str | None, roi_text: str = "", *, 
 
         shown = cv2.resize(shown, (DISPLAY_SIZE, DISPLAY_SIZE), interpolation=cv2.INTER_NEAREST)
     text = f"### Decision: {result.decision}\nMost likely class: **{result.predicted}** ({result.probabilities[result.predicted]:.1%})"
-    if result.threshold is not None:
+    if result.threshold is not None and predictor.positive is not None:
         text += f"  \n{predictor.positive} probability {result.probabilities[predictor.positive]:.3f} vs threshold {result.threshold:.3f}"
     return result.probabilities, text, shown
 

@@ -244,7 +244,8 @@ def fit(
     trainer = pl.Trainer(
         default_root_dir=str(run_dir), max_epochs=config.stages.head_epochs + config.stages.finetune_epochs,
         accelerator=t.accelerator, devices=t.devices, strategy=_strategy(config), num_nodes=t.num_nodes,
-        precision=precision, deterministic=t.deterministic, gradient_clip_val=config.optim.grad_clip,
+        precision=precision,  # type: ignore[arg-type]  # validated by Lightning itself
+        deterministic=t.deterministic, gradient_clip_val=config.optim.grad_clip,
         callbacks=cbs, logger=_loggers(config, run_dir), enable_progress_bar=show_progress,
         enable_model_summary=show_progress, num_sanity_val_steps=0,
         log_every_n_steps=t.log_every_n_steps, limit_train_batches=t.limit_train_batches,
@@ -274,6 +275,9 @@ def fit(
         dm.start_epoch = _resume_epoch(last_ckpt)
     t0 = time.perf_counter()
     status, error = "failed", ""
+    # Lightning switches deterministic algorithms on process-wide; give the caller's setting back afterwards.
+    deterministic_before = (torch.are_deterministic_algorithms_enabled(),
+                            torch.is_deterministic_algorithms_warn_only_enabled())
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=str(last_ckpt) if resume else None)
         status = "interrupted" if trainer.interrupted else "finished"
@@ -282,6 +286,7 @@ def fit(
         status = "interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed"
         raise
     finally:
+        torch.use_deterministic_algorithms(deterministic_before[0], warn_only=deterministic_before[1])
         seconds = time.perf_counter() - t0
         if trainer.is_global_zero and status != "finished":
             atomic_write_json(run_dir / RUN_INFO, {**base_info, "status": status, "error": error,

@@ -76,10 +76,12 @@ def softmax_focal_loss(
 class FocalLoss(nn.Module):
     """``nn.Module`` around :func:`softmax_focal_loss` (``gamma=0`` gives cross entropy)."""
 
-    def __init__(self, gamma: float = 2.0, alpha: Sequence[float] | torch.Tensor | None = None, label_smoothing: float = 0.0):
+    def __init__(self, gamma: float = 2.0, alpha: Sequence[float] | np.ndarray | torch.Tensor | None = None,
+                 label_smoothing: float = 0.0):
         super().__init__()
         self.gamma = gamma
         self.label_smoothing = label_smoothing
+        self.alpha: torch.Tensor | None
         self.register_buffer("alpha", None if alpha is None else torch.as_tensor(alpha, dtype=torch.float32))
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

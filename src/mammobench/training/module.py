@@ -154,8 +154,8 @@ class LesionClassifier(pl.LightningModule):
         logits = torch.cat([v[0] for v in self._val])
         targets = torch.cat([v[1] for v in self._val])
         if self.trainer.world_size > 1:
-            logits = self.all_gather(logits).flatten(0, 1)
-            targets = self.all_gather(targets).flatten(0, 1)
+            logits = torch.as_tensor(self.all_gather(logits)).flatten(0, 1)
+            targets = torch.as_tensor(self.all_gather(targets)).flatten(0, 1)
         loss = float(self.loss_fn(logits, targets))
         probs = logits.softmax(1).cpu()
         targets = targets.cpu()
@@ -175,7 +175,7 @@ class LesionClassifier(pl.LightningModule):
         if not self.trainer.sanity_checking:
             sums = self._train_sums
             if self.trainer.world_size > 1:
-                sums = self.all_gather(sums).sum(0)
+                sums = torch.as_tensor(self.all_gather(sums)).sum(0)
             seconds = time.perf_counter() - self._epoch_started
             if float(sums[2]) > 0:
                 metrics.update({"train/loss": float(sums[0] / sums[2]), "train/acc": float(sums[1] / sums[2]),
@@ -197,7 +197,7 @@ class LesionClassifier(pl.LightningModule):
         return F.softmax(model(x).float(), dim=1)
 
     # ----------------------------------------------------------------- optimiser
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> Any:
         o = self.optim_cfg
         groups = param_groups(self.model, head=self.plan.head, lr=o.lr, backbone_lr_mult=o.backbone_lr_mult,
                               weight_decay=o.weight_decay)

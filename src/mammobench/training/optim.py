@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,7 +19,8 @@ def param_groups(
     position embeddings and class tokens), as in timm's ``param_groups_weight_decay``.
     """
     head = set(head)
-    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    timm_model: Any = model
+    skip = set(timm_model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {(h, d): [] for h in (True, False) for d in (True, False)}
     for name, param in model.named_parameters():
         decay = param.ndim > 1 and name not in skip and not name.endswith(".bias")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch.utils.data import WeightedRandomSampler
@@ -20,5 +22,5 @@ def create_balanced_sampler(targets: np.ndarray, generator: torch.Generator | No
     Pass it (through :class:`~mammobench.data.datamodule.MammoDataModule`'s ``train_sampler`` hook) with
     the epoch's generator, so the draws are reproducible.
     """
-    return WeightedRandomSampler(balanced_sample_weights(targets), num_samples=len(targets), replacement=True,
-                                 generator=generator)
+    weights: Any = balanced_sample_weights(targets)  # a tensor is what the sampler stores anyway
+    return WeightedRandomSampler(weights, num_samples=len(targets), replacement=True, generator=generator)
