@@ -113,6 +113,18 @@ def test_compare_refuses_different_data_and_labels(trained_runs, demo_prepared, 
         compare([a, a], tmp_path / "cmp")
 
 
+def test_compare_refuses_runs_with_different_label_sets(trained_runs, tmp_path):
+    from mammobench.evaluation.compare import ModelResult, _check_runs
+
+    other = tmp_path / "other"
+    shutil.copytree(trained_runs["vit"], other)
+    info = json.loads((other / "model.json").read_text())
+    (other / "model.json").write_text(json.dumps({**info, "labels": ["BENIGN", "MALIGNANT"]}))
+    models = [ModelResult("a", trained_runs["cnn"], None, {}, None, None), ModelResult("b", other, None, {}, None, None)]
+    with pytest.raises(CompareError, match="different label sets"):
+        _check_runs(models)  # type: ignore[arg-type]
+
+
 def test_run_directory_problems_are_named(trained_runs, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(trained_runs["cnn"], broken)

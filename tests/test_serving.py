@@ -42,12 +42,12 @@ def lesion_images(demo_prepared, tmp_path_factory):
 def test_bundle_contents(bundle):
     meta = read_bundle_meta(bundle)
     assert {p.name for p in bundle.iterdir()} >= {"model.safetensors", "bundle.json", "model.onnx"}
-    assert meta.architecture == "test_resnet" and meta.labels == ["BENIGN", "MALIGNANT", "BENIGN_WITHOUT_CALLBACK"]
+    assert meta.model.architecture == "test_resnet" and meta.model.labels == ["BENIGN", "MALIGNANT", "BENIGN_WITHOUT_CALLBACK"]
     t = meta.thresholds["MALIGNANT"]
     assert 0.0 <= t.value <= 1.0 and t.chosen_on == "val"
     assert meta.onnx_max_abs_difference is not None and meta.onnx_max_abs_difference <= 1e-4
     assert meta.provenance["synthetic"] and meta.provenance["config"]["model"]["name"] == "test_resnet"
-    assert meta.preprocess.size == 64
+    assert meta.model.preprocess.size == 64
 
 
 def test_round_trip_gives_identical_predictions(bundle, trained_runs, lesion_images):
@@ -93,7 +93,8 @@ def test_tampered_weights_are_refused(bundle, tmp_path):
     (lambda m: m.update(format=7), "bundle format 7"),
     (lambda m: m.update(surprise=1), "malformed"),
     (lambda m: m["weights"].update(file="../model.safetensors"), "beside bundle.json"),
-    (lambda m: m.update(architecture="test_vit"), "do not fit test_vit"),
+    (lambda m: m["model"].update(architecture="test_vit"), "do not fit test_vit"),
+    (lambda m: m["model"].update(weights_sha256="0" * 64), "checksum differs"),
 ])
 def test_tampered_or_mismatched_description_is_refused(bundle, tmp_path, edit, message):
     b = _copy(bundle, tmp_path)

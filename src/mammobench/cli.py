@@ -281,7 +281,7 @@ def export(
     except MammobenchError as exc:
         _fail(exc)
     meta = read_bundle_meta(path)
-    console.print(f"Bundle [bold]{path}[/]: {meta.architecture}, classes {', '.join(meta.labels)}")
+    console.print(f"Bundle [bold]{path}[/]: {meta.model.architecture}, classes {', '.join(meta.model.labels)}")
     for label, t in meta.thresholds.items():
         console.print(f"  decision threshold for {label}: {t.value:.4f} ({t.method}, chosen on {t.chosen_on})")
     if meta.onnx is not None:

@@ -10,7 +10,7 @@ import pandas as pd
 from mammobench.data.cache import CacheRequest, ImageCache
 from mammobench.data.dicom import ImageReadError
 from mammobench.data.manifest import parse_roi
-from mammobench.runtime import atomic_path
+from mammobench.figures import pyplot, save_png
 
 
 def split_column(frame: pd.DataFrame) -> pd.Series:
@@ -53,11 +53,7 @@ def preview_grid(
     seed: int = 0, title: str = "",
 ) -> Path:
     """PNG grid of preprocessed samples, one row per class (what the model will see)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rng = np.random.default_rng(seed)
     fig, axes = plt.subplots(len(labels), per_class, figsize=(per_class * 1.6, len(labels) * 1.8), squeeze=False)
     for r, label in enumerate(labels):
@@ -81,7 +77,4 @@ def preview_grid(
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return Path(path)
+    return save_png(fig, path)

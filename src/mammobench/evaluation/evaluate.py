@@ -219,6 +219,7 @@ def evaluate(
     plot_reliability(y, probs, out_dir / "reliability.png", ece=report["metrics"]["ece"]["value"], title=f"Reliability ({tag})")
     history = run_dir / "history.csv"
     if history.is_file():
-        plot_training_curves(pd.read_csv(history), out_dir / "curves.png", title=f"Training ({info.architecture})")
+        plot_training_curves(pd.read_csv(history), out_dir / "curves.png",
+                             title=f"Training ({info.architecture})" + (" - SYNTHETIC DEMO DATA" if synthetic else ""))
     atomic_write_json(out_dir / "metrics.json", report)
     return EvaluationResult(run_dir, split, out_dir, report, preds)

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from mammobench.data.preprocess import load_and_preprocess
-from mammobench.runtime import MammobenchError, atomic_path
+from mammobench.figures import pyplot, save_png
+from mammobench.runtime import MammobenchError
 from mammobench.training.rundir import ModelInfo
 
 
@@ -100,12 +101,7 @@ def explain_arrays(model: nn.Module, info: ModelInfo, images: Sequence[np.ndarra
 
 def save_figure(image: np.ndarray, cam: np.ndarray, path: str | Path, *, title: str) -> Path:
     """Two panels (the model's input, the Grad-CAM overlay) with a title; PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(6.4, 3.5))
+    fig, axes = pyplot().subplots(1, 2, figsize=(6.4, 3.5))
     axes[0].imshow(image, cmap="gray", vmin=0, vmax=1)
     axes[0].set_title("model input", fontsize=8)
     axes[1].imshow(overlay(image, cam))
@@ -114,10 +110,7 @@ def save_figure(image: np.ndarray, cam: np.ndarray, path: str | Path, *, title: 
         ax.axis("off")
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    return Path(path)
+    return save_png(fig, path, dpi=120)
 
 
 def explain_files(

@@ -5,28 +5,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_curve
 
 from mammobench.evaluation.metrics import reliability_bins, safe_auc
-from mammobench.runtime import atomic_path
+from mammobench.figures import pyplot as _plt
+from mammobench.figures import save_png
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: str | Path) -> Path:  # type: ignore[no-untyped-def]
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight")
-    _plt().close(fig)
-    return Path(path)
+def _save(fig: Any, path: str | Path) -> Path:
+    return save_png(fig, path, tight=True)
 
 
 def _macro_roc(y: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -19,7 +19,6 @@ from torch import nn
 
 import mammobench
 from mammobench.config import load_config
-from mammobench.data.preprocess import PreprocessSettings
 from mammobench.runtime import (
     MammobenchError,
     atomic_path,
@@ -56,33 +55,19 @@ class Threshold(BaseModel):
 
 
 class BundleMeta(BaseModel):
-    """``bundle.json``."""
+    """``bundle.json``: the run's ``model.json`` (architecture, labels, input, preprocessing), the decision
+    thresholds, the files with their checksums, and where the model came from."""
 
     model_config = ConfigDict(extra="forbid")
 
     kind: str = BUNDLE_KIND
     format: int = BUNDLE_FORMAT
-    architecture: str
-    labels: list[str]
-    positive_label: str | None
-    in_chans: int = 1
-    input_size: int
-    mean: float
-    std: float
-    img_size: int | None = None
-    mode: str = "roi"
-    preprocess: PreprocessSettings
+    model: ModelInfo
     thresholds: dict[str, Threshold] = {}
     weights: FileEntry
     onnx: FileEntry | None = None
     onnx_max_abs_difference: float | None = None
     provenance: dict[str, Any] = {}
-
-    def model_info(self) -> ModelInfo:
-        return ModelInfo(architecture=self.architecture, labels=self.labels, positive_label=self.positive_label,
-                         in_chans=self.in_chans, input_size=self.input_size, mean=self.mean, std=self.std,
-                         img_size=self.img_size, preprocess=self.preprocess, weights_sha256=self.weights.sha256,
-                         mode=self.mode)
 
 
 @dataclass
@@ -93,7 +78,7 @@ class Bundle:
 
     @property
     def info(self) -> ModelInfo:
-        return self.meta.model_info()
+        return self.meta.model
 
 
 def read_bundle_meta(path: str | Path) -> BundleMeta:
@@ -115,6 +100,8 @@ def read_bundle_meta(path: str | Path) -> BundleMeta:
     except ValidationError as exc:
         err = exc.errors()[0]
         raise BundleError(f"{meta_path} is malformed: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+    if meta.weights.sha256 != meta.model.weights_sha256:
+        raise BundleError(f"{meta_path}: the weights checksum differs between 'weights' and 'model'")
     for entry in (meta.weights, meta.onnx):
         if entry is not None and (Path(entry.file).name != entry.file or entry.file.startswith(".")):
             raise BundleError(f"{meta_path} names file {entry.file!r}; bundle files must sit beside bundle.json")
@@ -150,9 +137,9 @@ def load_bundle(path: str | Path) -> Bundle:
     except (SafetensorError, OSError, ValueError) as exc:
         raise BundleError(f"{weights_path} is not a readable safetensors file: {exc}") from None
     try:
-        model = build_model(meta.model_info(), weights)
+        model = build_model(meta.model, weights)
     except (MammobenchError, RuntimeError) as exc:
-        raise BundleError(f"bundle {folder}: weights do not fit {meta.architecture} ({exc})") from None
+        raise BundleError(f"bundle {folder}: weights do not fit {meta.model.architecture} ({exc})") from None
     return Bundle(folder, meta, model)
 
 
@@ -209,11 +196,11 @@ def export_bundle(
     cfg = load_config(run_dir / "config.yaml")
     run_info = read_run_info(run_dir)
     split = (run_dir / "split.csv").read_text().splitlines()
+    digest = sha256_file(out / MODEL_FILE)
     meta = BundleMeta(
-        architecture=info.architecture, labels=info.labels, positive_label=info.positive_label, in_chans=info.in_chans,
-        input_size=info.input_size, mean=info.mean, std=info.std, img_size=info.img_size, mode=info.mode,
-        preprocess=info.preprocess, thresholds=_val_threshold(run_dir, info, threshold_method),
-        weights=FileEntry(file=MODEL_FILE, sha256=sha256_file(out / MODEL_FILE)),
+        model=info.model_copy(update={"weights_sha256": digest}),
+        thresholds=_val_threshold(run_dir, info, threshold_method),
+        weights=FileEntry(file=MODEL_FILE, sha256=digest),
         provenance={
             "run": str(run_dir.resolve()), "run_name": run_info.get("name"), "exported": utc_now(),
             "mammobench_version": mammobench.__version__, "trained_with": run_info.get("mammobench_version"),

@@ -91,7 +91,7 @@ class Predictor:
             self._onnx = OnnxRunner(verified_file(bundle.path, self.meta.onnx, "ONNX"), device=str(self.device))
         elif backend != "torch":
             raise MammobenchError(f"unknown backend {backend!r}; expected torch or onnx")
-        self.positive = self.meta.positive_label
+        self.positive = self.info.positive_label
         threshold = self.meta.thresholds.get(self.positive) if self.positive else None
         self.threshold = threshold.value if threshold else None
 
@@ -102,7 +102,7 @@ class Predictor:
 
     @property
     def labels(self) -> list[str]:
-        return self.meta.labels
+        return self.info.labels
 
     # ----------------------------------------------------------------- preprocessing
     def preprocess(self, image: np.ndarray, *, roi: tuple[int, int, int, int] | None = None,
@@ -112,8 +112,8 @@ class Predictor:
         ``full_image`` defaults to what the model was trained on: whole mammograms are cropped to the
         breast; for a lesion model an image is taken as a lesion crop unless ``roi`` cuts one out.
         """
-        full = (self.meta.mode == "full" or roi is not None) if full_image is None else full_image
-        return preprocess_array(image, self.meta.preprocess, roi=roi, full_image=full)
+        full = (self.info.mode == "full" or roi is not None) if full_image is None else full_image
+        return preprocess_array(image, self.info.preprocess, roi=roi, full_image=full)
 
     def _load(self, path: Path, roi: tuple[int, int, int, int] | None, full_image: bool | None) -> np.ndarray | str:
         try:

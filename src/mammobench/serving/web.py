@@ -36,13 +36,13 @@ def _gradio():  # type: ignore[no-untyped-def]
 
 
 def describe(predictor: Predictor) -> str:
-    m = predictor.meta
+    m = predictor.info
     lines = [f"**Model:** {m.architecture} · classes: {', '.join(m.labels)} · input {m.input_size} px "
              f"({'whole mammograms' if m.mode == 'full' else 'lesion crops'})"]
     if predictor.threshold is not None:
         lines.append(f"**Decision:** {m.positive_label} when its probability ≥ {predictor.threshold:.3f} "
                      f"(threshold chosen on the validation split)")
-    if m.provenance.get("synthetic"):
+    if predictor.meta.provenance.get("synthetic"):
         lines.append("⚠ **This model was trained on SYNTHETIC demo data: its outputs mean nothing for real images.**")
     return "  \n".join(lines)
 

@@ -6,16 +6,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from mammobench.runtime import atomic_path
+from mammobench.figures import pyplot, save_png
 
 
 def plot_training_curves(history: pd.DataFrame, path: str | Path, *, title: str = "") -> Path:
     """Four panels from ``history.csv``: loss, accuracy, validation AUC, learning rate; stage 2 shaded."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
     epochs = history["epoch"] + 1 if "epoch" in history else pd.Series(range(1, len(history) + 1))
     panels = [
@@ -40,7 +36,4 @@ def plot_training_curves(history: pd.DataFrame, path: str | Path, *, title: str 
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return Path(path)
+    return save_png(fig, path)

@@ -28,6 +28,7 @@ import mammobench
 from mammobench.config import Config, ConfigError, load_config
 from mammobench.data.cache import ImageCache
 from mammobench.data.datamodule import MammoDataModule
+from mammobench.data.demo import DEMO_DATASET
 from mammobench.data.manifest import read_manifest, read_manifest_info
 from mammobench.data.splits import resolve_fold
 from mammobench.models.factory import count_parameters, create_model, resolve_input_config
@@ -311,7 +312,8 @@ def fit(
     atomic_write_json(run_dir / MODEL_INFO, model_info.model_dump(mode="json"))
     hist = history.frame()
     if len(hist):
-        plot_training_curves(hist, run_dir / "curves.png", title=f"{config.run_name()} ({config.model.name})")
+        synthetic = " - SYNTHETIC DEMO DATA" if (frame["dataset"] == DEMO_DATASET).any() else ""
+        plot_training_curves(hist, run_dir / "curves.png", title=f"{config.run_name()} ({config.model.name}){synthetic}")
     best_score = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None
     best_epoch = None
     if best_score is not None and monitor in hist:
