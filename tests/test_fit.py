@@ -62,6 +62,12 @@ def test_cnn_smoke_run_writes_a_complete_run_directory(demo_prepared, tmp_path):
         fit(tiny(demo_prepared.out, tmp_path))
 
 
+def test_fit_leaves_the_callers_determinism_setting_alone(demo_prepared, tmp_path):
+    assert not torch.are_deterministic_algorithms_enabled()
+    fit(tiny(demo_prepared.out, tmp_path, "trainer.limit_train_batches=1", "trainer.deterministic=true"))
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
 def test_vit_smoke_run_with_ema(demo_prepared, tmp_path):
     cfg = load_config("demo_vit", [f"data.manifest={demo_prepared.out}", f"output.dir={tmp_path}",
                                    "output.tensorboard=false", "stages.head_epochs=1", "stages.finetune_epochs=1",

@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -35,6 +36,13 @@ class CacheRequest:
     path: str
     roi: tuple[int, int, int, int] | None = None
     full_image: bool = True
+
+
+def cache_request(row: Mapping[str, Any]) -> CacheRequest:
+    """The request for one manifest row (``image_path``, ``roi``, ``image_type``)."""
+    from mammobench.data.manifest import parse_roi
+
+    return CacheRequest(str(row["image_path"]), parse_roi(row["roi"]), str(row.get("image_type", "full")) != "crop")
 
 
 @dataclass

@@ -18,8 +18,8 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from mammobench.data.cache import ImageCache
-from mammobench.data.dataset import MammoDataset, cache_request
+from mammobench.data.cache import ImageCache, cache_request
+from mammobench.data.dataset import MammoDataset
 from mammobench.data.splits import check_no_leakage
 from mammobench.data.transforms import AugmentSettings, create_transform
 from mammobench.runtime import MammobenchError

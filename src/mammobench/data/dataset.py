@@ -9,13 +9,8 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from mammobench.data.cache import CacheRequest, ImageCache
-from mammobench.data.manifest import ManifestError, parse_roi
-
-
-def cache_request(row: pd.Series | dict) -> CacheRequest:
-    """The cache request for one manifest row."""
-    return CacheRequest(str(row["image_path"]), parse_roi(row["roi"]), str(row.get("image_type", "full")) != "crop")
+from mammobench.data.cache import ImageCache, cache_request
+from mammobench.data.manifest import ManifestError
 
 
 class MammoDataset(Dataset):

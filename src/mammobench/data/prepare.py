@@ -18,10 +18,10 @@ from typing import Literal
 import pandas as pd
 
 import mammobench
-from mammobench.data.cache import CacheRequest, ImageCache
+from mammobench.data.cache import ImageCache, cache_request
 from mammobench.data.demo import DEMO_DATASET, SYNTHETIC_NOTICE, generate_demo_dataset
 from mammobench.data.labels import LabelError, order_labels, parse_label_spec, positive_label
-from mammobench.data.manifest import ManifestInfo, parse_roi, validate_manifest, write_manifest
+from mammobench.data.manifest import ManifestInfo, validate_manifest, write_manifest
 from mammobench.data.preprocess import PreprocessSettings
 from mammobench.data.sources.base import Skipped, SourceResult
 from mammobench.data.splits import SplitReport, check_no_leakage, split_kfold, split_official, split_random
@@ -140,17 +140,19 @@ def prepare(
     frame = source.records.copy()
     skipped = list(source.skipped)
     notes += source.notes
-    try:
-        frame["label"] = frame["raw_label"].map(mapping)
-    except LabelError as exc:
-        bad = next(r for r in frame.itertuples() if _maps_badly(mapping, r.raw_label))
-        raise LabelError(f"{bad.source}: {exc}") from None
+    mapped = []
+    for raw, where in zip(frame["raw_label"], frame["source"], strict=True):
+        try:
+            mapped.append(mapping(raw))
+        except LabelError as exc:
+            raise LabelError(f"{where}: {exc}") from None
+    frame["label"] = mapped
     frame["split"] = ""
 
     settings = preprocess or PreprocessSettings()
     cache = ImageCache(Path(cache_dir) if cache_dir else out / "cache", settings)
     if build_cache:
-        requests = [_request(r) for r in frame.itertuples()]
+        requests = [cache_request(r) for _, r in frame.iterrows()]
         report = cache.build(requests, workers=workers, show_progress=show_progress)
         if report.failed:
             bad_rows = [i for i, _, _ in report.failed]
@@ -197,20 +199,6 @@ def prepare(
         preview_path = preview_grid(frame, cache, out / "preview.png", labels=label_set, seed=seed, title=title)
     atomic_write_text(out / "summary.md", render_summary(info, counts, majority, skipped, notes))
     return PrepareResult(out, manifest_path, frame, info, skipped, counts, majority, split_report, preview_path, notes)
-
-
-def _maps_badly(mapping, raw: str) -> bool:  # type: ignore[no-untyped-def]
-    try:
-        mapping(raw)
-    except LabelError:
-        return True
-    return False
-
-
-def _request(row: object) -> CacheRequest:
-    return CacheRequest(
-        str(row.image_path), parse_roi(row.roi), str(getattr(row, "image_type", "full")) != "crop"  # type: ignore[attr-defined]
-    )
 
 
 def _write_skipped(path: Path, skipped: list[Skipped]) -> None:

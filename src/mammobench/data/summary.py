@@ -7,9 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mammobench.data.cache import CacheRequest, ImageCache
+from mammobench.data.cache import ImageCache, cache_request
 from mammobench.data.dicom import ImageReadError
-from mammobench.data.manifest import parse_roi
 from mammobench.figures import pyplot, save_png
 
 
@@ -66,7 +65,7 @@ def preview_grid(
                 continue
             row = pick.iloc[c]
             try:
-                img = cache.get(CacheRequest(row["image_path"], parse_roi(row["roi"]), row.get("image_type", "full") != "crop"))
+                img = cache.get(cache_request(row))
             except (ImageReadError, ValueError):
                 continue
             ax.imshow(img, cmap="gray", vmin=0, vmax=1)

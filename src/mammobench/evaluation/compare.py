@@ -21,8 +21,7 @@ import pandas as pd
 
 import mammobench
 from mammobench.config import Config, load_config
-from mammobench.data.cache import ImageCache
-from mammobench.data.dataset import cache_request
+from mammobench.data.cache import ImageCache, cache_request
 from mammobench.data.demo import DEMO_DATASET, SYNTHETIC_NOTICE
 from mammobench.evaluation.evaluate import EvaluationResult, cache_root, evaluate, split_rows
 from mammobench.evaluation.explain import explain_arrays, overlay

@@ -23,8 +23,7 @@ import pandas as pd
 
 import mammobench
 from mammobench.config import load_config
-from mammobench.data.cache import ImageCache
-from mammobench.data.dataset import cache_request
+from mammobench.data.cache import ImageCache, cache_request
 from mammobench.data.demo import DEMO_DATASET, SYNTHETIC_NOTICE
 from mammobench.evaluation.inference import load_run_model, predict_probs
 from mammobench.evaluation.metrics import (

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from mammobench.data.cache import ImageCache
 from mammobench.data.dataset import MammoDataset
 from mammobench.data.transforms import AugmentSettings, create_transform
-from mammobench.models.factory import create_model
+from mammobench.models.factory import create_model, prefers_channels_last
 from mammobench.runtime import sha256_file
 from mammobench.training.rundir import MODEL_FILE, ModelInfo, RunError, read_model_info
 
@@ -34,6 +34,8 @@ def build_model(info: ModelInfo, weights: dict[str, torch.Tensor]) -> nn.Module:
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise RunError(f"weights do not fit {info.architecture}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    if prefers_channels_last(model):
+        model = model.to(memory_format=torch.channels_last)  # inputs follow (NCHW inputs work too)
     return model.eval()
 
 
@@ -68,8 +70,11 @@ def predict_probs(
     ds = MammoDataset(frame.assign(label=info.labels[0]), info.labels, cache, transform)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     out = []
+    nhwc = prefers_channels_last(model)
     for batch in loader:
         x = batch["image"].to(dev)
+        if nhwc:
+            x = x.contiguous(memory_format=torch.channels_last)
         views = [x, x.flip(-1), x.flip(-2)] if tta else [x]
         probs = torch.stack([model(v).float().softmax(1) for v in views]).mean(0)
         out.append(probs.cpu())

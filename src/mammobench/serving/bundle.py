@@ -231,8 +231,7 @@ def _real_inputs(run_dir: Path, info: ModelInfo, n: int) -> torch.Tensor:
     """Normalised model inputs of up to ``n`` validation (then test) images of the run."""
     import pandas as pd
 
-    from mammobench.data.cache import ImageCache
-    from mammobench.data.dataset import cache_request
+    from mammobench.data.cache import ImageCache, cache_request
     from mammobench.evaluation.evaluate import cache_root
 
     split = pd.read_csv(run_dir / "split.csv", dtype=str, keep_default_na=False)

@@ -25,6 +25,7 @@ from mammobench.data.dicom import ImageReadError
 from mammobench.data.images import IMAGE_SUFFIXES, is_dicom, read_image
 from mammobench.data.preprocess import preprocess_array
 from mammobench.evaluation.inference import resolve_device
+from mammobench.models.factory import prefers_channels_last
 from mammobench.runtime import MammobenchError, atomic_write_text, progress
 from mammobench.serving.bundle import Bundle, BundleError, load_bundle, verified_file
 
@@ -82,6 +83,7 @@ class Predictor:
         self.batch_size = batch_size
         self.backend = backend
         self.model = bundle.model.to(self.device).eval()
+        self._nhwc = prefers_channels_last(self.model)
         self._onnx = None
         if backend == "onnx":
             if self.meta.onnx is None:
@@ -131,6 +133,8 @@ class Predictor:
             return self._onnx(batch)
         with torch.no_grad():
             x = torch.from_numpy(batch).to(self.device)
+            if self._nhwc:
+                x = x.contiguous(memory_format=torch.channels_last)
             return self.model(x).float().softmax(1).cpu().numpy()
 
     def _result(self, path: str, probs: np.ndarray) -> Prediction:

@@ -31,7 +31,12 @@ from mammobench.data.datamodule import MammoDataModule
 from mammobench.data.demo import DEMO_DATASET
 from mammobench.data.manifest import read_manifest, read_manifest_info
 from mammobench.data.splits import resolve_fold
-from mammobench.models.factory import count_parameters, create_model, resolve_input_config
+from mammobench.models.factory import (
+    count_parameters,
+    create_model,
+    prefers_channels_last,
+    resolve_input_config,
+)
 from mammobench.models.finetune import parameter_plan
 from mammobench.runtime import (
     MammobenchError,
@@ -112,13 +117,13 @@ def _split_frame(config: Config) -> tuple[pd.DataFrame, list[str], str | None, P
     return frame, labels, info.positive_label, manifest_dir, info.mode
 
 
-def _resolve_hardware(config: Config) -> tuple[str, bool]:
+def _resolve_hardware(config: Config, model: torch.nn.Module) -> tuple[str, bool]:
     t = config.trainer
     gpu = torch.cuda.is_available() and t.accelerator in ("auto", "gpu", "cuda")
     precision = t.precision
     if precision == "auto":
         precision = ("bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed") if gpu else "32-true"
-    channels_last = t.channels_last if t.channels_last != "auto" else (gpu and "vit" not in config.model.name)
+    channels_last = t.channels_last if t.channels_last != "auto" else prefers_channels_last(model)
     return precision, bool(channels_last)
 
 
@@ -225,7 +230,7 @@ def fit(
                        label_smoothing=config.loss.label_smoothing, train_targets=train_targets)
     if config.data.sampler == "balanced" and config.loss.alpha == "balanced":
         logger.warning("balanced sampling and balanced loss weights together compensate class imbalance twice")
-    precision, channels_last = _resolve_hardware(config)
+    precision, channels_last = _resolve_hardware(config, model)
     module = LesionClassifier(
         model, labels=labels, loss=loss, plan=parameter_plan(model), optim=config.optim, stages=config.stages,
         positive_label=positive, channels_last=channels_last, compile=config.trainer.compile,
@@ -242,6 +247,9 @@ def fit(
         cbs.append(RichProgressBar())
     cbs += callbacks or []
     t = config.trainer
+    # Lightning switches deterministic algorithms on process-wide; give the caller's setting back afterwards.
+    deterministic_before = (torch.are_deterministic_algorithms_enabled(),
+                            torch.is_deterministic_algorithms_warn_only_enabled())
     trainer = pl.Trainer(
         default_root_dir=str(run_dir), max_epochs=config.stages.head_epochs + config.stages.finetune_epochs,
         accelerator=t.accelerator, devices=t.devices, strategy=_strategy(config), num_nodes=t.num_nodes,
@@ -276,9 +284,6 @@ def fit(
         dm.start_epoch = _resume_epoch(last_ckpt)
     t0 = time.perf_counter()
     status, error = "failed", ""
-    # Lightning switches deterministic algorithms on process-wide; give the caller's setting back afterwards.
-    deterministic_before = (torch.are_deterministic_algorithms_enabled(),
-                            torch.is_deterministic_algorithms_warn_only_enabled())
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=str(last_ckpt) if resume else None)
         status = "interrupted" if trainer.interrupted else "finished"
