@@ -157,3 +157,20 @@ def test_nan_loss_stops_with_a_clear_message(demo_prepared, tmp_path):
     assert info["status"] == "failed" and "NonFiniteLossError" in info["error"]
     with pytest.raises(RunError, match="no checkpoints/last.ckpt"):
         resume(tmp_path / "demo_cnn")
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu(demo_prepared, tmp_path):
+    """DDP through Lightning's own launcher (it re-runs the command per process), with frozen blocks."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "mammobench.cli", "train", "--config", "demo_cnn",
+           "--set", f"data.manifest={demo_prepared.out}", "--set", f"output.dir={tmp_path}",
+           "--set", "trainer.accelerator=cpu", "--set", "trainer.devices=2", "--set", "stages.head_epochs=1",
+           "--set", "stages.finetune_epochs=1", "--set", "stages.unfreeze_blocks=1", "--set", "output.tensorboard=false",
+           "--set", "data.batch_size=16"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    info = json.loads((tmp_path / "demo_cnn" / "run.json").read_text())
+    assert info["status"] == "finished" and info["epochs_run"] == 2

@@ -23,6 +23,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_only
 
 import mammobench
 from mammobench.config import Config, ConfigError, load_config
@@ -131,7 +132,13 @@ def _strategy(config: Config) -> str:
     t = config.trainer
     if t.strategy != "auto":
         return t.strategy
-    many = t.num_nodes > 1 or (torch.cuda.device_count() > 1 and t.devices not in (1, "1"))
+    if t.devices == "auto":
+        many = torch.cuda.device_count() > 1
+    elif isinstance(t.devices, int):
+        many = t.devices > 1 or t.devices == -1
+    else:  # "2", "-1", "0,1"
+        many = t.devices.strip() == "-1" or "," in t.devices or (t.devices.strip().isdigit() and int(t.devices) > 1)
+    many = many or t.num_nodes > 1
     freezes = config.stages.head_epochs > 0 or config.stages.unfreeze_blocks != "all"
     # Frozen blocks produce no gradients; DDP must be told, or it waits for them forever.
     return "ddp_find_unused_parameters_true" if many and freezes else "auto"
@@ -166,6 +173,28 @@ def _resume_epoch(checkpoint: Path) -> int:
         return int(ckpt.get("epoch", -1)) + 1
 
 
+def _check_run_dir(run_dir: Path, last_ckpt: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to overwrite or resume a run by accident; clear stale checkpoints when overwriting."""
+    if (run_dir / RUN_INFO).is_file():
+        status = read_run_info(run_dir).get("status")
+        if resume:
+            if status == "finished":
+                raise RunError(f"run {run_dir} already finished; nothing to resume")
+            if not last_ckpt.is_file():
+                raise RunError(f"run {run_dir} has no checkpoints/last.ckpt to resume from "
+                               "(it stopped in its first epoch); start it again")
+        elif status == "finished" and not overwrite:
+            raise RunError(f"run {run_dir} already exists and finished; pick another output.name or pass --overwrite")
+        elif status != "finished" and not overwrite:
+            raise RunError(f"run {run_dir} exists but did not finish (status: {status}); "
+                           "continue it with --resume or pass --overwrite")
+    elif resume:
+        raise RunError(f"nothing to resume at {run_dir}")
+    if overwrite and not resume and run_dir.exists():
+        for stale in (run_dir / "checkpoints").glob("*.ckpt"):
+            stale.unlink()
+
+
 def fit(
     config: Config,
     *,
@@ -191,22 +220,10 @@ def fit(
     """
     run_dir = config.output.dir / config.run_name()
     last_ckpt = run_dir / "checkpoints" / "last.ckpt"
-    if (run_dir / RUN_INFO).is_file():
-        status = read_run_info(run_dir).get("status")
-        if resume:
-            if status == "finished":
-                raise RunError(f"run {run_dir} already finished; nothing to resume")
-            if not last_ckpt.is_file():
-                raise RunError(f"run {run_dir} has no checkpoints/last.ckpt to resume from (it stopped in its first epoch); start it again")
-        elif status == "finished" and not overwrite:
-            raise RunError(f"run {run_dir} already exists and finished; pick another output.name or pass --overwrite")
-        elif status != "finished" and not overwrite:
-            raise RunError(f"run {run_dir} exists but did not finish (status: {status}); continue it with --resume or pass --overwrite")
-    elif resume:
-        raise RunError(f"nothing to resume at {run_dir}")
-    if overwrite and not resume and run_dir.exists():
-        for stale in (run_dir / "checkpoints").glob("*.ckpt"):
-            stale.unlink()
+    # Under DDP every process runs this function; only the first one judges and prepares the run folder
+    # (the others would find it "running" and stop).
+    if getattr(rank_zero_only, "rank", 0) == 0:  # set by Lightning from RANK / LOCAL_RANK / SLURM_PROCID
+        _check_run_dir(run_dir, last_ckpt, resume=resume, overwrite=overwrite)
 
     pl.seed_everything(config.seed, workers=True, verbose=False)
     frame, labels, positive, manifest_dir, mode = _split_frame(config)
