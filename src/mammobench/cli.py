@@ -38,9 +38,16 @@ def _setup_logging(verbose: bool) -> None:
     )
     for noisy in ("PIL", "matplotlib", "urllib3", "httpx", "fsspec"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    if not verbose:  # "GPU available: ...", tips and other Lightning chatter
-        for chatty in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
-            logging.getLogger(chatty).setLevel(logging.WARNING)
+    if not verbose:
+        # "GPU available: ...", tips and other Lightning chatter. Lightning configures its loggers when it is
+        # first imported, so import it now and then quieten them; its own handler would print twice.
+        import lightning.pytorch  # noqa: F401
+
+        for chatty in ("lightning.pytorch", "lightning.fabric"):
+            log = logging.getLogger(chatty)
+            log.setLevel(logging.WARNING)
+            log.handlers.clear()
+            log.propagate = True
 
 
 @app.callback()

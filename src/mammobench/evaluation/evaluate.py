@@ -36,7 +36,7 @@ from mammobench.evaluation.metrics import (
 from mammobench.evaluation.plots import plot_confusion, plot_pr, plot_reliability, plot_roc
 from mammobench.runtime import MammobenchError, atomic_write_json, atomic_write_text, utc_now
 from mammobench.training.curves import plot_training_curves
-from mammobench.training.rundir import ModelInfo, RunError, require_finished
+from mammobench.training.rundir import ModelInfo, RunError, read_run_info, require_finished
 
 logger = logging.getLogger(__name__)
 
@@ -193,10 +193,12 @@ def evaluate(
         report["metrics"] = metrics_with_ci(y, probs, labels, groups, positive=positive, threshold=threshold,
                                             n_boot=n_boot, seed=seed)
         _breakdowns(report, rows, y, probs, labels, groups, positive, threshold, n_boot, seed, breakdown_min)
-    # Undefined metrics (a class absent from the set or a subgroup) are NaN; say so once each, not per resample.
+    # Undefined metrics are NaN; say so once each, not per resample. A class absent from a lesion-type
+    # subgroup is expected (BENIGN_WITHOUT_CALLBACK among masses): those go to the debug log and metrics.json.
     undefined = sorted({str(w.message) for w in caught if issubclass(w.category, UndefinedMetricWarning)})
     for message in undefined:
-        logger.warning("%s split: %s (reported as NaN)", split, message)
+        level = logging.DEBUG if message.startswith(("lesion_type ", "dataset ")) else logging.WARNING
+        logger.log(level, "%s split: %s (reported as NaN)", split, message)
     report["warnings"] = undefined
     report["per_class"] = per_class_table(y, probs, labels)
     report["confusion_matrix"] = confusion(y, probs, len(labels))
@@ -218,7 +220,8 @@ def evaluate(
     plot_reliability(y, probs, out_dir / "reliability.png", ece=report["metrics"]["ece"]["value"], title=f"Reliability ({tag})")
     history = run_dir / "history.csv"
     if history.is_file():
-        plot_training_curves(pd.read_csv(history), out_dir / "curves.png",
+        kept = read_run_info(run_dir).get("kept_epoch")
+        plot_training_curves(pd.read_csv(history), out_dir / "curves.png", best_epoch=kept,
                              title=f"Training ({info.architecture})" + (" - SYNTHETIC DEMO DATA" if synthetic else ""))
     atomic_write_json(out_dir / "metrics.json", report)
     return EvaluationResult(run_dir, split, out_dir, report, preds)

@@ -145,7 +145,8 @@ def build_sections(results: dict[str, Any], table: pd.DataFrame, split: pd.DataF
                 "calibrated."] if file == "reliability.png" else []
         if file == "curves.png":
             text = ["Loss and accuracy per epoch on training and validation data, validation AUC, and learning "
-                    "rate; the grey band is stage 2 (fine-tuning the last blocks)."]
+                    "rate; the grey band is stage 2 (fine-tuning the last blocks), the dashed line the epoch whose "
+                    "weights were kept."]
         sections.append(Section(title, text, images=imgs, image_width=width))
 
     first_gallery = True

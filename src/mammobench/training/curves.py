@@ -9,8 +9,9 @@ import pandas as pd
 from mammobench.figures import pyplot, save_png
 
 
-def plot_training_curves(history: pd.DataFrame, path: str | Path, *, title: str = "") -> Path:
-    """Four panels from ``history.csv``: loss, accuracy, validation AUC, learning rate; stage 2 shaded."""
+def plot_training_curves(history: pd.DataFrame, path: str | Path, *, title: str = "", best_epoch: int | None = None) -> Path:
+    """Four panels from ``history.csv``: loss, accuracy, validation AUC, learning rate; stage 2 shaded and the
+    epoch whose weights were kept (``best_epoch``, 0-based) marked."""
     plt = pyplot()
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
     epochs = history["epoch"] + 1 if "epoch" in history else pd.Series(range(1, len(history) + 1))
@@ -27,6 +28,8 @@ def plot_training_curves(history: pd.DataFrame, path: str | Path, *, title: str 
                 ax.plot(epochs, history[col], marker="o", ms=3, label=label)
         if len(stage2):
             ax.axvspan(stage2.min() - 0.5, stage2.max() + 0.5, color="0.92", zorder=0, label="stage 2 (fine-tune)")
+        if best_epoch is not None:
+            ax.axvline(best_epoch + 1, color="k", ls="--", lw=1, label="kept weights")
         ax.set_title(name)
         ax.set_xlabel("epoch")
         if name == "Learning rate":

@@ -144,6 +144,15 @@ def _strategy(config: Config) -> str:
     return "ddp_find_unused_parameters_true" if many and freezes else "auto"
 
 
+class _ProgressBar(RichProgressBar):
+    """Rich progress bar without Lightning's logger version number (meaningless here)."""
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return metrics
+
+
 def _loggers(config: Config, run_dir: Path) -> list[Logger]:
     loggers: list[Logger] = [CSVLogger(save_dir=str(run_dir), name="logs", version="csv")]
     if config.output.tensorboard:
@@ -261,7 +270,7 @@ def fit(
     if config.trainer.early_stopping_patience:
         cbs.append(EarlyStopping(monitor=monitor, mode=mode, patience=config.trainer.early_stopping_patience))
     if show_progress:
-        cbs.append(RichProgressBar())
+        cbs.append(_ProgressBar())
     cbs += callbacks or []
     t = config.trainer
     # Lightning switches deterministic algorithms on process-wide; give the caller's setting back afterwards.
@@ -273,7 +282,7 @@ def fit(
         precision=precision,  # type: ignore[arg-type]  # validated by Lightning itself
         deterministic=t.deterministic, gradient_clip_val=config.optim.grad_clip,
         callbacks=cbs, logger=_loggers(config, run_dir), enable_progress_bar=show_progress,
-        enable_model_summary=show_progress, num_sanity_val_steps=0,
+        enable_model_summary=False, num_sanity_val_steps=0,
         log_every_n_steps=t.log_every_n_steps, limit_train_batches=t.limit_train_batches,
         limit_val_batches=t.limit_val_batches, max_time=t.max_time, plugins=[AtomicCheckpointIO()],
     )
@@ -333,18 +342,20 @@ def fit(
     )
     atomic_write_json(run_dir / MODEL_INFO, model_info.model_dump(mode="json"))
     hist = history.frame()
-    if len(hist):
-        synthetic = " - SYNTHETIC DEMO DATA" if (frame["dataset"] == DEMO_DATASET).any() else ""
-        plot_training_curves(hist, run_dir / "curves.png", title=f"{config.run_name()} ({config.model.name}){synthetic}")
     best_score = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None
     best_epoch = None
     if best_score is not None and monitor in hist:
         best_epoch = int(hist.loc[(hist[monitor] - best_score).abs().idxmin(), "epoch"])
+    kept_epoch = int(hist["epoch"].max()) if config.trainer.weights == "last" and len(hist) else best_epoch
+    if len(hist):
+        synthetic = " - SYNTHETIC DEMO DATA" if (frame["dataset"] == DEMO_DATASET).any() else ""
+        plot_training_curves(hist, run_dir / "curves.png", title=f"{config.run_name()} ({config.model.name}){synthetic}",
+                             best_epoch=kept_epoch)
     ips = hist["train/images_per_s"].median() if "train/images_per_s" in hist else None
     atomic_write_json(run_dir / RUN_INFO, {
         **base_info, "status": status, "finished": utc_now(), "train_seconds": seconds,
         "epochs_run": len(hist), "stopped_early": len(hist) < config.stages.head_epochs + config.stages.finetune_epochs,
-        "best_epoch": best_epoch, "best_score": best_score, "train_images_per_s": float(ips) if ips == ips and ips is not None else None,
+        "best_epoch": best_epoch, "best_score": best_score, "kept_epoch": kept_epoch, "train_images_per_s": float(ips) if ips == ips and ips is not None else None,
     })
     logger.info("run %s %s: best %s = %s at epoch %s", run_dir, status, monitor, best_score, best_epoch)
     return RunResult(run_dir, status, monitor, best_score, best_epoch, hist, seconds)
