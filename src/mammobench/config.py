@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mammobench.data.preprocess import PreprocessSettings
+from mammobench.data.preprocess import PreprocessOptions
 from mammobench.data.transforms import AugmentSettings
 from mammobench.runtime import MammobenchError
 
@@ -30,27 +30,12 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class PreprocessConfig(_Strict):
-    """Preprocessing except the size (``data.image_size``); see :class:`~mammobench.data.preprocess.PreprocessSettings`."""
-
-    keep_aspect: bool = True
-    window: tuple[float, float] = (0.5, 99.5)
-    clahe: bool = False
-    clahe_clip: float = Field(2.0, gt=0)
-    clahe_tiles: int = Field(8, ge=1, le=64)
-    crop_breast: bool = True
-    canonical_side: Literal["left", "right", "none"] = "left"
-
-    def settings(self, size: int) -> PreprocessSettings:
-        return PreprocessSettings(size=size, **self.model_dump())
-
-
 class DataConfig(_Strict):
     manifest: Path | None = Field(None, description="prepared manifest.csv (or its folder)")
     fold: int | None = Field(None, ge=0, description="k-fold manifests: the fold used as test set")
     val_fraction: float = Field(0.1, gt=0, lt=1, description="k-fold: validation carved from the other folds")
     image_size: int | None = Field(None, ge=16, le=4096, description="None = the model's pretrained input size")
-    preprocess: PreprocessConfig = PreprocessConfig()
+    preprocess: PreprocessOptions = PreprocessOptions()  # the size is data.image_size
     augment: AugmentSettings = AugmentSettings()
     sampler: Literal["balanced", "none"] = "balanced"
     batch_size: int = Field(32, ge=1)

@@ -23,11 +23,10 @@ from mammobench.data.images import read_image
 _THUMB = 512  # breast segmentation runs on a thumbnail of this long side
 
 
-class PreprocessSettings(BaseModel):
-    """How a raw image becomes a model input. Changing any field rebuilds the cache automatically.
+class PreprocessOptions(BaseModel):
+    """Every preprocessing choice but the size (a run's config holds these; the size follows the model).
 
     Attributes:
-        size: output side in pixels (224, 384, 512 or any); the image is square after padding.
         keep_aspect: resize the long side to ``size`` and pad (True), or stretch to a square (False).
         window: lower/upper intensity percentiles mapped to 0 and 1 (contrast/brightness normalisation).
         clahe: apply Contrast Limited Adaptive Histogram Equalisation after windowing.
@@ -38,7 +37,6 @@ class PreprocessSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    size: int = Field(224, ge=16, le=4096)
     keep_aspect: bool = True
     window: tuple[float, float] = (0.5, 99.5)
     clahe: bool = False
@@ -54,6 +52,17 @@ class PreprocessSettings(BaseModel):
         if not 0.0 <= lo < hi <= 100.0:
             raise ValueError(f"window percentiles must satisfy 0 <= low < high <= 100, got {v}")
         return v
+
+    def with_size(self, size: int) -> PreprocessSettings:
+        return PreprocessSettings(size=size, **self.model_dump())
+
+
+class PreprocessSettings(PreprocessOptions):
+    """How a raw image becomes a model input: :class:`PreprocessOptions` and the output ``size`` (side in
+    pixels, 224, 384, 512 or any; square after padding). Changing any field rebuilds the cache automatically.
+    """
+
+    size: int = Field(224, ge=16, le=4096)
 
 
 def breast_mask(image: np.ndarray) -> np.ndarray:

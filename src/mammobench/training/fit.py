@@ -241,7 +241,7 @@ def fit(
         drop_rate=config.model.drop_rate, drop_path_rate=config.model.drop_path_rate, img_size=config.model.img_size,
     )
     input_cfg = resolve_input_config(model, size=config.data.image_size, mean=config.model.mean, std=config.model.std)
-    preprocess = config.data.preprocess.settings(input_cfg.size)
+    preprocess = config.data.preprocess.with_size(input_cfg.size)
     cache = ImageCache(config.data.cache_dir or manifest_dir / "cache", preprocess)
     dm = MammoDataModule(
         frame, labels, cache, mean=input_cfg.mean, std=input_cfg.std, augment=config.data.augment,
