@@ -111,7 +111,13 @@ def prepare(
     for note in result.notes:
         console.print(f"- {note}")
     if result.skipped:
-        console.print(f"[yellow]{len(result.skipped)} rows/files skipped[/] (reasons in {out / 'skipped.csv'})")
+        console.print(f"[yellow]{len(result.skipped)} rows/files skipped[/] (each with its reason in {out / 'skipped.csv'}):")
+        reasons: dict[str, int] = {}
+        for item in result.skipped:
+            key = item.reason.split(" (")[0]
+            reasons[key] = reasons.get(key, 0) + 1
+        for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:8]:
+            console.print(f"  {n} x {reason}")
     console.print(f"Manifest: [bold]{result.manifest_path}[/]" + (f"  preview: {result.preview_path}" if result.preview_path else ""))
 
 
