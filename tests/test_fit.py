@@ -68,6 +68,18 @@ def test_fit_leaves_the_callers_determinism_setting_alone(demo_prepared, tmp_pat
     assert not torch.are_deterministic_algorithms_enabled()
 
 
+def test_whole_image_models_remember_they_are(tmp_path):
+    """model.json records the manifest's mode, so prediction crops whole mammograms to the breast."""
+    from mammobench.data.prepare import prepare
+    from mammobench.data.preprocess import PreprocessSettings
+
+    prepared = prepare("demo", tmp_path / "gen", tmp_path / "full", mode="full",
+                       preprocess=PreprocessSettings(size=64), workers=1, preview=False)
+    assert prepared.info.mode == "full" and (prepared.frame["roi"] == "").all()
+    result = fit(tiny(prepared.out, tmp_path, "trainer.limit_train_batches=1", "stages.head_epochs=0"))
+    assert read_model_info(result.run_dir).mode == "full"
+
+
 def test_vit_smoke_run_with_ema(demo_prepared, tmp_path):
     cfg = load_config("demo_vit", [f"data.manifest={demo_prepared.out}", f"output.dir={tmp_path}",
                                    "output.tensorboard=false", "stages.head_epochs=1", "stages.finetune_epochs=1",

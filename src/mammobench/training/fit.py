@@ -235,7 +235,7 @@ def fit(
         _check_run_dir(run_dir, last_ckpt, resume=resume, overwrite=overwrite)
 
     pl.seed_everything(config.seed, workers=True, verbose=False)
-    frame, labels, positive, manifest_dir, mode = _split_frame(config)
+    frame, labels, positive, manifest_dir, data_mode = _split_frame(config)
     model, load_report = create_model(
         config.model.name, num_classes=len(labels), pretrained=config.model.pretrained, in_chans=1,
         drop_rate=config.model.drop_rate, drop_path_rate=config.model.drop_path_rate, img_size=config.model.img_size,
@@ -262,13 +262,13 @@ def fit(
         positive_label=positive, channels_last=channels_last, compile=config.trainer.compile,
     )
     monitor = config.trainer.monitor
-    mode = "min" if monitor == "val/loss" else "max"
-    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode=mode,
+    direction = "min" if monitor == "val/loss" else "max"
+    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode=direction,
                                  save_last=True, save_top_k=1, enable_version_counter=False)
     history = History(run_dir / "history.csv")
     cbs: list[pl.Callback] = [checkpoint, history, EpochSeed(config.seed)]
     if config.trainer.early_stopping_patience:
-        cbs.append(EarlyStopping(monitor=monitor, mode=mode, patience=config.trainer.early_stopping_patience))
+        cbs.append(EarlyStopping(monitor=monitor, mode=direction, patience=config.trainer.early_stopping_patience))
     if show_progress:
         cbs.append(_ProgressBar())
     cbs += callbacks or []
@@ -338,7 +338,7 @@ def fit(
         architecture=config.model.name, labels=labels, positive_label=positive, input_size=input_cfg.size,
         mean=input_cfg.mean, std=input_cfg.std, img_size=config.model.img_size, preprocess=preprocess,
         weights_sha256=sha256_file(run_dir / MODEL_FILE), ema=config.optim.ema_decay is not None,
-        mode="full" if mode == "full" else "roi",
+        mode="full" if data_mode == "full" else "roi",
     )
     atomic_write_json(run_dir / MODEL_INFO, model_info.model_dump(mode="json"))
     hist = history.frame()
