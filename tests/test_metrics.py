@@ -104,8 +104,9 @@ def test_bootstrap_resamples_patients_not_images():
 
 
 def test_threshold_choice():
-    y = np.array([0, 0, 0, 1, 1, 1, 1], bool)
-    score = np.array([0.1, 0.2, 0.6, 0.4, 0.8, 0.85, 0.9])
+    # Twice the same 7 cases: 8 positives and 6 negatives, enough for a threshold that is not a fallback.
+    y = np.tile(np.array([0, 0, 0, 1, 1, 1, 1], bool), 2)
+    score = np.tile(np.array([0.1, 0.2, 0.6, 0.4, 0.8, 0.85, 0.9]), 2)
     assert choose_threshold(y, score, method="youden") == pytest.approx(0.8)
     assert choose_threshold(y, score, method="sensitivity", target_sensitivity=1.0) == pytest.approx(0.4)
     with warnings.catch_warnings():

@@ -8,6 +8,8 @@ printed as one clear line and exit with status 2; anything else is a bug and kee
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -25,33 +27,49 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+
+
+def _make_console(*, stderr: bool = False) -> Console:
+    """A console as wide as the terminal, or 160 columns in a pipe or CI log (80 would truncate names)."""
+    console = Console(stderr=stderr)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(stderr=stderr, width=160)
+    return console
+
+
+console = _make_console()
+err_console = _make_console(stderr=True)
+
+#: Third-party loggers whose INFO chatter ("GPU available", onnxscript's export steps) says nothing to a user.
+_CHATTY = ("lightning", "onnxscript", "onnx_ir", "torch.onnx", "torch._dynamo", "torch.export", "httpx", "gradio")
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
-        force=True,
-    )
-    for noisy in ("PIL", "matplotlib", "urllib3", "httpx", "fsspec"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    handler = RichHandler(console=err_console, show_path=False, show_time=False)
     if not verbose:
-        # "GPU available: ...", tips and other Lightning chatter. Lightning configures its loggers when it is
-        # first imported, so import it now and then quieten them; its own handler would print twice.
-        import lightning.pytorch  # noqa: F401
+        # A filter, not a level: Lightning sets its own loggers to INFO when it is imported (late, and only by
+        # the commands that train), so their records are dropped here, below WARNING, whenever they arrive.
+        handler.addFilter(lambda r: r.levelno >= logging.WARNING or not r.name.startswith(_CHATTY))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", handlers=[handler],
+                        force=True)
+    for noisy in ("PIL", "matplotlib", "urllib3", "httpx", "fsspec", "onnxscript", "onnx_ir"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
-        for chatty in ("lightning.pytorch", "lightning.fabric"):
-            log = logging.getLogger(chatty)
-            log.setLevel(logging.WARNING)
-            log.handlers.clear()
-            log.propagate = True
+
+def _version(value: bool) -> None:
+    if value:
+        import mammobench
+
+        console.print(f"mammobench {mammobench.__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
     _setup_logging(verbose)
 
 
@@ -125,6 +143,19 @@ def prepare(
 
 
 @app.command()
+def presets() -> None:
+    """List the packaged config presets (use one with --config NAME)."""
+    from mammobench.config import list_presets
+
+    table = Table(title="Presets (mammobench train --config NAME)", show_lines=False)
+    table.add_column("name", style="bold")
+    table.add_column("what it is")
+    for name, description in list_presets():
+        table.add_row(name, description)
+    console.print(table)
+
+
+@app.command()
 def train(
     config: Annotated[str | None, typer.Option("--config", "-c", help="YAML config file or preset name (resnet18, vit_base_patch16_384, ...).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a config value: key=value (repeatable).")] = None,
@@ -147,18 +178,28 @@ def train(
     except MammobenchError as exc:
         _fail(exc)
     score = "n/a" if result.best_score is None else f"{result.best_score:.4f}"
-    console.print(f"Run [bold]{result.run_dir}[/] {result.status}: best {result.monitor} = {score} "
-                  f"(epoch {result.best_epoch}), {result.train_seconds:.0f} s")
+    from mammobench.training.rundir import read_run_info
+
+    info = read_run_info(result.run_dir)
+    kept = info.get("kept_epoch")
+    console.print(f"Run [bold]{result.run_dir}[/] {result.status} after {info.get('epochs_run')} epochs, "
+                  f"{result.train_seconds:.0f} s: best {result.monitor} = {score} (epoch {result.best_epoch}); "
+                  f"weights kept from epoch {kept} ({'last' if kept == info.get('epochs_run') else 'best'})")
+    for w in info.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {w}")
     console.print(f"Curves: {result.run_dir / 'curves.png'}   next: mammobench evaluate {result.run_dir}")
 
 
 # --------------------------------------------------------------------------- evaluation
 
 
-def _metric_line(name: str, m: dict) -> str:  # type: ignore[type-arg]
+def _metric_line(name: str, m: dict, *, percent: bool = False) -> str:  # type: ignore[type-arg]
     v, (lo, hi) = m["value"], m["ci"]
     if v is None or v != v:
         return f"{name}: n/a"
+    if percent:
+        v, lo, hi = v * 100, (lo * 100 if lo is not None else lo), (hi * 100 if hi is not None else hi)
+        return f"{name}: {v:.1f} % [{lo:.1f}, {hi:.1f}]" if lo is not None and lo == lo else f"{name}: {v:.1f} %"
     return f"{name}: {v:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None and lo == lo else f"{name}: {v:.3f}"
 
 
@@ -184,10 +225,19 @@ def evaluate(
         console.print(f"[bold yellow]{r['notice']}[/]")
     m = r["metrics"]
     console.print(f"[bold]{r['architecture']}[/] on {split} ({r['n']} samples, {r['patients']} patients), 95 % CI by patient bootstrap:")
-    console.print(f"  accuracy {m['accuracy']['value'] * 100:.1f} % (always-majority {m['majority_accuracy']['value'] * 100:.1f} %)")
-    for key in ("balanced_accuracy", "auc_macro", "auc_malignant", "sensitivity", "specificity", "f1_macro", "ece"):
+    # Proportions in %, areas and calibration error as fractions: one way each, every time.
+    for key in ("accuracy", "balanced_accuracy", "sensitivity", "specificity"):
+        if key in m:
+            extra = f" (always-majority {m['majority_accuracy']['value'] * 100:.1f} %)" if key == "accuracy" else ""
+            console.print("  " + _metric_line(key, m[key], percent=True) + extra)
+    for key in ("auc_macro", "auc_malignant", "f1_macro", "ece"):
         if key in m:
             console.print("  " + _metric_line(key, m[key]))
+    t = r.get("threshold", {})
+    if t.get("reason"):
+        console.print(f"[yellow]threshold:[/] {t['rule']} ({t['reason']})")
+    for w in r.get("run_warnings", []):
+        console.print(f"[yellow]warning:[/] {w}")
     console.print(f"Written to {result.out_dir} (metrics.json, predictions.csv, roc/pr/confusion/reliability plots)")
 
 
@@ -239,6 +289,33 @@ def crossval(
 
 
 @app.command()
+def ablate(
+    study: Annotated[Path, typer.Argument(help="Study file: base config, variants | grid | search, cv repeats x folds.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Study folder (default studies/<name>); re-run to resume.")] = None,
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL shared by workers (postgresql://...); default SQLite in the study folder.")] = None,
+    worker: Annotated[bool, typer.Option(help="Only run queued cells, then exit (e.g. one SLURM array task).")] = False,
+    setup_only: Annotated[bool, typer.Option(help="Validate, write the folds and queue the cells; train nothing.")] = False,
+    report_only: Annotated[bool, typer.Option(help="Write the report from the cells finished so far.")] = False,
+) -> None:
+    """Which training choices matter: every variant on the same repeated patient-grouped CV folds, paired tests."""
+    from mammobench.experiments.ablate import ablate as run_ablate
+
+    if sum((worker, setup_only, report_only)) > 1:
+        _fail(MammobenchError("--worker, --setup-only and --report-only exclude each other"))
+    try:
+        result = run_ablate(study, out=out, storage=storage, worker=worker, setup_only=setup_only,
+                            report_only=report_only)
+    except MammobenchError as exc:
+        _fail(exc)
+    if result is None:
+        console.print("Setup done: the cells are queued." if setup_only else "Worker finished: no queued cell left.")
+        return
+    if len(result.table):
+        console.print(_frame_table(result.table.drop(columns=["overrides"], errors="ignore"), f"Study {result.spec.name}"))
+    console.print(f"Report: [bold]{result.html}[/] (and report.md, cells.csv, summary.json)")
+
+
+@app.command()
 def explain(
     run: Annotated[Path, typer.Argument(help="A finished run directory.")],
     images: Annotated[list[Path], typer.Argument(help="Image files (DICOM, PNG, JPEG, ...).")],
@@ -285,20 +362,40 @@ def export(
     out: Annotated[Path, typer.Option("--out", "-o", help="Bundle folder to write.")] = Path("bundle"),
     onnx: Annotated[bool, typer.Option(help="Also export model.onnx (dynamic batch), checked against PyTorch.")] = False,
     threshold: Annotated[str, typer.Option(help="Malignant threshold chosen on validation: youden | sensitivity.")] = "youden",
+    sign: Annotated[Path | None, typer.Option(help="Ed25519 private key (PEM, from mammobench keygen): write bundle.sig.")] = None,
 ) -> None:
-    """Write a safe model bundle: safetensors weights + bundle.json (+ model.onnx)."""
+    """Write a safe model bundle: safetensors weights + bundle.json (+ model.onnx, + bundle.sig)."""
     from mammobench.serving.bundle import export_bundle, read_bundle_meta
 
     try:
-        path = export_bundle(run, out, onnx=onnx, threshold_method=threshold)
+        path = export_bundle(run, out, onnx=onnx, threshold_method=threshold, sign=sign)
     except MammobenchError as exc:
         _fail(exc)
     meta = read_bundle_meta(path)
     console.print(f"Bundle [bold]{path}[/]: {meta.model.architecture}, classes {', '.join(meta.model.labels)}")
     for label, t in meta.thresholds.items():
-        console.print(f"  decision threshold for {label}: {t.value:.4f} ({t.method}, chosen on {t.chosen_on})")
+        how = f"{t.rule}: {t.reason}" if t.reason else f"{t.method}, chosen on {t.chosen_on}"
+        console.print(f"  decision threshold for {label}: {t.value:.4f} ({how})")
     if meta.onnx is not None:
-        console.print(f"  ONNX: {meta.onnx.file}, max |p_torch - p_onnx| = {meta.onnx_max_abs_difference:.1e} on validation images")
+        console.print(f"  ONNX: {meta.onnx.file}, max |p_torch - p_onnx| = {meta.onnx_max_abs_difference:.1e} on {meta.onnx_check}")
+    if sign is not None:
+        console.print(f"  signed with {sign}: bundle.sig (check with --trusted-key on predict / serve)")
+
+
+@app.command()
+def keygen(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the key pair.")] = Path("."),
+    name: Annotated[str, typer.Option(help="File name stem of the keys.")] = "mammobench_ed25519",
+) -> None:
+    """Make an Ed25519 key pair for signing bundles (private key readable by you only)."""
+    from mammobench.serving.signing import generate_keypair
+
+    try:
+        private, public = generate_keypair(out, name)
+    except MammobenchError as exc:
+        _fail(exc)
+    console.print(f"Private key: [bold]{private}[/] (keep it secret; export --sign {private})")
+    console.print(f"Public key:  [bold]{public}[/] (give it to users; predict/serve --trusted-key {public})")
 
 
 @app.command()
@@ -310,18 +407,20 @@ def predict(
     backend: Annotated[str, typer.Option(help="torch | onnx")] = "torch",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 16,
+    trusted_key: Annotated[Path | None, typer.Option(help="Ed25519 public key: refuse a bundle not signed with its pair.")] = None,
 ) -> None:
     """Predict images with a bundle; unreadable files are listed with their error, the rest still predicted."""
     from mammobench.serving.predictor import Predictor, write_predictions
 
     try:
-        predictor = Predictor.from_bundle(bundle, backend=backend, device=device, batch_size=batch_size)  # type: ignore[arg-type]
+        predictor = Predictor.from_bundle(bundle, backend=backend, device=device, batch_size=batch_size,  # type: ignore[arg-type]
+                                          trusted_key=trusted_key)
         results = predictor.predict_paths(paths, roi=roi, show_progress=True)
     except MammobenchError as exc:
         _fail(exc)
     if not results:
         _fail(MammobenchError(f"no image found in {', '.join(map(str, paths))}"))
-    write_predictions(results, out)
+    write_predictions(results, out, labels=predictor.labels)
     failed = [r for r in results if r.error]
     counts: dict[str, int] = {}
     for r in results:
@@ -331,6 +430,10 @@ def predict(
                   f"{len(failed)} unreadable -> [bold]{out}[/]")
     for r in failed[:10]:
         console.print(f"  [yellow]{r.path}[/]: {r.error}")
+    noted = [r for r in results if r.note]
+    if noted:
+        console.print(f"[yellow]{len(noted)} image(s) do not look like the model's training inputs[/] (column 'note'): "
+                      f"{noted[0].path}: {noted[0].note}")
 
 
 @app.command()
@@ -340,6 +443,7 @@ def serve(
     port: Annotated[int, typer.Option(help="Port.")] = 7860,
     backend: Annotated[str, typer.Option(help="torch | onnx")] = "torch",
     max_file_mb: Annotated[int, typer.Option(help="Largest upload accepted.")] = 100,
+    trusted_key: Annotated[Path | None, typer.Option(help="Ed25519 public key: refuse a bundle not signed with its pair.")] = None,
 ) -> None:
     """A local web page: upload a PNG/JPEG/DICOM, see probabilities, the decision and a Grad-CAM overlay."""
     from mammobench.serving.web import serve as run_serve
@@ -348,7 +452,7 @@ def serve(
         err_console.print(f"[yellow]warning:[/] binding to {host}: other machines can reach this page")
     console.print(f"Serving {bundle} at http://{host}:{port} (research use only; Ctrl+C to stop)")
     try:
-        run_serve(bundle, host=host, port=port, backend=backend, max_file_mb=max_file_mb)
+        run_serve(bundle, host=host, port=port, backend=backend, max_file_mb=max_file_mb, trusted_key=trusted_key)
     except MammobenchError as exc:
         _fail(exc)
 
@@ -358,9 +462,34 @@ def _fail(exc: BaseException) -> None:
     raise typer.Exit(2)
 
 
-def main() -> None:
+_SET_FLAGS = ("--set", "-s")
+
+
+def expand_set_args(args: list[str]) -> list[str]:
+    """Let one ``--set`` take several ``key=value`` (``--set a=1 b=2``), as the README writes it.
+
+    Every word after ``--set VALUE`` that holds ``=`` and does not start with ``-`` becomes another
+    ``--set``; repeated ``--set`` keeps working.
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        word = args[i]
+        out.append(word)
+        if word in _SET_FLAGS and i + 1 < len(args):
+            out.append(args[i + 1])
+            i += 2
+            while i < len(args) and "=" in args[i] and not args[i].startswith("-"):
+                out += ["--set", args[i]]
+                i += 1
+            continue
+        i += 1
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
-    app()
+    app(args=expand_set_args(list(sys.argv[1:] if argv is None else argv)), prog_name="mammobench")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,8 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mammobench.data.preprocess import PreprocessOptions
-from mammobench.data.transforms import AugmentSettings
+from mammobench.data.options import AugmentSettings, PreprocessOptions
 from mammobench.runtime import MammobenchError
 
 PACKAGED_CONFIGS = Path(__file__).parent / "configs"
@@ -37,7 +36,8 @@ class DataConfig(_Strict):
     image_size: int | None = Field(None, ge=16, le=4096, description="None = the model's pretrained input size")
     preprocess: PreprocessOptions = PreprocessOptions()  # the size is data.image_size
     augment: AugmentSettings = AugmentSettings()
-    sampler: Literal["balanced", "none"] = "balanced"
+    sampler: Literal["balanced", "none"] = Field(
+        "none", description="balanced = classes equally likely per batch; none = plain shuffling (docs/recipe.md)")
     batch_size: int = Field(32, ge=1)
     num_workers: int | None = Field(None, ge=0, description="None = one less than the CPU cores")
     cache_dir: Path | None = Field(None, description="None = <manifest folder>/cache")
@@ -51,10 +51,12 @@ class ModelConfig(_Strict):
     img_size: int | None = Field(None, description="for ViTs built for a size: build at this size")
     mean: float | None = None
     std: float | None = Field(None, gt=0)
+    head_init: Literal["small", "timm"] = Field(
+        "small", description="new head: small = N(0, 0.01^2) weights and zero bias (initial loss ln C); timm = as built")
 
 
 class LossConfig(_Strict):
-    name: Literal["focal", "ce"] = "focal"
+    name: Literal["focal", "ce"] = "ce"
     gamma: float = Field(2.0, ge=0)
     alpha: Literal["balanced"] | list[float] | None = Field(
         None, description="per-class weights: None, 'balanced' (inverse frequency) or one number per class"
@@ -70,9 +72,9 @@ class LossConfig(_Strict):
 
 
 class OptimConfig(_Strict):
-    lr: float = Field(1e-3, gt=0, description="head learning rate")
-    backbone_lr_mult: float = Field(0.1, gt=0, le=1, description="backbone LR = lr x this (stage 2)")
-    weight_decay: float = Field(0.05, ge=0)
+    lr: float = Field(3e-4, gt=0, description="head learning rate")
+    backbone_lr_mult: float = Field(1.0, gt=0, le=1, description="backbone LR = lr x this (stage 2)")
+    weight_decay: float = Field(1e-4, ge=0)
     warmup_epochs: float = Field(1.0, ge=0, description="linear warm-up at the start of each stage")
     min_lr_ratio: float = Field(0.01, ge=0, le=1, description="cosine floor, as a fraction of the peak LR")
     grad_clip: float | None = Field(1.0, gt=0)
@@ -80,9 +82,9 @@ class OptimConfig(_Strict):
 
 
 class StagesConfig(_Strict):
-    head_epochs: int = Field(2, ge=0, description="stage 1: only the new head trains")
-    finetune_epochs: int = Field(10, ge=0, description="stage 2: head + the last blocks")
-    unfreeze_blocks: int | Literal["all"] = Field(2, description="blocks unfrozen in stage 2")
+    head_epochs: int = Field(0, ge=0, description="stage 1: only the new head trains")
+    finetune_epochs: int = Field(15, ge=0, description="stage 2: head + the last blocks")
+    unfreeze_blocks: int | Literal["all"] = Field("all", description="blocks unfrozen in stage 2")
 
     @model_validator(mode="after")
     def _some_epochs(self) -> StagesConfig:
@@ -140,6 +142,15 @@ class Config(_Strict):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
+def list_presets() -> list[tuple[str, str]]:
+    """``(name, one-line description)`` of every packaged preset (its first comment line)."""
+    out = []
+    for path in sorted(PACKAGED_CONFIGS.glob("*.yaml")):
+        first = next((ln.lstrip("# ").strip() for ln in path.read_text().splitlines() if ln.startswith("#")), "")
+        out.append((path.stem, first))
+    return out
+
+
 def resolve_config_path(path: str | Path) -> Path:
     """A config file, or the name of a packaged preset (``resnet18`` -> ``configs/resnet18.yaml``)."""
     p = Path(path)
@@ -165,6 +176,14 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
 def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
     """``["a.b=1", "c=[1, 2]"]`` -> nested dict (values parsed as YAML)."""
     out: dict[str, Any] = {}
+    for key, value in _parsed_overrides(overrides).items():
+        _set_dotted(out, key, value[0])
+    return out
+
+
+def _parsed_overrides(overrides: list[str] | None) -> dict[str, tuple[Any, str]]:
+    """``{dotted key: (value, "key=value" as given)}``, later overrides of a key winning."""
+    out: dict[str, tuple[Any, str]] = {}
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. optim.lr=3e-4")
@@ -173,7 +192,9 @@ def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError as exc:
             raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc})") from None
-        _set_dotted(out, key.strip(), value)
+        if not key.strip():
+            raise ConfigError(f"--set {item!r}: the key before '=' is empty")
+        out[key.strip()] = (value, item)
     return out
 
 
@@ -184,21 +205,39 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def config_from_dict(data: dict[str, Any], *, where: str = "config") -> Config:
-    """Validate a dict; errors name each bad key and what is allowed."""
+def config_from_dict(data: dict[str, Any], *, where: str = "config",
+                     overrides: dict[str, str] | None = None) -> Config:
+    """Validate a dict; errors name each bad key, where it came from and what is allowed.
+
+    Args:
+        data: the merged config.
+        where: the file the values come from (for errors).
+        overrides: ``{dotted key: "key=value"}`` of the values that came from ``--set``: an error in one of
+            them names the override, not the file the user never edited.
+    """
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
             loc = ".".join(str(p) for p in err["loc"])
+            source = _source(loc, overrides or {}, where)
             if err["type"] == "extra_forbidden":
                 section = _section(err["loc"][:-1])
                 allowed = ", ".join(section.model_fields) if section else "?"
-                lines.append(f"{loc}: unknown key (allowed here: {allowed})")
+                lines.append(f"{source}: {loc}: unknown key (allowed here: {allowed})")
             else:
-                lines.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
-        raise ConfigError(f"{where} is invalid:\n  " + "\n  ".join(lines)) from None
+                lines.append(f"{source}: {loc}: {err['msg']} (got {err.get('input')!r})")
+        if len(lines) == 1:
+            raise ConfigError(f"invalid config: {lines[0]}") from None
+        raise ConfigError("invalid config:\n  " + "\n  ".join(lines)) from None
+
+
+def _source(loc: str, overrides: dict[str, str], where: str) -> str:
+    for key, item in overrides.items():
+        if loc == key or loc.startswith(key + ".") or key.startswith(loc + "."):
+            return f"--set {item}"
+    return where
 
 
 def _section(loc: tuple[Any, ...]) -> type[BaseModel] | None:
@@ -230,4 +269,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(loaded, dict):
             raise ConfigError(f"{resolved} must hold a mapping of sections, not {type(loaded).__name__}")
         data = loaded
-    return config_from_dict(_merge(data, parse_overrides(overrides)), where=where)
+    parsed = _parsed_overrides(overrides)
+    return config_from_dict(_merge(data, parse_overrides(overrides)), where=where,
+                            overrides={k: item for k, (_, item) in parsed.items()})

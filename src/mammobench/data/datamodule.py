@@ -161,7 +161,9 @@ class MammoDataModule(pl.LightningDataModule):
             sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
-            drop_last=train and len(ds) > self.batch_size,
+            # Drop only a last batch of one sample (BatchNorm cannot train on it). Dropping every incomplete
+            # batch threw away up to a batch of data per epoch: 12 of 28 lesions on a mini-MIAS fold.
+            drop_last=train and len(ds) % self.batch_size == 1,
             generator=generator,
             persistent_workers=False,  # workers are re-seeded from each epoch's generator
             seed_fn=self._current_seed if train else (lambda: self.seed),

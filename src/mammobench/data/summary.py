@@ -28,7 +28,9 @@ def count_table(frame: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
         lambda g: (g["dataset"] + "/" + g["patient_id"]).nunique(), include_groups=False
     )
     table.index.names = ["split", "lesion_type"]
-    return table.reset_index()
+    table = table.reset_index()
+    return table.sort_values(["split", "lesion_type"], key=lambda c: c.map(_split_order) if c.name == "split" else c,
+                             kind="stable").reset_index(drop=True)
 
 
 def majority_accuracy(frame: pd.DataFrame) -> pd.DataFrame:
@@ -43,8 +45,17 @@ def majority_accuracy(frame: pd.DataFrame) -> pd.DataFrame:
         counts = grp["label"].value_counts()
         rows.append({"split": split, "n": len(grp), "majority_label": counts.index[0],
                      "majority_accuracy": counts.iloc[0] / len(grp)})
-    order = {"train": 0, "val": 1, "test": 2}
-    return pd.DataFrame(rows).sort_values("split", key=lambda s: s.map(lambda v: order.get(v, 3))).reset_index(drop=True)
+    return pd.DataFrame(rows).sort_values("split", key=lambda s: s.map(_split_order)).reset_index(drop=True)
+
+
+def _split_order(name: str) -> tuple[int, int]:
+    """train, val, test, then fold0, fold1, ... fold10 in numeric order."""
+    fixed = {"train": 0, "val": 1, "test": 2}
+    if name in fixed:
+        return fixed[name], 0
+    if name.startswith("fold") and name[4:].isdigit():
+        return 3, int(name[4:])
+    return 4, 0
 
 
 def preview_grid(

@@ -9,30 +9,11 @@ evaluation uses no augmentation at all.
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torchvision.transforms import v2
 
+from mammobench.data.options import NOTEBOOK_AUGMENT, AugmentSettings
 
-class AugmentSettings(BaseModel):
-    """Training augmentation. Probabilities are per image; set ``enabled: false`` to switch all off."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    enabled: bool = True
-    rotation_degrees: float = Field(15.0, ge=0, le=180)
-    hflip: float = Field(0.5, ge=0, le=1)
-    vflip: float = Field(0.5, ge=0, le=1)
-    blur_p: float = Field(0.2, ge=0, le=1)
-    blur_sigma: tuple[float, float] = (0.1, 1.5)
-    sharpness_p: float = Field(0.2, ge=0, le=1)
-    sharpness_factor: float = Field(2.0, ge=0)
-    noise_p: float = Field(0.2, ge=0, le=1)
-    noise_std: float = Field(0.02, ge=0)
-    brightness: float = Field(0.1, ge=0, le=1)
-    contrast: float = Field(0.1, ge=0, le=1)
-    affine_p: float = Field(0.3, ge=0, le=1)
-    translate: float = Field(0.05, ge=0, le=0.5)
-    scale: tuple[float, float] = (0.95, 1.05)
+__all__ = ["NOTEBOOK_AUGMENT", "AugmentSettings", "create_transform"]
 
 
 class AddGaussianNoise(torch.nn.Module):

@@ -104,6 +104,17 @@ def _check_runs(models: list[ModelResult]) -> None:
             raise CompareError(f"runs {first.run_dir} and {m.run_dir} were trained on different splits")
 
 
+def _across_classes(true: np.ndarray, score: np.ndarray, k: int) -> list[int]:
+    """Up to ``k`` indices with ``score >= 0``, the most confident first, taking the true classes in turn."""
+    queues = {lab: [i for i in np.argsort(-score) if true[i] == lab and score[i] >= 0] for lab in dict.fromkeys(true)}
+    out: list[int] = []
+    while len(out) < k and any(queues.values()):
+        for lab in list(queues):
+            if queues[lab] and len(out) < k:
+                out.append(int(queues[lab].pop(0)))
+    return out
+
+
 def _gallery(m: ModelResult, out: Path, per_kind: int) -> list[dict[str, Any]]:
     """Grad-CAM overlays of the most confident correct and wrong test predictions."""
     if per_kind <= 0:
@@ -115,8 +126,8 @@ def _gallery(m: ModelResult, out: Path, per_kind: int) -> list[dict[str, Any]]:
     probs = preds[[f"prob_{lab}" for lab in labels]].to_numpy()
     conf = probs.max(1)
     correct = (preds["predicted"] == preds["label"]).to_numpy()
-    chosen = [("correct", i) for i in np.argsort(-np.where(correct, conf, -1))[:per_kind] if correct[i]]
-    chosen += [("wrong", i) for i in np.argsort(-np.where(~correct, conf, -1))[:per_kind] if not correct[i]]
+    chosen = [("correct", i) for i in _across_classes(preds["label"].to_numpy(), np.where(correct, conf, -1.0), per_kind)]
+    chosen += [("wrong", i) for i in _across_classes(preds["label"].to_numpy(), np.where(~correct, conf, -1.0), per_kind)]
     if not chosen:
         return []
     model, info = load_run_model(m.run_dir)
@@ -216,7 +227,8 @@ def compare(
         "notice": SYNTHETIC_NOTICE if synthetic else "", "labels": labels, "positive_label": positive, "tta": tta,
         "bootstrap": {"unit": "patient", "n": n_boot}, "machine": environment_info(),
         "models": {m.name: {"run_dir": str(m.run_dir), "architecture": m.config.model.name, "run": m.run_info,
-                            "test": m.test.metrics, "val": m.val.metrics, "gallery": m.gallery} for m in models},
+                            "test": m.test.metrics, "val": m.val.metrics, "gallery": m.gallery,
+                            "run_warnings": m.run_info.get("warnings", [])} for m in models},
         "paired": paired, "n_common_test": len(common),
     }
     atomic_write_json(out / "results.json", results)

@@ -28,10 +28,10 @@ from mammobench.data.demo import DEMO_DATASET, SYNTHETIC_NOTICE
 from mammobench.evaluation.inference import load_run_model, predict_probs
 from mammobench.evaluation.metrics import (
     UndefinedMetricWarning,
-    choose_threshold,
     confusion,
     metrics_with_ci,
     per_class_table,
+    select_threshold,
 )
 from mammobench.evaluation.plots import plot_confusion, plot_pr, plot_reliability, plot_roc
 from mammobench.runtime import MammobenchError, atomic_write_json, atomic_write_text, utc_now
@@ -170,9 +170,11 @@ def evaluate(
         val_y = _targets(val_rows, labels, run_dir)
         with warnings.catch_warnings():
             warnings.simplefilter("always", UndefinedMetricWarning)
-            threshold = choose_threshold(val_y == k, val_probs[:, k], method=threshold_method,
-                                         target_sensitivity=target_sensitivity)
-        threshold_info = {"method": threshold_method, "value": threshold, "chosen_on": "val",
+            choice = select_threshold(val_y == k, val_probs[:, k], method=threshold_method,
+                                      target_sensitivity=target_sensitivity)
+        threshold = choice.value
+        threshold_info = {"method": threshold_method, "value": threshold, "chosen_on": "val", "rule": choice.rule,
+                          "reason": choice.reason,
                           "target_sensitivity": target_sensitivity if threshold_method == "sensitivity" else None,
                           "class": positive}
     groups = _groups(rows)
@@ -200,6 +202,7 @@ def evaluate(
         level = logging.DEBUG if message.startswith(("lesion_type ", "dataset ")) else logging.WARNING
         logger.log(level, "%s split: %s (reported as NaN)", split, message)
     report["warnings"] = undefined
+    report["run_warnings"] = read_run_info(run_dir).get("warnings", [])
     report["per_class"] = per_class_table(y, probs, labels)
     report["confusion_matrix"] = confusion(y, probs, len(labels))
 

@@ -1,8 +1,16 @@
-"""Grad-CAM explanations (Selvaraju et al., ICCV 2017, arXiv:1610.02391) through the ``grad-cam`` package.
+"""Class explanations: Grad-CAM for CNNs, gradient-weighted attention rollout for Vision Transformers.
 
-CNNs use their last feature stage (timm's ``feature_info``); Vision Transformers use the first norm of
-their last block, with the patch tokens reshaped to the patch grid (the package's documented recipe
-for ViTs). Maps are computed on the preprocessed input and have its shape.
+CNNs: Grad-CAM (Selvaraju et al., ICCV 2017, arXiv:1610.02391) through the ``grad-cam`` package, on the
+last feature stage (timm's ``feature_info``).
+
+Vision Transformers: Grad-CAM on the last block's tokens gives flat maps for a token-pooled ViT (only the
+class token reaches the head from the last block, so the patch tokens' gradients there are near zero).
+ViTs use the gradient-weighted attention rollout of Chefer, Gur & Wolf, "Generic Attention-model
+Explainability" (ICCV 2021, arXiv:2103.15679) instead: every block's attention map, weighted by its
+gradient for the explained class (positive part, mean over heads), accumulated as ``R <- R + A R`` from
+``R = I``; the class token's row over the patches is the map. It is class-specific like Grad-CAM.
+
+Maps are computed on the preprocessed input and have its shape, in [0, 1].
 """
 
 from __future__ import annotations
@@ -44,8 +52,72 @@ def target_layer(model: nn.Module) -> tuple[nn.Module, Callable[[torch.Tensor], 
     return convs[-1], None
 
 
+def is_vit(model: nn.Module) -> bool:
+    """A timm Vision Transformer whose blocks expose their attention (``blocks[i].attn.attn_drop``)."""
+    vit: Any = model
+    return (hasattr(model, "blocks") and hasattr(model, "patch_embed") and hasattr(vit.patch_embed, "grid_size")
+            and all(hasattr(b, "attn") and hasattr(b.attn, "attn_drop") for b in vit.blocks))
+
+
+def explanation_method(model: nn.Module) -> str:
+    return "attention rollout (gradient-weighted)" if is_vit(model) else "Grad-CAM"
+
+
+def attention_rollout(model: nn.Module, inputs: torch.Tensor, targets: Sequence[int]) -> np.ndarray:
+    """Gradient-weighted attention rollout (Chefer et al. 2021) of a timm ViT.
+
+    Args:
+        model: a timm ``VisionTransformer`` in eval mode.
+        inputs: ``(N, 1, H, W)`` normalised inputs.
+        targets: the class index explained for each input.
+
+    Returns:
+        ``(N, H, W)`` float32 maps in [0, 1].
+    """
+    vit: Any = model
+    maps: list[torch.Tensor] = []
+    grads: dict[int, torch.Tensor] = {}
+    hooks, fused = [], []
+
+    def keep(i: int):  # type: ignore[no-untyped-def]
+        def hook(_module: nn.Module, _inp: Any, out: torch.Tensor) -> None:
+            maps.append(out)
+            out.register_hook(lambda g: grads.__setitem__(i, g))
+        return hook
+
+    for i, block in enumerate(vit.blocks):
+        fused.append(getattr(block.attn, "fused_attn", None))
+        if fused[-1] is not None:
+            block.attn.fused_attn = False  # the fused kernel never materialises the attention matrix
+        hooks.append(block.attn.attn_drop.register_forward_hook(keep(i)))
+    try:
+        x = inputs.clone().requires_grad_(True)
+        logits = model(x)
+        chosen = logits.gather(1, torch.as_tensor(list(targets), device=logits.device)[:, None]).sum()
+        model.zero_grad(set_to_none=True)
+        chosen.backward()
+    finally:
+        for h in hooks:
+            h.remove()
+        for block, f in zip(vit.blocks, fused, strict=True):
+            if f is not None:
+                block.attn.fused_attn = f
+    n, _, tokens, _ = maps[0].shape
+    rollout = torch.eye(tokens, device=inputs.device).expand(n, tokens, tokens).clone()
+    for i, attn in enumerate(maps):
+        weighted = (grads[i] * attn).clamp(min=0).mean(1).detach()  # (N, T, T)
+        rollout = rollout + torch.bmm(weighted, rollout)
+    prefix = int(getattr(model, "num_prefix_tokens", 1))
+    gh, gw = vit.patch_embed.grid_size
+    cls_row = rollout[:, 0, prefix:].reshape(n, 1, gh, gw)
+    up = torch.nn.functional.interpolate(cls_row, size=inputs.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    up = up - up.amin(dim=(1, 2), keepdim=True)
+    up = up / up.amax(dim=(1, 2), keepdim=True).clamp(min=1e-12)
+    return up.cpu().numpy().astype(np.float32)
+
+
 def gradcam(model: nn.Module, inputs: torch.Tensor, targets: Sequence[int]) -> np.ndarray:
-    """Grad-CAM maps.
+    """Class-explanation maps: Grad-CAM for CNNs, gradient-weighted attention rollout for ViTs.
 
     Args:
         model: a classifier in eval mode.
@@ -55,6 +127,8 @@ def gradcam(model: nn.Module, inputs: torch.Tensor, targets: Sequence[int]) -> n
     Returns:
         ``(N, H, W)`` float32 maps in [0, 1].
     """
+    if is_vit(model):
+        return attention_rollout(model, inputs, targets)
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -99,13 +173,13 @@ def explain_arrays(model: nn.Module, info: ModelInfo, images: Sequence[np.ndarra
             for n, p in enumerate(probs)]
 
 
-def save_figure(image: np.ndarray, cam: np.ndarray, path: str | Path, *, title: str) -> Path:
-    """Two panels (the model's input, the Grad-CAM overlay) with a title; PNG."""
+def save_figure(image: np.ndarray, cam: np.ndarray, path: str | Path, *, title: str, method: str = "Grad-CAM") -> Path:
+    """Two panels (the model's input, the explanation overlay) with a title; PNG."""
     fig, axes = pyplot().subplots(1, 2, figsize=(6.4, 3.5))
     axes[0].imshow(image, cmap="gray", vmin=0, vmax=1)
     axes[0].set_title("model input", fontsize=8)
     axes[1].imshow(overlay(image, cam))
-    axes[1].set_title("Grad-CAM", fontsize=8)
+    axes[1].set_title(method, fontsize=8)
     for ax in axes:
         ax.axis("off")
     fig.suptitle(title, fontsize=8)
@@ -134,6 +208,7 @@ def explain_files(
         ex = Explanation(str(path), probs, info.labels[pred], info.labels[chosen], cam, image)
         if out_dir is not None:
             title = f"{Path(path).name}: predicted {ex.predicted} ({probs[ex.predicted]:.2f}); map for {ex.explained}"
-            ex.figure = save_figure(image, cam, Path(out_dir) / f"{Path(path).stem}_gradcam.png", title=title)
+            ex.figure = save_figure(image, cam, Path(out_dir) / f"{Path(path).stem}_gradcam.png", title=title,
+                                    method=explanation_method(model))
         results.append(ex)
     return results

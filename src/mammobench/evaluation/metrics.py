@@ -88,32 +88,73 @@ def reliability_bins(y: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> dict
     return out
 
 
-def choose_threshold(y_positive: np.ndarray, score: np.ndarray, *, method: str = "youden",
-                     target_sensitivity: float = 0.9) -> float:
-    """Decision threshold on a positive-class score, chosen on a validation set.
+#: Fewer positives (or negatives) than this in the validation set: the chosen threshold is noise.
+MIN_THRESHOLD_CASES = 5
+FALLBACK_THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class ThresholdChoice:
+    """A decision threshold and how it was reached.
+
+    Attributes:
+        value: ``score >= value`` is called positive.
+        method: the method asked for (``youden``, ``sensitivity``).
+        rule: what decided the value: the method itself, or ``fallback 0.5`` when the validation set
+            could not support it.
+        reason: why the fallback was taken (empty when it was not).
+    """
+
+    value: float
+    method: str
+    rule: str
+    reason: str = ""
+
+
+def select_threshold(y_positive: np.ndarray, score: np.ndarray, *, method: str = "youden",
+                     target_sensitivity: float = 0.9, min_cases: int = MIN_THRESHOLD_CASES) -> ThresholdChoice:
+    """Decision threshold on a positive-class score, chosen on a validation set, with a stated fallback.
 
     Args:
         y_positive: ``(N,)`` bool, true for the positive (malignant) class.
         score: ``(N,)`` probability of the positive class.
         method: ``youden`` (maximise sensitivity + specificity - 1) or ``sensitivity`` (the highest
             threshold whose sensitivity reaches ``target_sensitivity``).
+        min_cases: fewer positives or negatives than this and the threshold falls back to 0.5.
 
     Returns:
-        The threshold (``score >= threshold`` is called positive); 0.5 when undefined (one class only).
+        The choice. A threshold of 0 or 1 (every case called one way), one class only, or fewer than
+        ``min_cases`` positives or negatives falls back to 0.5 with the reason, and warns.
     """
+    if method not in ("youden", "sensitivity"):
+        raise ValueError(f"unknown threshold method {method!r}; expected youden or sensitivity")
     y_positive = np.asarray(y_positive).astype(bool)
-    if y_positive.all() or not y_positive.any():
-        warnings.warn("threshold falls back to 0.5: the validation set holds one class only", UndefinedMetricWarning,
-                      stacklevel=2)
-        return 0.5
+    n_pos, n_neg = int(y_positive.sum()), int((~y_positive).sum())
+
+    def fallback(reason: str) -> ThresholdChoice:
+        warnings.warn(f"threshold falls back to {FALLBACK_THRESHOLD}: {reason}", UndefinedMetricWarning, stacklevel=3)
+        return ThresholdChoice(FALLBACK_THRESHOLD, method, f"fallback {FALLBACK_THRESHOLD}", reason)
+
+    if n_pos == 0 or n_neg == 0:
+        return fallback("the validation set holds one class only")
+    if min(n_pos, n_neg) < min_cases:
+        return fallback(f"the validation set holds {n_pos} positive(s) and {n_neg} negative(s); "
+                        f"a threshold chosen from fewer than {min_cases} of either is noise")
     fpr, tpr, thr = roc_curve(y_positive, score)
     thr = np.clip(thr, 0.0, 1.0)  # sklearn's first threshold is +inf
     if method == "youden":
-        return float(thr[int(np.argmax(tpr - fpr))])
-    if method == "sensitivity":
-        ok = np.nonzero(tpr >= target_sensitivity)[0]
-        return float(thr[ok[0]])
-    raise ValueError(f"unknown threshold method {method!r}; expected youden or sensitivity")
+        value = float(thr[int(np.argmax(tpr - fpr))])
+    else:
+        value = float(thr[np.nonzero(tpr >= target_sensitivity)[0][0]])
+    if value <= 0.0 or value >= 1.0:
+        return fallback(f"the {method} threshold on validation is {value:g}, which calls every case one way")
+    return ThresholdChoice(value, method, method)
+
+
+def choose_threshold(y_positive: np.ndarray, score: np.ndarray, *, method: str = "youden",
+                     target_sensitivity: float = 0.9) -> float:
+    """The value of :func:`select_threshold` (kept for callers that need only the number)."""
+    return select_threshold(y_positive, score, method=method, target_sensitivity=target_sensitivity).value
 
 
 def binary_rates(y_positive: np.ndarray, called: np.ndarray) -> dict[str, float]:

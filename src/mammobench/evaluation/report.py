@@ -81,6 +81,14 @@ def build_sections(results: dict[str, Any], table: pd.DataFrame, split: pd.DataF
         how = ("Youden's J" if method == "youden" else f"sensitivity >= {threshold.get('target_sensitivity')}")
         notes.append(f"Sensitivity and specificity are for {positive} vs the rest, at a threshold chosen on the "
                      f"validation split ({how}), never on the test set.")
+        for name, m in models.items():
+            t = m["test"]["threshold"]
+            if t.get("reason"):
+                notes.append(f"{name}: the threshold fell back to {t['rule'].removeprefix('fallback ')} because "
+                             f"{t['reason']}.")
+        for name, m in models.items():
+            for w in m.get("run_warnings", []):
+                notes.append(f"Warning ({name}): {w}")
     main_cols = ["model", "architecture", "parameters (M)", "val accuracy %", "test accuracy %", "test majority %",
                  "test balanced accuracy %", "test macro AUC", "test malignant AUC"]
     main = table[[c for c in main_cols if c in table]]

@@ -13,7 +13,7 @@ import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import timm
 import torch
@@ -22,6 +22,10 @@ from torch import nn
 from mammobench.runtime import MammobenchError, format_list
 
 logger = logging.getLogger(__name__)
+
+
+#: How a new classification head starts: ``small`` (N(0, 0.01^2), zero bias) or timm's own initialisation.
+HeadInit = Literal["small", "timm"]
 
 
 class ModelError(MammobenchError):
@@ -88,6 +92,7 @@ def create_model(
     drop_rate: float = 0.0,
     drop_path_rate: float | None = None,
     img_size: int | None = None,
+    head_init: HeadInit = "small",
 ) -> tuple[nn.Module, LoadReport]:
     """Create a timm classifier for ``num_classes`` lesion classes.
 
@@ -99,6 +104,9 @@ def create_model(
         in_chans: input channels (1 for mammograms).
         drop_rate: dropout before the head; ``drop_path_rate``: stochastic depth (models that have it).
         img_size: input size for models built for one (ViTs); ``None`` keeps the model's default.
+        head_init: ``small`` re-initialises a new classification head (see :func:`init_head`), ``timm``
+            keeps the architecture's own initialisation (EfficientNet / MobileNet heads then start with
+            logits of about +-7 on pretrained features).
 
     Returns:
         ``(model, report)``.
@@ -132,12 +140,46 @@ def create_model(
             ) from None
         raise ModelError(f"cannot create {name}: {exc}") from None
     if source == "hub":
-        return model, LoadReport("hub", loaded=len(model.state_dict()))
-    if source == "none":
-        return model, LoadReport("none")
-    report = load_weights_file(model, pretrained)
-    logger.info("%s: %s", name, report.summary())
+        report = LoadReport("hub", loaded=len(model.state_dict()))
+        new_head = (getattr(model, "pretrained_cfg", {}) or {}).get("num_classes") != num_classes
+    elif source == "none":
+        report, new_head = LoadReport("none"), True
+    else:
+        report = load_weights_file(model, pretrained)
+        new_head = bool(report.reinitialised)
+        logger.info("%s: %s", name, report.summary())
+    if new_head and head_init == "small":
+        init_head(model)
     return model, report
+
+
+
+def init_head(model: nn.Module, std: float = 0.01) -> list[str]:
+    """Re-initialise the classification head: weights ~ N(0, ``std``^2), biases 0.
+
+    timm's EfficientNet and MobileNet families draw a new head uniformly in +-1/sqrt(num_classes) (+-0.71
+    for two classes): on pretrained features the first logits are then about +-7, the first loss far
+    above ln(C), and a frozen-backbone stage spends its epochs undoing that. A small normal head (as
+    timm's ResNet, ConvNeXt and ViT heads already are) starts every architecture at a loss of ln(C)
+    and uniform probabilities. Works for any model with ``get_classifier()`` (linear or 1x1-conv heads).
+
+    Returns:
+        The names of the re-initialised parameters (empty when the model has no recognisable head).
+    """
+    timm_model: Any = model
+    head = timm_model.get_classifier() if hasattr(model, "get_classifier") else None
+    if not isinstance(head, nn.Module):
+        return []
+    touched = []
+    ids = {id(p): n for n, p in model.named_parameters()}
+    for module in head.modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            touched.append(ids.get(id(module.weight), "weight"))
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+                touched.append(ids.get(id(module.bias), "bias"))
+    return touched
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:

@@ -3,12 +3,24 @@
 Loading a bundle runs no code from it: the JSON is validated against a strict schema, the weights are
 safetensors (no pickle), and their SHA-256 must match the one recorded in ``bundle.json``; a tampered,
 damaged or mismatched bundle is refused with a message saying which check failed.
+
+What the checks protect, and what they cannot:
+
+* ``description_sha256`` covers the whole description (labels and their order, thresholds, positive label,
+  preprocessing, input size, architecture, provenance) and the files' checksums cover the weights and the
+  ONNX model. An accidental or naive edit (labels swapped by hand, a threshold changed, a damaged copy, a
+  weights file from another model) is refused.
+* Someone who edits ``bundle.json`` *and* recomputes its checksums is not stopped by checksums: that is what
+  the optional Ed25519 signature is for (:mod:`mammobench.serving.signing`; ``export --sign``,
+  ``predict/serve --trusted-key``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +43,7 @@ from mammobench.training.rundir import MODEL_FILE, ModelInfo, read_model_info, r
 
 logger = logging.getLogger(__name__)
 
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = 2  # 2: description_sha256 covers the whole description
 BUNDLE_KIND = "mammobench-bundle"
 BUNDLE_JSON = "bundle.json"
 ONNX_FILE = "model.onnx"
@@ -48,10 +60,15 @@ class FileEntry(BaseModel):
 
 
 class Threshold(BaseModel):
+    """A decision threshold: ``value``, the ``method`` asked for, and the ``rule`` that decided it (the method,
+    or ``fallback 0.5`` with its ``reason`` when the validation set was too small or one-sided)."""
+
     model_config = ConfigDict(extra="forbid")
     value: float
     method: str
     chosen_on: str
+    rule: str = ""
+    reason: str = ""
 
 
 class BundleMeta(BaseModel):
@@ -67,7 +84,15 @@ class BundleMeta(BaseModel):
     weights: FileEntry
     onnx: FileEntry | None = None
     onnx_max_abs_difference: float | None = None
+    onnx_check: str = ""
     provenance: dict[str, Any] = {}
+    description_sha256: str = ""
+
+
+def description_digest(data: dict[str, Any]) -> str:
+    """SHA-256 of a bundle description's canonical JSON, without its own ``description_sha256`` field."""
+    body = {k: v for k, v in data.items() if k != "description_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
 
 
 @dataclass
@@ -94,7 +119,13 @@ def read_bundle_meta(path: str | Path) -> BundleMeta:
     if not isinstance(data, dict) or data.get("kind") != BUNDLE_KIND:
         raise BundleError(f"{meta_path} is not a mammobench bundle description (kind must be {BUNDLE_KIND!r})")
     if data.get("format") != BUNDLE_FORMAT:
-        raise BundleError(f"{meta_path} has bundle format {data.get('format')!r}; this mammobench reads {BUNDLE_FORMAT}")
+        raise BundleError(f"{meta_path} has bundle format {data.get('format')!r}; this mammobench reads {BUNDLE_FORMAT} "
+                          "(re-export it from its run with this version: mammobench export RUN)")
+    recorded = data.get("description_sha256")
+    if not recorded or description_digest(data) != recorded:
+        raise BundleError(f"{meta_path} was changed after export: its description (labels, thresholds, preprocessing, "
+                          "architecture, ...) no longer matches its description_sha256. Refusing a bundle that could "
+                          "predict with swapped classes; re-export it from its run")
     try:
         meta = BundleMeta.model_validate(data)
     except ValidationError as exc:
@@ -120,8 +151,13 @@ def verified_file(folder: Path, entry: FileEntry, what: str) -> Path:
     return path
 
 
-def load_bundle(path: str | Path) -> Bundle:
-    """Validate and load a bundle: schema, checksum, then a strict load of the weights into the architecture."""
+def load_bundle(path: str | Path, *, trusted_key: str | Path | None = None) -> Bundle:
+    """Validate and load a bundle: signature (with ``trusted_key``), schema, checksums, then a strict load of
+    the weights into the architecture.
+
+    Raises:
+        BundleError, SignatureError: naming the check that failed.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -130,6 +166,10 @@ def load_bundle(path: str | Path) -> Bundle:
     folder = Path(path)
     if not folder.is_dir():
         raise BundleError(f"bundle {folder} is not a folder")
+    if trusted_key is not None:
+        from mammobench.serving.signing import verify_bundle
+
+        verify_bundle(folder, trusted_key)
     meta = read_bundle_meta(folder)
     weights_path = verified_file(folder, meta.weights, "weights")
     try:
@@ -147,12 +187,17 @@ def _val_threshold(run_dir: Path, info: ModelInfo, method: str) -> dict[str, Thr
     if info.positive_label is None:
         return {}
     from mammobench.evaluation.evaluate import run_predictions
-    from mammobench.evaluation.metrics import choose_threshold
+    from mammobench.evaluation.metrics import select_threshold
 
     rows, probs, _, _ = run_predictions(run_dir, "val")
     k = info.labels.index(info.positive_label)
-    value = choose_threshold((rows["label"] == info.positive_label).to_numpy(), probs[:, k], method=method)
-    return {info.positive_label: Threshold(value=value, method=method, chosen_on="val")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the fallback is recorded in the bundle and printed by the CLI
+        choice = select_threshold((rows["label"] == info.positive_label).to_numpy(), probs[:, k], method=method)
+    if choice.reason:
+        logger.warning("decision threshold for %s: %s (%s)", info.positive_label, choice.rule, choice.reason)
+    return {info.positive_label: Threshold(value=choice.value, method=method, chosen_on="val", rule=choice.rule,
+                                           reason=choice.reason)}
 
 
 def _test_summary(run_dir: Path) -> dict[str, Any]:
@@ -166,7 +211,7 @@ def _test_summary(run_dir: Path) -> dict[str, Any]:
 
 def export_bundle(
     run_dir: str | Path, out: str | Path, *, onnx: bool = False, threshold_method: str = "youden",
-    parity_tolerance: float = 1e-4, parity_samples: int = 64,
+    parity_tolerance: float = 1e-4, parity_samples: int = 64, sign: str | Path | None = None,
 ) -> Path:
     """Write a bundle for a finished run.
 
@@ -177,6 +222,7 @@ def export_bundle(
         threshold_method: how the malignant decision threshold is chosen on validation (``youden`` or
             ``sensitivity``).
         parity_tolerance: the largest allowed |p_torch - p_onnx|.
+        sign: an Ed25519 private key (PEM): also write ``bundle.sig``.
 
     Raises:
         RunError: unfinished run; BundleError: ONNX disagreeing with PyTorch beyond the tolerance.
@@ -214,21 +260,30 @@ def export_bundle(
         from mammobench.serving.onnx import OnnxRunner, export_onnx, max_probability_difference
 
         onnx_path = export_onnx(model, info.input_size, out / ONNX_FILE)
-        inputs = _real_inputs(run_dir, info, parity_samples)
+        inputs, what = _real_inputs(run_dir, info, parity_samples)
         diff = max_probability_difference(model, OnnxRunner(onnx_path), inputs)
         if diff > parity_tolerance:
             onnx_path.unlink()
             raise BundleError(f"ONNX export disagrees with PyTorch by {diff:.2e} (> {parity_tolerance:.0e}) on "
-                              f"{len(inputs)} validation images; not written")
+                              f"{what}; not written")
         meta.onnx = FileEntry(file=ONNX_FILE, sha256=sha256_file(onnx_path))
         meta.onnx_max_abs_difference = diff
-        logger.info("ONNX export matches PyTorch to %.2e on %d validation images", diff, len(inputs))
-    atomic_write_json(out / BUNDLE_JSON, meta.model_dump(mode="json"))
+        meta.onnx_check = what
+        logger.info("ONNX export matches PyTorch to %.2e on %s", diff, what)
+    data = meta.model_dump(mode="json")
+    data["description_sha256"] = description_digest(data)
+    atomic_write_json(out / BUNDLE_JSON, data)
+    if sign is not None:
+        from mammobench.serving.signing import sign_bundle
+
+        sign_bundle(out, sign)
+    else:
+        (out / "bundle.sig").unlink(missing_ok=True)  # a signature of an earlier export would no longer verify
     return out
 
 
-def _real_inputs(run_dir: Path, info: ModelInfo, n: int) -> torch.Tensor:
-    """Normalised model inputs of up to ``n`` validation (then test) images of the run."""
+def _real_inputs(run_dir: Path, info: ModelInfo, n: int) -> tuple[torch.Tensor, str]:
+    """Normalised model inputs of up to ``n`` validation (then test) images of the run, and which they are."""
     import pandas as pd
 
     from mammobench.data.cache import ImageCache, cache_request
@@ -238,4 +293,7 @@ def _real_inputs(run_dir: Path, info: ModelInfo, n: int) -> torch.Tensor:
     rows = pd.concat([split[split["split"] == "val"], split[split["split"] == "test"]]).head(n)
     cache = ImageCache(cache_root(run_dir), info.preprocess)
     images = [cache.get(cache_request(r)) for _, r in rows.iterrows()]
-    return torch.stack([torch.from_numpy((img - info.mean) / info.std)[None] for img in images]).float()
+    counts = rows["split"].value_counts()
+    what = " and ".join(f"{int(counts[s])} {name} image{'s' if counts[s] != 1 else ''}"
+                        for s, name in (("val", "validation"), ("test", "test")) if s in counts)
+    return torch.stack([torch.from_numpy((img - info.mean) / info.std)[None] for img in images]).float(), what

@@ -44,12 +44,34 @@ class Prediction:
     decision: str = ""
     threshold: float | None = None
     error: str = ""
+    note: str = ""  # a warning about the input (e.g. a whole mammogram given to a lesion-crop model)
 
-    def row(self) -> dict[str, object]:
+    def row(self, labels: Sequence[str] | None = None) -> dict[str, object]:
+        """One CSV row; ``labels`` fixes the ``prob_*`` columns (empty for an unreadable file)."""
         out: dict[str, object] = {"path": self.path}
-        out.update({f"prob_{k}": v for k, v in self.probabilities.items()})
-        out.update({"predicted": self.predicted, "decision": self.decision, "threshold": self.threshold, "error": self.error})
+        for k in labels if labels is not None else list(self.probabilities):
+            out[f"prob_{k}"] = self.probabilities.get(k)
+        out.update({"predicted": self.predicted, "decision": self.decision, "threshold": self.threshold,
+                    "error": self.error, "note": self.note})
         return out
+
+
+def input_mismatch(image: np.ndarray, *, mode: str, roi: tuple[int, int, int, int] | None) -> str:
+    """A warning when an image does not look like what the model was trained on; empty when it does.
+
+    A lesion-crop model given a whole mammogram answers confidently and means nothing: a whole image is
+    large and has a wide black background around the breast, a lesion crop is small and all tissue.
+    """
+    if mode == "full" or roi is not None:
+        return ""
+    from mammobench.data.preprocess import breast_mask
+
+    h, w = image.shape
+    background = 1.0 - float(breast_mask(image).mean()) if max(h, w) >= 256 else 0.0
+    if max(h, w) >= 2000 or (max(h, w) >= 600 and background >= 0.25):
+        return (f"this looks like a whole mammogram ({w} x {h} px, {background:.0%} background) but the model was "
+                "trained on lesion crops: give the lesion box (--roi x0 y0 x1 y1) or a crop, or use a whole-image model")
+    return ""
 
 
 def collect_images(paths: Iterable[str | Path]) -> list[Path]:
@@ -99,8 +121,9 @@ class Predictor:
 
     @classmethod
     def from_bundle(cls, path: str | Path, *, backend: Backend = "torch", device: str = "auto",
-                    batch_size: int = 16) -> Predictor:
-        return cls(load_bundle(path), backend=backend, device=device, batch_size=batch_size)
+                    batch_size: int = 16, trusted_key: str | Path | None = None) -> Predictor:
+        """Load a bundle (verifying its signature against ``trusted_key`` when given) and wrap it."""
+        return cls(load_bundle(path, trusted_key=trusted_key), backend=backend, device=device, batch_size=batch_size)
 
     @property
     def labels(self) -> list[str]:
@@ -117,9 +140,12 @@ class Predictor:
         full = (self.info.mode == "full" or roi is not None) if full_image is None else full_image
         return preprocess_array(image, self.info.preprocess, roi=roi, full_image=full)
 
-    def _load(self, path: Path, roi: tuple[int, int, int, int] | None, full_image: bool | None) -> np.ndarray | str:
+    def _load(self, path: Path, roi: tuple[int, int, int, int] | None,
+              full_image: bool | None) -> tuple[np.ndarray, str] | str:
         try:
-            return self.preprocess(read_image(path), roi=roi, full_image=full_image)
+            image = read_image(path)
+            note = input_mismatch(image, mode=self.info.mode, roi=roi) if full_image is None else ""
+            return self.preprocess(image, roi=roi, full_image=full_image), note
         except ImageReadError as exc:
             return exc.reason
         except (ValueError, MemoryError) as exc:
@@ -150,7 +176,9 @@ class Predictor:
     def predict_array(self, image: np.ndarray, *, roi: tuple[int, int, int, int] | None = None,
                       full_image: bool | None = None, name: str = "<array>") -> Prediction:
         """Predict one decoded image (float32 in [0, 1])."""
-        return self._result(name, self.probabilities([self.preprocess(image, roi=roi, full_image=full_image)])[0])
+        result = self._result(name, self.probabilities([self.preprocess(image, roi=roi, full_image=full_image)])[0])
+        result.note = input_mismatch(image, mode=self.info.mode, roi=roi) if full_image is None else ""
+        return result
 
     def predict_paths(self, paths: Iterable[str | Path], *, roi: tuple[int, int, int, int] | None = None,
                       full_image: bool | None = None, show_progress: bool = False, workers: int = 2) -> list[Prediction]:
@@ -161,15 +189,19 @@ class Predictor:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             for batch in progress(batches, total=len(batches), description="Predicting", enabled=show_progress):
                 loaded = list(pool.map(lambda f: self._load(f, roi, full_image), batch))
-                ok = [(f, img) for f, img in zip(batch, loaded, strict=True) if not isinstance(img, str)]
+                ok = [(f, item[0]) for f, item in zip(batch, loaded, strict=True) if not isinstance(item, str)]
                 probs = self.probabilities([img for _, img in ok]) if ok else np.zeros((0, len(self.labels)))
                 by_path = {str(f): p for (f, _), p in zip(ok, probs, strict=True)}
-                for f, img in zip(batch, loaded, strict=True):
-                    if isinstance(img, str):
-                        logger.warning("cannot predict %s: %s", f, img)
-                        results.append(Prediction(str(f), error=img))
+                for f, item in zip(batch, loaded, strict=True):
+                    if isinstance(item, str):
+                        logger.warning("cannot predict %s: %s", f, item)
+                        results.append(Prediction(str(f), error=item))
                     else:
-                        results.append(self._result(str(f), by_path[str(f)]))
+                        result = self._result(str(f), by_path[str(f)])
+                        result.note = item[1]
+                        if result.note:
+                            logger.warning("%s: %s", f, result.note)
+                        results.append(result)
         return results
 
     def explain(self, image: np.ndarray, *, target: str | None = None) -> np.ndarray:
@@ -179,13 +211,21 @@ class Predictor:
         return explain_arrays(self.model, self.info, [image], target=target, device=str(self.device))[0][3]
 
 
-def write_predictions(predictions: Sequence[Prediction], path: str | Path) -> Path:
-    """CSV (``.csv``) or JSON (``.json``) with one row per image."""
+def write_predictions(predictions: Sequence[Prediction], path: str | Path, *, labels: Sequence[str] | None = None) -> Path:
+    """CSV (``.csv``) or JSON (``.json``) with one row per image.
+
+    The CSV's columns are fixed: ``path``, ``prob_<label>`` for every class in the model's order (``labels``;
+    by default as the first readable image gives them), ``predicted``, ``decision``, ``threshold``,
+    ``error``, ``note``, whichever file comes first and whether or not it could be read.
+    """
     path = Path(path)
+    if labels is None:
+        labels = next((list(p.probabilities) for p in predictions if p.probabilities), [])
     if path.suffix.lower() == ".json":
         atomic_write_text(path, json.dumps([asdict(p) for p in predictions], indent=2) + "\n")
     else:
         buf = io.StringIO()
-        pd.DataFrame([p.row() for p in predictions]).to_csv(buf, index=False)
+        columns = list(Prediction("").row(labels))
+        pd.DataFrame([p.row(labels) for p in predictions], columns=columns).to_csv(buf, index=False)
         atomic_write_text(path, buf.getvalue())
     return path

@@ -1,6 +1,10 @@
 """A local web page for one mammogram (Gradio): upload, class probabilities, decision, Grad-CAM overlay.
 
 Bound to 127.0.0.1 by default: images stay on the machine. Research use only.
+
+Uploads are patient data. They land in a folder of their own (not Gradio's shared temporary folder), each
+is deleted as soon as its prediction is made, and the folder is removed when the server stops. Files are
+accepted by their content, as ``mammobench predict`` does: a DICOM without an extension works.
 """
 
 from __future__ import annotations
@@ -23,7 +27,22 @@ logger = logging.getLogger(__name__)
 NOTICE = ("**Research use only.** This page runs a model trained with mammobench on your own machine. It is not a "
           "medical device and must not be used for diagnosis or any clinical decision.")
 DISPLAY_SIZE = 384
-ACCEPTED = [".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".pgm", ".tif", ".tiff", ".bmp"]
+ACCEPTED = [".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".pgm", ".tif", ".tiff", ".bmp"]  # named on the page
+
+
+def _forget(path: Path, upload_dir: Path | None) -> None:
+    """Delete an uploaded file (and the per-upload folder Gradio made for it) inside ``upload_dir``."""
+    if upload_dir is None:
+        return
+    try:
+        path.resolve().relative_to(upload_dir.resolve())
+    except ValueError:
+        return  # not an upload of this server: never delete a user's own file
+    path.unlink(missing_ok=True)
+    parent = path.parent
+    while parent.resolve() != upload_dir.resolve() and parent.is_dir() and not any(parent.iterdir()):
+        parent.rmdir()
+        parent = parent.parent
 
 
 def _gradio():  # type: ignore[no-untyped-def]
@@ -40,25 +59,38 @@ def describe(predictor: Predictor) -> str:
     lines = [f"**Model:** {m.architecture} · classes: {', '.join(m.labels)} · input {m.input_size} px "
              f"({'whole mammograms' if m.mode == 'full' else 'lesion crops'})"]
     if predictor.threshold is not None:
-        lines.append(f"**Decision:** {m.positive_label} when its probability ≥ {predictor.threshold:.3f} "
-                     f"(threshold chosen on the validation split)")
+        t = predictor.meta.thresholds.get(m.positive_label or "")
+        how = (f"{t.rule}: {t.reason}" if t is not None and t.reason else "threshold chosen on the validation split")
+        lines.append(f"**Decision:** {m.positive_label} when its probability ≥ {predictor.threshold:.3f} ({how})")
     if predictor.meta.provenance.get("synthetic"):
         lines.append("⚠ **This model was trained on SYNTHETIC demo data: its outputs mean nothing for real images.**")
     return "  \n".join(lines)
 
 
-def analyse(predictor: Predictor, file_path: str | None, roi_text: str = "", *, max_bytes: int = 100 * 2**20
-            ) -> tuple[dict[str, float] | None, str, np.ndarray | None]:
+def analyse(predictor: Predictor, file_path: str | None, roi_text: str = "", *, max_bytes: int = 100 * 2**20,
+            upload_dir: Path | None = None) -> tuple[dict[str, float] | None, str, np.ndarray | None]:
     """What the page shows for one upload: ``(probabilities, decision text, Grad-CAM overlay)``.
 
-    Problems (no file, too large, not an image, a bad box) come back as a message in the decision text.
+    Problems (no file, too large, not an image, a bad box) come back as a message in the decision text and
+    one line in the log. A file inside ``upload_dir`` is deleted once it has been read.
     """
-    from mammobench.evaluation.explain import overlay
-
     if not file_path:
         return None, "Upload an image first.", None
     path = Path(file_path)
-    size = path.stat().st_size if path.is_file() else 0
+    try:
+        return _analyse(predictor, path, roi_text, max_bytes)
+    finally:
+        _forget(path, upload_dir)
+
+
+def _analyse(predictor: Predictor, path: Path, roi_text: str, max_bytes: int
+             ) -> tuple[dict[str, float] | None, str, np.ndarray | None]:
+    from mammobench.evaluation.explain import overlay
+    from mammobench.serving.predictor import input_mismatch
+
+    if not path.is_file():
+        return None, "The uploaded file is gone (uploads are deleted after each prediction): upload it again.", None
+    size = path.stat().st_size
     if size > max_bytes:
         return None, f"**{path.name}** is {size / 2**20:.0f} MB; the limit is {max_bytes / 2**20:.0f} MB.", None
     try:
@@ -66,10 +98,14 @@ def analyse(predictor: Predictor, file_path: str | None, roi_text: str = "", *, 
     except ValueError as exc:
         return None, f"Lesion box not understood: {exc}", None
     try:
-        image = predictor.preprocess(read_image(path), roi=roi)
+        raw = read_image(path)
+        note = input_mismatch(raw, mode=predictor.info.mode, roi=roi)
+        image = predictor.preprocess(raw, roi=roi)
     except ImageReadError as exc:
+        logger.warning("upload %s not read: %s", path.name, exc.reason)
         return None, f"Could not read **{path.name}**: {exc.reason}", None
     except ValueError as exc:
+        logger.warning("upload %s not used: %s", path.name, exc)
         return None, f"Could not use **{path.name}**: {exc}", None
     result = predictor._result(path.name, predictor.probabilities([image])[0])
     cam = predictor.explain(image)
@@ -81,11 +117,20 @@ def analyse(predictor: Predictor, file_path: str | None, roi_text: str = "", *, 
     text = f"### Decision: {result.decision}\nMost likely class: **{result.predicted}** ({result.probabilities[result.predicted]:.1%})"
     if result.threshold is not None and predictor.positive is not None:
         text += f"  \n{predictor.positive} probability {result.probabilities[predictor.positive]:.3f} vs threshold {result.threshold:.3f}"
+    if note:
+        text += f"  \n⚠ **Check the input:** {note}."
     return result.probabilities, text, shown
 
 
-def create_app(predictor: Predictor, *, max_file_mb: int = 100) -> Any:
-    """The Gradio Blocks app (call ``.launch()`` on it, or use :func:`serve`)."""
+def create_app(predictor: Predictor, *, max_file_mb: int = 100, upload_dir: Path | None = None) -> Any:
+    """The Gradio Blocks app (call ``.launch()`` on it, or use :func:`serve`).
+
+    Args:
+        upload_dir: where Gradio stores uploads for this app; each is deleted after its prediction
+            (:func:`serve` makes a private folder and removes it on shutdown).
+    """
+    if upload_dir is not None:
+        os.environ["GRADIO_TEMP_DIR"] = str(upload_dir)  # read by Gradio when the app is built
     gr = _gradio()
     with gr.Blocks(title="mammobench") as app:
         gr.Markdown("# mammobench: one mammogram")
@@ -93,8 +138,9 @@ def create_app(predictor: Predictor, *, max_file_mb: int = 100) -> Any:
         gr.Markdown(describe(predictor), elem_id="model")
         with gr.Row():
             with gr.Column():
-                upload = gr.File(label="Mammogram or lesion crop (PNG, JPEG, DICOM, PGM, TIFF)", file_types=ACCEPTED,
-                                 type="filepath", elem_id="upload")
+                # No file_types filter: files are judged by their content (a DICOM often has no extension).
+                upload = gr.File(label=f"Mammogram or lesion crop ({', '.join(e.lstrip('.').upper() for e in ACCEPTED[:5])}"
+                                 ", ... or a DICOM without extension)", type="filepath", elem_id="upload")
                 roi = gr.Textbox(label="Optional lesion box in the full image: x0 y0 x1 y1 (pixels)", elem_id="roi")
                 button = gr.Button("Predict", variant="primary", elem_id="predict")
             with gr.Column():
@@ -104,9 +150,10 @@ def create_app(predictor: Predictor, *, max_file_mb: int = 100) -> Any:
 
         def run(file_path: str | None, roi_text: str) -> tuple[Any, str, Any]:
             try:
-                return analyse(predictor, file_path, roi_text, max_bytes=max_file_mb * 2**20)
-            except Exception:  # never a stack trace in the page; the log keeps it
-                logger.exception("prediction failed for %s", file_path)
+                return analyse(predictor, file_path, roi_text, max_bytes=max_file_mb * 2**20, upload_dir=upload_dir)
+            except Exception as exc:  # never a stack trace in the page; one line in the log (-v for the trace)
+                logger.error("prediction failed for %s: %s: %s", Path(file_path or "").name, type(exc).__name__, exc)
+                logger.debug("traceback", exc_info=True)
                 return None, "Something went wrong with this image; the server log has the details.", None
 
         button.click(run, inputs=[upload, roi], outputs=[probs, decision, cam])
@@ -114,10 +161,32 @@ def create_app(predictor: Predictor, *, max_file_mb: int = 100) -> Any:
 
 
 def serve(bundle: str | Path, *, host: str = "127.0.0.1", port: int = 7860, backend: str = "torch",
-          max_file_mb: int = 100, block: bool = True) -> Any:
+          max_file_mb: int = 100, block: bool = True, trusted_key: str | Path | None = None) -> Any:
     """Load a bundle and serve the page on ``host:port`` (127.0.0.1: only this machine can reach it)."""
-    predictor = Predictor.from_bundle(bundle, backend=backend)  # type: ignore[arg-type]
-    app = create_app(predictor, max_file_mb=max_file_mb)
-    app.launch(server_name=host, server_port=port, share=False, max_file_size=f"{max_file_mb}mb",
-               prevent_thread_lock=not block, quiet=not block, show_error=False)
+    import atexit
+    import shutil
+    import tempfile
+
+    predictor = Predictor.from_bundle(bundle, backend=backend, trusted_key=trusted_key)  # type: ignore[arg-type]
+    upload_dir = Path(tempfile.mkdtemp(prefix="mammobench-uploads-"))
+    atexit.register(shutil.rmtree, upload_dir, ignore_errors=True)
+    app = create_app(predictor, max_file_mb=max_file_mb, upload_dir=upload_dir)
+    app.mammobench_upload_dir = upload_dir
+    try:
+        # quiet: Gradio's banner suggests share=True (a public link); this page is local on purpose.
+        app.launch(server_name=host, server_port=port, share=False, max_file_size=f"{max_file_mb}mb",
+                   prevent_thread_lock=not block, quiet=True, show_error=False)
+    finally:
+        if block:
+            shutil.rmtree(upload_dir, ignore_errors=True)
     return app
+
+
+def stop(app: Any) -> None:
+    """Close a page started with ``serve(..., block=False)`` and delete its upload folder."""
+    import shutil
+
+    app.close()
+    folder = getattr(app, "mammobench_upload_dir", None)
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)

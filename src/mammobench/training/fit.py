@@ -9,10 +9,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
+import shutil
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +52,7 @@ from mammobench.runtime import (
     utc_now,
 )
 from mammobench.training.callbacks import EpochSeed, History
+from mammobench.training.checks import InitialLossCheck, history_warnings, split_warnings
 from mammobench.training.curves import plot_training_curves
 from mammobench.training.losses import create_loss
 from mammobench.training.module import LesionClassifier
@@ -147,6 +151,11 @@ def _strategy(config: Config) -> str:
 class _ProgressBar(RichProgressBar):
     """Rich progress bar without Lightning's logger version number (meaningless here)."""
 
+    def _get_train_description(self, current_epoch: int) -> str:
+        # "Epoch 1/20" ... "Epoch 20/20": the numbering of history.csv, the curves and the CLI.
+        text = f"Epoch {current_epoch + 1}" + (f"/{self.trainer.max_epochs}" if self.trainer.max_epochs else "")
+        return f"{text:{len(self.validation_description)}}" if len(self.validation_description) > len(text) else text
+
     def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
         metrics = super().get_metrics(trainer, pl_module)
         metrics.pop("v_num", None)
@@ -199,9 +208,39 @@ def _check_run_dir(run_dir: Path, last_ckpt: Path, *, resume: bool, overwrite: b
                            "continue it with --resume or pass --overwrite")
     elif resume:
         raise RunError(f"nothing to resume at {run_dir}")
-    if overwrite and not resume and run_dir.exists():
-        for stale in (run_dir / "checkpoints").glob("*.ckpt"):
-            stale.unlink()
+
+
+def _set_aside(run_dir: Path) -> Path:
+    """Move an old run out of the way (``.<name>.replaced``) until the run replacing it has finished."""
+    backup = run_dir.with_name(f".{run_dir.name}.replaced")
+    if backup.exists():
+        shutil.rmtree(backup)
+    run_dir.rename(backup)
+    return backup
+
+
+@contextlib.contextmanager
+def _replacing(backup: Path | None, run_dir: Path, history: History) -> Iterator[None]:
+    """Settle an ``--overwrite`` when the new run fails: the old run comes back unless an epoch finished."""
+    try:
+        yield
+    except BaseException:
+        _settle_replaced(backup, run_dir, finished=False, started_training=bool(history.rows))
+        raise
+
+
+def _settle_replaced(backup: Path | None, run_dir: Path, *, finished: bool, started_training: bool) -> None:
+    """After ``--overwrite``: drop the old run once the new one finished; give it back if the new one never began."""
+    if backup is None or not backup.exists():
+        return
+    if finished:
+        shutil.rmtree(backup, ignore_errors=True)
+    elif not started_training:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        backup.rename(run_dir)
+        logger.warning("the new run stopped before its first epoch finished; the previous run %s is restored", run_dir)
+    else:
+        logger.warning("the new run did not finish; the run it was replacing is kept at %s", backup)
 
 
 def fit(
@@ -239,6 +278,7 @@ def fit(
     model, load_report = create_model(
         config.model.name, num_classes=len(labels), pretrained=config.model.pretrained, in_chans=1,
         drop_rate=config.model.drop_rate, drop_path_rate=config.model.drop_path_rate, img_size=config.model.img_size,
+        head_init=config.model.head_init,
     )
     input_cfg = resolve_input_config(model, size=config.data.image_size, mean=config.model.mean, std=config.model.std)
     preprocess = config.data.preprocess.with_size(input_cfg.size)
@@ -266,104 +306,126 @@ def fit(
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode=direction,
                                  save_last=True, save_top_k=1, enable_version_counter=False)
     history = History(run_dir / "history.csv")
-    cbs: list[pl.Callback] = [checkpoint, history, EpochSeed(config.seed)]
+    first_loss = InitialLossCheck()
+    cbs: list[pl.Callback] = [checkpoint, history, EpochSeed(config.seed), first_loss]
     if config.trainer.early_stopping_patience:
         cbs.append(EarlyStopping(monitor=monitor, mode=direction, patience=config.trainer.early_stopping_patience))
     if show_progress:
         cbs.append(_ProgressBar())
     cbs += callbacks or []
     t = config.trainer
-    # Lightning switches deterministic algorithms on process-wide; give the caller's setting back afterwards.
-    deterministic_before = (torch.are_deterministic_algorithms_enabled(),
-                            torch.is_deterministic_algorithms_warn_only_enabled())
-    trainer = pl.Trainer(
-        default_root_dir=str(run_dir), max_epochs=config.stages.head_epochs + config.stages.finetune_epochs,
-        accelerator=t.accelerator, devices=t.devices, strategy=_strategy(config), num_nodes=t.num_nodes,
-        precision=precision,  # type: ignore[arg-type]  # validated by Lightning itself
-        deterministic=t.deterministic, gradient_clip_val=config.optim.grad_clip,
-        callbacks=cbs, logger=_loggers(config, run_dir), enable_progress_bar=show_progress,
-        enable_model_summary=False, num_sanity_val_steps=0,
-        log_every_n_steps=t.log_every_n_steps, limit_train_batches=t.limit_train_batches,
-        limit_val_batches=t.limit_val_batches, max_time=t.max_time, plugins=[AtomicCheckpointIO()],
-    )
+    # Everything is validated (config, model, weights, data): only now may an old run make way for this one.
+    backup = None
+    if overwrite and not resume and (run_dir / RUN_INFO).is_file() and getattr(rank_zero_only, "rank", 0) == 0:
+        backup = _set_aside(run_dir)
+    with _replacing(backup, run_dir, history):
+        t = config.trainer
+        # Lightning switches deterministic algorithms on process-wide; give the caller's setting back afterwards.
+        deterministic_before = (torch.are_deterministic_algorithms_enabled(),
+                                torch.is_deterministic_algorithms_warn_only_enabled())
+        trainer = pl.Trainer(
+            default_root_dir=str(run_dir), max_epochs=config.stages.head_epochs + config.stages.finetune_epochs,
+            accelerator=t.accelerator, devices=t.devices, strategy=_strategy(config), num_nodes=t.num_nodes,
+            precision=precision,  # type: ignore[arg-type]  # validated by Lightning itself
+            deterministic=t.deterministic, gradient_clip_val=config.optim.grad_clip,
+            callbacks=cbs, logger=_loggers(config, run_dir), enable_progress_bar=show_progress,
+            enable_model_summary=False, num_sanity_val_steps=0,
+            log_every_n_steps=t.log_every_n_steps, limit_train_batches=t.limit_train_batches,
+            limit_val_batches=t.limit_val_batches, max_time=t.max_time, plugins=[AtomicCheckpointIO()],
+        )
 
-    # What reproduces the run, written before the first step.
-    started = utc_now()
-    if trainer.is_global_zero:
-        atomic_write_text(run_dir / "config.yaml", config.to_yaml())
-        split_cols = [c for c in ("sample_id", "dataset", "patient_id", "label", "split", "lesion_type", "fold",
-                                  "laterality", "view", "image_path", "roi", "image_type") if c in frame.columns]
-        _write_table(run_dir / "split.csv", frame[split_cols])
-        if len(dm.skipped):
-            _write_table(run_dir / "skipped.csv", dm.skipped)
-        atomic_write_json(run_dir / "environment.json", {**environment_info(), "seed": config.seed,
-                                                         "precision": precision, "channels_last": channels_last})
-    base_info: dict[str, Any] = {
-        "format": RUN_FORMAT, "mammobench_version": mammobench.__version__, "name": config.run_name(),
-        "started": started, "monitor": monitor, "labels": labels, "weights": load_report.summary(),
-        "parameters": count_parameters(model), "input_size": input_cfg.size, "device": str(trainer.strategy.root_device),
-        "counts": {s: dm.dataset(s).class_counts for s in dm.datasets},
-    }
-    if trainer.is_global_zero:
-        atomic_write_json(run_dir / RUN_INFO, {**base_info, "status": "running"})
-    if resume:
-        dm.start_epoch = _resume_epoch(last_ckpt)
-    t0 = time.perf_counter()
-    status, error = "failed", ""
-    try:
-        trainer.fit(module, datamodule=dm, ckpt_path=str(last_ckpt) if resume else None)
-        status = "interrupted" if trainer.interrupted else "finished"
-    except BaseException as exc:
-        error = f"{type(exc).__name__}: {exc}"
-        status = "interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed"
-        raise
-    finally:
-        torch.use_deterministic_algorithms(deterministic_before[0], warn_only=deterministic_before[1])
-        seconds = time.perf_counter() - t0
-        if trainer.is_global_zero and status != "finished":
-            atomic_write_json(run_dir / RUN_INFO, {**base_info, "status": status, "error": error,
-                                                   "stopped": utc_now(), "train_seconds": seconds})
-    if not trainer.is_global_zero:
-        return RunResult(run_dir, status, monitor, None, None, history.frame(), seconds)
+        # What reproduces the run, written before the first step.
+        started = utc_now()
+        if trainer.is_global_zero:
+            atomic_write_text(run_dir / "config.yaml", config.to_yaml())
+            split_cols = [c for c in ("sample_id", "dataset", "patient_id", "label", "split", "lesion_type", "fold",
+                                      "laterality", "view", "image_path", "roi", "image_type") if c in frame.columns]
+            _write_table(run_dir / "split.csv", frame[split_cols])
+            if len(dm.skipped):
+                _write_table(run_dir / "skipped.csv", dm.skipped)
+            atomic_write_json(run_dir / "environment.json", {**environment_info(), "seed": config.seed,
+                                                             "precision": precision, "channels_last": channels_last})
+        base_info: dict[str, Any] = {
+            "format": RUN_FORMAT, "mammobench_version": mammobench.__version__, "name": config.run_name(),
+            "started": started, "monitor": monitor, "labels": labels, "weights": load_report.summary(),
+            "parameters": count_parameters(model), "input_size": input_cfg.size, "device": str(trainer.strategy.root_device),
+            "counts": {s: dm.dataset(s).class_counts for s in dm.datasets},
+        }
+        warned = split_warnings(base_info["counts"])
+        if trainer.is_global_zero:
+            for w in warned:
+                logger.warning("%s", w)
+        if trainer.is_global_zero:
+            atomic_write_json(run_dir / RUN_INFO, {**base_info, "status": "running"})
+        if resume:
+            dm.start_epoch = _resume_epoch(last_ckpt)
+        t0 = time.perf_counter()
+        status, error = "failed", ""
+        try:
+            trainer.fit(module, datamodule=dm, ckpt_path=str(last_ckpt) if resume else None)
+            status = "interrupted" if trainer.interrupted else "finished"
+        except BaseException as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            status = "interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed"
+            raise
+        finally:
+            torch.use_deterministic_algorithms(deterministic_before[0], warn_only=deterministic_before[1])
+            seconds = time.perf_counter() - t0
+            if trainer.is_global_zero and status != "finished":
+                atomic_write_json(run_dir / RUN_INFO, {**base_info, "status": status, "error": error,
+                                                       "stopped": utc_now(), "train_seconds": seconds})
+        if not trainer.is_global_zero:
+            return RunResult(run_dir, status, monitor, None, None, history.frame(), seconds)
 
-    best_path = str(last_ckpt) if config.trainer.weights == "last" else (checkpoint.best_model_path or str(last_ckpt))
-    state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
-    module.load_state_dict(state)
-    weights = {k: v.detach().contiguous().cpu() for k, v in module.eval_model().state_dict().items()}
-    from safetensors.torch import save_file
+        best_path = str(last_ckpt) if config.trainer.weights == "last" else (checkpoint.best_model_path or str(last_ckpt))
+        state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
+        module.load_state_dict(state)
+        weights = {k: v.detach().contiguous().cpu() for k, v in module.eval_model().state_dict().items()}
+        from safetensors.torch import save_file
 
-    with atomic_path(run_dir / MODEL_FILE) as tmp:
-        save_file(weights, str(tmp), metadata={"architecture": config.model.name, "format": str(RUN_FORMAT)})
-    model_info = ModelInfo(
-        architecture=config.model.name, labels=labels, positive_label=positive, input_size=input_cfg.size,
-        mean=input_cfg.mean, std=input_cfg.std, img_size=config.model.img_size, preprocess=preprocess,
-        weights_sha256=sha256_file(run_dir / MODEL_FILE), ema=config.optim.ema_decay is not None,
-        mode="full" if data_mode == "full" else "roi",
-    )
-    atomic_write_json(run_dir / MODEL_INFO, model_info.model_dump(mode="json"))
-    hist = history.frame()
-    best_score = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None
-    best_epoch = None
-    if best_score is not None and monitor in hist:
-        best_epoch = int(hist.loc[(hist[monitor] - best_score).abs().idxmin(), "epoch"])
-    kept_epoch = int(hist["epoch"].max()) if config.trainer.weights == "last" and len(hist) else best_epoch
-    if len(hist):
-        synthetic = " - SYNTHETIC DEMO DATA" if (frame["dataset"] == DEMO_DATASET).any() else ""
-        plot_training_curves(hist, run_dir / "curves.png", title=f"{config.run_name()} ({config.model.name}){synthetic}",
-                             best_epoch=kept_epoch)
-    ips = hist["train/images_per_s"].median() if "train/images_per_s" in hist else None
-    atomic_write_json(run_dir / RUN_INFO, {
-        **base_info, "status": status, "finished": utc_now(), "train_seconds": seconds,
-        "epochs_run": len(hist), "stopped_early": len(hist) < config.stages.head_epochs + config.stages.finetune_epochs,
-        "best_epoch": best_epoch, "best_score": best_score, "kept_epoch": kept_epoch, "train_images_per_s": float(ips) if ips == ips and ips is not None else None,
-    })
-    logger.info("run %s %s: best %s = %s at epoch %s", run_dir, status, monitor, best_score, best_epoch)
-    return RunResult(run_dir, status, monitor, best_score, best_epoch, hist, seconds)
+        with atomic_path(run_dir / MODEL_FILE) as tmp:
+            save_file(weights, str(tmp), metadata={"architecture": config.model.name, "format": str(RUN_FORMAT)})
+        model_info = ModelInfo(
+            architecture=config.model.name, labels=labels, positive_label=positive, input_size=input_cfg.size,
+            mean=input_cfg.mean, std=input_cfg.std, img_size=config.model.img_size, preprocess=preprocess,
+            weights_sha256=sha256_file(run_dir / MODEL_FILE), ema=config.optim.ema_decay is not None,
+            mode="full" if data_mode == "full" else "roi",
+        )
+        atomic_write_json(run_dir / MODEL_INFO, model_info.model_dump(mode="json"))
+        hist = history.frame()
+        late = first_loss.warnings + history_warnings(hist, monitor)
+        for w in late:
+            logger.warning("%s", w)
+        warned += late
+        best_score = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None
+        best_epoch = None
+        if best_score is not None and monitor in hist:
+            best_epoch = int(hist.loc[(hist[monitor] - best_score).abs().idxmin(), "epoch"])
+        kept_epoch = int(hist["epoch"].max()) if config.trainer.weights == "last" and len(hist) else best_epoch
+        if len(hist):
+            synthetic = " - SYNTHETIC DEMO DATA" if (frame["dataset"] == DEMO_DATASET).any() else ""
+            plot_training_curves(hist, run_dir / "curves.png", title=f"{config.run_name()} ({config.model.name}){synthetic}",
+                                 best_epoch=kept_epoch)
+        ips = hist["train/images_per_s"].median() if "train/images_per_s" in hist else None
+        atomic_write_json(run_dir / RUN_INFO, {
+            **base_info, "status": status, "finished": utc_now(), "train_seconds": seconds,
+            "epochs_run": len(hist), "stopped_early": len(hist) < config.stages.head_epochs + config.stages.finetune_epochs,
+            "best_epoch": best_epoch, "best_score": best_score, "kept_epoch": kept_epoch, "train_images_per_s": float(ips) if ips == ips and ips is not None else None,
+            "initial_loss": first_loss.first_loss, "uniform_loss": first_loss.uniform_loss, "warnings": warned,
+        })
+        _settle_replaced(backup, run_dir, finished=status == "finished", started_training=True)
+        logger.info("run %s %s: best %s = %s at epoch %s", run_dir, status, monitor,
+                    "n/a" if best_score is None else f"{best_score:.4g}", "n/a" if best_epoch is None else best_epoch + 1)
+        return RunResult(run_dir, status, monitor, best_score, best_epoch, hist, seconds)
 
 
 def resume(run_dir: str | Path, *, show_progress: bool = False) -> RunResult:
     """Continue an interrupted run with the config it saved."""
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunError(f"{run_dir} does not exist: nothing to resume")
+    if not (run_dir / "config.yaml").is_file() or not (run_dir / RUN_INFO).is_file():
+        raise RunError(f"{run_dir} is not a mammobench run folder (it has no config.yaml and run.json): nothing to resume")
     config = load_config(run_dir / "config.yaml")
     if (config.output.dir / config.run_name()).resolve() != run_dir.resolve():
         config = config.model_copy(update={"output": config.output.model_copy(update={"dir": run_dir.parent, "name": run_dir.name})})

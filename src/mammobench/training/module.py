@@ -186,7 +186,8 @@ class LesionClassifier(pl.LightningModule):
                 metrics[f"lr/{group.get('name', 'group')}"] = float(group["lr"])
         for name, value in metrics.items():
             self.log(name, value, prog_bar=name in ("val/auc_macro", "val/acc"), sync_dist=False)
-        self.epoch_record = {"epoch": float(self.current_epoch), **metrics}
+        # Epochs are numbered from 1 everywhere a person reads them (history.csv, run.json, curves, CLI, progress bar).
+        self.epoch_record = {"epoch": float(self.current_epoch + 1), **metrics}
 
     # ----------------------------------------------------------------- prediction
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:

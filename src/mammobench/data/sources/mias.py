@@ -54,6 +54,7 @@ class MiasFinding:
     y: int | None
     radius: int | None
     line: int
+    unparsed: str = ""  # text after the severity that is neither "x y radius" nor a *NOTE*
 
 
 def parse_info(path: str | Path) -> list[MiasFinding]:
@@ -76,10 +77,13 @@ def parse_info(path: str | Path) -> list[MiasFinding]:
             raise MiasError(f"{path}:{n}: unknown abnormality class {cls!r}; expected one of {', '.join(LESION_TYPES)}")
         if cls != "NORM" and sev is None:
             raise MiasError(f"{path}:{n}: abnormality {cls} without severity B or M")
+        rest = text[m.end():].strip()
+        unparsed = "" if not rest or rest.upper().startswith("*NOTE") else rest
         findings.append(
             MiasFinding(
                 ref=ref.lower(), tissue=tissue.upper(), abnormality=cls, severity=sev.upper() if sev else None,
                 x=int(x) if x else None, y=int(y) if y else None, radius=int(r) if r else None, line=n,
+                unparsed=unparsed,
             )
         )
     if not findings:
@@ -172,6 +176,10 @@ def load_mias(
             continue
         for k, f in enumerate(lesions, start=1):
             ref_line = f"Info.txt:{f.line}"
+            if f.unparsed:
+                skipped.append(Skipped(ref_line, str(images[ref]), f"cannot parse {f.unparsed!r} on line {f.line} of "
+                                       "Info.txt: expected 'x y radius' as three whole numbers (a typo?)"))
+                continue
             if f.x is None or f.y is None or f.radius is None:
                 skipped.append(Skipped(ref_line, str(images[ref]), "finding has no centre/radius in Info.txt (e.g. *NOTE 3*): no ROI"))
                 continue

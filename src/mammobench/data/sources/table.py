@@ -7,6 +7,7 @@ Relative paths are relative to the table's folder.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pandas as pd
@@ -21,6 +22,37 @@ DATASET = "csv"
 
 class TableError(MammobenchError):
     """A user table with missing columns or bad values."""
+
+
+def read_text_table(path: Path, *, what: str) -> tuple[pd.DataFrame, list[str]]:
+    """Read a CSV as text: UTF-8 (with or without the BOM Excel writes), else Windows-1252 with a note.
+
+    Excel on Windows saves "CSV" in the machine's code page (cp1252 in Western Europe): an accented name
+    is then one byte that is not UTF-8.
+
+    Raises:
+        TableError: an empty file, or bytes that are neither UTF-8 nor cp1252 (naming the byte's offset).
+    """
+    raw = path.read_bytes()
+    notes: list[str] = []
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        try:
+            text = raw.decode("cp1252")
+        except UnicodeDecodeError:
+            raise TableError(f"{path}: byte 0x{raw[exc.start]:02x} at offset {exc.start} is neither UTF-8 nor "
+                             "Windows-1252; save the table as 'CSV UTF-8'") from None
+        line = raw[:exc.start].count(b"\n") + 1
+        notes.append(f"{path.name} is not UTF-8 (byte 0x{raw[exc.start]:02x} on line {line}); read as Windows-1252 "
+                     "(Excel's CSV on Windows). Save as 'CSV UTF-8' to be sure of accented names")
+    try:
+        table = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise TableError(f"{path} is empty; {what}") from None
+    except pd.errors.ParserError as exc:
+        raise TableError(f"{path} is not a readable CSV table: {exc}") from None
+    return table, notes
 
 
 def load_table(path: str | Path, *, dataset: str = DATASET) -> SourceResult:
@@ -38,10 +70,7 @@ def load_table(path: str | Path, *, dataset: str = DATASET) -> SourceResult:
         path = candidates[0]
     if not path.is_file():
         raise TableError(f"table {path} does not exist")
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except pd.errors.EmptyDataError:
-        raise TableError(f"{path} is empty; expected a header with {', '.join(REQUIRED)}") from None
+    table, notes = read_text_table(path, what=f"expected a header with {', '.join(REQUIRED)}")
     table.columns = [c.strip().lower() for c in table.columns]
     missing = [c for c in REQUIRED if c not in table.columns]
     if missing:
@@ -85,4 +114,4 @@ def load_table(path: str | Path, *, dataset: str = DATASET) -> SourceResult:
     dup = frame["sample_id"][frame["sample_id"].duplicated()].tolist()
     if dup:
         raise TableError(f"{path}: duplicate sample_id {dup[0]!r}")
-    return SourceResult(frame, skipped, [f"table {path.name}: {len(table)} rows"])
+    return SourceResult(frame, skipped, [f"table {path.name}: {len(table)} rows", *notes])

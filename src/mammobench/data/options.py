@@ -1,0 +1,94 @@
+"""The preprocessing and augmentation settings of a run: plain pydantic models, cheap to import.
+
+They live apart from the code that applies them (:mod:`mammobench.data.preprocess`, OpenCV;
+:mod:`mammobench.data.transforms`, torchvision) so that reading or validating a config (and every
+``--help``) never imports the image and deep-learning stacks.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class PreprocessOptions(BaseModel):
+    """Every preprocessing choice but the size (a run's config holds these; the size follows the model).
+
+    Attributes:
+        keep_aspect: resize the long side to ``size`` and pad (True), or stretch to a square (False).
+        window: lower/upper intensity percentiles mapped to 0 and 1 (contrast/brightness normalisation).
+        window_from: where those percentiles are measured: ``image`` (the breast in the whole image, also
+            for a lesion cut out of it), ``crop`` (each lesion crop stretched on its own pixels: erases
+            absolute density, kept to reproduce older runs and for ablations) or ``fixed`` (no window:
+            the decoded intensities as they are).
+        clahe: apply Contrast Limited Adaptive Histogram Equalisation after windowing.
+        clahe_clip: CLAHE clip limit; ``clahe_tiles``: its tile grid.
+        crop_breast: crop full mammograms to the breast (drops film borders, labels, background).
+        canonical_side: flip full mammograms so the chest wall is on this side (``none`` to keep).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    keep_aspect: bool = True
+    window: tuple[float, float] = (0.5, 99.5)
+    window_from: Literal["image", "crop", "fixed"] = "image"
+    clahe: bool = False
+    clahe_clip: float = Field(2.0, gt=0)
+    clahe_tiles: int = Field(8, ge=1, le=64)
+    crop_breast: bool = True
+    canonical_side: Literal["left", "right", "none"] = "left"
+
+    @field_validator("window")
+    @classmethod
+    def _check_window(cls, v: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = v
+        if not 0.0 <= lo < hi <= 100.0:
+            raise ValueError(f"window percentiles must satisfy 0 <= low < high <= 100, got {v}")
+        return v
+
+    def with_size(self, size: int) -> PreprocessSettings:
+        return PreprocessSettings(size=size, **self.model_dump())
+
+
+class PreprocessSettings(PreprocessOptions):
+    """How a raw image becomes a model input: :class:`PreprocessOptions` and the output ``size`` (side in
+    pixels, 224, 384, 512 or any; square after padding). Changing any field rebuilds the cache automatically.
+    """
+
+    size: int = Field(224, ge=16, le=4096)
+
+
+class AugmentSettings(BaseModel):
+    """Training augmentation. Probabilities are per image; set ``enabled: false`` to switch all off.
+
+    The defaults are flips only: on real lesions the notebook's full set (rotation 15, blur, sharpness,
+    noise, brightness/contrast, affine; :data:`NOTEBOOK_AUGMENT`) did not help (``docs/recipe.md``).
+    Brightness and contrast jitter in particular perturb the absolute density a lesion crop carries.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = True
+    rotation_degrees: float = Field(0.0, ge=0, le=180)
+    hflip: float = Field(0.5, ge=0, le=1)
+    vflip: float = Field(0.5, ge=0, le=1)
+    blur_p: float = Field(0.0, ge=0, le=1)
+    blur_sigma: tuple[float, float] = (0.1, 1.5)
+    sharpness_p: float = Field(0.0, ge=0, le=1)
+    sharpness_factor: float = Field(2.0, ge=0)
+    noise_p: float = Field(0.0, ge=0, le=1)
+    noise_std: float = Field(0.02, ge=0)
+    brightness: float = Field(0.0, ge=0, le=1)
+    contrast: float = Field(0.0, ge=0, le=1)
+    affine_p: float = Field(0.0, ge=0, le=1)
+    translate: float = Field(0.05, ge=0, le=0.5)
+    scale: tuple[float, float] = (0.95, 1.05)
+
+
+#: The student notebook's augmentation set, as ``--set`` overrides (an ablation variant, or a choice).
+NOTEBOOK_AUGMENT = ("data.augment.rotation_degrees=15", "data.augment.blur_p=0.2", "data.augment.sharpness_p=0.2",
+                    "data.augment.noise_p=0.2", "data.augment.brightness=0.1", "data.augment.contrast=0.1",
+                    "data.augment.affine_p=0.3")
+
+

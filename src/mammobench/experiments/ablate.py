@@ -1,0 +1,404 @@
+"""``ablate(study)``: which training choices matter, judged by repeated patient-grouped cross-validation.
+
+Every variant of a study trains on exactly the same R x K folds (same patients, same seeds), so their
+differences are paired. Execution goes through Optuna: each (variant, repeat, fold) cell is one trial of
+an Optuna study in an RDB storage, queued with ``enqueue_trial`` and popped by whichever worker is free.
+The default storage is SQLite in the study folder (one process, nothing to set up); with a PostgreSQL URL
+any number of workers on any number of machines (a SLURM array) share one study, and Optuna's heartbeat
+re-queues the cells of a worker that died. Nothing here schedules: Optuna's storage is the queue.
+
+Layout of a study folder::
+
+    <out>/study.yaml            the study file as given
+    <out>/study.db              the Optuna study (SQLite default)
+    <out>/folds/repeat<r>/      the k-fold manifest of repeat r (patient-grouped, label-stratified)
+    <out>/runs/<variant>/r<r>_f<k>/   every run folder, kept (evaluation/test inside)
+    <out>/cells.csv             one row per finished cell: variant, repeat, fold, metrics
+    <out>/summary.json, report.md, report.html, forest.png
+
+Example:
+    >>> from mammobench.experiments.ablate import ablate
+    >>> result = ablate("study.yaml")                     # doctest: +SKIP
+    >>> result.table                                      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import logging
+import re
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+import mammobench
+from mammobench.config import Config
+from mammobench.data.manifest import read_manifest, read_manifest_info, write_manifest
+from mammobench.data.splits import split_kfold
+from mammobench.experiments.study import (
+    StudyError,
+    StudySpec,
+    check_study,
+    folder_name,
+    load_study,
+    study_config,
+)
+from mammobench.runtime import atomic_write_json, atomic_write_text, environment_info, stable_hash, utc_now
+
+logger = logging.getLogger(__name__)
+
+#: Heartbeat of a running trial in a shared storage; a trial silent for GRACE seconds is re-queued.
+HEARTBEAT_S = 60
+GRACE_S = 300
+
+
+@dataclass
+class AblationResult:
+    out: Path
+    spec: StudySpec
+    cells: pd.DataFrame
+    table: pd.DataFrame
+    summary: dict[str, Any]
+    markdown: Path | None
+    html: Path | None
+
+
+# --------------------------------------------------------------------------- storage
+
+
+def default_storage(out: Path) -> str:
+    return f"sqlite:///{(out / 'study.db').resolve()}"
+
+
+def _redact(url: str) -> str:
+    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+
+
+def driver_url(url: str) -> str:
+    """``postgresql://`` through psycopg 3 when psycopg2 (SQLAlchemy's default driver) is not installed."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg2") is None and importlib.util.find_spec("psycopg") is not None:
+            return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def open_storage(url: str) -> Any:
+    """An Optuna RDB storage with heartbeats (a dead worker's cell is queued again); unreachable = a clear error."""
+    import optuna
+
+    given, url = url, driver_url(url)
+    kwargs: dict[str, Any] = {}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable in practice
+            if not url.startswith("sqlite"):
+                params = inspect.signature(optuna.storages.RDBStorage).parameters
+                callback_arg = ("heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in params
+                                else "failed_trial_callback")
+                retry = (getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)
+                         or optuna.storages.RetryFailedTrialCallback)
+                kwargs = {"heartbeat_interval": HEARTBEAT_S, "grace_period": GRACE_S, callback_arg: retry(max_retry=3)}
+            return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url), **kwargs)
+    except Exception as exc:  # sqlalchemy / driver errors: say which URL and why
+        raise StudyError(f"cannot open the study storage {_redact(given)}: {type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+
+
+def _engine_kwargs(url: str) -> dict[str, Any]:
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": 60}}
+    if url.startswith("postgresql"):
+        return {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
+    return {"pool_pre_ping": True}
+
+
+# --------------------------------------------------------------------------- folds
+
+
+def make_folds(spec: StudySpec, base: Config, out: Path) -> list[Path]:
+    """Write one patient-grouped, label-stratified k-fold manifest per repeat (or check the existing ones).
+
+    Raises:
+        StudyError: a manifest with too few patients for K folds, or folds on disk that no longer match
+            the manifest (it changed since the study started).
+    """
+    if base.data.manifest is None:
+        raise StudyError("the study's base config has no data.manifest: add data.manifest=... to 'set'")
+    frame = read_manifest(base.data.manifest)
+    info = read_manifest_info(base.data.manifest)
+    patients = frame.groupby(["dataset", "patient_id"]).ngroups
+    k = spec.cv.folds
+    if patients < k:
+        raise StudyError(f"{base.data.manifest} has {patients} patients: too few for {k} folds grouped by patient")
+    for label, n in frame.groupby("label")["patient_id"].nunique().items():
+        if n < k:
+            logger.warning("label %s occurs in %d patients only: some of the %d folds will test none of it", label, n, k)
+    frame = frame.drop(columns=[c for c in ("fold",) if c in frame.columns]).assign(split="cv")
+    paths = []
+    for r in range(spec.cv.repeats):
+        folded, report = split_kfold(frame, k=k, seed=spec.cv.seed + r)
+        folder = out / "folds" / f"repeat{r}"
+        key = stable_hash({"samples": folded["sample_id"].tolist(), "fold": folded["fold"].astype(int).tolist(),
+                           "labels": folded["label"].tolist()})
+        marker = folder / "folds.json"
+        if marker.is_file():
+            import json
+
+            if json.loads(marker.read_text()).get("hash") != key:
+                raise StudyError(f"{folder} was made from another manifest or seed than {base.data.manifest} now gives; "
+                                 "the study's folds must not change mid-study: use a new study folder")
+        else:
+            fold_info = type(info)(**{**info.to_dict(), "split": report.to_dict(),
+                                      "notes": [*info.notes, f"study {spec.name}: repeat {r} of {spec.cv.repeats}"]})
+            write_manifest(folded, folder, fold_info)
+            atomic_write_json(marker, {"hash": key, "repeat": r, "seed": spec.cv.seed + r, "folds": k,
+                                       "source": str(Path(base.data.manifest).resolve())})
+        paths.append(folder)
+    return paths
+
+
+def _cache_dir(base: Config) -> Path:
+    if base.data.cache_dir is not None:
+        return Path(base.data.cache_dir)
+    manifest = Path(base.data.manifest or ".")
+    return (manifest if manifest.is_dir() else manifest.parent).resolve() / "cache"
+
+
+# --------------------------------------------------------------------------- one cell
+
+
+def cell_overrides(spec: StudySpec, base: Config, out: Path, variant: str, repeat: int, fold: int) -> list[str]:
+    """The overrides that place one variant on one (repeat, fold) cell of the study."""
+    return [
+        f"data.manifest={out / 'folds' / f'repeat{repeat}'}", f"data.fold={fold}", f"data.cache_dir={_cache_dir(base)}",
+        f"seed={base.seed + repeat}", f"output.dir={out / 'runs' / folder_name(variant)}",
+        f"output.name=r{repeat}_f{fold}", "output.tensorboard=false", "output.mlflow=false",
+    ]
+
+
+def run_cell(spec: StudySpec, base: Config, out: Path, variant: str, overrides: list[str], repeat: int,
+             fold: int) -> dict[str, Any]:
+    """Train (or reuse, or resume) one variant on one cell and evaluate it on that fold's test patients."""
+    from mammobench.evaluation.evaluate import evaluate
+    from mammobench.training.fit import fit
+    from mammobench.training.fit import resume as resume_run
+    from mammobench.training.rundir import RUN_INFO, read_run_info
+
+    cfg = study_config(spec, [*overrides, *cell_overrides(spec, base, out, variant, repeat, fold)])
+    run_dir = cfg.output.dir / cfg.run_name()
+    status = read_run_info(run_dir).get("status") if (run_dir / RUN_INFO).is_file() else None
+    if status == "finished":
+        logger.info("%s r%d f%d: reusing the finished run %s", variant, repeat, fold, run_dir)
+    elif status is not None and (run_dir / "checkpoints" / "last.ckpt").is_file():
+        resume_run(run_dir)
+    else:
+        fit(cfg, overwrite=status is not None)
+    ev = evaluate(run_dir, split="test", n_boot=spec.n_boot, tta=spec.tta)
+    m = ev.metrics["metrics"]
+    counts = read_run_info(run_dir).get("counts", {})
+    n_train = int(sum(counts.get("train", {}).values()))
+    return {"variant": variant, "repeat": repeat, "fold": fold, "n_test": int(ev.metrics["n"]), "n_train": n_train,
+            **{k: (v["value"] if isinstance(v, dict) else v) for k, v in m.items()},
+            "run_dir": str(run_dir), "predictions": str(ev.out_dir / "predictions.csv")}
+
+
+# --------------------------------------------------------------------------- the study
+
+
+def _optuna_study(spec: StudySpec, storage: Any, *, create: bool) -> Any:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if create:
+        sampler = (optuna.samplers.TPESampler(seed=spec.search.seed) if spec.search is not None
+                   else optuna.samplers.RandomSampler(seed=0))
+        return optuna.create_study(study_name=spec.name, storage=storage, load_if_exists=True,
+                                   direction="maximize", sampler=sampler)
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            return optuna.load_study(study_name=spec.name, storage=storage,
+                                     sampler=optuna.samplers.TPESampler(seed=None) if spec.search else None)
+        except KeyError:
+            if time.monotonic() > deadline:
+                raise StudyError(f"study {spec.name!r} does not exist in the storage: run `mammobench ablate STUDY.yaml "
+                                 "--storage URL --setup-only` once before starting workers") from None
+            time.sleep(2)
+
+
+def setup(spec: StudySpec, out: Path, storage_url: str | None = None) -> Any:
+    """Validate the study, write its folds and queue every cell not yet done (idempotent: resumes)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    configs = check_study(spec)
+    base = next(iter(configs.values()))
+    out.mkdir(parents=True, exist_ok=True)
+    make_folds(spec, base, out)
+    url = storage_url or default_storage(out)
+    storage = open_storage(url)
+    study = _optuna_study(spec, storage, create=True)
+    study.set_user_attr("mammobench", {"version": mammobench.__version__, "design": spec.design,
+                                       "spec": spec.model_dump(mode="json")})
+    local = url.startswith("sqlite")
+    if local:
+        # SQLite is the one-process default: a trial still "running" here was cut off (Ctrl+C, a crash).
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            storage.set_trial_user_attr(t._trial_id, "error", "interrupted (the process stopped mid-trial)")
+            storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+    else:
+        optuna.storages.fail_stale_trials(study)
+    if spec.design == "search":
+        return study
+    trials = study.get_trials(deepcopy=False)
+    live = {_cell_key(t) for t in trials if t.state in (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)}
+    queued = 0
+    for variant in spec.variant_overrides():
+        for r in range(spec.cv.repeats):
+            for k in range(spec.cv.folds):
+                if (variant, r, k) not in live:
+                    study.enqueue_trial({"variant": variant, "repeat": r, "fold": k})
+                    queued += 1
+    logger.info("study %s: %d cells queued, %d done or running", spec.name, queued, len(live))
+    return study
+
+
+def _cell_key(trial: Any) -> tuple[Any, Any, Any]:
+    """(variant, repeat, fold) of a trial; a queued trial keeps them as Optuna's fixed parameters."""
+    params = trial.params or trial.system_attrs.get("fixed_params", {})
+    return params.get("variant"), params.get("repeat"), params.get("fold")
+
+
+def run_worker(spec: StudySpec, out: Path, storage_url: str | None = None, *, max_trials: int | None = None) -> int:
+    """Run queued cells (variants, grid) or search trials until none is left; returns how many this worker ran."""
+    import optuna
+    from optuna.trial import TrialState
+
+    configs = check_study(spec)
+    base = next(iter(configs.values()))
+    url = storage_url or default_storage(out)
+    study = _optuna_study(spec, open_storage(url), create=False)
+    variants = spec.variant_overrides()
+    ran = 0
+
+    def objective(trial: optuna.Trial) -> float:
+        if spec.search is not None:
+            overrides = _suggest(trial, spec)
+            values = []
+            for r in range(spec.cv.repeats):
+                for k in range(spec.cv.folds):
+                    cell = run_cell(spec, base, out, f"search_t{trial.number:03d}", overrides, r, k)
+                    values.append(cell[spec.metric])
+            trial.set_user_attr("overrides", overrides)
+            trial.set_user_attr("cells", values)
+            return float(np.nanmean(values))
+        variant = trial.suggest_categorical("variant", list(variants))
+        repeat = trial.suggest_int("repeat", 0, spec.cv.repeats - 1)
+        fold = trial.suggest_int("fold", 0, spec.cv.folds - 1)
+        try:
+            cell = run_cell(spec, base, out, variant, variants[variant], repeat, fold)
+        except Exception as exc:
+            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
+            logger.error("%s repeat %d fold %d failed: %s: %s", variant, repeat, fold, type(exc).__name__, exc)
+            raise
+        trial.set_user_attr("cell", {k: v for k, v in cell.items() if k not in ("variant", "repeat", "fold")})
+        value = cell[spec.metric]
+        return float(value) if value is not None and value == value else float("nan")
+
+    def waiting() -> int:
+        return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+    while True:
+        if spec.search is not None:
+            done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)))
+            if done >= spec.search.trials:
+                break
+        elif waiting() == 0:
+            break
+        if max_trials is not None and ran >= max_trials:
+            break
+        # One trial at a time, so a worker re-checks the queue (and a search its budget) between trials;
+        # catch=Exception: a crashed cell is recorded as failed (with its error) and the study goes on.
+        study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+        ran += 1
+    return ran
+
+
+def _suggest(trial: Any, spec: StudySpec) -> list[str]:
+    from mammobench.experiments.study import _yaml_value
+
+    assert spec.search is not None
+    overrides = []
+    for key, p in spec.search.params.items():
+        if p.choices is not None:
+            value = trial.suggest_categorical(key, p.choices)
+        elif p.integer:
+            value = trial.suggest_int(key, int(p.low or 0), int(p.high or 0), log=p.log, step=int(p.step or 1))
+        else:
+            value = trial.suggest_float(key, float(p.low or 0), float(p.high or 0), log=p.log, step=p.step)
+        overrides.append(f"{key}={_yaml_value(value)}")
+    return overrides
+
+
+# --------------------------------------------------------------------------- the whole command
+
+
+def ablate(
+    study_file: str | Path,
+    *,
+    out: str | Path | None = None,
+    storage: str | None = None,
+    worker: bool = False,
+    setup_only: bool = False,
+    report_only: bool = False,
+) -> AblationResult | None:
+    """Run a study from its file: set up (folds, queue), run every cell, write the report.
+
+    Args:
+        study_file: the study YAML (see :mod:`mammobench.experiments.study`).
+        out: study folder (default ``studies/<name>``); re-running the same command resumes.
+        storage: an Optuna RDB URL (``postgresql://user:pw@host/db``) shared by several workers; default
+            SQLite in the study folder.
+        worker: only run queued cells and return (no setup, no report): a SLURM array task.
+        setup_only: validate, write the folds and queue the cells; train nothing.
+        report_only: write the report from the cells finished so far.
+
+    Returns:
+        The result with the report paths, or ``None`` for ``worker`` / ``setup_only``.
+    """
+    from mammobench.experiments.report import summarise, write_ablation_report
+
+    spec = load_study(study_file)
+    folder = Path(out) if out is not None else Path("studies") / spec.name
+    folder.mkdir(parents=True, exist_ok=True)
+    if not worker and not report_only:
+        copy = folder / "study.yaml"
+        text = Path(study_file).read_text()
+        if not copy.is_file() or copy.read_text() != text:
+            atomic_write_text(copy, text)
+        setup(spec, folder, storage)
+        atomic_write_json(folder / "environment.json", {**environment_info(), "created": utc_now(),
+                                                         "storage": _redact(storage or default_storage(folder))})
+    if setup_only:
+        return None
+    if not report_only:
+        n = run_worker(spec, folder, storage)
+        logger.info("this process ran %d trial(s)", n)
+    if worker:
+        return None
+    study = _optuna_study(spec, open_storage(storage or default_storage(folder)), create=False)
+    cells, table, summary = summarise(spec, study, folder)
+    md, html = write_ablation_report(spec, folder, cells, table, summary)
+    buf = io.StringIO()
+    cells.to_csv(buf, index=False)
+    atomic_write_text(folder / "cells.csv", buf.getvalue())
+    atomic_write_json(folder / "summary.json", summary)
+    return AblationResult(folder, spec, cells, table, summary, md, html)

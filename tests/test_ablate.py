@@ -1,0 +1,225 @@
+"""``mammobench ablate``: study files checked before training, repeated CV cells run once each through
+Optuna (SQLite and a real PostgreSQL server), resume, failed cells, the statistics and the report."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from mammobench.experiments.ablate import ablate, default_storage, open_storage, run_worker, setup
+from mammobench.experiments.stats import corrected_mean
+from mammobench.experiments.study import StudyError, load_study
+
+TINY = ["output.tensorboard=false", "stages.head_epochs=0", "stages.finetune_epochs=1", "data.batch_size=16",
+        "trainer.limit_train_batches=2", "trainer.early_stopping_patience=null"]
+
+
+def study_file(tmp_path: Path, manifest: Path, **extra) -> Path:
+    spec = {"name": "tiny", "base": "demo_cnn", "set": [f"data.manifest={manifest}", *TINY], "baseline": "default",
+            "variants": {"default": [], "ce": ["loss.name=ce"]}, "cv": {"repeats": 2, "folds": 2, "seed": 0},
+            "n_boot": 20}
+    spec.update(extra)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _trials(out: Path, name: str = "tiny"):
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=open_storage(default_storage(out))).get_trials()
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def test_corrected_resampled_t_is_wider_than_the_naive_one():
+    rng = np.random.default_rng(0)
+    d = rng.normal(0.03, 0.05, 25)
+    c = corrected_mean(d, test_train_ratio=0.25)
+    naive_se = d.std(ddof=1) / np.sqrt(25)
+    assert c.se == pytest.approx(d.std(ddof=1) * np.sqrt(1 / 25 + 0.25))
+    assert c.se > 2 * naive_se and c.ci[0] < c.mean < c.ci[1] and 0 < c.p < 1
+    assert corrected_mean(np.array([np.nan, 0.5]), test_train_ratio=0.25).n == 1
+
+
+# --------------------------------------------------------------------------- bad study files
+
+
+def test_bad_study_files_fail_before_training(tmp_path, demo_prepared):
+    m = demo_prepared.out
+    cases = [
+        ({"variants": {"default": [], "x": ["optim.learnrate=1"]}}, "variant 'x'.*optim.learnrate: unknown key"),
+        ({"variants": {"default": [], "same": []}}, "variant 'same' has no overrides"),
+        ({"variants": {"default": [], "same": ["loss.name=focal"]}}, "sets only what the base already has"),
+        ({"variants": {}, "grid": {"optim.lrr": [1e-3]}}, "grid.optim.lrr: 'optim.lrr' is not a config key"),
+        ({"baseline": "nope"}, "baseline 'nope' is not one of the variants"),
+        ({"surprise": 1}, "surprise: unknown key"),
+        ({"cv": {"repeats": 1, "folds": 1}}, "cv.folds"),
+    ]
+    for extra, message in cases:
+        with pytest.raises(StudyError, match=message):
+            load_study(study_file(tmp_path, m, **extra))
+    with pytest.raises(StudyError, match="has 40 patients: too few for 50 folds"):
+        ablate(study_file(tmp_path, m, cv={"repeats": 1, "folds": 50}), out=tmp_path / "s1")
+    with pytest.raises(StudyError, match=r"cannot open the study storage postgresql://u:\*\*\*@127.0.0.1:1/x"):
+        ablate(study_file(tmp_path, m), out=tmp_path / "s2", storage="postgresql://u:secret@127.0.0.1:1/x")
+    assert not (tmp_path / "s1" / "runs").exists() and not (tmp_path / "s2" / "runs").exists()
+
+
+# --------------------------------------------------------------------------- SQLite: run, resume, report
+
+
+def test_study_runs_every_cell_once_resumes_and_reports(tmp_path, demo_prepared):
+    path = study_file(tmp_path, demo_prepared.out)
+    spec = load_study(path)
+    out = tmp_path / "study"
+    setup(spec, out)
+    assert run_worker(spec, out, max_trials=3) == 3  # "interrupted" after three cells
+    # A process killed mid-trial leaves it RUNNING in SQLite: the next start must re-queue that cell.
+    import optuna
+
+    storage = open_storage(default_storage(out))
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))[0]
+    storage.set_trial_state_values(waiting._trial_id, state=optuna.trial.TrialState.RUNNING)
+    first_runs = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/*/model.safetensors")}
+    assert len(first_runs) == 3
+
+    result = ablate(path, out=out)
+    trials = _trials(out)
+    done = [t for t in trials if t.state.name == "COMPLETE"]
+    cells = {(t.params["variant"], t.params["repeat"], t.params["fold"]) for t in done}
+    assert len(done) == len(cells) == 8  # 2 variants x 2 repeats x 2 folds, each exactly once
+    assert any(t.state.name == "FAIL" and "interrupted" in t.user_attrs.get("error", "") for t in trials)
+    assert all(p.stat().st_mtime_ns == m for p, m in first_runs.items())  # finished cells were not re-trained
+    assert result is not None and len(result.cells) == 8
+    s = result.summary
+    assert s["variants"]["ce"]["difference"]["n"] == 4 and "Nadeau" in s["test"]
+    assert len(s["variants"]["default"]["pooled_oof_auc"]["per_repeat"]) == 2
+    for name in ("report.md", "report.html", "cells.csv", "summary.json", "forest.png", "study.yaml",
+                 "folds/repeat0/manifest.csv", "folds/repeat1/manifest.csv"):
+        assert (out / name).is_file(), name
+    html = (out / "report.html").read_text()
+    assert "corrected resampled t-test" in html and "data:image/png;base64" in html
+    # Repeats use different folds, and every variant the same ones.
+    f0 = (out / "folds/repeat0/manifest.csv").read_text()
+    assert f0 != (out / "folds/repeat1/manifest.csv").read_text()
+    # Running the finished study again trains nothing.
+    again = ablate(path, out=out)
+    assert again is not None and len(_trials(out)) == len(trials)
+
+
+def test_a_crashing_cell_is_recorded_and_the_study_goes_on(tmp_path, demo_prepared):
+    path = study_file(tmp_path, demo_prepared.out, cv={"repeats": 1, "folds": 2, "seed": 0},
+                      variants={"default": [], "broken": ["model.pretrained=/nonexistent/weights.safetensors"]})
+    result = ablate(path, out=tmp_path / "study")
+    failed = result.summary["failed"]
+    assert len(failed) == 2 and all("does not exist" in f["error"] for f in failed)
+    assert result.summary["variants"]["default"]["cells"] == 2
+    assert "Failed cells" in (tmp_path / "study" / "report.md").read_text()
+
+
+def test_grid_and_search_designs(tmp_path, demo_prepared):
+    grid = load_study(study_file(tmp_path, demo_prepared.out, variants={}, grid={"optim.lr": [0.001, 0.003]}))
+    assert list(grid.variant_overrides()) == ["default", "optim.lr=0.001", "optim.lr=0.003"]
+    path = study_file(tmp_path, demo_prepared.out, variants={}, cv={"repeats": 1, "folds": 2, "seed": 0},
+                      search={"trials": 2, "params": {"optim.lr": {"low": 1e-4, "high": 1e-2, "log": True},
+                                                      "loss.name": {"choices": ["ce", "focal"]}}})
+    result = ablate(path, out=tmp_path / "search")
+    assert result is not None and result.summary["best"]["overrides"]
+    assert len([t for t in _trials(tmp_path / "search") if t.state.name == "COMPLETE"]) == 2
+
+
+def test_cli_ablate_end_to_end(tmp_path, demo_prepared):
+    from typer.testing import CliRunner
+
+    from mammobench.cli import app
+
+    path = study_file(tmp_path, demo_prepared.out, cv={"repeats": 1, "folds": 2, "seed": 0})
+    res = CliRunner().invoke(app, ["ablate", str(path), "--out", str(tmp_path / "cli"), "--setup-only"])
+    assert res.exit_code == 0, res.output
+    assert "queued" in res.output and not (tmp_path / "cli" / "runs").exists()
+    res = CliRunner().invoke(app, ["ablate", str(path), "--out", str(tmp_path / "cli"), "--worker", "--report-only"])
+    assert res.exit_code == 2 and "exclude each other" in res.output
+
+
+# --------------------------------------------------------------------------- PostgreSQL, two workers
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def postgres():
+    """A throw-away PostgreSQL server (Debian's package) on a temporary data directory and a local port."""
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not bins and shutil.which("initdb") is None:
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql; .ci/run does it)")
+    pytest.importorskip("psycopg", reason="the PostgreSQL driver psycopg is not installed (pip install 'mammobench[cluster]')")
+    bindir = Path(bins[-1]).parent if bins else Path(shutil.which("initdb") or "").parent
+    import tempfile
+
+    # Not under pytest's own temporary folder: that one is private to root, and the server runs as postgres.
+    root = Path(tempfile.mkdtemp(prefix="mammobench-pg-"))
+    data, sock = root / "data", root / "sock"
+    sock.mkdir()
+    prefix: list[str] = []
+    if os.geteuid() == 0:  # the server refuses to run as root
+        import pwd
+
+        try:
+            pw = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no 'postgres' user to run the server as")
+        os.chown(root, pw.pw_uid, pw.pw_gid)
+        os.chown(sock, pw.pw_uid, pw.pw_gid)
+        os.chmod(root, 0o755)
+        prefix = ["runuser", "-u", "postgres", "--"]
+    port = _free_port()
+    subprocess.run([*prefix, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+                   check=True, capture_output=True)
+    subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "log"), "-o",
+                    f"-p {port} -k {sock} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
+    try:
+        subprocess.run([*prefix, str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "mb"],
+                       check=True, capture_output=True)
+        yield f"postgresql://postgres@127.0.0.1:{port}/mb"
+    finally:
+        subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_two_workers_share_one_postgresql_study(tmp_path, demo_prepared, postgres):
+    path = study_file(tmp_path, demo_prepared.out)
+    out = tmp_path / "pgstudy"
+    ablate(path, out=out, storage=postgres, setup_only=True)
+    cmd = [sys.executable, "-m", "mammobench.cli", "ablate", str(path), "--out", str(out), "--storage", postgres, "--worker"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    started = time.time()
+    workers = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [w.communicate(timeout=300)[0] for w in workers]
+    assert all(w.returncode == 0 for w in workers), outputs
+    result = ablate(path, out=out, storage=postgres, report_only=True)
+    import optuna
+
+    trials = optuna.load_study(study_name="tiny", storage=open_storage(postgres)).get_trials()
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    keys = [(t.params["variant"], t.params["repeat"], t.params["fold"]) for t in complete]
+    assert len(keys) == len(set(keys)) == 8 and len(trials) == 8  # every cell ran exactly once
+    ran = [int(o.split("this process ran ")[1].split()[0]) for o in outputs if "this process ran " in o]
+    assert sum(ran) == 8 and time.time() - started < 300
+    assert result is not None and result.summary["variants"]["ce"]["cells"] == 4

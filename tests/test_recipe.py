@@ -1,0 +1,194 @@
+"""The training recipe's foundations: sane new heads, a model that can overfit one batch, the intensity
+window measured on the whole image, guard-rail warnings and the threshold fallback."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mammobench.config import load_config
+from mammobench.data.manifest import read_manifest, read_manifest_info, write_manifest
+from mammobench.data.preprocess import PreprocessSettings, preprocess_array
+from mammobench.evaluation.metrics import UndefinedMetricWarning, select_threshold
+from mammobench.models.factory import create_model, init_head, resolve_input_config
+from mammobench.training.checks import history_warnings, initial_loss_warning, split_warnings
+from mammobench.training.fit import fit
+
+from .conftest import WEIGHTS, requires_shared
+
+# One tiny timm model per architecture family the presets use (ResNet, EfficientNet, ConvNeXt, ViT).
+FAMILIES = ["test_resnet", "test_efficientnet", "test_convnext", "test_vit"]
+
+
+def _initial_loss(model: torch.nn.Module, num_classes: int, size: int, seed: int = 0) -> float:
+    g = torch.Generator().manual_seed(seed)
+    model.eval()
+    x = (torch.rand(32, 1, size, size, generator=g) - 0.5) / 0.25
+    y = torch.randint(0, num_classes, (32,), generator=g)
+    with torch.no_grad():
+        return float(F.cross_entropy(model(x), y))
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_every_family_starts_at_chance(name, num_classes):
+    torch.manual_seed(0)
+    model, _ = create_model(name, num_classes=num_classes, pretrained="none")
+    loss = _initial_loss(model, num_classes, resolve_input_config(model).size)
+    assert loss == pytest.approx(math.log(num_classes), rel=0.1)
+
+
+@requires_shared
+@pytest.mark.parametrize(("name", "file"), [("tf_efficientnet_lite0", "tf_efficientnet_lite0.safetensors"),
+                                            ("mobilenetv2_100", "mobilenetv2_100.safetensors")])
+def test_pretrained_efficientnet_heads_start_at_chance_only_when_reinitialised(name, file):
+    """timm draws these heads in +-1/sqrt(C): on pretrained features the first logits are several units."""
+    torch.manual_seed(0)
+    small, _ = create_model(name, num_classes=2, pretrained=str(WEIGHTS / file), head_init="small")
+    torch.manual_seed(0)
+    as_built, _ = create_model(name, num_classes=2, pretrained=str(WEIGHTS / file), head_init="timm")
+    assert _initial_loss(small, 2, 224) == pytest.approx(math.log(2), rel=0.1)
+    assert _initial_loss(as_built, 2, 224) > 1.5 * math.log(2)
+
+
+def test_init_head_touches_only_the_head():
+    model, _ = create_model("test_resnet", num_classes=3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    names = init_head(model)
+    assert set(names) == {"fc.weight", "fc.bias"}
+    after = model.state_dict()
+    assert torch.equal(after["fc.bias"], torch.zeros(3)) and after["fc.weight"].std() < 0.02
+    assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("fc."))
+
+
+def _tiny_manifest(demo_prepared, tmp_path, n_train=16):
+    frame = read_manifest(demo_prepared.out)
+    train = frame[frame["split"] == "train"].groupby("label").head(n_train // 3 + 1).head(n_train)
+    keep = pd.concat([train, frame[frame["split"].isin(["val", "test"])]])
+    write_manifest(keep, tmp_path / "tiny", read_manifest_info(demo_prepared.out))
+    return tmp_path / "tiny", len(train)
+
+
+def test_one_batch_overfit(demo_prepared, tmp_path):
+    """The whole training set is one batch: a working model, loss and optimiser drive its loss near zero."""
+    manifest, n = _tiny_manifest(demo_prepared, tmp_path)
+    cfg = load_config("demo_cnn", [
+        f"data.manifest={manifest}", f"data.cache_dir={demo_prepared.out / 'cache'}", f"output.dir={tmp_path / 'runs'}",
+        "output.tensorboard=false", f"data.batch_size={n}", "data.sampler=none", "data.augment.enabled=false",
+        "loss.name=ce", "optim.lr=3e-3", "optim.weight_decay=0", "optim.warmup_epochs=0", "optim.min_lr_ratio=1",
+        "stages.head_epochs=0", "stages.finetune_epochs=40", "trainer.limit_val_batches=1",
+    ])
+    history = fit(cfg).history
+    assert history["train/loss"].iloc[0] > 0.5
+    assert history["train/loss"].iloc[-1] < 0.05
+
+
+# --------------------------------------------------------------------------- the intensity window
+
+
+def _film_with_lesions() -> tuple[np.ndarray, tuple[int, int, int, int], tuple[int, int, int, int]]:
+    """A breast with a bright (dense) and a faint lesion: both crops hold a disc on the same background."""
+    rng = np.random.default_rng(0)
+    img = np.zeros((400, 300), np.float32)
+    img[:, :220] = 0.35 + 0.02 * rng.standard_normal((400, 220)).astype(np.float32)
+    yy, xx = np.mgrid[0:400, 0:300]
+    img[(yy - 100) ** 2 + (xx - 100) ** 2 < 20**2] = 0.9   # dense lesion
+    img[(yy - 300) ** 2 + (xx - 100) ** 2 < 20**2] = 0.45  # faint lesion
+    return np.clip(img, 0, 1), (60, 60, 140, 140), (60, 260, 140, 340)
+
+
+def test_image_window_keeps_relative_density_and_crop_window_erases_it():
+    img, dense, faint = _film_with_lesions()
+    image_win = PreprocessSettings(size=32, window_from="image", canonical_side="none", crop_breast=False)
+    crop_win = PreprocessSettings(size=32, window_from="crop", canonical_side="none", crop_breast=False)
+
+    def centre(settings, roi):
+        return float(preprocess_array(img, settings, roi=roi)[12:20, 12:20].mean())
+
+    assert centre(image_win, dense) - centre(image_win, faint) > 0.3   # the dense lesion stays brighter
+    assert abs(centre(crop_win, dense) - centre(crop_win, faint)) < 0.05  # per-crop stretch: both look alike
+    fixed = PreprocessSettings(size=32, window_from="fixed", canonical_side="none", crop_breast=False)
+    assert centre(fixed, dense) == pytest.approx(0.9, abs=0.02)
+
+
+def test_crop_files_fall_back_to_fixed_scaling():
+    img, dense, _ = _film_with_lesions()
+    crop = img[dense[1]:dense[3], dense[0]:dense[2]]
+    out = preprocess_array(crop, PreprocessSettings(size=32, window_from="image"), full_image=False)
+    assert float(out.max()) == pytest.approx(0.9, abs=0.02) and float(out.min()) > 0.2
+
+
+# --------------------------------------------------------------------------- guard rails
+
+
+def test_split_warnings_name_small_classes():
+    counts = {"train": {"BENIGN": 50, "MALIGNANT": 40}, "val": {"BENIGN": 3, "MALIGNANT": 12}, "test": {"BENIGN": 30, "MALIGNANT": 30}}
+    out = split_warnings(counts)
+    assert len(out) == 1 and "val split holds only 3 BENIGN" in out[0]
+    assert split_warnings({"val": {"A": 10}, "test": {"A": 12}}) == []
+
+
+def test_initial_loss_and_history_warnings():
+    assert initial_loss_warning(0.70, math.log(2)) == []
+    assert "10.1x" in initial_loss_warning(7.0, math.log(2))[0]
+    flat = pd.DataFrame({"epoch": [0, 1, 2], "val/auc_macro": [0.0, 0.0, 0.0], "train/loss": [0.7, 0.71, 0.72]})
+    out = history_warnings(flat, "val/auc_macro")
+    assert any("every epoch" in w for w in out) and any("did not fall" in w for w in out)
+    nan = pd.DataFrame({"epoch": [0, 1], "val/auc_macro": [float("nan")] * 2, "train/loss": [0.7, 0.5]})
+    assert "undefined (NaN)" in history_warnings(nan, "val/auc_macro")[0]
+    good = pd.DataFrame({"epoch": [0, 1, 2], "val/loss": [0.7, 0.6, 0.5], "train/loss": [0.7, 0.6, 0.5]})
+    assert history_warnings(good, "val/loss") == []
+
+
+def test_runs_record_their_warnings(demo_prepared, tmp_path):
+    cfg = load_config("demo_cnn", [
+        f"data.manifest={demo_prepared.out}", f"output.dir={tmp_path}", "output.tensorboard=false",
+        "stages.finetune_epochs=1", "trainer.limit_train_batches=1", "model.head_init=timm",
+    ])
+    run = fit(cfg).run_dir
+    info = json.loads((run / "run.json").read_text())
+    assert info["initial_loss"] == pytest.approx(info["initial_loss"]) and info["uniform_loss"] > 0
+    assert any("val split holds only" in w for w in info["warnings"])  # the demo's validation set is small
+
+
+# --------------------------------------------------------------------------- threshold fallback
+
+
+def test_threshold_falls_back_on_tiny_or_degenerate_validation_sets():
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(20, bool), np.zeros(20, bool)]
+    score = np.where(y, rng.uniform(0.4, 1, 40), rng.uniform(0, 0.6, 40))
+    ok = select_threshold(y, score)
+    assert ok.rule == "youden" and 0 < ok.value < 1 and not ok.reason
+    with pytest.warns(UndefinedMetricWarning, match="fewer than 5"):
+        tiny = select_threshold(np.array([True, False, False, True]), np.array([0.9, 0.1, 0.2, 1.0]))
+    assert tiny.value == 0.5 and tiny.rule == "fallback 0.5" and "2 positive(s)" in tiny.reason
+    with pytest.warns(UndefinedMetricWarning, match="one class only"):
+        assert select_threshold(np.zeros(10, bool), np.linspace(0, 1, 10)).value == 0.5
+    # Every positive scored exactly 1.0: Youden picks 1.0, which would never call anything on new data.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        top = select_threshold(np.r_[np.ones(6, bool), np.zeros(6, bool)], np.r_[np.ones(6), np.full(6, 0.2)])
+    assert top.value == 0.5 and "calls every case one way" in top.reason
+
+
+def test_bundle_and_page_state_the_fallback(trained_runs, tmp_path):
+    from mammobench.serving.bundle import export_bundle, read_bundle_meta
+    from mammobench.serving.predictor import Predictor
+    from mammobench.serving.web import describe
+
+    bundle = export_bundle(trained_runs["cnn"], tmp_path / "bundle")
+    t = read_bundle_meta(bundle).thresholds["MALIGNANT"]
+    assert t.rule in ("youden", "fallback 0.5")
+    if t.rule.startswith("fallback"):
+        assert t.value == 0.5 and t.reason
+        assert "fallback 0.5" in describe(Predictor.from_bundle(bundle))
+    else:
+        assert 0 < t.value < 1
