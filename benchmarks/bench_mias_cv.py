@@ -22,7 +22,7 @@ import torch
 from mammobench.config import load_config
 from mammobench.data.prepare import prepare
 from mammobench.data.preprocess import PreprocessSettings
-from mammobench.evaluation.crossval import crossval
+from mammobench.experiments.crossval import crossval
 
 
 def main() -> None:

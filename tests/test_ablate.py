@@ -118,6 +118,16 @@ def test_study_runs_every_cell_once_resumes_and_reports(tmp_path, demo_prepared)
     # Running the finished study again trains nothing.
     again = ablate(path, out=out)
     assert again is not None and len(_trials(out)) == len(trials)
+    # A study file changed under finished cells is refused, naming what changed; a new variant is welcome.
+    changed = yaml.safe_load(path.read_text())
+    changed["variants"]["ce"] = ["loss.name=ce", "optim.lr=0.01"]
+    path.write_text(yaml.safe_dump(changed))
+    with pytest.raises(StudyError, match="started with another variant 'ce'"):
+        ablate(path, out=out)
+    changed["set"].append("optim.weight_decay=0")
+    path.write_text(yaml.safe_dump(changed))
+    with pytest.raises(StudyError, match="started with another set"):
+        ablate(path, out=out, setup_only=True)
 
 
 def test_a_crashing_cell_is_recorded_and_the_study_goes_on(tmp_path, demo_prepared):

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from mammobench.data.dicom import ImageReadError
-from mammobench.evaluation.compare import CompareError, compare
 from mammobench.evaluation.evaluate import evaluate
 from mammobench.evaluation.explain import explain_arrays, explain_files, gradcam
 from mammobench.evaluation.inference import load_run_model
+from mammobench.experiments.compare import CompareError, compare
 from mammobench.training.rundir import RunError
 
 from .conftest import write_png
@@ -114,7 +114,7 @@ def test_compare_refuses_different_data_and_labels(trained_runs, demo_prepared, 
 
 
 def test_compare_refuses_runs_with_different_label_sets(trained_runs, tmp_path):
-    from mammobench.evaluation.compare import ModelResult, _check_runs
+    from mammobench.experiments.compare import ModelResult, _check_runs
 
     other = tmp_path / "other"
     shutil.copytree(trained_runs["vit"], other)

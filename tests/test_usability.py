@@ -123,7 +123,7 @@ def test_excel_cp1252_tables_are_read_with_a_note(tmp_path):
 
     img = write_png(tmp_path / "a.png", np.full((32, 32), 120, np.uint8))
     table = tmp_path / "t.csv"
-    table.write_bytes("path,label,patient_id,lesion_type\n".encode() + f"{img.name},BENIGN,Zoë,mass\n".encode("cp1252"))
+    table.write_bytes(b"path,label,patient_id,lesion_type\n" + f"{img.name},BENIGN,Zoë,mass\n".encode("cp1252"))
     result = load_table(table)
     assert result.records["patient_id"].tolist() == ["Zoë"]
     assert any("Windows-1252" in n and "line 2" in n for n in result.notes)
@@ -296,7 +296,7 @@ def test_vit_maps_are_not_flat_and_cnn_maps_still_work(trained_runs, demo_prepar
 
 
 def test_gallery_samples_across_classes():
-    from mammobench.evaluation.compare import _across_classes
+    from mammobench.experiments.compare import _across_classes
 
     true = np.array(["A", "A", "A", "B", "B", "C"])
     score = np.array([0.99, 0.98, 0.97, 0.6, -1.0, 0.7])

@@ -251,7 +251,7 @@ def compare(
     gallery: Annotated[int, typer.Option(help="Grad-CAM examples per model and kind (correct/wrong).")] = 4,
 ) -> None:
     """Train (or reuse) several models on the identical split and write report.md / report.html."""
-    from mammobench.evaluation.compare import compare as run_compare
+    from mammobench.experiments.compare import compare as run_compare
 
     try:
         result = run_compare(configs, out, overrides=set_, tta=tta, n_boot=n_boot, gallery=gallery, show_progress=True)
@@ -274,7 +274,7 @@ def crossval(
     overwrite: Annotated[bool, typer.Option(help="Retrain folds that already finished.")] = False,
 ) -> None:
     """Train and test on every fold of a k-fold manifest; AUC per fold, mean, spread, pooled."""
-    from mammobench.evaluation.crossval import crossval as run_cv
+    from mammobench.experiments.crossval import crossval as run_cv
 
     try:
         result = run_cv(config, overrides=set_, n_boot=n_boot, overwrite=overwrite, show_progress=True)

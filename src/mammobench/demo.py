@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mammobench.data.prepare import prepare
 from mammobench.data.preprocess import PreprocessSettings
-from mammobench.evaluation.compare import CompareResult, compare
+from mammobench.experiments.compare import CompareResult, compare
 
 DEMO_CONFIGS = ("demo_cnn", "demo_vit")
 

@@ -27,7 +27,7 @@ import numpy as np
 from mammobench.data.images import read_image
 from mammobench.data.options import PreprocessOptions, PreprocessSettings
 
-__all__ = ["PreprocessOptions", "PreprocessSettings", "load_and_preprocess", "preprocess_array"]
+__all__ = ["PreprocessOptions", "PreprocessSettings", "input_mismatch", "load_and_preprocess", "preprocess_array"]
 
 _THUMB = 512  # breast segmentation runs on a thumbnail of this long side
 
@@ -205,3 +205,19 @@ def load_and_preprocess(
 ) -> np.ndarray:
     """Read ``path`` with :func:`~mammobench.data.images.read_image` and run :func:`preprocess_array`."""
     return preprocess_array(read_image(path), settings, roi=roi, full_image=full_image)
+
+
+def input_mismatch(image: np.ndarray, *, mode: str, roi: tuple[int, int, int, int] | None) -> str:
+    """A warning when an image does not look like what the model was trained on; empty when it does.
+
+    A lesion-crop model given a whole mammogram answers confidently and means nothing: a whole image is
+    large and has a wide black background around the breast, a lesion crop is small and all tissue.
+    """
+    if mode == "full" or roi is not None:
+        return ""
+    h, w = image.shape
+    background = 1.0 - float(breast_mask(image).mean()) if max(h, w) >= 256 else 0.0
+    if max(h, w) >= 2000 or (max(h, w) >= 600 and background >= 0.25):
+        return (f"this looks like a whole mammogram ({w} x {h} px, {background:.0%} background) but the model was "
+                "trained on lesion crops: give the lesion box (--roi x0 y0 x1 y1) or a crop, or use a whole-image model")
+    return ""

@@ -15,6 +15,7 @@ Maps are computed on the preprocessed input and have its shape, in [0, 1].
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +26,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from mammobench.data.preprocess import load_and_preprocess
+from mammobench.data.images import read_image
+from mammobench.data.preprocess import input_mismatch, preprocess_array
 from mammobench.figures import pyplot, save_png
 from mammobench.runtime import MammobenchError
 from mammobench.training.rundir import ModelInfo
+
+logger = logging.getLogger(__name__)
 
 
 def target_layer(model: nn.Module) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor] | None]:
@@ -202,7 +206,13 @@ def explain_files(
         ImageReadError: a file that cannot be read (named).
     """
     full = (info.mode == "full" or roi is not None) if full_image is None else full_image
-    images = [load_and_preprocess(str(p), info.preprocess, roi=roi, full_image=full) for p in paths]
+    images = []
+    for p in paths:
+        raw = read_image(p)
+        note = input_mismatch(raw, mode=info.mode, roi=roi) if full_image is None else ""
+        if note:
+            logger.warning("%s: %s", p, note)
+        images.append(preprocess_array(raw, info.preprocess, roi=roi, full_image=full))
     results = []
     for path, image, (probs, pred, chosen, cam) in zip(paths, images, explain_arrays(model, info, images, target=target, device=device), strict=True):
         ex = Explanation(str(path), probs, info.labels[pred], info.labels[chosen], cam, image)

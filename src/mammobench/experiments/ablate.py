@@ -195,6 +195,8 @@ def run_cell(spec: StudySpec, base: Config, out: Path, variant: str, overrides: 
     cfg = study_config(spec, [*overrides, *cell_overrides(spec, base, out, variant, repeat, fold)])
     run_dir = cfg.output.dir / cfg.run_name()
     status = read_run_info(run_dir).get("status") if (run_dir / RUN_INFO).is_file() else None
+    if status is not None and (run_dir / "config.yaml").is_file():
+        _same_config(run_dir, cfg, variant)
     if status == "finished":
         logger.info("%s r%d f%d: reusing the finished run %s", variant, repeat, fold, run_dir)
     elif status is not None and (run_dir / "checkpoints" / "last.ckpt").is_file():
@@ -208,6 +210,23 @@ def run_cell(spec: StudySpec, base: Config, out: Path, variant: str, overrides: 
     return {"variant": variant, "repeat": repeat, "fold": fold, "n_test": int(ev.metrics["n"]), "n_train": n_train,
             **{k: (v["value"] if isinstance(v, dict) else v) for k, v in m.items()},
             "run_dir": str(run_dir), "predictions": str(ev.out_dir / "predictions.csv")}
+
+
+def _same_config(run_dir: Path, cfg: Config, variant: str) -> None:
+    """A run folder of this cell made with another config (the study file changed) must not be reused."""
+    from mammobench.config import load_config
+
+    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    old, new = flat(load_config(run_dir / "config.yaml").model_dump(mode="json")), flat(cfg.model_dump(mode="json"))
+    differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if differ:
+        raise StudyError(f"variant {variant!r}: {run_dir} was trained with another config ({', '.join(differ[:5])} differ): "
+                         "the study file changed since its cells ran; use a new study folder (--out) or restore the file")
 
 
 # --------------------------------------------------------------------------- the study
@@ -234,18 +253,34 @@ def _optuna_study(spec: StudySpec, storage: Any, *, create: bool) -> Any:
             time.sleep(2)
 
 
+def _check_unchanged(spec: StudySpec, previous: dict[str, Any] | None) -> None:
+    """A study may gain variants when resumed, but what its finished cells were trained with must not change."""
+    if not previous:
+        return
+    now = spec.model_dump(mode="json")
+    changed = [k for k in ("base", "set", "cv", "metric", "tta", "search") if previous.get(k) != now.get(k)]
+    old_variants = StudySpec.model_validate(previous).variant_overrides() if previous.get("name") else {}
+    changed += [f"variant {name!r}" for name, overrides in spec.variant_overrides().items()
+                if name in old_variants and old_variants[name] != overrides]
+    if changed:
+        raise StudyError(f"study {spec.name!r} was started with another {', '.join(changed)}: its finished cells would "
+                         "no longer match the file. Use a new study folder (--out), or restore the file; adding "
+                         "variants is fine")
+
+
 def setup(spec: StudySpec, out: Path, storage_url: str | None = None) -> Any:
     """Validate the study, write its folds and queue every cell not yet done (idempotent: resumes)."""
     import optuna
     from optuna.trial import TrialState
 
-    configs = check_study(spec)
-    base = next(iter(configs.values()))
+    check_study(spec)
+    base = study_config(spec, [])
     out.mkdir(parents=True, exist_ok=True)
     make_folds(spec, base, out)
     url = storage_url or default_storage(out)
     storage = open_storage(url)
     study = _optuna_study(spec, storage, create=True)
+    _check_unchanged(spec, study.user_attrs.get("mammobench", {}).get("spec"))
     study.set_user_attr("mammobench", {"version": mammobench.__version__, "design": spec.design,
                                        "spec": spec.model_dump(mode="json")})
     local = url.startswith("sqlite")
@@ -282,8 +317,8 @@ def run_worker(spec: StudySpec, out: Path, storage_url: str | None = None, *, ma
     import optuna
     from optuna.trial import TrialState
 
-    configs = check_study(spec)
-    base = next(iter(configs.values()))
+    check_study(spec)
+    base = study_config(spec, [])
     url = storage_url or default_storage(out)
     study = _optuna_study(spec, open_storage(url), create=False)
     variants = spec.variant_overrides()

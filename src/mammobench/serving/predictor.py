@@ -23,7 +23,7 @@ import torch
 
 from mammobench.data.dicom import ImageReadError
 from mammobench.data.images import IMAGE_SUFFIXES, is_dicom, read_image
-from mammobench.data.preprocess import preprocess_array
+from mammobench.data.preprocess import input_mismatch, preprocess_array
 from mammobench.evaluation.inference import resolve_device
 from mammobench.models.factory import prefers_channels_last
 from mammobench.runtime import MammobenchError, atomic_write_text, progress
@@ -54,24 +54,6 @@ class Prediction:
         out.update({"predicted": self.predicted, "decision": self.decision, "threshold": self.threshold,
                     "error": self.error, "note": self.note})
         return out
-
-
-def input_mismatch(image: np.ndarray, *, mode: str, roi: tuple[int, int, int, int] | None) -> str:
-    """A warning when an image does not look like what the model was trained on; empty when it does.
-
-    A lesion-crop model given a whole mammogram answers confidently and means nothing: a whole image is
-    large and has a wide black background around the breast, a lesion crop is small and all tissue.
-    """
-    if mode == "full" or roi is not None:
-        return ""
-    from mammobench.data.preprocess import breast_mask
-
-    h, w = image.shape
-    background = 1.0 - float(breast_mask(image).mean()) if max(h, w) >= 256 else 0.0
-    if max(h, w) >= 2000 or (max(h, w) >= 600 and background >= 0.25):
-        return (f"this looks like a whole mammogram ({w} x {h} px, {background:.0%} background) but the model was "
-                "trained on lesion crops: give the lesion box (--roi x0 y0 x1 y1) or a crop, or use a whole-image model")
-    return ""
 
 
 def collect_images(paths: Iterable[str | Path]) -> list[Path]:

@@ -19,6 +19,7 @@ import numpy as np
 from mammobench.data.dicom import ImageReadError
 from mammobench.data.images import read_image
 from mammobench.data.manifest import parse_roi
+from mammobench.data.preprocess import input_mismatch
 from mammobench.runtime import MammobenchError
 from mammobench.serving.predictor import Predictor
 
@@ -86,7 +87,6 @@ def analyse(predictor: Predictor, file_path: str | None, roi_text: str = "", *, 
 def _analyse(predictor: Predictor, path: Path, roi_text: str, max_bytes: int
              ) -> tuple[dict[str, float] | None, str, np.ndarray | None]:
     from mammobench.evaluation.explain import overlay
-    from mammobench.serving.predictor import input_mismatch
 
     if not path.is_file():
         return None, "The uploaded file is gone (uploads are deleted after each prediction): upload it again.", None

@@ -415,7 +415,7 @@ def fit(
         })
         _settle_replaced(backup, run_dir, finished=status == "finished", started_training=True)
         logger.info("run %s %s: best %s = %s at epoch %s", run_dir, status, monitor,
-                    "n/a" if best_score is None else f"{best_score:.4g}", "n/a" if best_epoch is None else best_epoch + 1)
+                    "n/a" if best_score is None else f"{best_score:.4g}", "n/a" if best_epoch is None else best_epoch)
         return RunResult(run_dir, status, monitor, best_score, best_epoch, hist, seconds)
 
 
