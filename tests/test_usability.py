@@ -363,3 +363,14 @@ def test_every_readme_command_line_parses():
             sub.make_context(name, list(rest), parent=ctx)
         except click.UsageError as exc:
             raise AssertionError(f"README line does not parse: mammobench {' '.join(words)}: {exc}") from None
+
+
+def test_training_from_the_cli_is_free_of_lightning_chatter(demo_prepared, tmp_path):
+    code = ("from mammobench.cli import main\n"
+            f"main(['train', '--config', 'demo_cnn', '--set', 'data.manifest={demo_prepared.out}', 'output.dir={tmp_path}',"
+            " 'stages.finetune_epochs=1', 'trainer.limit_train_batches=1', 'output.tensorboard=false'])")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-2000:]
+    assert "finished after 1 epochs" in " ".join(out.split())
+    assert "GPU available" not in out and "Tip:" not in out and "stepping batches" not in out

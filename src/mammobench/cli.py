@@ -56,6 +56,25 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+_VERBOSE = False
+
+
+def _quiet_lightning() -> None:
+    """Route Lightning's loggers through ours (its INFO chatter then stops at the filter above).
+
+    Importing ``lightning`` adds its own stderr handlers ("INFO: GPU available: False ...") whatever the
+    root logger holds; the commands that train call this first, so only they pay for the import.
+    """
+    if _VERBOSE:
+        return
+    import lightning  # noqa: F401  (configures its loggers on import)
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning_fabric"):
+        log = logging.getLogger(name)
+        log.handlers.clear()
+        log.propagate = True
+
+
 def _version(value: bool) -> None:
     if value:
         import mammobench
@@ -70,6 +89,8 @@ def _main(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
 ) -> None:
+    global _VERBOSE
+    _VERBOSE = verbose
     _setup_logging(verbose)
 
 
@@ -163,6 +184,7 @@ def train(
     overwrite: Annotated[bool, typer.Option(help="Replace a finished run of the same name.")] = False,
 ) -> None:
     """Train a model from a config; writes a run directory (weights, curves, history, split, versions)."""
+    _quiet_lightning()
     from mammobench.config import load_config
     from mammobench.training.fit import fit
     from mammobench.training.fit import resume as resume_run
@@ -185,8 +207,8 @@ def train(
     console.print(f"Run [bold]{result.run_dir}[/] {result.status} after {info.get('epochs_run')} epochs, "
                   f"{result.train_seconds:.0f} s: best {result.monitor} = {score} (epoch {result.best_epoch}); "
                   f"weights kept from epoch {kept} ({'last' if kept == info.get('epochs_run') else 'best'})")
-    for w in info.get("warnings", []):
-        console.print(f"[yellow]warning:[/] {w}")
+    if info.get("warnings"):  # each was logged as it arose
+        console.print(f"[yellow]{len(info['warnings'])} warning(s)[/] about this run's numbers (above; kept in run.json)")
     console.print(f"Curves: {result.run_dir / 'curves.png'}   next: mammobench evaluate {result.run_dir}")
 
 
@@ -251,6 +273,7 @@ def compare(
     gallery: Annotated[int, typer.Option(help="Grad-CAM examples per model and kind (correct/wrong).")] = 4,
 ) -> None:
     """Train (or reuse) several models on the identical split and write report.md / report.html."""
+    _quiet_lightning()
     from mammobench.experiments.compare import compare as run_compare
 
     try:
@@ -274,6 +297,7 @@ def crossval(
     overwrite: Annotated[bool, typer.Option(help="Retrain folds that already finished.")] = False,
 ) -> None:
     """Train and test on every fold of a k-fold manifest; AUC per fold, mean, spread, pooled."""
+    _quiet_lightning()
     from mammobench.experiments.crossval import crossval as run_cv
 
     try:
@@ -298,6 +322,7 @@ def ablate(
     report_only: Annotated[bool, typer.Option(help="Write the report from the cells finished so far.")] = False,
 ) -> None:
     """Which training choices matter: every variant on the same repeated patient-grouped CV folds, paired tests."""
+    _quiet_lightning()
     from mammobench.experiments.ablate import ablate as run_ablate
 
     if sum((worker, setup_only, report_only)) > 1:
@@ -342,6 +367,7 @@ def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("demo_output"),
 ) -> None:
     """The built-in SYNTHETIC demo: prepare, train a small CNN and ViT, compare, write the report."""
+    _quiet_lightning()
     from mammobench.demo import run_demo
 
     console.print("[bold yellow]SYNTHETIC DEMO DATA[/] - generated images, not patients; the numbers say nothing about real mammograms.")

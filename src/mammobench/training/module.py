@@ -113,7 +113,7 @@ class LesionClassifier(pl.LightningModule):
         trainable = apply_stage(self.model, self.plan, stage=self.stage, unfreeze_blocks=unfreeze)
         if self.current_epoch in (0, self.stages.head_epochs):
             n = sum(p.numel() for name, p in self.model.named_parameters() if name in trainable)
-            logger.info("epoch %d: stage %d, %d trainable parameters", self.current_epoch, self.stage, n)
+            logger.info("epoch %d: stage %d, %d trainable parameters", self.current_epoch + 1, self.stage, n)
         self._train_sums = torch.zeros(3, device=self.device)
         self._epoch_started = time.perf_counter()
 
