@@ -192,3 +192,21 @@ def test_bundle_and_page_state_the_fallback(trained_runs, tmp_path):
         assert "fallback 0.5" in describe(Predictor.from_bundle(bundle))
     else:
         assert 0 < t.value < 1
+
+
+def test_a_validation_split_with_one_class_does_not_crash_a_run(demo_prepared, tmp_path):
+    """val/auc is NaN in every epoch (one class only): the run finishes, warns, and keeps the last weights."""
+    frame = read_manifest(demo_prepared.out)
+    val = frame[(frame["split"] == "val") & (frame["label"] == "BENIGN")]
+    keep = pd.concat([frame[frame["split"].isin(["train", "test"])], val])
+    write_manifest(keep, tmp_path / "oneclass", read_manifest_info(demo_prepared.out))
+    cfg = load_config("demo_cnn", [
+        f"data.manifest={tmp_path / 'oneclass'}", f"data.cache_dir={demo_prepared.out / 'cache'}",
+        f"output.dir={tmp_path / 'runs'}", "output.tensorboard=false", "stages.finetune_epochs=2",
+        "trainer.limit_train_batches=1", "trainer.monitor=val/auc_macro", "trainer.weights=last",
+        "trainer.early_stopping_patience=null",
+    ])
+    result = fit(cfg)
+    info = json.loads((result.run_dir / "run.json").read_text())
+    assert result.status == "finished" and result.best_epoch is None and info["kept_epoch"] == 2
+    assert any("undefined (NaN) in every epoch" in w for w in info["warnings"])

@@ -398,8 +398,10 @@ def fit(
             logger.warning("%s", w)
         warned += late
         best_score = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None
+        if best_score is not None and best_score != best_score:
+            best_score = None  # the monitored metric was undefined (NaN) in every epoch: warned above
         best_epoch = None
-        if best_score is not None and monitor in hist:
+        if best_score is not None and monitor in hist and hist[monitor].notna().any():
             best_epoch = int(hist.loc[(hist[monitor] - best_score).abs().idxmin(), "epoch"])
         kept_epoch = int(hist["epoch"].max()) if config.trainer.weights == "last" and len(hist) else best_epoch
         if len(hist):
