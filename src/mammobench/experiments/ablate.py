@@ -335,6 +335,9 @@ def run_worker(spec: StudySpec, out: Path, storage_url: str | None = None, *, ma
             trial.set_user_attr("overrides", overrides)
             trial.set_user_attr("cells", values)
             return float(np.nanmean(values))
+        if not trial.storage.get_trial_system_attrs(trial._trial_id).get("fixed_params"):
+            # Another worker took the last queued cell between our look at the queue and this trial: run nothing.
+            raise optuna.TrialPruned("no queued cell left")
         variant = trial.suggest_categorical("variant", list(variants))
         repeat = trial.suggest_int("repeat", 0, spec.cv.repeats - 1)
         fold = trial.suggest_int("fold", 0, spec.cv.folds - 1)
