@@ -190,3 +190,5 @@ def stop(app: Any) -> None:
     folder = getattr(app, "mammobench_upload_dir", None)
     if folder is not None:
         shutil.rmtree(folder, ignore_errors=True)
+        if os.environ.get("GRADIO_TEMP_DIR") == str(folder):
+            del os.environ["GRADIO_TEMP_DIR"]
