@@ -135,7 +135,7 @@ def test_a_crashing_cell_is_recorded_and_the_study_goes_on(tmp_path, demo_prepar
                       variants={"default": [], "broken": ["model.pretrained=/nonexistent/weights.safetensors"]})
     result = ablate(path, out=tmp_path / "study")
     failed = result.summary["failed"]
-    assert len(failed) == 2 and all("does not exist" in f["error"] for f in failed)
+    assert len(failed) == 2 and all("does not exist" in f["error"] and f["retried"] == "not yet" for f in failed)
     assert result.summary["variants"]["default"]["cells"] == 2
     assert "Failed cells" in (tmp_path / "study" / "report.md").read_text()
 

@@ -40,6 +40,9 @@ def _cells(study: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
     if len(cells):  # a cell re-run after a failure counts once (its latest success)
         cells = cells.sort_values("trial").drop_duplicates(["variant", "repeat", "fold"], keep="last")
         cells = cells.sort_values(["variant", "repeat", "fold"]).reset_index(drop=True)
+    done = set(zip(cells["variant"], cells["repeat"], cells["fold"], strict=True)) if len(cells) else set()
+    for f in failed:
+        f["retried"] = "completed later" if (f["variant"], f["repeat"], f["fold"]) in done else "not yet"
     return cells, pd.DataFrame(failed)
 
 
@@ -200,7 +203,8 @@ def write_ablation_report(spec: StudySpec, out: Path, cells: pd.DataFrame, table
         sections.append(results)
         failed = summary.get("failed") or []
         if failed:
-            sections.append(Section("Failed cells", text=["Recorded with their error; re-running the study retries them."],
+            sections.append(Section("Failed cells", text=["Recorded with their error; re-running the study retries "
+                                                          "those not completed since."],
                                     tables=[("", pd.DataFrame(failed))]))
         if len(cells):
             cols = [c for c in ("variant", "repeat", "fold", "n_train", "n_test", spec.metric, "run_dir") if c in cells]
