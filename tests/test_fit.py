@@ -186,3 +186,4 @@ def test_two_process_ddp_on_cpu(demo_prepared, tmp_path):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     info = json.loads((tmp_path / "demo_cnn" / "run.json").read_text())
     assert info["status"] == "finished" and info["epochs_run"] == 2
+

@@ -210,3 +210,58 @@ def test_a_validation_split_with_one_class_does_not_crash_a_run(demo_prepared, t
     info = json.loads((result.run_dir / "run.json").read_text())
     assert result.status == "finished" and result.best_epoch is None and info["kept_epoch"] == 2
     assert any("undefined (NaN) in every epoch" in w for w in info["warnings"])
+
+
+# --------------------------------------------------------------------------- validation split policy
+
+
+def test_auto_validation_split_only_when_it_can_rank_epochs():
+    from mammobench.data.splits import auto_val_fraction
+
+    small = pd.Series(["BENIGN"] * 60 + ["MALIGNANT"] * 40)
+    fraction, why = auto_val_fraction(small)
+    assert fraction == 0.0 and "MALIGNANT" in why and "no validation split" in why
+    large = pd.Series(["BENIGN"] * 300 + ["MALIGNANT"] * 100)
+    assert auto_val_fraction(large)[0] == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.0, "half"])
+def test_val_fraction_must_be_auto_or_a_share(value):
+    from mammobench.config import ConfigError
+
+    with pytest.raises(ConfigError, match="val_fraction"):
+        load_config("demo_cnn", [f"data.val_fraction={value}"])
+
+
+def test_a_small_kfold_run_trains_on_every_other_fold_and_says_so(demo_prepared, tmp_path):
+    """val_fraction auto on a small k-fold set: no validation split, last epoch kept, threshold fallback stated."""
+    from mammobench.data.splits import split_kfold
+    from mammobench.evaluation.evaluate import evaluate
+    from mammobench.serving.bundle import export_bundle, load_bundle
+
+    frame = read_manifest(demo_prepared.out).drop(columns=["fold"], errors="ignore").assign(split="cv")
+    folded, _ = split_kfold(frame, k=3, seed=0)
+    write_manifest(folded, tmp_path / "kfold", read_manifest_info(demo_prepared.out))
+    common = [f"data.manifest={tmp_path / 'kfold'}", f"data.cache_dir={demo_prepared.out / 'cache'}", "data.fold=0",
+              f"output.dir={tmp_path / 'runs'}", "output.tensorboard=false", "stages.finetune_epochs=2",
+              "trainer.limit_train_batches=1"]
+    result = fit(load_config("demo_cnn", [*common, "output.name=auto"]))
+    info = json.loads((result.run_dir / "run.json").read_text())
+    split = pd.read_csv(result.run_dir / "split.csv")
+    assert "val" not in set(split["split"]) and "val" not in info["counts"]
+    assert (split["split"] == "train").sum() == (folded["fold"] != 0).sum()  # every other fold trains
+    assert info["kept_weights"] == "last" and info["kept_epoch"] == 2 and "no validation split" in info["validation"]
+    assert result.monitor is None
+    ev = evaluate(result.run_dir, n_boot=0)
+    assert ev.metrics["threshold"]["rule"] == "fallback 0.5"
+    assert "no validation split" in ev.metrics["threshold"]["reason"]
+    bundle = load_bundle(export_bundle(result.run_dir, tmp_path / "bundle", onnx=False))
+    assert bundle.meta.thresholds["MALIGNANT"].chosen_on.startswith("none")
+
+    # Asking for the best epoch without a validation split is said, not silently ignored.
+    asked = fit(load_config("demo_cnn", [*common, "output.name=best", "data.val_fraction=0", "trainer.weights=best"]))
+    warned = json.loads((asked.run_dir / "run.json").read_text())["warnings"]
+    assert any("trainer.weights=best needs a validation split" in w for w in warned)
+    # An explicit share still carves one.
+    carved = fit(load_config("demo_cnn", [*common, "output.name=carved", "data.val_fraction=0.2"]))
+    assert "val" in set(pd.read_csv(carved.run_dir / "split.csv")["split"])

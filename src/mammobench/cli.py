@@ -204,8 +204,10 @@ def train(
 
     info = read_run_info(result.run_dir)
     kept = info.get("kept_epoch")
+    best = (f"best {result.monitor} = {score} (epoch {result.best_epoch})" if result.monitor
+            else "no validation split")
     console.print(f"Run [bold]{result.run_dir}[/] {result.status} after {info.get('epochs_run')} epochs, "
-                  f"{result.train_seconds:.0f} s: best {result.monitor} = {score} (epoch {result.best_epoch}); "
+                  f"{result.train_seconds:.0f} s: {best}; "
                   f"weights kept from epoch {kept} ({'last' if kept == info.get('epochs_run') else 'best'})")
     if info.get("warnings"):  # each was logged as it arose
         console.print(f"[yellow]{len(info['warnings'])} warning(s)[/] about this run's numbers (above; kept in run.json)")

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mammobench.data.options import AugmentSettings, PreprocessOptions
+from mammobench.data.options import AugmentSettings, PreprocessOptions, check_size
 from mammobench.runtime import MammobenchError
 
 PACKAGED_CONFIGS = Path(__file__).parent / "configs"
@@ -32,8 +32,11 @@ class _Strict(BaseModel):
 class DataConfig(_Strict):
     manifest: Path | None = Field(None, description="prepared manifest.csv (or its folder)")
     fold: int | None = Field(None, ge=0, description="k-fold manifests: the fold used as test set")
-    val_fraction: float = Field(0.1, gt=0, lt=1, description="k-fold: validation carved from the other folds")
-    image_size: int | None = Field(None, ge=16, le=4096, description="None = the model's pretrained input size")
+    val_fraction: float | Literal["auto"] = Field(
+        "auto", description="k-fold: validation carved from the other folds, by patient. auto = 0.1 when that holds "
+        "at least 10 samples of every class, else none (train on every other fold, keep the last epoch); 0 = none")
+    image_size: int | tuple[int, int] | None = Field(
+        None, description="None = the model's pretrained input size; a side (224) or [height, width] ([1152, 896])")
     preprocess: PreprocessOptions = PreprocessOptions()  # the size is data.image_size
     augment: AugmentSettings = AugmentSettings()
     sampler: Literal["balanced", "none"] = Field(
@@ -42,17 +45,36 @@ class DataConfig(_Strict):
     num_workers: int | None = Field(None, ge=0, description="None = one less than the CPU cores")
     cache_dir: Path | None = Field(None, description="None = <manifest folder>/cache")
 
+    @field_validator("image_size")
+    @classmethod
+    def _image_size(cls, v: int | tuple[int, int] | None) -> int | tuple[int, int] | None:
+        return check_size(v)
+
+    @field_validator("val_fraction")
+    @classmethod
+    def _val_fraction(cls, v: float | str) -> float | str:
+        if isinstance(v, (int, float)) and not 0 <= v < 1:
+            raise ValueError(f"val_fraction must be 'auto' or a share in [0, 1), got {v}")
+        return v
+
 
 class ModelConfig(_Strict):
     name: str = "resnet18"
     pretrained: str = Field("hub", description="hub | none | path to .safetensors / state dict")
     drop_rate: float = Field(0.0, ge=0, lt=1)
     drop_path_rate: float | None = Field(None, ge=0, lt=1)
-    img_size: int | None = Field(None, description="for ViTs built for a size: build at this size")
+    img_size: int | tuple[int, int] | None = Field(
+        None, description="for ViTs built for a size: build at this size (a side or [height, width])")
     mean: float | None = None
     std: float | None = Field(None, gt=0)
     head_init: Literal["small", "timm"] = Field(
         "small", description="new head: small = N(0, 0.01^2) weights and zero bias (initial loss ln C); timm = as built")
+    grad_checkpointing: bool = Field(
+        False, description="recompute activations in the backward pass (timm's set_grad_checkpointing): far less "
+        "memory for whole images at 1152 x 896, ~20-30 % more compute")
+    init_from: Path | None = Field(
+        None, description="a finished run of the same architecture (e.g. lesion crops) whose backbone starts this one "
+        "(patch-to-whole-image transfer, Shen et al. 2019); its head is not taken")
 
 
 class LossConfig(_Strict):
@@ -106,10 +128,14 @@ class TrainerConfig(_Strict):
     deterministic: bool | Literal["warn"] = "warn"
     monitor: Literal["val/auc_macro", "val/auc_malignant", "val/loss", "val/acc", "val/balanced_acc"] = "val/auc_macro"
     early_stopping_patience: int | None = Field(5, ge=1)
-    weights: Literal["best", "last"] = Field(
-        "best", description="exported weights: best validation epoch, or the last (tiny validation sets are noise)")
+    weights: Literal["auto", "best", "last"] = Field(
+        "auto", description="exported weights: best validation epoch, or the last (tiny validation sets are noise); "
+        "auto = best when there is a validation split, else last")
     limit_train_batches: int | float | None = None
     limit_val_batches: int | float | None = None
+    accumulate: int = Field(
+        1, ge=1, description="gradient accumulation: batches per optimiser step (effective batch = data.batch_size x "
+        "accumulate x devices), so a batch that fits memory still gives the configured effective batch")
     log_every_n_steps: int = Field(10, ge=1)
     max_time: str | None = Field(None, description="e.g. 00:12:00:00 (DD:HH:MM:SS)")
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from mammobench.data.dicom import ImageReadError
+from mammobench.data.options import size_label
 from mammobench.data.preprocess import PreprocessSettings, load_and_preprocess
 from mammobench.runtime import atomic_path, atomic_write_text, progress, stable_hash
 
@@ -70,7 +71,7 @@ class ImageCache:
     def __init__(self, root: str | Path, settings: PreprocessSettings):
         self.settings = settings
         self.root = Path(root)
-        self.folder = self.root / f"{settings.size}px-{stable_hash(settings.model_dump())}"
+        self.folder = self.root / f"{size_label(settings.size)}px-{stable_hash(settings.model_dump())}"
 
     def __repr__(self) -> str:
         return f"ImageCache({str(self.folder)!r})"

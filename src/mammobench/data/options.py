@@ -11,6 +11,31 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+#: An input size: a side in pixels (square) or ``(height, width)`` (whole mammograms, e.g. 1152 x 896).
+Size = int | tuple[int, int]
+MIN_SIDE, MAX_SIDE = 16, 4096
+
+
+def size_hw(size: Size) -> tuple[int, int]:
+    """``(height, width)`` of a size given as one side or as a pair."""
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def size_label(size: Size) -> str:
+    """``224`` or ``1152x896`` (height x width): how sizes appear in folder names, logs and reports."""
+    h, w = size_hw(size)
+    return str(h) if h == w else f"{h}x{w}"
+
+
+def check_size(size: Size | None) -> Size | None:
+    """Validate a size (each side in [16, 4096]); a pair of equal sides stays a pair, as written."""
+    if size is None:
+        return None
+    for side in size_hw(size):
+        if not MIN_SIDE <= side <= MAX_SIDE:
+            raise ValueError(f"image sides must lie in [{MIN_SIDE}, {MAX_SIDE}] pixels, got {size_label(size)}")
+    return size
+
 
 class PreprocessOptions(BaseModel):
     """Every preprocessing choice but the size (a run's config holds these; the size follows the model).
@@ -47,16 +72,29 @@ class PreprocessOptions(BaseModel):
             raise ValueError(f"window percentiles must satisfy 0 <= low < high <= 100, got {v}")
         return v
 
-    def with_size(self, size: int) -> PreprocessSettings:
+    def with_size(self, size: Size) -> PreprocessSettings:
         return PreprocessSettings(size=size, **self.model_dump())
 
 
 class PreprocessSettings(PreprocessOptions):
-    """How a raw image becomes a model input: :class:`PreprocessOptions` and the output ``size`` (side in
-    pixels, 224, 384, 512 or any; square after padding). Changing any field rebuilds the cache automatically.
+    """How a raw image becomes a model input: :class:`PreprocessOptions` and the output ``size``: a side in
+    pixels (224, 384, 512 or any; square after padding) or ``(height, width)`` for whole mammograms
+    (1152 x 896, 1024 x 512: the breast keeps its aspect and fills far more of the input than a padded
+    square). Changing any field rebuilds the cache automatically.
     """
 
-    size: int = Field(224, ge=16, le=4096)
+    size: Size = 224
+
+    @field_validator("size")
+    @classmethod
+    def _check_size(cls, v: Size) -> Size:
+        checked = check_size(v)
+        assert checked is not None
+        return checked
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        return size_hw(self.size)
 
 
 class AugmentSettings(BaseModel):

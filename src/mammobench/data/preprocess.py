@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from mammobench.data.images import read_image
-from mammobench.data.options import PreprocessOptions, PreprocessSettings
+from mammobench.data.options import PreprocessOptions, PreprocessSettings, Size, size_hw, size_label
 
 __all__ = ["PreprocessOptions", "PreprocessSettings", "input_mismatch", "load_and_preprocess", "preprocess_array"]
 
@@ -116,23 +116,25 @@ def apply_clahe(image: np.ndarray, clip: float = 2.0, tiles: int = 8) -> np.ndar
 
 
 def resize_pad(
-    image: np.ndarray, size: int, keep_aspect: bool = True, align: Literal["centre", "left", "right"] = "centre"
+    image: np.ndarray, size: Size, keep_aspect: bool = True, align: Literal["centre", "left", "right"] = "centre"
 ) -> np.ndarray:
-    """Resize to ``size x size``: long side to ``size`` and zero padding, or a plain stretch.
+    """Resize to ``size`` (a side, or ``(height, width)``): as large as fits with its aspect kept and zero
+    padding, or a plain stretch.
 
     ``align`` places a narrow image against the ``left``/``right`` edge (the chest wall of a canonical
     full mammogram) or in the ``centre`` (a lesion crop).
     """
     h, w = image.shape
-    interp = cv2.INTER_AREA if max(h, w) > size else cv2.INTER_LINEAR
+    oh, ow = size_hw(size)
+    scale = min(oh / h, ow / w)
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     if not keep_aspect:
-        return cv2.resize(image, (size, size), interpolation=interp)
-    scale = size / max(h, w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        return cv2.resize(image, (ow, oh), interpolation=interp)
+    nh, nw = min(oh, max(1, round(h * scale))), min(ow, max(1, round(w * scale)))
     resized = cv2.resize(image, (nw, nh), interpolation=interp)
-    out = np.zeros((size, size), dtype=np.float32)
-    y0 = (size - nh) // 2
-    x0 = {"centre": (size - nw) // 2, "left": 0, "right": size - nw}[align]
+    out = np.zeros((oh, ow), dtype=np.float32)
+    y0 = (oh - nh) // 2
+    x0 = {"centre": (ow - nw) // 2, "left": 0, "right": ow - nw}[align]
     out[y0 : y0 + nh, x0 : x0 + nw] = resized
     return out
 
@@ -154,7 +156,7 @@ def preprocess_array(
             lesion crop file, which is only windowed and resized.
 
     Returns:
-        ``(size, size)`` float32 in [0, 1].
+        ``(height, width)`` of ``settings.size``, float32 in [0, 1].
 
     Raises:
         ValueError: an ROI outside the image.
@@ -179,6 +181,13 @@ def preprocess_array(
     elif full_image and settings.crop_breast and mask is not None:
         x0, y0, x1, y1 = bbox_of(mask)
         image, mask = image[y0:y1, x0:x1], mask[y0:y1, x0:x1]
+    if roi is None and full_image:
+        oh, ow = settings.hw
+        if image.shape[0] * 2 < oh and image.shape[1] * 2 < ow:
+            raise ValueError(f"the {'breast' if settings.crop_breast else 'image'} is {image.shape[1]}x{image.shape[0]} "
+                             f"pixels (width x height), far smaller than the {size_label(settings.size)} input "
+                             "(height x width): upsampling invents no detail; use a smaller data.image_size or the "
+                             "full-resolution file")
     if flip:
         image = image[:, ::-1]
         mask = mask[:, ::-1] if mask is not None else None

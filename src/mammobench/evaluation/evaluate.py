@@ -27,6 +27,7 @@ from mammobench.data.cache import ImageCache, cache_request
 from mammobench.data.demo import DEMO_DATASET, SYNTHETIC_NOTICE
 from mammobench.evaluation.inference import load_run_model, predict_probs
 from mammobench.evaluation.metrics import (
+    ThresholdChoice,
     UndefinedMetricWarning,
     confusion,
     metrics_with_ci,
@@ -71,6 +72,31 @@ def split_rows(run_dir: Path, split: str) -> pd.DataFrame:
     if rows.empty:
         raise MammobenchError(f"the {split} split of run {run_dir} is empty (splits: {sorted(set(frame['split']))})")
     return rows
+
+
+def has_split(run_dir: str | Path, split: str) -> bool:
+    """Whether the run's ``split.csv`` holds any row of ``split`` (runs on small k-fold sets may have no ``val``)."""
+    frame = pd.read_csv(Path(run_dir) / "split.csv", dtype=str, keep_default_na=False, usecols=["split"])
+    return bool((frame["split"] == split).any())
+
+
+def validation_threshold(run_dir: str | Path, labels: list[str], positive: str, *, method: str = "youden",
+                         target_sensitivity: float = 0.9, tta: bool = False, device: str = "auto",
+                         val: tuple[pd.DataFrame, np.ndarray] | None = None) -> ThresholdChoice:
+    """The positive class's decision threshold chosen on the run's validation split (its fallback when it has none).
+
+    ``val``: the validation rows and probabilities when the caller already has them.
+    """
+    k = labels.index(positive)
+    if val is None:
+        if has_split(run_dir, "val"):
+            rows, probs, _, _ = run_predictions(run_dir, "val", tta=tta, device=device)
+            val = rows, probs
+        else:
+            val = pd.DataFrame({"label": pd.Series([], dtype=str)}), np.zeros((0, len(labels)))
+    rows, probs = val
+    return select_threshold((rows["label"] == positive).to_numpy(), probs[:, k], method=method,
+                            target_sensitivity=target_sensitivity)
 
 
 def _readable(rows: pd.DataFrame, info: ModelInfo, root: Path) -> tuple[pd.DataFrame, list[dict[str, str]]]:
@@ -165,15 +191,14 @@ def evaluate(
     threshold: float | None = None
     threshold_info: dict[str, Any] = {"method": "argmax"}
     if positive is not None:
-        k = labels.index(positive)
-        val_rows, val_probs, _, _ = run_predictions(run_dir, "val", tta=tta, device=device) if split != "val" else (rows, probs, info, [])
-        val_y = _targets(val_rows, labels, run_dir)
         with warnings.catch_warnings():
             warnings.simplefilter("always", UndefinedMetricWarning)
-            choice = select_threshold(val_y == k, val_probs[:, k], method=threshold_method,
-                                      target_sensitivity=target_sensitivity)
+            choice = validation_threshold(run_dir, labels, positive, method=threshold_method,
+                                          target_sensitivity=target_sensitivity, tta=tta, device=device,
+                                          val=(rows, probs) if split == "val" else None)
         threshold = choice.value
-        threshold_info = {"method": threshold_method, "value": threshold, "chosen_on": "val", "rule": choice.rule,
+        chosen_on = "val" if split == "val" or has_split(run_dir, "val") else "none (no validation split)"
+        threshold_info = {"method": threshold_method, "value": threshold, "chosen_on": chosen_on, "rule": choice.rule,
                           "reason": choice.reason,
                           "target_sensitivity": target_sensitivity if threshold_method == "sensitivity" else None,
                           "class": positive}

@@ -135,6 +135,8 @@ def select_threshold(y_positive: np.ndarray, score: np.ndarray, *, method: str =
         warnings.warn(f"threshold falls back to {FALLBACK_THRESHOLD}: {reason}", UndefinedMetricWarning, stacklevel=3)
         return ThresholdChoice(FALLBACK_THRESHOLD, method, f"fallback {FALLBACK_THRESHOLD}", reason)
 
+    if n_pos + n_neg == 0:
+        return fallback("there is no validation split to choose it on")
     if n_pos == 0 or n_neg == 0:
         return fallback("the validation set holds one class only")
     if min(n_pos, n_neg) < min_cases:

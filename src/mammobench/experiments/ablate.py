@@ -49,7 +49,15 @@ from mammobench.experiments.study import (
     load_study,
     study_config,
 )
-from mammobench.runtime import atomic_write_json, atomic_write_text, environment_info, stable_hash, utc_now
+from mammobench.runtime import (
+    MammobenchError,
+    atomic_write_json,
+    atomic_write_text,
+    environment_info,
+    format_list,
+    stable_hash,
+    utc_now,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +170,59 @@ def make_folds(spec: StudySpec, base: Config, out: Path) -> list[Path]:
             atomic_write_json(marker, {"hash": key, "repeat": r, "seed": spec.cv.seed + r, "folds": k,
                                        "source": str(Path(base.data.manifest).resolve())})
         paths.append(folder)
+    for variant, overrides in spec.variant_overrides().items():
+        own = _variant_manifest(spec, base, overrides)
+        if own is not None:
+            _variant_folds(own, variant, paths, out)
     return paths
+
+
+def _variant_manifest(spec: StudySpec, base: Config, overrides: list[str]) -> Path | None:
+    """The manifest a variant trains on when it is not the base's (another ROI margin or size: a ``prepare`` option)."""
+    if not any(o.strip().startswith("data.manifest=") for o in overrides):
+        return None
+    manifest = study_config(spec, overrides).data.manifest
+    if manifest is None or Path(manifest).resolve() == Path(base.data.manifest or "").resolve():
+        return None
+    return Path(manifest)
+
+
+def _variant_folds(manifest: Path, variant: str, base_folds: list[Path], out: Path) -> None:
+    """Put a variant's own manifest on exactly the base's folds (same samples, patients and labels required).
+
+    Raises:
+        StudyError: the variant's manifest holds other samples, patients or labels than the base's, named.
+    """
+    try:
+        frame = read_manifest(manifest)
+        info = read_manifest_info(manifest)
+    except MammobenchError as exc:
+        raise StudyError(f"variant {variant!r}: data.manifest={manifest}: {exc}") from None
+    frame = frame.drop(columns=[c for c in ("fold",) if c in frame.columns])
+    for r, base_folder in enumerate(base_folds):
+        folded = read_manifest(base_folder).set_index("sample_id")
+        mine = frame.set_index("sample_id")
+        extra, missing = sorted(set(mine.index) - set(folded.index)), sorted(set(folded.index) - set(mine.index))
+        if extra or missing:
+            raise StudyError(f"variant {variant!r}: {manifest} must hold the same samples as the base manifest to share "
+                             f"its folds; only in the variant's: {format_list(extra) or 'none'}; only in the base's: "
+                             f"{format_list(missing) or 'none'} (prepare both from the same source and options)")
+        for column in ("patient_id", "label"):
+            differs = [sid for sid in folded.index if str(mine.at[sid, column]) != str(folded.at[sid, column])]
+            if differs:
+                raise StudyError(f"variant {variant!r}: {manifest} gives other {column}s than the base manifest for "
+                                 f"{format_list(differs)}")
+        mine = mine.assign(fold=folded["fold"], split="cv").reset_index()
+        folder = out / "folds" / folder_name(variant) / f"repeat{r}"
+        fold_info = type(info)(**{**info.to_dict(), "split": read_manifest_info(base_folder).split,
+                                  "notes": [*info.notes, f"folds of {base_folder}"]})
+        write_manifest(mine, folder, fold_info)
+
+
+def _fold_folder(spec: StudySpec, base: Config, out: Path, variant: str, overrides: list[str], repeat: int) -> Path:
+    if _variant_manifest(spec, base, overrides) is not None:
+        return out / "folds" / folder_name(variant) / f"repeat{repeat}"
+    return out / "folds" / f"repeat{repeat}"
 
 
 def _cache_dir(base: Config) -> Path:
@@ -175,10 +235,15 @@ def _cache_dir(base: Config) -> Path:
 # --------------------------------------------------------------------------- one cell
 
 
-def cell_overrides(spec: StudySpec, base: Config, out: Path, variant: str, repeat: int, fold: int) -> list[str]:
-    """The overrides that place one variant on one (repeat, fold) cell of the study."""
+def cell_overrides(spec: StudySpec, base: Config, out: Path, variant: str, repeat: int, fold: int,
+                   overrides: list[str] | None = None) -> list[str]:
+    """The overrides that place one variant (``overrides``: its own) on one (repeat, fold) cell of the study."""
+    overrides = overrides or []
+    own = _variant_manifest(spec, base, overrides)
+    cache = _cache_dir(study_config(spec, overrides) if own is not None else base)
     return [
-        f"data.manifest={out / 'folds' / f'repeat{repeat}'}", f"data.fold={fold}", f"data.cache_dir={_cache_dir(base)}",
+        f"data.manifest={_fold_folder(spec, base, out, variant, overrides, repeat)}", f"data.fold={fold}",
+        f"data.cache_dir={cache}",
         f"seed={base.seed + repeat}", f"output.dir={out / 'runs' / folder_name(variant)}",
         f"output.name=r{repeat}_f{fold}", "output.tensorboard=false", "output.mlflow=false",
     ]
@@ -192,7 +257,7 @@ def run_cell(spec: StudySpec, base: Config, out: Path, variant: str, overrides: 
     from mammobench.training.fit import resume as resume_run
     from mammobench.training.rundir import RUN_INFO, read_run_info
 
-    cfg = study_config(spec, [*overrides, *cell_overrides(spec, base, out, variant, repeat, fold)])
+    cfg = study_config(spec, [*overrides, *cell_overrides(spec, base, out, variant, repeat, fold, overrides)])
     run_dir = cfg.output.dir / cfg.run_name()
     status = read_run_info(run_dir).get("status") if (run_dir / RUN_INFO).is_file() else None
     if status is not None and (run_dir / "config.yaml").is_file():

@@ -23,7 +23,7 @@ import mammobench
 from mammobench.config import Config, load_config
 from mammobench.data.cache import ImageCache, cache_request
 from mammobench.data.demo import DEMO_DATASET, SYNTHETIC_NOTICE
-from mammobench.evaluation.evaluate import EvaluationResult, cache_root, evaluate, split_rows
+from mammobench.evaluation.evaluate import EvaluationResult, cache_root, evaluate, has_split, split_rows
 from mammobench.evaluation.explain import explain_arrays, overlay
 from mammobench.evaluation.inference import load_run_model
 from mammobench.evaluation.metrics import paired_auc_difference
@@ -54,7 +54,7 @@ class ModelResult:
     config: Config
     run_info: dict[str, Any]
     test: EvaluationResult
-    val: EvaluationResult
+    val: EvaluationResult | None  # None: the run had no validation split
     gallery: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -188,7 +188,7 @@ def compare(
     _check_runs(models)
     for m in models:
         m.test = evaluate(m.run_dir, split="test", tta=tta, n_boot=n_boot)
-        m.val = evaluate(m.run_dir, split="val", tta=tta, n_boot=n_boot)
+        m.val = evaluate(m.run_dir, split="val", tta=tta, n_boot=n_boot) if has_split(m.run_dir, "val") else None
         m.gallery = _gallery(m, out, gallery)
 
     labels = models[0].test.metrics["labels"]
@@ -227,7 +227,7 @@ def compare(
         "notice": SYNTHETIC_NOTICE if synthetic else "", "labels": labels, "positive_label": positive, "tta": tta,
         "bootstrap": {"unit": "patient", "n": n_boot}, "machine": environment_info(),
         "models": {m.name: {"run_dir": str(m.run_dir), "architecture": m.config.model.name, "run": m.run_info,
-                            "test": m.test.metrics, "val": m.val.metrics, "gallery": m.gallery,
+                            "test": m.test.metrics, "val": m.val.metrics if m.val else None, "gallery": m.gallery,
                             "run_warnings": m.run_info.get("warnings", [])} for m in models},
         "paired": paired, "n_common_test": len(common),
     }
@@ -251,12 +251,12 @@ def results_table(models: list[ModelResult]) -> pd.DataFrame:
     """The notebook's comparison table, with 95 % patient-bootstrap intervals."""
     rows = []
     for m in models:
-        t, v = m.test.metrics["metrics"], m.val.metrics["metrics"]
+        t, v = m.test.metrics["metrics"], (m.val.metrics["metrics"] if m.val else {})
         rows.append({
             "model": m.name,
             "architecture": m.config.model.name,
             "parameters (M)": f"{m.run_info.get('parameters', 0) / 1e6:.2f}",
-            "val accuracy %": _fmt(v["accuracy"], pct=True),
+            "val accuracy %": _fmt(v.get("accuracy"), pct=True),
             "test accuracy %": _fmt(t["accuracy"], pct=True),
             "test majority %": f"{t['majority_accuracy']['value'] * 100:.1f}",
             "test balanced accuracy %": _fmt(t["balanced_accuracy"], pct=True),

@@ -19,6 +19,7 @@ import timm
 import torch
 from torch import nn
 
+from mammobench.data.options import size_hw, size_label
 from mammobench.runtime import MammobenchError, format_list
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ class LoadReport:
     """Where the weights came from and what did not load.
 
     Attributes:
-        source: ``hub``, ``file`` or ``none``.
+        source: ``hub``, ``file``, ``run`` (``model.init_from``) or ``none``.
         path: the weights file (``file`` only).
         loaded: tensors loaded.
         reinitialised: head tensors left at their new initialisation (class count differs).
@@ -56,7 +57,7 @@ class LoadReport:
     def summary(self) -> str:
         if self.source == "none":
             return "random initialisation (no pretrained weights)"
-        what = "timm hub" if self.source == "hub" else self.path
+        what = {"hub": "timm hub", "run": f"the run {Path(self.path).parent}"}.get(self.source, self.path)
         parts = [f"{self.loaded} tensors from {what}"]
         if self.adapted:
             parts.append(f"adapted: {', '.join(self.adapted)}")
@@ -67,9 +68,10 @@ class LoadReport:
 
 @dataclass(frozen=True)
 class InputConfig:
-    """What the model expects: square ``size`` pixels, one channel normalised by scalar ``mean``/``std``."""
+    """What the model expects: ``size`` (a side, or ``(height, width)``), one channel normalised by scalar
+    ``mean``/``std``."""
 
-    size: int
+    size: int | tuple[int, int]
     mean: float
     std: float
 
@@ -91,7 +93,7 @@ def create_model(
     in_chans: int = 1,
     drop_rate: float = 0.0,
     drop_path_rate: float | None = None,
-    img_size: int | None = None,
+    img_size: int | tuple[int, int] | None = None,
     head_init: HeadInit = "small",
 ) -> tuple[nn.Module, LoadReport]:
     """Create a timm classifier for ``num_classes`` lesion classes.
@@ -207,12 +209,14 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def load_weights_file(model: nn.Module, path: str | Path) -> LoadReport:
+def load_weights_file(model: nn.Module, path: str | Path, *, new_head: bool = False) -> LoadReport:
     """Load pretrained weights from a file into ``model``, the way timm's hub loading would.
 
     Steps: the model family's own ``checkpoint_filter_fn`` (e.g. ViT position-embedding resizing), the
     first convolution summed to the model's input channels, the classifier dropped when its class count
     differs. Everything else must match exactly.
+
+    ``new_head``: never take the file's classifier, even when its class count fits (a transfer between tasks).
 
     Raises:
         ModelError: listing missing, unexpected or mis-shaped tensors when the file does not fit.
@@ -222,10 +226,14 @@ def load_weights_file(model: nn.Module, path: str | Path) -> LoadReport:
     report = LoadReport("file", path=str(path))
     filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
     if filter_fn is not None:
+        shapes = {k: tuple(v.shape) for k, v in state.items()}
         try:
             state = filter_fn(state, model)
         except Exception as exc:  # a foreign file confuses the filter: report it below as a mismatch
             logger.debug("checkpoint_filter_fn failed on %s: %s", path, exc)
+        # e.g. ViT position embeddings resampled to this model's patch grid
+        report.adapted += [f"{k} {shapes[k]} -> {tuple(v.shape)}" for k, v in state.items()
+                           if k in shapes and shapes[k] != tuple(v.shape)]
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     own = model.state_dict()
     first_conv = cfg.get("first_conv")
@@ -242,7 +250,7 @@ def load_weights_file(model: nn.Module, path: str | Path) -> LoadReport:
     for head in heads:
         for suffix in (".weight", ".bias"):
             key = head + suffix
-            if key in state and key in own and state[key].shape != own[key].shape:
+            if key in state and key in own and (new_head or state[key].shape != own[key].shape):
                 del state[key]
                 report.reinitialised.append(key)
     mismatched = [f"{k} {tuple(v.shape)} != {tuple(own[k].shape)}" for k, v in state.items() if k in own and v.shape != own[k].shape]
@@ -267,13 +275,25 @@ def load_weights_file(model: nn.Module, path: str | Path) -> LoadReport:
 
 
 def resolve_input_config(
-    model: nn.Module, *, size: int | None = None, mean: float | None = None, std: float | None = None
+    model: nn.Module, *, size: int | tuple[int, int] | None = None, mean: float | None = None, std: float | None = None
 ) -> InputConfig:
-    """The model's expected input: its pretrained config's size and mean/std (averaged over RGB)."""
+    """The model's expected input: its pretrained config's size and mean/std (averaged over RGB).
+
+    Raises:
+        ModelError: a ViT-type model (a fixed patch grid) asked for another size than it was built for.
+    """
     from timm.data import resolve_model_data_config
 
     data_cfg = resolve_model_data_config(model)
-    default_size = int(data_cfg["input_size"][-1])
+    built: Any = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    fixed_grid = built is not None and not getattr(model.patch_embed, "dynamic_img_size", False)
+    if size is not None and fixed_grid and tuple(built) != size_hw(size):
+        raise ModelError(f"{type(model).__name__} is built for {size_label(tuple(built))} inputs (its patch grid) "
+                         f"but data.image_size is {size_label(size)}: set model.img_size to the same value")
+    h, w = int(data_cfg["input_size"][-2]), int(data_cfg["input_size"][-1])
+    if size is None and fixed_grid:
+        h, w = (int(v) for v in built)  # a ViT built for model.img_size takes that size
+    default_size: int | tuple[int, int] = w if h == w else (h, w)
     m = float(sum(data_cfg["mean"]) / len(data_cfg["mean"]))
     s = float(sum(data_cfg["std"]) / len(data_cfg["std"]))
     return InputConfig(size=size or default_size, mean=m if mean is None else mean, std=s if std is None else std)

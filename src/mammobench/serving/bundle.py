@@ -186,17 +186,15 @@ def load_bundle(path: str | Path, *, trusted_key: str | Path | None = None) -> B
 def _val_threshold(run_dir: Path, info: ModelInfo, method: str) -> dict[str, Threshold]:
     if info.positive_label is None:
         return {}
-    from mammobench.evaluation.evaluate import run_predictions
-    from mammobench.evaluation.metrics import select_threshold
+    from mammobench.evaluation.evaluate import has_split, validation_threshold
 
-    rows, probs, _, _ = run_predictions(run_dir, "val")
-    k = info.labels.index(info.positive_label)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the fallback is recorded in the bundle and printed by the CLI
-        choice = select_threshold((rows["label"] == info.positive_label).to_numpy(), probs[:, k], method=method)
+        choice = validation_threshold(run_dir, info.labels, info.positive_label, method=method)
     if choice.reason:
         logger.warning("decision threshold for %s: %s (%s)", info.positive_label, choice.rule, choice.reason)
-    return {info.positive_label: Threshold(value=choice.value, method=method, chosen_on="val", rule=choice.rule,
+    chosen_on = "val" if has_split(run_dir, "val") else "none (no validation split)"
+    return {info.positive_label: Threshold(value=choice.value, method=method, chosen_on=chosen_on, rule=choice.rule,
                                            reason=choice.reason)}
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mammobench.data.options import size_hw
 from mammobench.runtime import MammobenchError, atomic_path
 
 logger = logging.getLogger(__name__)
@@ -28,14 +29,14 @@ class _Probabilities(nn.Module):
         return self.model(image).float().softmax(1)
 
 
-def export_onnx(model: nn.Module, input_size: int, path: str | Path) -> Path:
-    """Write ``model`` as ONNX: input ``image`` ``(batch, 1, S, S)`` normalised, output ``probabilities``.
+def export_onnx(model: nn.Module, input_size: int | tuple[int, int], path: str | Path) -> Path:
+    """Write ``model`` as ONNX: input ``image`` ``(batch, 1, H, W)`` normalised, output ``probabilities``.
 
     Uses ``torch.onnx.export(dynamo=True)`` with a dynamic batch dimension; falls back to the TorchScript
     exporter for the rare model ``torch.export`` cannot trace.
     """
     wrapper = _Probabilities(model).eval().cpu()
-    example = torch.zeros(2, 1, input_size, input_size)
+    example = torch.zeros(2, 1, *size_hw(input_size))
     path = Path(path)
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")

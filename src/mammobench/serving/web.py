@@ -19,6 +19,7 @@ import numpy as np
 from mammobench.data.dicom import ImageReadError
 from mammobench.data.images import read_image
 from mammobench.data.manifest import parse_roi
+from mammobench.data.options import size_label
 from mammobench.data.preprocess import input_mismatch
 from mammobench.runtime import MammobenchError
 from mammobench.serving.predictor import Predictor
@@ -57,7 +58,7 @@ def _gradio():  # type: ignore[no-untyped-def]
 
 def describe(predictor: Predictor) -> str:
     m = predictor.info
-    lines = [f"**Model:** {m.architecture} · classes: {', '.join(m.labels)} · input {m.input_size} px "
+    lines = [f"**Model:** {m.architecture} · classes: {', '.join(m.labels)} · input {size_label(m.input_size)} px "
              f"({'whole mammograms' if m.mode == 'full' else 'lesion crops'})"]
     if predictor.threshold is not None:
         t = predictor.meta.thresholds.get(m.positive_label or "")
@@ -110,10 +111,11 @@ def _analyse(predictor: Predictor, path: Path, roi_text: str, max_bytes: int
     result = predictor._result(path.name, predictor.probabilities([image])[0])
     cam = predictor.explain(image)
     shown = overlay(image, cam)
-    if shown.shape[0] < DISPLAY_SIZE:  # small model inputs are enlarged for the eye, pixels kept square
+    if max(shown.shape[:2]) < DISPLAY_SIZE:  # small model inputs are enlarged for the eye, pixels kept square
         import cv2
 
-        shown = cv2.resize(shown, (DISPLAY_SIZE, DISPLAY_SIZE), interpolation=cv2.INTER_NEAREST)
+        factor = DISPLAY_SIZE // max(shown.shape[:2]) or 1
+        shown = cv2.resize(shown, (shown.shape[1] * factor, shown.shape[0] * factor), interpolation=cv2.INTER_NEAREST)
     text = f"### Decision: {result.decision}\nMost likely class: **{result.predicted}** ({result.probabilities[result.predicted]:.1%})"
     if result.threshold is not None and predictor.positive is not None:
         text += f"  \n{predictor.positive} probability {result.probabilities[predictor.positive]:.3f} vs threshold {result.threshold:.3f}"

@@ -55,6 +55,16 @@ class History(pl.Callback):
         if trainer.is_global_zero:
             self.write()
 
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Without a validation split no validation hook runs: the epoch's row comes from training alone.
+        build = getattr(pl_module, "record_epoch_without_validation", None)
+        record = build() if build is not None else {}
+        if not record or "train/loss" not in record:
+            return
+        self.rows = [r for r in self.rows if r["epoch"] != record["epoch"]] + [dict(record)]
+        if trainer.is_global_zero:
+            self.write()
+
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows)
 

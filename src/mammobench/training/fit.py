@@ -34,10 +34,11 @@ from mammobench.data.cache import ImageCache
 from mammobench.data.datamodule import MammoDataModule
 from mammobench.data.demo import DEMO_DATASET
 from mammobench.data.manifest import read_manifest, read_manifest_info
-from mammobench.data.splits import resolve_fold
+from mammobench.data.splits import auto_val_fraction, resolve_fold
 from mammobench.models.factory import (
     count_parameters,
     create_model,
+    init_head,
     prefers_channels_last,
     resolve_input_config,
 )
@@ -66,6 +67,7 @@ from mammobench.training.rundir import (
     read_run_info,
 )
 from mammobench.training.sampling import create_balanced_sampler
+from mammobench.training.transfer import init_from_run
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +85,7 @@ for _message in (".*smaller than the logging interval.*", ".*LeafSpec.*is deprec
 class RunResult:
     run_dir: Path
     status: str
-    monitor: str
+    monitor: str | None  # None: no validation split
     best_score: float | None
     best_epoch: int | None
     history: pd.DataFrame
@@ -98,28 +100,45 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, tmp)
 
 
-def _split_frame(config: Config) -> tuple[pd.DataFrame, list[str], str | None, Path, str]:
+def _split_frame(config: Config) -> tuple[pd.DataFrame, list[str], str | None, Path, str, str]:
     if config.data.manifest is None:
         raise ConfigError("data.manifest is not set: point it at a prepared manifest (mammobench prepare ...)")
     frame = read_manifest(config.data.manifest)
     info = read_manifest_info(config.data.manifest)
     manifest_dir = Path(config.data.manifest)
     manifest_dir = manifest_dir if manifest_dir.is_dir() else manifest_dir.parent
+    val_note = ""
     if (frame["split"] == "cv").any():
         if config.data.fold is None:
             raise ConfigError("the manifest is k-fold (split 'cv'): set data.fold to the fold to test on")
-        frame = resolve_fold(frame, config.data.fold, val_fraction=config.data.val_fraction, seed=config.seed)
+        val_fraction = config.data.val_fraction
+        if val_fraction == "auto":
+            train_part = frame.loc[frame["fold"].notna() & (frame["fold"].astype(float) != config.data.fold), "label"]
+            val_fraction, val_note = auto_val_fraction(train_part)
+        elif val_fraction == 0:
+            val_note = "no validation split (data.val_fraction=0): training on every other fold, keeping the last epoch"
+        frame = resolve_fold(frame, config.data.fold, val_fraction=val_fraction, seed=config.seed)
     elif config.data.fold is not None:
         raise ConfigError(f"data.fold={config.data.fold} is set but {config.data.manifest} has no folds")
     labels = info.labels
-    for split in ("train", "val"):
-        if not (frame["split"] == split).any():
-            raise MammobenchError(f"the {split} split of {config.data.manifest} is empty: nothing to {'train' if split == 'train' else 'validate'} on")
+    if not (frame["split"] == "train").any():
+        raise MammobenchError(f"the train split of {config.data.manifest} is empty: nothing to train on")
     train_labels = set(frame.loc[frame["split"] == "train", "label"])
     missing = [lab for lab in labels if lab not in train_labels]
     if missing:
         raise MammobenchError(f"label(s) {', '.join(missing)} have no training sample; merge them (--labels) or re-split")
-    return frame, labels, info.positive_label, manifest_dir, info.mode
+    return frame, labels, info.positive_label, manifest_dir, info.mode, val_note
+
+
+def _weights_rule(config: Config, has_val: bool, val_note: str) -> tuple[str, list[str]]:
+    """Which epoch's weights are kept (``best`` or ``last``) and any warning about that choice."""
+    rule = config.trainer.weights
+    if rule == "auto":
+        return ("best" if has_val else "last"), []
+    if rule == "best" and not has_val:
+        why = val_note or "the manifest has no readable validation images"
+        return "last", [f"trainer.weights=best needs a validation split, and there is none ({why}): the last epoch is kept"]
+    return rule, []
 
 
 def _resolve_hardware(config: Config, model: torch.nn.Module) -> tuple[str, bool]:
@@ -274,12 +293,24 @@ def fit(
         _check_run_dir(run_dir, last_ckpt, resume=resume, overwrite=overwrite)
 
     pl.seed_everything(config.seed, workers=True, verbose=False)
-    frame, labels, positive, manifest_dir, data_mode = _split_frame(config)
+    frame, labels, positive, manifest_dir, data_mode, val_note = _split_frame(config)
+    transfer = config.model.init_from
     model, load_report = create_model(
-        config.model.name, num_classes=len(labels), pretrained=config.model.pretrained, in_chans=1,
-        drop_rate=config.model.drop_rate, drop_path_rate=config.model.drop_path_rate, img_size=config.model.img_size,
-        head_init=config.model.head_init,
+        config.model.name, num_classes=len(labels), pretrained="none" if transfer else config.model.pretrained,
+        in_chans=1, drop_rate=config.model.drop_rate, drop_path_rate=config.model.drop_path_rate,
+        img_size=config.model.img_size, head_init=config.model.head_init,
     )
+    if transfer is not None:
+        load_report = init_from_run(model, transfer, config.model.name)
+        if config.model.head_init == "small":
+            init_head(model)
+    if config.model.grad_checkpointing:
+        if not hasattr(model, "set_grad_checkpointing"):
+            raise ConfigError(f"model.grad_checkpointing: {config.model.name} does not support it (no set_grad_checkpointing)")
+        try:
+            model.set_grad_checkpointing(True)  # type: ignore[operator]
+        except (AssertionError, NotImplementedError) as exc:
+            raise ConfigError(f"model.grad_checkpointing: {config.model.name} does not support it ({exc})") from None
     input_cfg = resolve_input_config(model, size=config.data.image_size, mean=config.model.mean, std=config.model.std)
     preprocess = config.data.preprocess.with_size(input_cfg.size)
     cache = ImageCache(config.data.cache_dir or manifest_dir / "cache", preprocess)
@@ -301,14 +332,16 @@ def fit(
         model, labels=labels, loss=loss, plan=parameter_plan(model), optim=config.optim, stages=config.stages,
         positive_label=positive, channels_last=channels_last, compile=config.trainer.compile,
     )
-    monitor = config.trainer.monitor
+    has_val = "val" in dm.datasets
+    weights_rule, notes = _weights_rule(config, has_val, val_note)
+    monitor: str | None = config.trainer.monitor if has_val else None
     direction = "min" if monitor == "val/loss" else "max"
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode=direction,
                                  save_last=True, save_top_k=1, enable_version_counter=False)
     history = History(run_dir / "history.csv")
     first_loss = InitialLossCheck()
     cbs: list[pl.Callback] = [checkpoint, history, EpochSeed(config.seed), first_loss]
-    if config.trainer.early_stopping_patience:
+    if config.trainer.early_stopping_patience and monitor is not None:
         cbs.append(EarlyStopping(monitor=monitor, mode=direction, patience=config.trainer.early_stopping_patience))
     if show_progress:
         cbs.append(_ProgressBar())
@@ -327,11 +360,11 @@ def fit(
             default_root_dir=str(run_dir), max_epochs=config.stages.head_epochs + config.stages.finetune_epochs,
             accelerator=t.accelerator, devices=t.devices, strategy=_strategy(config), num_nodes=t.num_nodes,
             precision=precision,  # type: ignore[arg-type]  # validated by Lightning itself
-            deterministic=t.deterministic, gradient_clip_val=config.optim.grad_clip,
+            deterministic=t.deterministic, gradient_clip_val=config.optim.grad_clip, accumulate_grad_batches=t.accumulate,
             callbacks=cbs, logger=_loggers(config, run_dir), enable_progress_bar=show_progress,
             enable_model_summary=False, num_sanity_val_steps=0,
             log_every_n_steps=t.log_every_n_steps, limit_train_batches=t.limit_train_batches,
-            limit_val_batches=t.limit_val_batches, max_time=t.max_time, plugins=[AtomicCheckpointIO()],
+            limit_val_batches=t.limit_val_batches if has_val else 0, max_time=t.max_time, plugins=[AtomicCheckpointIO()],
         )
 
         # What reproduces the run, written before the first step.
@@ -349,10 +382,18 @@ def fit(
             "format": RUN_FORMAT, "mammobench_version": mammobench.__version__, "name": config.run_name(),
             "started": started, "monitor": monitor, "labels": labels, "weights": load_report.summary(),
             "parameters": count_parameters(model), "input_size": input_cfg.size, "device": str(trainer.strategy.root_device),
-            "counts": {s: dm.dataset(s).class_counts for s in dm.datasets},
+            "counts": {s: dm.dataset(s).class_counts for s in dm.datasets}, "kept_weights": weights_rule,
+            "batch": {"per_step": config.data.batch_size, "accumulate": t.accumulate,
+                      "effective": config.data.batch_size * t.accumulate * trainer.world_size},
+            "grad_checkpointing": config.model.grad_checkpointing,
+            "validation": val_note or ("a validation split" if has_val else "no validation split"),
         }
-        warned = split_warnings(base_info["counts"])
+        warned = split_warnings(base_info["counts"]) + notes
         if trainer.is_global_zero:
+            if val_note and not notes:
+                logger.info("%s", val_note)
+            if not has_val and config.trainer.early_stopping_patience:
+                logger.info("early stopping is off: without a validation split there is nothing to monitor")
             for w in warned:
                 logger.warning("%s", w)
         if trainer.is_global_zero:
@@ -377,7 +418,7 @@ def fit(
         if not trainer.is_global_zero:
             return RunResult(run_dir, status, monitor, None, None, history.frame(), seconds)
 
-        best_path = str(last_ckpt) if config.trainer.weights == "last" else (checkpoint.best_model_path or str(last_ckpt))
+        best_path = str(last_ckpt) if weights_rule == "last" else (checkpoint.best_model_path or str(last_ckpt))
         state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state)
         weights = {k: v.detach().contiguous().cpu() for k, v in module.eval_model().state_dict().items()}
@@ -393,7 +434,7 @@ def fit(
         )
         atomic_write_json(run_dir / MODEL_INFO, model_info.model_dump(mode="json"))
         hist = history.frame()
-        late = first_loss.warnings + history_warnings(hist, monitor)
+        late = first_loss.warnings + (history_warnings(hist, monitor) if monitor else history_warnings(hist, ""))
         for w in late:
             logger.warning("%s", w)
         warned += late
@@ -403,7 +444,7 @@ def fit(
         best_epoch = None
         if best_score is not None and monitor in hist and hist[monitor].notna().any():
             best_epoch = int(hist.loc[(hist[monitor] - best_score).abs().idxmin(), "epoch"])
-        kept_epoch = int(hist["epoch"].max()) if config.trainer.weights == "last" and len(hist) else best_epoch
+        kept_epoch = int(hist["epoch"].max()) if weights_rule == "last" and len(hist) else best_epoch
         if len(hist):
             synthetic = " - SYNTHETIC DEMO DATA" if (frame["dataset"] == DEMO_DATASET).any() else ""
             plot_training_curves(hist, run_dir / "curves.png", title=f"{config.run_name()} ({config.model.name}){synthetic}",

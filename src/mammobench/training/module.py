@@ -173,21 +173,38 @@ class LesionClassifier(pl.LightningModule):
         if self.positive_index is not None:
             metrics["val/auc_malignant"] = aucs[self.positive_index]
         if not self.trainer.sanity_checking:
-            sums = self._train_sums
-            if self.trainer.world_size > 1:
-                sums = torch.as_tensor(self.all_gather(sums)).sum(0)
-            seconds = time.perf_counter() - self._epoch_started
-            if float(sums[2]) > 0:
-                metrics.update({"train/loss": float(sums[0] / sums[2]), "train/acc": float(sums[1] / sums[2]),
-                                "train/images_per_s": float(sums[2]) / max(seconds, 1e-9),
-                                "train/epoch_seconds": seconds})
-            metrics["stage"] = float(self.stage)
-            for group in self.trainer.optimizers[0].param_groups:
-                metrics[f"lr/{group.get('name', 'group')}"] = float(group["lr"])
+            metrics.update(self._train_epoch_metrics())
+            self._validated_epoch = self.current_epoch
+        self._log_epoch(metrics)
+
+    def _train_epoch_metrics(self) -> dict[str, float]:
+        """The epoch's training loss, accuracy and speed, the stage and each parameter group's learning rate."""
+        metrics: dict[str, float] = {}
+        sums = self._train_sums
+        if self.trainer.world_size > 1:
+            sums = torch.as_tensor(self.all_gather(sums)).sum(0)
+        seconds = time.perf_counter() - self._epoch_started
+        if float(sums[2]) > 0:
+            metrics.update({"train/loss": float(sums[0] / sums[2]), "train/acc": float(sums[1] / sums[2]),
+                            "train/images_per_s": float(sums[2]) / max(seconds, 1e-9),
+                            "train/epoch_seconds": seconds})
+        metrics["stage"] = float(self.stage)
+        for group in self.trainer.optimizers[0].param_groups:
+            metrics[f"lr/{group.get('name', 'group')}"] = float(group["lr"])
+        return metrics
+
+    def _log_epoch(self, metrics: dict[str, float]) -> None:
         for name, value in metrics.items():
             self.log(name, value, prog_bar=name in ("val/auc_macro", "val/acc"), sync_dist=False)
         # Epochs are numbered from 1 everywhere a person reads them (history.csv, run.json, curves, CLI, progress bar).
         self.epoch_record = {"epoch": float(self.current_epoch + 1), **metrics}
+
+    def record_epoch_without_validation(self) -> dict[str, float]:
+        """An epoch that ran no validation (none carved): its training record, logged; empty when it validated."""
+        if getattr(self, "_validated_epoch", None) == self.current_epoch:
+            return {}
+        self._log_epoch(self._train_epoch_metrics())
+        return self.epoch_record
 
     # ----------------------------------------------------------------- prediction
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:

@@ -47,10 +47,10 @@ class ModelInfo(BaseModel):
     labels: list[str]
     positive_label: str | None
     in_chans: int = 1
-    input_size: int
+    input_size: int | tuple[int, int]  # a side, or (height, width)
     mean: float
     std: float
-    img_size: int | None = None
+    img_size: int | tuple[int, int] | None = None
     preprocess: PreprocessSettings
     weights_sha256: str
     ema: bool = False

@@ -1,0 +1,52 @@
+"""Start a run from another run's backbone: the patch-to-whole-image transfer of Shen et al. (2019).
+
+A classifier trained on lesion crops has learnt what lesions look like at full resolution; the same
+network, given whole mammograms and a new head, starts from those features instead of ImageNet's
+(Shen et al., "Deep learning to improve breast cancer detection on screening mammography", Sci Rep 2019:
+AUC 0.86 on whole CBIS-DDSM images from a patch classifier). ``model.init_from: RUN_DIR`` does this for
+any timm architecture; ViT position embeddings are resampled to the new patch grid by timm's own
+``checkpoint_filter_fn``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from torch import nn
+
+from mammobench.models.factory import LoadReport, ModelError, load_weights_file
+from mammobench.runtime import sha256_file
+from mammobench.training.rundir import MODEL_FILE, RunError, read_model_info, require_finished
+
+logger = logging.getLogger(__name__)
+
+
+def init_from_run(model: nn.Module, run_dir: str | Path, architecture: str) -> LoadReport:
+    """Load a finished run's weights into ``model`` (same architecture), every tensor but the head.
+
+    Returns:
+        What was taken (``loaded``), adapted (resampled position embeddings) and left new (the head).
+
+    Raises:
+        RunError: the folder is not a finished run, or its weights do not match their checksum.
+        ModelError: the run is of another architecture, or its tensors do not fit this model.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunError(f"model.init_from={run_dir} does not exist (expected a finished mammobench run folder)")
+    require_finished(run_dir)
+    info = read_model_info(run_dir)
+    if info.architecture != architecture:
+        raise ModelError(f"model.init_from={run_dir} is a {info.architecture} run but this run builds {architecture}: "
+                         "weights transfer within one architecture only (train the crops model with the same model.name)")
+    path = run_dir / MODEL_FILE
+    if sha256_file(path) != info.weights_sha256:
+        raise RunError(f"{path} does not match the checksum in its model.json: the weights were changed or damaged")
+    try:
+        report = load_weights_file(model, path, new_head=True)
+    except ModelError as exc:
+        raise ModelError(f"model.init_from={run_dir}: {exc}") from None
+    report.source = "run"
+    logger.info("initialised from run %s: %s", run_dir, report.summary())
+    return report

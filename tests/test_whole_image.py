@@ -1,0 +1,148 @@
+"""Whole mammograms at full resolution: non-square inputs, memory savers, and the patch-to-whole-image
+transfer (Shen et al. 2019), on tiny models and synthetic images."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mammobench.config import ConfigError, load_config
+from mammobench.data.manifest import read_manifest
+from mammobench.models.factory import ModelError
+from mammobench.training.fit import fit
+from mammobench.training.rundir import RunError, read_model_info
+
+from .test_fit import tiny
+
+
+@pytest.fixture(scope="module")
+def full_prepared(tmp_path_factory):
+    """Whole demo mammograms prepared at a non-square 96 x 64 (height x width)."""
+    from mammobench.data.prepare import prepare
+    from mammobench.data.preprocess import PreprocessSettings
+
+    root = tmp_path_factory.mktemp("fullhw")
+    return prepare("demo", root / "gen", root / "full", mode="full", preprocess=PreprocessSettings(size=(96, 64)),
+                   workers=1, preview=False)
+
+
+def test_non_square_whole_images_end_to_end(full_prepared, tmp_path):
+    """data.image_size [H, W]: cache, training, model.json, evaluation, bundle and ONNX all keep H x W."""
+    from mammobench.evaluation.evaluate import evaluate
+    from mammobench.serving.bundle import export_bundle
+    from mammobench.serving.predictor import Predictor
+
+    result = fit(tiny(full_prepared.out, tmp_path, "data.image_size=[96, 64]", "trainer.limit_train_batches=2",
+                      "stages.head_epochs=0", "model.grad_checkpointing=true", "trainer.accumulate=2",
+                      "data.batch_size=4"))
+    info = read_model_info(result.run_dir)
+    assert tuple(info.input_size) == (96, 64) and info.preprocess.hw == (96, 64)
+    run = json.loads((result.run_dir / "run.json").read_text())
+    assert run["batch"] == {"per_step": 4, "accumulate": 2, "effective": 8} and run["grad_checkpointing"]
+    cached = list((full_prepared.out / "cache").glob("96x64px-*"))
+    assert cached, "the cache folder names the size as height x width"
+    assert np.load(next(cached[0].rglob("*.npy"))).shape == (96, 64)
+    assert evaluate(result.run_dir, n_boot=0).metrics["n"] > 0
+    bundle = export_bundle(result.run_dir, tmp_path / "bundle", onnx=True)
+    frame = read_manifest(full_prepared.out)
+    image = frame["image_path"].iloc[0]
+    torch_p = Predictor.from_bundle(bundle).predict_paths([image])[0].probabilities
+    onnx_p = Predictor.from_bundle(bundle, backend="onnx").predict_paths([image])[0].probabilities
+    assert all(abs(torch_p[k] - onnx_p[k]) < 1e-4 for k in torch_p)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    from mammobench.models.factory import create_model
+
+    torch.manual_seed(0)
+    model, _ = create_model("test_resnet", num_classes=2)
+    x = torch.randn(2, 1, 64, 48)
+    grads = []
+    for on in (False, True):
+        model.zero_grad()
+        model.set_grad_checkpointing(on)
+        model(x).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-5)
+
+
+def test_preprocess_fits_a_whole_breast_into_height_by_width():
+    from mammobench.data.preprocess import PreprocessSettings, preprocess_array
+
+    from .conftest import fake_mammogram
+
+    image = fake_mammogram(600, 400, side="R").astype(np.float32) / 255
+    out = preprocess_array(image, PreprocessSettings(size=(120, 80)))
+    assert out.shape == (120, 80)
+    left = out[:, :40].mean()
+    assert left > out[:, 40:].mean(), "flipped to the left, against the chest-wall edge"
+    with pytest.raises(ValueError, match="far smaller than the 1152x896 input"):
+        preprocess_array(image[:200, :150], PreprocessSettings(size=(1152, 896)))
+
+
+@pytest.mark.parametrize("value", ["[96]", "[8, 64]", "[64, 5000]"])
+def test_image_size_must_be_a_side_or_height_width_in_range(value):
+    with pytest.raises(ConfigError, match="image_size"):
+        load_config("demo_cnn", [f"data.image_size={value}"])
+
+
+# --------------------------------------------------------------------------- patch-to-whole-image transfer
+
+
+@pytest.fixture(scope="module")
+def crops_run(demo_prepared, tmp_path_factory):
+    """A tiny lesion-crop model (64 px) to transfer from."""
+    out = tmp_path_factory.mktemp("crops")
+    return fit(tiny(demo_prepared.out, out, "trainer.limit_train_batches=2", "stages.head_epochs=0",
+                    "stages.unfreeze_blocks=all")).run_dir
+
+
+def test_init_from_a_crops_run_starts_the_whole_image_model_from_its_backbone(crops_run, full_prepared, tmp_path):
+    crops = load_file(str(crops_run / "model.safetensors"))
+    cfg = tiny(full_prepared.out, tmp_path, "data.image_size=[96, 64]", f"model.init_from={crops_run}",
+               "stages.head_epochs=1", "stages.finetune_epochs=0", "trainer.limit_train_batches=1",
+               "stages.unfreeze_blocks=0")
+    result = fit(cfg)
+    run = json.loads((result.run_dir / "run.json").read_text())
+    assert "tensors from the run" in run["weights"] and "new head: fc.weight, fc.bias" in run["weights"]
+    whole = load_file(str(result.run_dir / "model.safetensors"))
+    # A frozen backbone (head stage only) keeps exactly the crops model's convolutions ...
+    assert torch.equal(whole["conv1.0.weight"], crops["conv1.0.weight"])
+    assert torch.equal(whole["layer1.0.conv1.weight"], crops["layer1.0.conv1.weight"])
+    # ... while a run without init_from starts elsewhere (the transfer changes the starting point).
+    plain = fit(tiny(full_prepared.out, tmp_path / "plain", "data.image_size=[96, 64]", "stages.head_epochs=1",
+                     "stages.finetune_epochs=0", "trainer.limit_train_batches=1", "stages.unfreeze_blocks=0"))
+    assert not torch.equal(load_file(str(plain.run_dir / "model.safetensors"))["conv1.0.weight"], crops["conv1.0.weight"])
+
+
+def test_init_from_resamples_vit_position_embeddings(demo_prepared, full_prepared, tmp_path):
+    vit = fit(load_config("demo_vit", [f"data.manifest={demo_prepared.out}", f"output.dir={tmp_path}",
+                                       "output.tensorboard=false", "stages.head_epochs=0", "stages.finetune_epochs=1",
+                                       "trainer.limit_train_batches=1"])).run_dir
+    grid_before = load_file(str(vit / "model.safetensors"))["pos_embed"].shape
+    cfg = load_config("demo_vit", [f"data.manifest={full_prepared.out}", f"output.dir={tmp_path / 'whole'}",
+                                   "output.tensorboard=false", "stages.head_epochs=0", "stages.finetune_epochs=1",
+                                   "trainer.limit_train_batches=1", "data.image_size=[96, 64]",
+                                   "model.img_size=[96, 64]", f"model.init_from={vit}"])
+    result = fit(cfg)
+    run = json.loads((result.run_dir / "run.json").read_text())
+    assert "pos_embed" in run["weights"] and "->" in run["weights"]
+    after = load_file(str(result.run_dir / "model.safetensors"))["pos_embed"].shape
+    assert after != grid_before and tuple(read_model_info(result.run_dir).input_size) == (96, 64)
+
+
+def test_init_from_refuses_another_architecture_or_an_unfinished_run(crops_run, full_prepared, tmp_path):
+    with pytest.raises(ModelError, match=r"is a test_resnet run but this run builds test_efficientnet"):
+        fit(tiny(full_prepared.out, tmp_path, f"model.init_from={crops_run}", "model.name=test_efficientnet"))
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "run.json").write_text(json.dumps({"status": "interrupted"}))
+    with pytest.raises(RunError, match="not finished"):
+        fit(tiny(full_prepared.out, tmp_path, f"model.init_from={unfinished}"))
+    with pytest.raises(RunError, match="does not exist"):
+        fit(tiny(full_prepared.out, tmp_path, f"model.init_from={tmp_path / 'nowhere'}"))
+    assert not (tmp_path / "demo_cnn").exists(), "nothing was written for a run refused before it began"
