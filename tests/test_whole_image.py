@@ -146,3 +146,75 @@ def test_init_from_refuses_another_architecture_or_an_unfinished_run(crops_run, 
     with pytest.raises(RunError, match="does not exist"):
         fit(tiny(full_prepared.out, tmp_path, f"model.init_from={tmp_path / 'nowhere'}"))
     assert not (tmp_path / "demo_cnn").exists(), "nothing was written for a run refused before it began"
+
+
+# --------------------------------------------------------------------------- two views of one breast
+
+
+@pytest.mark.parametrize("fusion", ["mean", "max", "concat", "attention"])
+def test_a_missing_view_is_masked_not_zero_filled(fusion):
+    """Whatever the pixels in a masked slot, the breast's logits are the same; mean/max/attention equal one view alone."""
+    from mammobench.models.factory import create_model
+
+    torch.manual_seed(0)
+    model, _ = create_model("test_resnet", num_classes=2, fusion=fusion)
+    model.eval()
+    with torch.no_grad():
+        # a non-trivial head, so that differences show
+        torch.nn.init.normal_(model.get_classifier().weight, std=1.0)
+        cc = torch.randn(3, 1, 1, 64, 48)
+        mask = torch.tensor([[True, False]] * 3)
+        zeros = model(torch.cat([cc, torch.zeros_like(cc)], 1), mask)
+        noise = model(torch.cat([cc, 5 * torch.randn_like(cc)], 1), mask)
+        both = model(torch.cat([cc, torch.randn_like(cc)], 1))
+    assert torch.allclose(zeros, noise, atol=1e-5)
+    assert not torch.allclose(zeros, both, atol=1e-3), "an unmasked second view changes the prediction"
+    if fusion != "concat":
+        with torch.no_grad():
+            alone = model(cc, torch.ones(3, 1, dtype=torch.bool))
+        assert torch.allclose(zeros, alone, atol=1e-5)
+
+
+def test_breast_table_takes_the_worst_finding_and_reports_what_it_sets_aside():
+    import pandas as pd
+
+    from mammobench.data.views import breast_table
+
+    frame = pd.DataFrame({
+        "sample_id": ["a", "b", "c", "d", "e"], "dataset": "x", "patient_id": ["1", "1", "1", "2", "2"],
+        "laterality": ["L", "LEFT", "L", "R", "R"], "view": ["CC", "MLO ", "CC", "ML", "XCCL"],
+        "label": ["BENIGN", "MALIGNANT", "BENIGN", "BENIGN_WITHOUT_CALLBACK", "BENIGN"], "split": "train",
+    })
+    breasts, notes = breast_table(frame, ["BENIGN", "MALIGNANT", "BENIGN_WITHOUT_CALLBACK"], "MALIGNANT")
+    by_id = breasts.set_index("breast_id")
+    assert by_id.loc["x/1/L", "label"] == "MALIGNANT" and by_id.loc["x/2/R", "label"] == "BENIGN"
+    assert by_id.loc["x/1/L", "view_CC"] == 0 and by_id.loc["x/1/L", "view_MLO"] == 1
+    assert by_id.loc["x/2/R", "view_MLO"] == 3 and by_id.loc["x/2/R", "view_CC"] == 4
+    assert any("more than once" in n and "x/1/L CC (2)" in n for n in notes)
+
+
+def test_two_view_model_trains_and_evaluates_per_breast_with_a_missing_view(full_prepared, tmp_path):
+    from mammobench.data.manifest import read_manifest_info, write_manifest
+    from mammobench.evaluation.evaluate import evaluate
+
+    frame = read_manifest(full_prepared.out)
+    # Every fourth breast loses its MLO image: it still gets a prediction, from its CC view alone.
+    lost = frame[(frame["view"] == "MLO")].iloc[::4]
+    write_manifest(frame.drop(lost.index), tmp_path / "partial", read_manifest_info(full_prepared.out))
+    result = fit(tiny(tmp_path / "partial", tmp_path, "data.image_size=[96, 64]", "model.views={fusion: attention}",
+                      f"data.cache_dir={full_prepared.out / 'cache'}", "trainer.limit_train_batches=2",
+                      "stages.head_epochs=0", "data.batch_size=4"))
+    info = read_model_info(result.run_dir)
+    assert info.views == ["CC", "MLO"] and info.fusion == "attention"
+    run = json.loads((result.run_dir / "run.json").read_text())
+    test_images = frame[frame["split"] == "test"]
+    breasts = test_images.groupby(["patient_id", "laterality"]).ngroups
+    assert sum(run["counts"]["test"].values()) == breasts
+    ev = evaluate(result.run_dir, n_boot=0)
+    assert len(ev.predictions) == breasts and ev.metrics["n"] == breasts
+    assert ev.predictions["sample_id"].str.count("/").eq(2).all(), "one row per breast (dataset/patient/side)"
+
+
+def test_two_view_models_need_whole_images(demo_prepared, tmp_path):
+    with pytest.raises(ConfigError, match="model.views needs whole mammograms"):
+        fit(tiny(demo_prepared.out, tmp_path, "model.views={fusion: mean}"))

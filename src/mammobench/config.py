@@ -58,6 +58,15 @@ class DataConfig(_Strict):
         return v
 
 
+class ViewsConfig(_Strict):
+    """A breast-level model over several views of one breast (``model.views``)."""
+
+    fusion: Literal["mean", "max", "concat", "attention"] = Field(
+        "mean", description="how the views' features combine: mean / max over the views present, concat (a learnt "
+        "vector stands in for a missing view), attention (learnt weights over the views present)")
+    views: list[Literal["CC", "MLO"]] = Field(["CC", "MLO"], min_length=1, description="the views, in input order")
+
+
 class ModelConfig(_Strict):
     name: str = "resnet18"
     pretrained: str = Field("hub", description="hub | none | path to .safetensors / state dict")
@@ -72,6 +81,9 @@ class ModelConfig(_Strict):
     grad_checkpointing: bool = Field(
         False, description="recompute activations in the backward pass (timm's set_grad_checkpointing): far less "
         "memory for whole images at 1152 x 896, ~20-30 % more compute")
+    views: ViewsConfig | None = Field(
+        None, description="two views per breast through one shared backbone, one prediction per breast, trained on "
+        "breast labels (the worst finding); e.g. {fusion: mean}. None = one prediction per image")
     init_from: Path | None = Field(
         None, description="a finished run of the same architecture (e.g. lesion crops) whose backbone starts this one "
         "(patch-to-whole-image transfer, Shen et al. 2019); its head is not taken")

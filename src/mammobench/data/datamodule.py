@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from mammobench.data.cache import ImageCache, cache_request
-from mammobench.data.dataset import MammoDataset
+from mammobench.data.dataset import BreastDataset, MammoDataset
 from mammobench.data.splits import check_no_leakage
 from mammobench.data.transforms import AugmentSettings, create_transform
 from mammobench.runtime import MammobenchError
@@ -77,6 +77,8 @@ class MammoDataModule(pl.LightningDataModule):
         train_sampler: makes the training sampler from the training targets (hook for balanced batches).
         seed: seeds the loaders' generators (per epoch, see :meth:`epoch_seed`).
         cache_workers: threads that build the cache (0 = one per core).
+        views: breast-level samples (:class:`BreastDataset`) over these views; ``None`` = one sample per image.
+        positive: the positive class (a breast's label is its worst finding).
     """
 
     def __init__(
@@ -94,8 +96,11 @@ class MammoDataModule(pl.LightningDataModule):
         seed: int = 42,
         cache_workers: int = 0,
         show_progress: bool = False,
+        views: list[str] | None = None,
+        positive: str | None = None,
     ):
         super().__init__()
+        self.views, self.positive = views, positive
         if (frame["split"] == "cv").any():
             raise MammobenchError("the manifest is k-fold: choose a fold (data.fold) before training")
         check_no_leakage(frame)
@@ -112,7 +117,7 @@ class MammoDataModule(pl.LightningDataModule):
         self.show_progress = show_progress
         self.start_epoch = 0  # set by a resumed run to the epoch it continues at
         self.skipped: pd.DataFrame = pd.DataFrame(columns=["sample_id", "image_path", "reason"])
-        self.datasets: dict[str, MammoDataset] = {}
+        self.datasets: dict[str, MammoDataset | BreastDataset] = {}
         self._reasons: dict[int, str] = {}
 
     def prepare_data(self) -> None:
@@ -139,9 +144,16 @@ class MammoDataModule(pl.LightningDataModule):
             if len(rows):
                 augment = split == "train"
                 transform = create_transform(train=augment, augment=self.augment, mean=self.mean, std=self.std)
-                self.datasets[split] = MammoDataset(rows, self.labels, self.cache, transform)
+                if self.views:
+                    breasts = BreastDataset(rows, self.labels, self.cache, transform, views=self.views,
+                                            positive=self.positive)
+                    for note in breasts.notes:
+                        logger.warning("%s split: %s", split, note)
+                    self.datasets[split] = breasts
+                else:
+                    self.datasets[split] = MammoDataset(rows, self.labels, self.cache, transform)
 
-    def dataset(self, split: str) -> MammoDataset:
+    def dataset(self, split: str) -> MammoDataset | BreastDataset:
         if split not in self.datasets:
             raise MammobenchError(f"the {split} split is empty: nothing to load")
         return self.datasets[split]

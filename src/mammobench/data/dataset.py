@@ -66,3 +66,71 @@ class MammoDataset(Dataset):
     def __repr__(self) -> str:
         counts = ", ".join(f"{k}: {v}" for k, v in self.class_counts.items())
         return f"MammoDataset(n={len(self)}, patients={self.metadata['patient_id'].nunique()}, {counts}; {self.cache})"
+
+
+class BreastDataset(Dataset):
+    """Breasts as ``{"image": (V, 1, H, W), "view_mask": (V,) bool, "target": int, "index": int}``.
+
+    Each breast's views come from its image rows (:func:`~mammobench.data.views.breast_table`); a missing
+    view is an all-zero slot with ``view_mask`` False (the model masks it, it never sees the zeros). Each
+    view is augmented on its own.
+
+    Attributes:
+        metadata: one row per breast (``breast_id``, ``patient_id``, ``label``, ``view_<V>`` row indices).
+        images: the image rows the views index into.
+        targets: ``(N,)`` int64 breast labels; ``notes``: what :func:`breast_table` set aside.
+    """
+
+    def __init__(
+        self,
+        frame: pd.DataFrame,
+        labels: Sequence[str],
+        cache: ImageCache,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        *,
+        views: Sequence[str] = ("CC", "MLO"),
+        positive: str | None = None,
+    ):
+        from mammobench.data.views import breast_table
+
+        self.images = frame.reset_index(drop=True)
+        self.label_names = list(labels)
+        self.views = list(views)
+        self.metadata, self.notes = breast_table(self.images, self.label_names, positive, self.views)
+        if self.metadata.empty:
+            raise ManifestError(f"no breast has a {' or '.join(self.views)} view among {len(self.images)} image(s)")
+        unknown = sorted(set(self.metadata["label"]) - set(self.label_names))
+        if unknown:
+            raise ManifestError(f"label(s) {unknown} are not in the model's label set {self.label_names}")
+        lookup = {name: i for i, name in enumerate(self.label_names)}
+        self.targets = np.array(self.metadata["label"].map(lookup), dtype=np.int64)
+        self.cache = cache
+        self.transform = transform
+        self._requests = [cache_request(r) for _, r in self.images.iterrows()]
+        self._entries = [cache.entry_path(r) for r in self._requests]
+        self._index = self.metadata[[f"view_{v}" for v in self.views]].to_numpy(dtype=np.int64)
+        self._shape: tuple[int, ...] | None = None
+
+    def __len__(self) -> int:
+        return len(self.metadata)
+
+    def _view(self, k: int) -> torch.Tensor:
+        image = torch.from_numpy(self.cache.get(self._requests[k], self._entries[k]))[None]
+        return self.transform(image) if self.transform is not None else image
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor | int]:
+        present = [int(k) for k in self._index[i] if k >= 0]
+        loaded = {k: self._view(k) for k in present}
+        shape = next(iter(loaded.values())).shape
+        stack = torch.stack([loaded[int(k)] if k >= 0 else torch.zeros(shape) for k in self._index[i]])
+        return {"image": stack, "view_mask": torch.from_numpy(self._index[i] >= 0), "target": int(self.targets[i]),
+                "index": i}
+
+    @property
+    def class_counts(self) -> dict[str, int]:
+        counts = np.bincount(self.targets, minlength=len(self.label_names))
+        return {name: int(c) for name, c in zip(self.label_names, counts, strict=True)}
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{k}: {v}" for k, v in self.class_counts.items())
+        return f"BreastDataset(n={len(self)} breasts, views {'/'.join(self.views)}, {counts}; {self.cache})"

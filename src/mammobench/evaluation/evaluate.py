@@ -25,7 +25,7 @@ import mammobench
 from mammobench.config import load_config
 from mammobench.data.cache import ImageCache, cache_request
 from mammobench.data.demo import DEMO_DATASET, SYNTHETIC_NOTICE
-from mammobench.evaluation.inference import load_run_model, predict_probs
+from mammobench.evaluation.inference import load_run_model, predict_breasts, predict_probs
 from mammobench.evaluation.metrics import (
     ThresholdChoice,
     UndefinedMetricWarning,
@@ -120,6 +120,9 @@ def run_predictions(run_dir: str | Path, split: str, *, tta: bool = False, devic
     rows, skipped = _readable(split_rows(run_dir, split), info, root)
     if rows.empty:
         raise MammobenchError(f"no readable image in the {split} split of {run_dir}")
+    if info.views:  # a breast-level model: one row per breast
+        breasts, probs = predict_breasts(model, info, rows, root, tta=tta, device=device, batch_size=max(1, batch_size // 4))
+        return breasts, probs, info, skipped
     probs = predict_probs(model, info, rows, root, tta=tta, device=device, batch_size=batch_size)
     return rows, probs, info, skipped
 

@@ -12,9 +12,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from mammobench.data.cache import ImageCache
-from mammobench.data.dataset import MammoDataset
+from mammobench.data.dataset import BreastDataset, MammoDataset
 from mammobench.data.transforms import AugmentSettings, create_transform
+from mammobench.data.views import breast_table
 from mammobench.models.factory import create_model, prefers_channels_last
+from mammobench.models.views import MultiViewClassifier
 from mammobench.runtime import sha256_file
 from mammobench.training.rundir import MODEL_FILE, ModelInfo, RunError, read_model_info
 
@@ -30,12 +32,15 @@ def resolve_device(device: str = "auto") -> torch.device:
 def build_model(info: ModelInfo, weights: dict[str, torch.Tensor]) -> nn.Module:
     """Rebuild the architecture of ``info`` (no download) and load ``weights`` strictly."""
     model, _ = create_model(info.architecture, num_classes=len(info.labels), pretrained="none",
-                            in_chans=info.in_chans, img_size=info.img_size)
+                            in_chans=info.in_chans, img_size=info.img_size, fusion=info.fusion,
+                            num_views=len(info.views or []) or 2)
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise RunError(f"weights do not fit {info.architecture}: missing {missing[:3]}, unexpected {unexpected[:3]}")
     if prefers_channels_last(model):
         model = model.to(memory_format=torch.channels_last)  # inputs follow (NCHW inputs work too)
+        if isinstance(model, MultiViewClassifier):
+            model.channels_last = True
     return model.eval()
 
 
@@ -79,3 +84,30 @@ def predict_probs(
         probs = torch.stack([model(v).float().softmax(1) for v in views]).mean(0)
         out.append(probs.cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, len(info.labels)), np.float32)
+
+
+@torch.no_grad()
+def predict_breasts(
+    model: nn.Module, info: ModelInfo, frame: pd.DataFrame, cache_root: str | Path, *, tta: bool = False,
+    batch_size: int = 16, device: str = "auto",
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """A breast-level model's predictions: one row per breast of ``frame``'s images and its ``(N, C)`` probabilities.
+
+    ``tta`` flips every view together (horizontally, then vertically) and averages.
+    """
+    dev = resolve_device(device)
+    model = model.to(dev).eval()
+    cache = ImageCache(cache_root, info.preprocess)
+    transform = create_transform(train=False, augment=AugmentSettings(enabled=False), mean=info.mean, std=info.std)
+    ds = BreastDataset(frame.assign(label=info.labels[0]), info.labels, cache, transform, views=info.views or ["CC", "MLO"],
+                       positive=info.labels[0])
+    for note in ds.notes:
+        logger.warning("%s", note)
+    breasts, _ = breast_table(frame, info.labels, info.positive_label, info.views or ["CC", "MLO"])
+    out = []
+    for batch in DataLoader(ds, batch_size=batch_size, shuffle=False):
+        x, mask = batch["image"].to(dev), batch["view_mask"].to(dev)
+        flips = [x, x.flip(-1), x.flip(-2)] if tta else [x]
+        out.append(torch.stack([model(v, mask).float().softmax(1) for v in flips]).mean(0).cpu())
+    probs = torch.cat(out).numpy() if out else np.zeros((0, len(info.labels)), np.float32)
+    return breasts, probs

@@ -95,6 +95,8 @@ def create_model(
     drop_path_rate: float | None = None,
     img_size: int | tuple[int, int] | None = None,
     head_init: HeadInit = "small",
+    fusion: str | None = None,
+    num_views: int = 2,
 ) -> tuple[nn.Module, LoadReport]:
     """Create a timm classifier for ``num_classes`` lesion classes.
 
@@ -109,6 +111,9 @@ def create_model(
         head_init: ``small`` re-initialises a new classification head (see :func:`init_head`), ``timm``
             keeps the architecture's own initialisation (EfficientNet / MobileNet heads then start with
             logits of about +-7 on pretrained features).
+        fusion: build a breast-level :class:`~mammobench.models.views.MultiViewClassifier` over
+            ``num_views`` views with this fusion (``mean``, ``max``, ``concat``, ``attention``); ``None``
+            = an image classifier.
 
     Returns:
         ``(model, report)``.
@@ -122,6 +127,16 @@ def create_model(
         torch.Size([2, 3])
     """
     check_model_name(name)
+    if fusion is not None:
+        from mammobench.models.views import MultiViewClassifier
+
+        backbone, report = create_model(name, num_classes=0, pretrained=pretrained, in_chans=in_chans,
+                                        drop_path_rate=drop_path_rate, img_size=img_size)
+        wrapped = MultiViewClassifier(backbone, num_classes, fusion=fusion, num_views=num_views,  # type: ignore[arg-type]
+                                      drop_rate=drop_rate)
+        if head_init == "small":
+            init_head(wrapped)
+        return wrapped, report
     kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_chans, "drop_rate": drop_rate}
     if drop_path_rate is not None:
         kwargs["drop_path_rate"] = drop_path_rate
@@ -210,6 +225,13 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_weights_file(model: nn.Module, path: str | Path, *, new_head: bool = False) -> LoadReport:
+    """Load pretrained weights from a file into ``model``: :func:`load_state` on the file's tensors."""
+    path = Path(path)
+    return load_state(model, _read_state_dict(path), LoadReport("file", path=str(path)), new_head=new_head)
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], report: LoadReport, *,
+               new_head: bool = False) -> LoadReport:
     """Load pretrained weights from a file into ``model``, the way timm's hub loading would.
 
     Steps: the model family's own ``checkpoint_filter_fn`` (e.g. ViT position-embedding resizing), the
@@ -217,13 +239,12 @@ def load_weights_file(model: nn.Module, path: str | Path, *, new_head: bool = Fa
     differs. Everything else must match exactly.
 
     ``new_head``: never take the file's classifier, even when its class count fits (a transfer between tasks).
+    A model built without a classifier (``num_classes=0``, a multi-view backbone) takes none either.
 
     Raises:
         ModelError: listing missing, unexpected or mis-shaped tensors when the file does not fit.
     """
-    path = Path(path)
-    state = _read_state_dict(path)
-    report = LoadReport("file", path=str(path))
+    path = report.path
     filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
     if filter_fn is not None:
         shapes = {k: tuple(v.shape) for k, v in state.items()}
@@ -250,9 +271,10 @@ def load_weights_file(model: nn.Module, path: str | Path, *, new_head: bool = Fa
     for head in heads:
         for suffix in (".weight", ".bias"):
             key = head + suffix
-            if key in state and key in own and (new_head or state[key].shape != own[key].shape):
+            if key in state and (key not in own or new_head or state[key].shape != own[key].shape):
                 del state[key]
-                report.reinitialised.append(key)
+                if key in own:
+                    report.reinitialised.append(key)
     mismatched = [f"{k} {tuple(v.shape)} != {tuple(own[k].shape)}" for k, v in state.items() if k in own and v.shape != own[k].shape]
     # BatchNorm's step counter is absent from many exported files and unused in eval and training.
     missing = [k for k in own if k not in state and k not in report.reinitialised and not k.endswith("num_batches_tracked")]
@@ -302,7 +324,7 @@ def resolve_input_config(
 def prefers_channels_last(model: nn.Module) -> bool:
     """Convolutional networks run faster with NHWC tensors, on GPUs and CPUs alike (measured on a 2-core
     CPU: EfficientNet-Lite0 training 2.1x, ResNet-18 1.1x); transformers (a ``patch_embed``) gain nothing."""
-    return not hasattr(model, "patch_embed")
+    return not hasattr(getattr(model, "backbone", model), "patch_embed")
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -295,10 +295,15 @@ def fit(
     pl.seed_everything(config.seed, workers=True, verbose=False)
     frame, labels, positive, manifest_dir, data_mode, val_note = _split_frame(config)
     transfer = config.model.init_from
+    views = config.model.views
+    if views is not None and data_mode != "full":
+        raise ConfigError(f"model.views needs whole mammograms, but {config.data.manifest} holds lesion crops "
+                          f"(mode {data_mode}): prepare the dataset with --mode full")
     model, load_report = create_model(
         config.model.name, num_classes=len(labels), pretrained="none" if transfer else config.model.pretrained,
         in_chans=1, drop_rate=config.model.drop_rate, drop_path_rate=config.model.drop_path_rate,
         img_size=config.model.img_size, head_init=config.model.head_init,
+        fusion=views.fusion if views else None, num_views=len(views.views) if views else 2,
     )
     if transfer is not None:
         load_report = init_from_run(model, transfer, config.model.name)
@@ -318,7 +323,7 @@ def fit(
         frame, labels, cache, mean=input_cfg.mean, std=input_cfg.std, augment=config.data.augment,
         batch_size=config.data.batch_size, num_workers=config.data.num_workers,
         train_sampler=create_balanced_sampler if config.data.sampler == "balanced" else None,
-        seed=config.seed, show_progress=show_progress,
+        seed=config.seed, show_progress=show_progress, views=list(views.views) if views else None, positive=positive,
     )
     dm.prepare_data()
     dm.setup("fit")
@@ -431,6 +436,7 @@ def fit(
             mean=input_cfg.mean, std=input_cfg.std, img_size=config.model.img_size, preprocess=preprocess,
             weights_sha256=sha256_file(run_dir / MODEL_FILE), ema=config.optim.ema_decay is not None,
             mode="full" if data_mode == "full" else "roi",
+            views=list(views.views) if views else None, fusion=views.fusion if views else None,
         )
         atomic_write_json(run_dir / MODEL_INFO, model_info.model_dump(mode="json"))
         hist = history.frame()

@@ -20,10 +20,21 @@ from torchmetrics.functional.classification import binary_auroc
 
 from mammobench.config import OptimConfig, StagesConfig
 from mammobench.models.finetune import ParameterPlan, apply_stage
+from mammobench.models.views import MultiViewClassifier
 from mammobench.runtime import MammobenchError
 from mammobench.training.optim import WarmupCosine, create_optimizer, param_groups
 
 logger = logging.getLogger(__name__)
+
+
+def run_model(model: nn.Module, x: torch.Tensor, view_mask: torch.Tensor | None = None,
+              channels_last: bool = False) -> torch.Tensor:
+    """Logits of an image batch ``(B, C, H, W)``, or of a breast batch ``(B, V, C, H, W)`` with its view mask."""
+    if x.ndim == 5:
+        return model(x, view_mask)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return model(x)
 
 
 class NonFiniteLossError(MammobenchError):
@@ -80,6 +91,9 @@ class LesionClassifier(pl.LightningModule):
         self.channels_last = channels_last
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        breast_model: Any = self.model
+        if isinstance(breast_model, MultiViewClassifier):  # a breast-level model converts each view's batch itself
+            breast_model.channels_last = channels_last
         self.ema: ModelEmaV3 | None = None
         if optim.ema_decay:
             self.ema = ModelEmaV3(self.model, decay=optim.ema_decay, use_warmup=True)
@@ -91,10 +105,9 @@ class LesionClassifier(pl.LightningModule):
         self.epoch_record: dict[str, float] = {}
 
     # ----------------------------------------------------------------- forward
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return (self._compiled[0] if self._compiled else self.model)(x)
+    def forward(self, x: torch.Tensor, view_mask: torch.Tensor | None = None) -> torch.Tensor:
+        model: Any = self._compiled[0] if self._compiled else self.model
+        return run_model(model, x, view_mask, self.channels_last)
 
     def eval_model(self) -> nn.Module:
         """The weights evaluated and exported: the EMA copy when enabled."""
@@ -119,7 +132,7 @@ class LesionClassifier(pl.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch["image"], batch["target"]
-        logits = self(x)
+        logits = self(x, batch.get("view_mask"))
         loss = self.loss_fn(logits, y)
         if not torch.isfinite(loss).item():
             raise NonFiniteLossError(
@@ -142,10 +155,8 @@ class LesionClassifier(pl.LightningModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         x, y = batch["image"], batch["target"]
-        model = self.eval_model()
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        logits = model(x) if self.ema is not None else self(x)
+        logits = run_model(self.eval_model(), x, batch.get("view_mask"), self.channels_last) if self.ema is not None \
+            else self(x, batch.get("view_mask"))
         self._val.append((logits.float().detach(), y.detach()))
 
     def on_validation_epoch_end(self) -> None:
@@ -208,11 +219,7 @@ class LesionClassifier(pl.LightningModule):
 
     # ----------------------------------------------------------------- prediction
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        model = self.eval_model()
-        x = batch["image"]
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return F.softmax(model(x).float(), dim=1)
+        return F.softmax(run_model(self.eval_model(), batch["image"], batch.get("view_mask"), self.channels_last).float(), dim=1)
 
     # ----------------------------------------------------------------- optimiser
     def configure_optimizers(self) -> Any:

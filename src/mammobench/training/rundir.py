@@ -55,6 +55,8 @@ class ModelInfo(BaseModel):
     weights_sha256: str
     ema: bool = False
     mode: str = "roi"  # what the model was trained on: "roi" (lesion crops) or "full" (whole mammograms)
+    views: list[str] | None = None  # a breast-level model: its views in input order (None: an image model)
+    fusion: str | None = None  # how a breast-level model combines its views
 
 
 def read_json(path: Path, what: str) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from torch import nn
 
-from mammobench.models.factory import LoadReport, ModelError, load_weights_file
+from mammobench.models.factory import LoadReport, ModelError, load_state
 from mammobench.runtime import sha256_file
 from mammobench.training.rundir import MODEL_FILE, RunError, read_model_info, require_finished
 
@@ -43,10 +43,17 @@ def init_from_run(model: nn.Module, run_dir: str | Path, architecture: str) -> L
     path = run_dir / MODEL_FILE
     if sha256_file(path) != info.weights_sha256:
         raise RunError(f"{path} does not match the checksum in its model.json: the weights were changed or damaged")
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    if info.views:  # a breast-level run: its backbone alone
+        state = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+    target: nn.Module = getattr(model, "backbone", model)  # a breast-level model takes the backbone
     try:
-        report = load_weights_file(model, path, new_head=True)
+        report = load_state(target, state, LoadReport("run", path=str(path)), new_head=True)
     except ModelError as exc:
         raise ModelError(f"model.init_from={run_dir}: {exc}") from None
-    report.source = "run"
+    if target is not model:
+        report.reinitialised = [n for n, _ in model.named_parameters() if not n.startswith("backbone.")]
     logger.info("initialised from run %s: %s", run_dir, report.summary())
     return report
