@@ -218,3 +218,149 @@ def test_two_view_model_trains_and_evaluates_per_breast_with_a_missing_view(full
 def test_two_view_models_need_whole_images(demo_prepared, tmp_path):
     with pytest.raises(ConfigError, match="model.views needs whole mammograms"):
         fit(tiny(demo_prepared.out, tmp_path, "model.views={fusion: mean}"))
+
+
+@pytest.mark.parametrize("how", ["mean", "max"])
+def test_image_models_are_evaluated_per_breast_and_per_patient(trained_runs, how):
+    from mammobench.evaluation.evaluate import evaluate
+
+    ev = evaluate(trained_runs["cnn"], n_boot=20, aggregate=how)
+    levels = ev.metrics["levels"]
+    assert set(levels) == {"image", "breast", "patient"}
+    images = ev.predictions
+    assert levels["image"]["n"] == len(images) and levels["breast"]["n"] == images["patient_id"].nunique()
+    breast = ev.levels["breast"]
+    assert len(breast) == levels["breast"]["n"] and (breast["n_images"] == 2).all()  # CC + MLO per demo breast
+    one = breast.iloc[0]
+    mine = images[images["patient_id"] == one["patient_id"]]["prob_MALIGNANT"]
+    expected = mine.mean() if how == "mean" else mine.max()
+    assert one["prob_MALIGNANT"] == pytest.approx(expected)
+    assert 0 <= levels["breast"]["metrics"]["auc_malignant"]["value"] <= 1
+    assert (ev.out_dir / "predictions_breast.csv").is_file()
+
+
+# --------------------------------------------------------------------------- exams: views, prediction, Grad-CAM
+
+
+@pytest.mark.parametrize(("name", "side", "view"), [
+    ("L_CC.png", "L", "CC"), ("l-mlo.png", "L", "MLO"), ("RCC.png", "R", "CC"), ("RIGHT_MLO.dcm", "R", "MLO"),
+    ("case12_LEFT_CC.png", "L", "CC"), ("MLO_R.png", "R", "MLO"), ("exam 3 R ML.png", "R", "MLO"),
+])
+def test_views_from_file_names(tmp_path, name, side, view):
+    from mammobench.data.views import identify_view
+
+    path = tmp_path / name
+    path.write_bytes(b"not read: the name decides")
+    vid = identify_view(path)
+    assert (vid.laterality, vid.view, vid.source) == (side, view, "file name")
+
+
+def test_views_from_dicom_headers_win_over_the_name(tmp_path):
+    from mammobench.data.views import identify_view
+
+    from .test_images import make_dicom
+
+    path = make_dicom(tmp_path / "R_CC.dcm", np.zeros((8, 8), np.uint16))
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    ds.ImageLaterality, ds.ViewPosition = "L", "MLO"
+    ds.save_as(path)
+    vid = identify_view(path)
+    assert (vid.laterality, vid.view, vid.source) == ("L", "MLO", "DICOM header")
+
+
+def test_exam_errors_name_the_files(tmp_path):
+    from mammobench.data.views import ViewError, exam_views
+
+    for name in ("L_CC.png", "L-CC.png", "scan7.png"):
+        (tmp_path / name).write_bytes(b"x")
+    with pytest.raises(ViewError, match=r"two images of the left CC view in one exam: .*L_CC.png and .*L-CC.png"):
+        exam_views([tmp_path / "L_CC.png", tmp_path / "L-CC.png"])
+    with pytest.raises(ViewError, match=r"scan7.png: cannot tell which breast and view"):
+        exam_views([tmp_path / "scan7.png"])
+
+
+def _exam_folder(tmp_path, full_prepared, patient_rows=2):
+    """An exam folder: two real demo images of one woman renamed L_CC / L_MLO, plus another's R_CC."""
+    import shutil
+
+    frame = read_manifest(full_prepared.out)
+    a = frame[frame["patient_id"] == frame["patient_id"].iloc[0]].sort_values("view")
+    b = frame[frame["patient_id"] == frame["patient_id"].iloc[2]].sort_values("view")
+    folder = tmp_path / "exam1"
+    folder.mkdir()
+    shutil.copy(a["image_path"].iloc[0], folder / "L_CC.png")
+    shutil.copy(a["image_path"].iloc[1], folder / "L_MLO.png")
+    shutil.copy(b["image_path"].iloc[0], folder / "R_CC.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def two_view_bundle(full_prepared, tmp_path_factory):
+    from mammobench.serving.bundle import export_bundle
+
+    out = tmp_path_factory.mktemp("twoview")
+    run = fit(tiny(full_prepared.out, out, "data.image_size=[96, 64]", "model.views={fusion: concat}",
+                   "trainer.limit_train_batches=2", "stages.head_epochs=0", "data.batch_size=4")).run_dir
+    return export_bundle(run, out / "bundle", onnx=True)
+
+
+def test_exam_prediction_with_a_two_view_model(two_view_bundle, full_prepared, tmp_path):
+    from mammobench.data.images import read_image
+    from mammobench.serving.predictor import Predictor
+
+    folder = _exam_folder(tmp_path, full_prepared)
+    for backend in ("torch", "onnx"):
+        p = Predictor.from_bundle(two_view_bundle, backend=backend)
+        result = p.predict_exam(sorted(folder.iterdir()), cams=backend == "torch")
+        by_side = {b.laterality: b for b in result.breasts}
+        assert set(by_side) == {"L", "R"}
+        assert by_side["L"].views == ["CC", "MLO"] and by_side["L"].how == "two-view model"
+        assert by_side["R"].views == ["CC"] and "missing" in by_side["R"].how
+        assert len(result.images) == 3 and all(not i.error for i in result.images)
+        assert abs(sum(by_side["L"].probabilities.values()) - 1) < 1e-5
+        if backend == "torch":
+            torch_left = by_side["L"].probabilities
+            for path, cam in result.cams.items():
+                assert cam.shape == read_image(path).shape, "the heat map is at the image's full resolution"
+                assert cam.max() > 0
+        else:
+            assert all(abs(torch_left[k] - by_side["L"].probabilities[k]) < 1e-4 for k in torch_left)
+
+
+def test_predict_exam_from_the_command_line(two_view_bundle, full_prepared, tmp_path):
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from mammobench.cli import app
+
+    folder = _exam_folder(tmp_path, full_prepared)
+    out = tmp_path / "exams.csv"
+    result = CliRunner().invoke(app, ["predict", str(two_view_bundle), str(folder), "--exam", "--out", str(out),
+                                      "--cams", str(tmp_path / "cams")])
+    assert result.exit_code == 0, result.output
+    breasts = pd.read_csv(out)
+    images = pd.read_csv(tmp_path / "exams_images.csv")
+    assert sorted(breasts["laterality"]) == ["L", "R"] and len(images) == 3
+    assert set(breasts.loc[breasts["laterality"] == "L", "views"]) == {"CC+MLO"}
+    assert len(list((tmp_path / "cams" / "exam1").glob("*_gradcam.png"))) == 3
+    (folder / "L-CC.png").write_bytes((folder / "L_CC.png").read_bytes())
+    result = CliRunner().invoke(app, ["predict", str(two_view_bundle), str(folder), "--exam", "--out", str(out)])
+    assert result.exit_code == 2 and "two images of the left CC view" in result.output
+
+
+def test_exam_prediction_with_an_image_model_combines_its_views(full_prepared, tmp_path):
+    from mammobench.serving.bundle import export_bundle
+    from mammobench.serving.predictor import Predictor
+
+    run = fit(tiny(full_prepared.out, tmp_path, "data.image_size=[96, 64]", "trainer.limit_train_batches=1",
+                   "stages.head_epochs=0")).run_dir
+    p = Predictor.from_bundle(export_bundle(run, tmp_path / "bundle"))
+    files = sorted(_exam_folder(tmp_path, full_prepared).iterdir())
+    for how in ("mean", "max"):
+        result = p.predict_exam(files, aggregate=how)
+        left = next(b for b in result.breasts if b.laterality == "L")
+        views = [i.probabilities["MALIGNANT"] for i in result.images if "L_" in i.path]
+        expected = np.mean(views) if how == "mean" else np.max(views)
+        assert left.probabilities["MALIGNANT"] == pytest.approx(expected) and left.how.startswith(how)

@@ -235,13 +235,16 @@ def evaluate(
     n_boot: Annotated[int, typer.Option(help="Patient-bootstrap resamples for the 95 % intervals.")] = 1000,
     threshold: Annotated[str, typer.Option(help="Malignant threshold chosen on validation: youden | sensitivity.")] = "youden",
     target_sensitivity: Annotated[float, typer.Option(help="For --threshold sensitivity.")] = 0.9,
+    aggregate: Annotated[str, typer.Option(help="Breast and patient levels from images: mean | max.")] = "mean",
 ) -> None:
-    """Metrics with patient-bootstrap CIs, per lesion type, and plots for one split of a run."""
+    """Metrics with patient-bootstrap CIs, per lesion type, at image, breast and patient level, and plots."""
     from mammobench.evaluation.evaluate import evaluate as run_evaluate
 
+    if aggregate not in ("mean", "max"):
+        _fail(MammobenchError(f"--aggregate {aggregate!r}: expected mean or max"))
     try:
         result = run_evaluate(run, split=split, tta=tta, n_boot=n_boot, threshold_method=threshold,
-                              target_sensitivity=target_sensitivity)
+                              target_sensitivity=target_sensitivity, aggregate=aggregate)
     except MammobenchError as exc:
         _fail(exc)
     r = result.metrics
@@ -257,12 +260,21 @@ def evaluate(
     for key in ("auc_macro", "auc_malignant", "f1_macro", "ece"):
         if key in m:
             console.print("  " + _metric_line(key, m[key]))
+    levels = r.get("levels", {})
+    if len(levels) > 1:
+        key = "auc_malignant" if "auc_malignant" in m else "auc_macro"
+        parts = [f"{name} ({lv['n']}): {_metric_line(key, lv['metrics'][key]).split(' ', 1)[-1].strip()}"
+                 for name, lv in levels.items() if key in lv["metrics"]]
+        console.print(f"  {key} by level ({r.get('aggregate', 'mean')} over images): " + "; ".join(parts))
+    for note in r.get("level_notes", []):
+        console.print(f"[yellow]note:[/] {note}")
     t = r.get("threshold", {})
     if t.get("reason"):
         console.print(f"[yellow]threshold:[/] {t['rule']} ({t['reason']})")
     for w in r.get("run_warnings", []):
         console.print(f"[yellow]warning:[/] {w}")
-    console.print(f"Written to {result.out_dir} (metrics.json, predictions.csv, roc/pr/confusion/reliability plots)")
+    extra = ", predictions_breast.csv" if "breast" in (result.levels or {}) else ""
+    console.print(f"Written to {result.out_dir} (metrics.json, predictions.csv{extra}, roc/pr/confusion/reliability plots)")
 
 
 @app.command()
@@ -436,13 +448,26 @@ def predict(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 16,
     trusted_key: Annotated[Path | None, typer.Option(help="Ed25519 public key: refuse a bundle not signed with its pair.")] = None,
+    exam: Annotated[bool, typer.Option(help="Each folder is one exam (up to 4 views): one row per breast, images in <out>_images.csv.")] = False,
+    aggregate: Annotated[str, typer.Option(help="--exam with an image model: a breast's views combined by mean | max.")] = "mean",
+    cams: Annotated[Path | None, typer.Option(help="--exam: write a Grad-CAM heat map per image, at its full resolution, here.")] = None,
 ) -> None:
-    """Predict images with a bundle; unreadable files are listed with their error, the rest still predicted."""
+    """Predict images with a bundle; unreadable files are listed with their error, the rest still predicted.
+
+    With --exam, each folder given is one exam: views are read from DICOM headers, else from file names
+    (L_CC, L-CC, LCC, RIGHT_MLO); the result has one row per breast.
+    """
     from mammobench.serving.predictor import Predictor, write_predictions
 
     try:
         predictor = Predictor.from_bundle(bundle, backend=backend, device=device, batch_size=batch_size,  # type: ignore[arg-type]
                                           trusted_key=trusted_key)
+        if exam:
+            _predict_exams(predictor, paths, out, aggregate, cams)
+            return
+        if predictor.breast_model:
+            console.print("[yellow]note:[/] a two-view model given loose images predicts each as one view of a breast; "
+                          "give each exam's folder with --exam for breast predictions from both views")
         results = predictor.predict_paths(paths, roi=roi, show_progress=True)
     except MammobenchError as exc:
         _fail(exc)
@@ -462,6 +487,55 @@ def predict(
     if noted:
         console.print(f"[yellow]{len(noted)} image(s) do not look like the model's training inputs[/] (column 'note'): "
                       f"{noted[0].path}: {noted[0].note}")
+
+
+def _predict_exams(predictor, folders: list[Path], out: Path, aggregate: str, cams: Path | None) -> None:  # type: ignore[no-untyped-def]
+    from mammobench.serving.predictor import collect_images, write_exam_predictions
+
+    exams = []
+    for folder in folders:
+        if not folder.is_dir():
+            raise MammobenchError(f"--exam: {folder} is not a folder (give one folder per exam, holding up to four views)")
+        files = collect_images([folder])
+        if not files:
+            raise MammobenchError(f"--exam: no image in {folder}")
+        if len(files) > 4:
+            raise MammobenchError(f"--exam: {folder} holds {len(files)} images; an exam has at most four (CC and MLO per side)")
+        result = predictor.predict_exam(files, exam=str(folder), aggregate=aggregate, cams=cams is not None)
+        exams.append(result)
+        if cams is not None:
+            _write_cams(result, folder, cams)
+    breasts_csv, images_csv = write_exam_predictions(exams, out, labels=predictor.labels)
+    rows = [b for e in exams for b in e.breasts]
+    console.print(_frame_table(pd_frame([{"exam": b.exam, "side": b.laterality, "views": "+".join(b.views) or "-",
+                                          "decision": b.decision or b.error, "how": b.how} for b in rows]), "Breasts"))
+    console.print(f"{len(rows)} breast(s) of {len(exams)} exam(s) -> [bold]{breasts_csv}[/] (images: {images_csv})")
+
+
+def pd_frame(rows: list[dict[str, object]]):  # type: ignore[no-untyped-def]
+    import pandas as pd
+
+    return pd.DataFrame(rows)
+
+
+def _write_cams(result, folder: Path, cams: Path) -> None:  # type: ignore[no-untyped-def]
+    import cv2
+    import numpy as np
+
+    from mammobench.data.images import read_image
+    from mammobench.evaluation.explain import overlay
+    from mammobench.runtime import atomic_write_bytes
+
+    target = cams / folder.name
+    target.mkdir(parents=True, exist_ok=True)
+    for path, cam in result.cams.items():
+        stem = Path(path).stem
+        shown = overlay(read_image(path), np.asarray(cam))[:, :, ::-1]  # RGB -> OpenCV's BGR
+        for name, array in ((f"{stem}_gradcam.png", shown), (f"{stem}_heatmap.png", np.round(np.asarray(cam) * 255).astype(np.uint8))):
+            ok, encoded = cv2.imencode(".png", array)
+            if ok:
+                atomic_write_bytes(target / name, encoded.tobytes())
+    console.print(f"Grad-CAM at full resolution: {target} (<image>_gradcam.png overlay, <image>_heatmap.png map)")
 
 
 @app.command()

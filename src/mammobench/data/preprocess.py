@@ -19,6 +19,7 @@ decoded intensities, 0-1 over the file's bit depth), which keeps the absolute br
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import cv2
@@ -124,19 +125,52 @@ def resize_pad(
     ``align`` places a narrow image against the ``left``/``right`` edge (the chest wall of a canonical
     full mammogram) or in the ``centre`` (a lesion crop).
     """
-    h, w = image.shape
     oh, ow = size_hw(size)
-    scale = min(oh / h, ow / w)
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    if not keep_aspect:
-        return cv2.resize(image, (ow, oh), interpolation=interp)
-    nh, nw = min(oh, max(1, round(h * scale))), min(ow, max(1, round(w * scale)))
+    x0, y0, nw, nh = _placement(image.shape, size, keep_aspect, align)
+    interp = cv2.INTER_AREA if nh < image.shape[0] else cv2.INTER_LINEAR
     resized = cv2.resize(image, (nw, nh), interpolation=interp)
+    if not keep_aspect:
+        return resized
     out = np.zeros((oh, ow), dtype=np.float32)
-    y0 = (oh - nh) // 2
-    x0 = {"centre": (ow - nw) // 2, "left": 0, "right": ow - nw}[align]
     out[y0 : y0 + nh, x0 : x0 + nw] = resized
     return out
+
+
+def _placement(shape: tuple[int, ...], size: Size, keep_aspect: bool,
+               align: Literal["centre", "left", "right"]) -> tuple[int, int, int, int]:
+    """Where :func:`resize_pad` puts an image of ``shape``: x0, y0, width, height inside the model input."""
+    oh, ow = size_hw(size)
+    if not keep_aspect:
+        return 0, 0, ow, oh
+    h, w = shape[:2]
+    scale = min(oh / h, ow / w)
+    nh, nw = min(oh, max(1, round(h * scale))), min(ow, max(1, round(w * scale)))
+    x0 = {"centre": (ow - nw) // 2, "left": 0, "right": ow - nw}[align]
+    return x0, (oh - nh) // 2, nw, nh
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where a model input came from in the original image: the crop box, the side flip, and the resized
+    region inside the padded input. :meth:`to_original` maps a map over the input (a Grad-CAM heat map)
+    back onto the original image, pixel for pixel."""
+
+    original: tuple[int, int]  # (height, width) of the decoded image
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1 cut from it
+    flipped: bool
+    placed: tuple[int, int, int, int]  # x0, y0, width, height of the image inside the model input
+
+    def to_original(self, values: np.ndarray) -> np.ndarray:
+        """``values`` over the model input -> the same over the original image (0 outside the box)."""
+        x, y, w, h = self.placed
+        x0, y0, x1, y1 = self.box
+        region = cv2.resize(np.ascontiguousarray(values[y : y + h, x : x + w], dtype=np.float32), (x1 - x0, y1 - y0),
+                            interpolation=cv2.INTER_LINEAR)
+        if self.flipped:
+            region = np.ascontiguousarray(region[:, ::-1])
+        out = np.zeros(self.original, dtype=np.float32)
+        out[y0:y1, x0:x1] = region
+        return out
 
 
 def preprocess_array(
@@ -146,6 +180,17 @@ def preprocess_array(
     roi: tuple[int, int, int, int] | None = None,
     full_image: bool = True,
 ) -> np.ndarray:
+    """Apply the preprocessing pipeline to an already decoded image (:func:`preprocess_with_geometry`)."""
+    return preprocess_with_geometry(image, settings, roi=roi, full_image=full_image)[0]
+
+
+def preprocess_with_geometry(
+    image: np.ndarray,
+    settings: PreprocessSettings,
+    *,
+    roi: tuple[int, int, int, int] | None = None,
+    full_image: bool = True,
+) -> tuple[np.ndarray, Geometry]:
     """Apply the preprocessing pipeline to an already decoded image.
 
     Args:
@@ -156,12 +201,13 @@ def preprocess_array(
             lesion crop file, which is only windowed and resized.
 
     Returns:
-        ``(height, width)`` of ``settings.size``, float32 in [0, 1].
+        ``(height, width)`` of ``settings.size``, float32 in [0, 1], and its :class:`Geometry`.
 
     Raises:
         ValueError: an ROI outside the image.
     """
     h, w = image.shape
+    box = (0, 0, w, h)
     mask: np.ndarray | None = None
     flip = False
     limits: tuple[float, float] | None = None  # the window, when it is measured before the ROI is cut out
@@ -178,9 +224,11 @@ def preprocess_array(
         if settings.window_from == "image" and full_image:
             limits = window_limits(image, *settings.window, mask=mask)
         image, mask = image[y0:y1, x0:x1], None
+        box = (x0, y0, x1, y1)
     elif full_image and settings.crop_breast and mask is not None:
         x0, y0, x1, y1 = bbox_of(mask)
         image, mask = image[y0:y1, x0:x1], mask[y0:y1, x0:x1]
+        box = (x0, y0, x1, y1)
     if roi is None and full_image:
         oh, ow = settings.hw
         if image.shape[0] * 2 < oh and image.shape[1] * 2 < ow:
@@ -202,7 +250,9 @@ def preprocess_array(
     align: Literal["centre", "left", "right"] = "centre"
     if roi is None and full_image and settings.canonical_side != "none":
         align = settings.canonical_side
-    return resize_pad(image, settings.size, settings.keep_aspect, align)
+    out = resize_pad(image, settings.size, settings.keep_aspect, align)
+    return out, Geometry((h, w), box, flip, _placement(image.shape, settings.size, settings.keep_aspect, align))
+
 
 
 def load_and_preprocess(

@@ -51,6 +51,8 @@ class EvaluationResult:
     out_dir: Path
     metrics: dict[str, Any]
     predictions: pd.DataFrame
+    #: breast- and patient-level predictions (``aggregate``), by level
+    levels: dict[str, pd.DataFrame] | None = None
 
 
 def cache_root(run_dir: Path) -> Path:
@@ -171,6 +173,7 @@ def evaluate(
     device: str = "auto",
     seed: int = 0,
     breakdown_min: int = 10,
+    aggregate: str = "mean",
 ) -> EvaluationResult:
     """Evaluate a finished run on one split.
 
@@ -182,6 +185,8 @@ def evaluate(
         threshold_method: how the malignant decision threshold is chosen on the validation split:
             ``youden`` or ``sensitivity`` (reach ``target_sensitivity``).
         breakdown_min: smallest subgroup (lesion type, dataset) that gets its own metrics.
+        aggregate: how image predictions combine into breast and patient predictions (``mean`` or ``max``);
+            ``metrics.json`` holds every level under ``levels``.
 
     Raises:
         RunError: unfinished run, missing files, another format version, mismatched labels.
@@ -233,6 +238,17 @@ def evaluate(
     report["run_warnings"] = read_run_info(run_dir).get("warnings", [])
     report["per_class"] = per_class_table(y, probs, labels)
     report["confusion_matrix"] = confusion(y, probs, len(labels))
+    unit = "breast" if info.views else "image"
+    levels, level_preds = aggregate_levels(rows, probs, labels, positive, unit=unit, how=aggregate)
+    report["levels"] = {unit: {"n": int(len(rows)), "metrics": report["metrics"]}}
+    report["aggregate"] = aggregate
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)  # said once for the main level above
+        for name, (lrows, lprobs) in levels.items():
+            ly = _targets(lrows, labels, run_dir)
+            report["levels"][name] = {"n": int(len(lrows)), "metrics": metrics_with_ci(
+                ly, lprobs, labels, _groups(lrows), positive=positive, threshold=threshold, n_boot=n_boot, seed=seed)}
+    report["level_notes"] = level_preds.pop("_notes", [])
 
     preds = rows[[c for c in ("sample_id", "dataset", "patient_id", "lesion_type", "label") if c in rows]].copy()
     for i, lab in enumerate(labels):
@@ -243,6 +259,10 @@ def evaluate(
     buf = io.StringIO()
     preds.to_csv(buf, index=False)
     atomic_write_text(out_dir / "predictions.csv", buf.getvalue())
+    for name, table in level_preds.items():
+        buf = io.StringIO()
+        table.to_csv(buf, index=False)
+        atomic_write_text(out_dir / f"predictions_{name}.csv", buf.getvalue())
 
     tag = f"{info.architecture}, {split}{' + TTA' if tta else ''}" + (" - SYNTHETIC DEMO DATA" if synthetic else "")
     plot_roc(y, probs, labels, out_dir / "roc.png", title=f"ROC ({tag})")
@@ -255,4 +275,56 @@ def evaluate(
         plot_training_curves(pd.read_csv(history), out_dir / "curves.png", best_epoch=kept,
                              title=f"Training ({info.architecture})" + (" - SYNTHETIC DEMO DATA" if synthetic else ""))
     atomic_write_json(out_dir / "metrics.json", report)
-    return EvaluationResult(run_dir, split, out_dir, report, preds)
+    return EvaluationResult(run_dir, split, out_dir, report, preds, level_preds)
+
+
+def aggregate_levels(rows: pd.DataFrame, probs: np.ndarray, labels: list[str], positive: str | None, *,
+                     unit: str = "image", how: str = "mean") -> tuple[dict[str, tuple[pd.DataFrame, np.ndarray]],
+                                                                       dict[str, Any]]:
+    """Predictions combined per breast and per patient (the levels a screening decision is made at).
+
+    ``how``: ``mean`` averages the probabilities of a breast's images (or a patient's breasts); ``max`` takes
+    the image with the highest positive-class probability (the most suspicious view). A breast's label is
+    its worst finding (:func:`~mammobench.data.views.worst_label`).
+
+    Returns:
+        ``({level: (rows, probs)}, {level: prediction table, "_notes": [...]})``; a level that cannot be
+        formed (rows without laterality) is left out with a note.
+    """
+    from mammobench.data.views import ViewError, breast_ids, worst_label
+
+    if how not in ("mean", "max"):
+        raise ValueError(f"unknown aggregate {how!r}; expected mean or max")
+    out: dict[str, tuple[pd.DataFrame, np.ndarray]] = {}
+    tables: dict[str, Any] = {"_notes": []}
+    k = labels.index(positive) if positive in labels else None
+    keys: dict[str, pd.Series] = {}
+    if unit == "image":
+        try:
+            keys["breast"] = breast_ids(rows)
+        except ViewError as exc:
+            tables["_notes"].append(f"no breast level: {exc}")
+    keys["patient"] = rows["dataset"].astype(str) + "/" + rows["patient_id"].astype(str)
+    for level, key in keys.items():
+        key = key.reset_index(drop=True)
+        grouped, combined = [], []
+        for name, idx in key.groupby(key).groups.items():
+            idx = np.asarray(list(idx))
+            p = probs[idx]
+            if how == "max" and k is not None:
+                combined.append(p[int(np.argmax(p[:, k]))])
+            elif how == "max":
+                combined.append(p.max(0) / p.max(0).sum())
+            else:
+                combined.append(p.mean(0))
+            first = rows.iloc[int(idx[0])]
+            grouped.append({"sample_id": name, "dataset": first["dataset"], "patient_id": first["patient_id"],
+                            "label": worst_label(rows["label"].iloc[idx].tolist(), labels, positive), "n_images": len(idx)})
+        lrows = pd.DataFrame(grouped)
+        lprobs = np.asarray(combined, dtype=np.float64).reshape(len(lrows), len(labels))
+        out[level] = (lrows, lprobs)
+        table = lrows.rename(columns={"sample_id": f"{level}_id"})
+        for i, lab in enumerate(labels):
+            table[f"prob_{lab}"] = lprobs[:, i]
+        tables[level] = table
+    return out, tables

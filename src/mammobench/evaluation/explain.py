@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 def target_layer(model: nn.Module) -> tuple[nn.Module, Callable[[torch.Tensor], torch.Tensor] | None]:
     """The layer Grad-CAM looks at, and the reshape that turns ViT tokens into a feature map."""
+    if hasattr(model, "backbone"):  # one view of a breast model: the shared backbone's layer
+        return target_layer(model.backbone)  # type: ignore[arg-type]
     vit: Any = model  # timm ViT attributes (blocks, patch_embed) are not in nn.Module's type
     if hasattr(model, "blocks") and hasattr(model, "patch_embed") and hasattr(vit.patch_embed, "grid_size"):
         gh, gw = vit.patch_embed.grid_size
@@ -59,6 +61,8 @@ def target_layer(model: nn.Module) -> tuple[nn.Module, Callable[[torch.Tensor], 
 def is_vit(model: nn.Module) -> bool:
     """A timm Vision Transformer whose blocks expose their attention (``blocks[i].attn.attn_drop``)."""
     vit: Any = model
+    if hasattr(model, "backbone"):
+        return False  # one view of a breast model: Grad-CAM on its backbone (rollout needs the ViT itself)
     return (hasattr(model, "blocks") and hasattr(model, "patch_embed") and hasattr(vit.patch_embed, "grid_size")
             and all(hasattr(b, "attn") and hasattr(b.attn, "attn_drop") for b in vit.blocks))
 

@@ -83,6 +83,15 @@ class MultiViewClassifier(nn.Module):
             x = x[:, None]
         b, v = x.shape[:2]
         mask = torch.ones(b, v, dtype=torch.bool, device=x.device) if view_mask is None else view_mask.to(x.device).bool()
+        if not self.training:
+            # Dense in evaluation (what ONNX export traces): every slot through the backbone, missing ones then
+            # masked by the fusion. The same numbers as the sparse path, since BatchNorm uses its running
+            # statistics here; in training, the sparse path keeps empty slots out of the statistics.
+            flat = x.reshape(b * v, *x.shape[2:])
+            if self.channels_last:
+                flat = flat.contiguous(memory_format=torch.channels_last)
+            feats = self.backbone(flat).reshape(b, v, self.num_features)
+            return feats * mask[..., None].to(feats.dtype), mask
         present = mask.reshape(-1).nonzero().squeeze(1)
         flat = x.reshape(b * v, *x.shape[2:])[present]
         if self.channels_last:
@@ -110,3 +119,26 @@ class MultiViewClassifier(nn.Module):
     def forward(self, x: torch.Tensor, view_mask: torch.Tensor | None = None) -> torch.Tensor:
         feats, mask = self.view_features(x, view_mask)
         return self.head(self.drop(self.fuse(feats, mask)))
+
+
+class SingleView(nn.Module):
+    """One view slot of a breast model as an image model: ``(B, C, H, W)`` -> the breast's logits with only
+    that view present. Gives per-image predictions of a two-view model and Grad-CAM maps per view (the
+    backbone sees the given images only)."""
+
+    def __init__(self, model: MultiViewClassifier, slot: int):
+        super().__init__()
+        if not 0 <= slot < model.num_views:
+            raise ValueError(f"view slot {slot} outside 0..{model.num_views - 1}")
+        self.model = model
+        self.slot = slot
+        self.backbone = model.backbone  # where Grad-CAM finds its layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.model.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        f = self.model.backbone(x)
+        feats = torch.stack([f if i == self.slot else torch.zeros_like(f) for i in range(self.model.num_views)], 1)
+        mask = torch.zeros(x.shape[0], self.model.num_views, dtype=torch.bool, device=x.device)
+        mask[:, self.slot] = True
+        return self.model.head(self.model.drop(self.model.fuse(feats, mask)))

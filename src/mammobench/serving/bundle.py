@@ -257,9 +257,9 @@ def export_bundle(
     if onnx:
         from mammobench.serving.onnx import OnnxRunner, export_onnx, max_probability_difference
 
-        onnx_path = export_onnx(model, info.input_size, out / ONNX_FILE)
-        inputs, what = _real_inputs(run_dir, info, parity_samples)
-        diff = max_probability_difference(model, OnnxRunner(onnx_path), inputs)
+        onnx_path = export_onnx(model, info.input_size, out / ONNX_FILE, views=len(info.views) if info.views else None)
+        inputs, what, masks = _real_inputs(run_dir, info, parity_samples)
+        diff = max_probability_difference(model, OnnxRunner(onnx_path), inputs, masks=masks)
         if diff > parity_tolerance:
             onnx_path.unlink()
             raise BundleError(f"ONNX export disagrees with PyTorch by {diff:.2e} (> {parity_tolerance:.0e}) on "
@@ -280,18 +280,30 @@ def export_bundle(
     return out
 
 
-def _real_inputs(run_dir: Path, info: ModelInfo, n: int) -> tuple[torch.Tensor, str]:
-    """Normalised model inputs of up to ``n`` validation (then test) images of the run, and which they are."""
+def _real_inputs(run_dir: Path, info: ModelInfo, n: int) -> tuple[torch.Tensor, str, torch.Tensor | None]:
+    """Normalised model inputs of up to ``n`` validation (then test) images of the run, which they are, and
+    (a breast-level model) the breasts' view masks."""
     import pandas as pd
 
     from mammobench.data.cache import ImageCache, cache_request
     from mammobench.evaluation.evaluate import cache_root
 
     split = pd.read_csv(run_dir / "split.csv", dtype=str, keep_default_na=False)
-    rows = pd.concat([split[split["split"] == "val"], split[split["split"] == "test"]]).head(n)
+    rows = pd.concat([split[split["split"] == "val"], split[split["split"] == "test"]])
+    if info.views:
+        from mammobench.data.dataset import BreastDataset
+        from mammobench.data.transforms import AugmentSettings, create_transform
+
+        transform = create_transform(train=False, augment=AugmentSettings(enabled=False), mean=info.mean, std=info.std)
+        ds = BreastDataset(rows.assign(label=info.labels[0]), info.labels,
+                           ImageCache(cache_root(run_dir), info.preprocess), transform, views=info.views)
+        items = [ds[i] for i in range(min(n, len(ds)))]
+        return (torch.stack([it["image"] for it in items]).float(), f"{len(items)} validation/test breasts",  # type: ignore[misc]
+                torch.stack([it["view_mask"] for it in items]))  # type: ignore[misc]
+    rows = rows.head(n)
     cache = ImageCache(cache_root(run_dir), info.preprocess)
     images = [cache.get(cache_request(r)) for _, r in rows.iterrows()]
     counts = rows["split"].value_counts()
     what = " and ".join(f"{int(counts[s])} {name} image{'s' if counts[s] != 1 else ''}"
                         for s, name in (("val", "validation"), ("test", "test")) if s in counts)
-    return torch.stack([torch.from_numpy((img - info.mean) / info.std)[None] for img in images]).float(), what
+    return torch.stack([torch.from_numpy((img - info.mean) / info.std)[None] for img in images]).float(), what, None

@@ -56,6 +56,40 @@ class Prediction:
         return out
 
 
+@dataclass
+class BreastPrediction:
+    """One breast of an exam: the views used, the breast's probabilities and decision, and its images."""
+
+    exam: str
+    laterality: str
+    views: list[str]
+    images: list[str]
+    probabilities: dict[str, float] = field(default_factory=dict)
+    predicted: str = ""
+    decision: str = ""
+    threshold: float | None = None
+    how: str = ""  # "two-view model" or "mean of N image predictions"
+    error: str = ""
+
+    def row(self, labels: Sequence[str]) -> dict[str, object]:
+        out: dict[str, object] = {"exam": self.exam, "laterality": self.laterality, "views": "+".join(self.views)}
+        for k in labels:
+            out[f"prob_{k}"] = self.probabilities.get(k)
+        out.update({"predicted": self.predicted, "decision": self.decision, "threshold": self.threshold,
+                    "how": self.how, "images": ";".join(self.images), "error": self.error})
+        return out
+
+
+@dataclass
+class ExamPrediction:
+    """An exam's breasts and the per-image rows behind them."""
+
+    exam: str
+    breasts: list[BreastPrediction]
+    images: list[Prediction]
+    cams: dict[str, np.ndarray] = field(default_factory=dict)  # image path -> heat map at the image's resolution
+
+
 def collect_images(paths: Iterable[str | Path]) -> list[Path]:
     """Files as given; folders searched recursively for images (by suffix, or DICOM without one)."""
     out: list[Path] = []
@@ -135,7 +169,10 @@ class Predictor:
 
     # ----------------------------------------------------------------- inference
     def probabilities(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """``(N, C)`` probabilities of preprocessed ``(S, S)`` images."""
+        """``(N, C)`` probabilities of preprocessed ``(H, W)`` images (a two-view model: each as one view, the
+        other masked; use :meth:`predict_exam` to give it both)."""
+        if self.breast_model:
+            return self.breast_probabilities([{(self.info.views or ["CC"])[0]: img} for img in images])
         batch = np.stack([(img - self.info.mean) / self.info.std for img in images])[:, None].astype(np.float32)
         if self._onnx is not None:
             return self._onnx(batch)
@@ -172,7 +209,7 @@ class Predictor:
             for batch in progress(batches, total=len(batches), description="Predicting", enabled=show_progress):
                 loaded = list(pool.map(lambda f: self._load(f, roi, full_image), batch))
                 ok = [(f, item[0]) for f, item in zip(batch, loaded, strict=True) if not isinstance(item, str)]
-                probs = self.probabilities([img for _, img in ok]) if ok else np.zeros((0, len(self.labels)))
+                probs = self._image_probs(ok) if ok else np.zeros((0, len(self.labels)))
                 by_path = {str(f): p for (f, _), p in zip(ok, probs, strict=True)}
                 for f, item in zip(batch, loaded, strict=True):
                     if isinstance(item, str):
@@ -186,11 +223,124 @@ class Predictor:
                         results.append(result)
         return results
 
-    def explain(self, image: np.ndarray, *, target: str | None = None) -> np.ndarray:
-        """Grad-CAM map (``(S, S)`` in [0, 1]) of a preprocessed image, with the PyTorch model."""
+    def _image_probs(self, loaded: Sequence[tuple[Path, np.ndarray]]) -> np.ndarray:
+        """Probabilities of loose images; a two-view model places each in its view's slot (header or name)."""
+        if not self.breast_model:
+            return self.probabilities([img for _, img in loaded])
+        from mammobench.data.views import ViewError, identify_view
+
+        views = self.info.views or ["CC"]
+        breasts = []
+        for path, img in loaded:
+            try:
+                view = identify_view(path).view
+            except ViewError:
+                view = views[0]
+                logger.warning("%s: view unknown (no DICOM header or name such as L_CC); taken as %s", path, view)
+            breasts.append({view if view in views else views[0]: img})
+        return self.breast_probabilities(breasts)
+
+    # ----------------------------------------------------------------- breasts and exams
+    @property
+    def breast_model(self) -> bool:
+        """A two-view (breast-level) model: it takes the views of one breast together."""
+        return bool(self.info.views)
+
+    def breast_probabilities(self, breasts: Sequence[dict[str, np.ndarray]]) -> np.ndarray:
+        """``(N, C)`` probabilities of breasts given as ``{view: preprocessed image}`` (missing views masked)."""
+        views = self.info.views or []
+        h, w = next(iter(breasts[0].values())).shape
+        x = np.zeros((len(breasts), len(views), 1, h, w), np.float32)
+        mask = np.zeros((len(breasts), len(views)), bool)
+        for i, breast in enumerate(breasts):
+            for j, view in enumerate(views):
+                if view in breast:
+                    x[i, j, 0] = (breast[view] - self.info.mean) / self.info.std
+                    mask[i, j] = True
+        if self._onnx is not None:
+            return self._onnx(x, mask)
+        with torch.no_grad():
+            return self.model(torch.from_numpy(x).to(self.device), torch.from_numpy(mask).to(self.device)).float().softmax(1).cpu().numpy()
+
+    def predict_exam(self, paths: Sequence[str | Path], *, exam: str = "", aggregate: str = "mean",
+                     cams: bool = False) -> ExamPrediction:
+        """Predict one exam (up to four images: CC and MLO of each breast): one row per breast plus the images.
+
+        Side and view come from the DICOM header, else the file name (``L_CC``, ``RIGHT_MLO`` ...). A
+        two-view model takes each breast's views together (a missing view masked); an image model's breast
+        probability is the ``mean`` (or ``max``: the most suspicious view) of its images'.
+        ``cams``: also a Grad-CAM heat map per image at the image's own resolution.
+
+        Raises:
+            ViewError: a file whose side or view cannot be told, or one view of one side twice (both named).
+        """
+        from mammobench.data.preprocess import preprocess_with_geometry
+        from mammobench.data.views import exam_views
+
+        if aggregate not in ("mean", "max"):
+            raise MammobenchError(f"unknown aggregate {aggregate!r}; expected mean or max")
+        layout = exam_views(paths)
+        exam = exam or (str(Path(paths[0]).parent) if paths else "")
+        images: list[Prediction] = []
+        heat: dict[str, np.ndarray] = {}
+        breasts: list[BreastPrediction] = []
+        for side in sorted(layout):
+            loaded: dict[str, np.ndarray] = {}
+            used: list[str] = []
+            per_image: list[np.ndarray] = []
+            for view in ("CC", "MLO"):
+                vid = layout[side].get(view)
+                if vid is None:
+                    continue
+                try:
+                    raw = read_image(vid.path)
+                    pre, geometry = preprocess_with_geometry(raw, self.info.preprocess, full_image=True)
+                except ImageReadError as exc:
+                    images.append(Prediction(vid.path, error=exc.reason))
+                    continue
+                except (ValueError, MemoryError) as exc:
+                    images.append(Prediction(vid.path, error=f"{type(exc).__name__}: {exc}"))
+                    continue
+                loaded[view] = pre
+                used.append(vid.path)
+                probs = self.breast_probabilities([{view: pre}])[0] if self.breast_model else self.probabilities([pre])[0]
+                per_image.append(probs)
+                result = self._result(vid.path, probs)
+                result.note = f"{side} {view} (from the {vid.source})"
+                images.append(result)
+                if cams:
+                    heat[vid.path] = geometry.to_original(self.explain(pre, view=view))
+            if not loaded:
+                breasts.append(BreastPrediction(exam, side, [], [], error="no readable image of this breast"))
+                continue
+            if self.breast_model:
+                probs = self.breast_probabilities([loaded])[0]
+                how = "two-view model" + ("" if len(loaded) == len(self.info.views or []) else " (a view missing, masked)")
+            else:
+                stack = np.stack(per_image)
+                k = self.labels.index(self.positive) if self.positive else None
+                probs = stack[int(np.argmax(stack[:, k]))] if aggregate == "max" and k is not None else stack.mean(0)
+                how = f"{aggregate} of {len(per_image)} image prediction{'s' if len(per_image) != 1 else ''}"
+            r = self._result(exam, probs)
+            breasts.append(BreastPrediction(exam, side, list(loaded), used, r.probabilities, r.predicted, r.decision,
+                                            r.threshold, how))
+        return ExamPrediction(exam, breasts, images, heat)
+
+    def explain(self, image: np.ndarray, *, target: str | None = None, view: str | None = None) -> np.ndarray:
+        """Grad-CAM map (``(H, W)`` in [0, 1]) of a preprocessed image, with the PyTorch model.
+
+        A two-view model explains one view at a time (``view``, default its first): the breast's prediction
+        with only that view present.
+        """
         from mammobench.evaluation.explain import explain_arrays
 
-        return explain_arrays(self.model, self.info, [image], target=target, device=str(self.device))[0][3]
+        model = self.model
+        if self.breast_model:
+            from mammobench.models.views import SingleView
+
+            views = self.info.views or []
+            model = SingleView(self.model, views.index(view) if view in views else 0)  # type: ignore[arg-type]
+        return explain_arrays(model, self.info, [image], target=target, device=str(self.device))[0][3]
 
 
 def write_predictions(predictions: Sequence[Prediction], path: str | Path, *, labels: Sequence[str] | None = None) -> Path:
@@ -211,3 +361,16 @@ def write_predictions(predictions: Sequence[Prediction], path: str | Path, *, la
         pd.DataFrame([p.row(labels) for p in predictions], columns=columns).to_csv(buf, index=False)
         atomic_write_text(path, buf.getvalue())
     return path
+
+
+def write_exam_predictions(exams: Sequence[ExamPrediction], path: str | Path, *, labels: Sequence[str]) -> tuple[Path, Path]:
+    """``path``: one row per breast; ``<stem>_images.csv``: one row per image. Returns both paths."""
+    path = Path(path)
+    breasts = pd.DataFrame([b.row(labels) for e in exams for b in e.breasts])
+    images = pd.DataFrame([{"exam": e.exam, **p.row(labels)} for e in exams for p in e.images])
+    image_path = path.with_name(f"{path.stem}_images.csv")
+    for frame, target in ((breasts, path), (images, image_path)):
+        buf = io.StringIO()
+        frame.to_csv(buf, index=False)
+        atomic_write_text(target, buf.getvalue())
+    return path, image_path
