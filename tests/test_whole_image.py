@@ -364,3 +364,27 @@ def test_exam_prediction_with_an_image_model_combines_its_views(full_prepared, t
         views = [i.probabilities["MALIGNANT"] for i in result.images if "L_" in i.path]
         expected = np.mean(views) if how == "mean" else np.max(views)
         assert left.probabilities["MALIGNANT"] == pytest.approx(expected) and left.how.startswith(how)
+
+
+def test_the_web_page_predicts_an_exam_and_forgets_the_uploads(two_view_bundle, full_prepared, tmp_path):
+    import shutil
+
+    from mammobench.serving.predictor import Predictor
+    from mammobench.serving.web import analyse_exam, create_app
+
+    predictor = Predictor.from_bundle(two_view_bundle)
+    uploads = tmp_path / "uploads"
+    shutil.copytree(_exam_folder(tmp_path, full_prepared), uploads / "abc")
+    files = [str(p) for p in sorted((uploads / "abc").iterdir())]
+    text, gallery = analyse_exam(predictor, files, upload_dir=uploads)
+    assert "| left | CC+MLO |" in text and "| right | CC |" in text and "two-view model" in text
+    assert gallery is not None and len(gallery) == 3 and gallery[0][0].ndim == 3
+    assert not any(uploads.iterdir()), "uploads are deleted once predicted"
+    assert "at most four" in analyse_exam(predictor, ["a", "b", "c", "d", "e"])[0]
+    dup = tmp_path / "dup"
+    dup.mkdir()
+    for name in ("L_CC.png", "LCC.png"):
+        shutil.copy(tmp_path / "exam1" / "L_CC.png", dup / name)
+    message = analyse_exam(predictor, [str(p) for p in sorted(dup.iterdir())])[0]
+    assert "two images of the left CC view" in message and str(dup) not in message
+    assert create_app(predictor) is not None

@@ -1,4 +1,5 @@
-"""A local web page for one mammogram (Gradio): upload, class probabilities, decision, Grad-CAM overlay.
+"""A local web page (Gradio): one mammogram or one exam of up to four views; class probabilities, the
+decision (per breast for an exam) and Grad-CAM overlays.
 
 Bound to 127.0.0.1 by default: images stay on the machine. Research use only.
 
@@ -159,7 +160,86 @@ def create_app(predictor: Predictor, *, max_file_mb: int = 100, upload_dir: Path
                 return None, "Something went wrong with this image; the server log has the details.", None
 
         button.click(run, inputs=[upload, roi], outputs=[probs, decision, cam])
+
+        gr.Markdown("## One exam: up to four views")
+        gr.Markdown("The CC and MLO views of each breast (side and view from the DICOM header, else the file name: "
+                    "L_CC, L-MLO, RCC, RIGHT_MLO). One decision per breast"
+                    + (", from both views together (two-view model)." if predictor.breast_model else
+                       ", the mean of its views' probabilities."))
+        with gr.Row():
+            with gr.Column():
+                exam_files = gr.File(label="Up to four images of one exam", file_count="multiple", type="filepath",
+                                     elem_id="exam_upload")
+                exam_button = gr.Button("Predict the exam", variant="primary", elem_id="exam_predict")
+            with gr.Column():
+                exam_text = gr.Markdown(elem_id="exam_decision")
+        exam_gallery = gr.Gallery(label="Grad-CAM per view", columns=4, elem_id="exam_gradcam")
+
+        def run_exam(file_paths: list[str] | None) -> tuple[str, Any]:
+            try:
+                return analyse_exam(predictor, file_paths, max_bytes=max_file_mb * 2**20, upload_dir=upload_dir)
+            except Exception as exc:  # never a stack trace in the page
+                logger.error("exam prediction failed: %s: %s", type(exc).__name__, exc)
+                logger.debug("traceback", exc_info=True)
+                return "Something went wrong with this exam; the server log has the details.", None
+
+        exam_button.click(run_exam, inputs=[exam_files], outputs=[exam_text, exam_gallery])
     return app
+
+
+EXAM_DISPLAY_HEIGHT = 512
+
+
+def analyse_exam(predictor: Predictor, file_paths: list[str] | None, *, max_bytes: int = 100 * 2**20,
+                 upload_dir: Path | None = None) -> tuple[str, list[tuple[np.ndarray, str]] | None]:
+    """What the page shows for one exam: a Markdown table with one row per breast, and each view's
+    Grad-CAM overlay (at the image's own geometry, scaled for the screen). Uploads are deleted afterwards."""
+    from mammobench.data.views import ViewError
+    from mammobench.evaluation.explain import overlay
+
+    paths = [Path(f) for f in (file_paths or [])]
+    try:
+        if not paths:
+            return "Upload the images of one exam first.", None
+        if len(paths) > 4:
+            return f"{len(paths)} files: an exam has at most four views (CC and MLO of each breast).", None
+        big = [p.name for p in paths if p.is_file() and p.stat().st_size > max_bytes]
+        if big:
+            return f"Over the {max_bytes / 2**20:.0f} MB limit: {', '.join(big)}.", None
+        try:
+            result = predictor.predict_exam(paths, exam="upload", cams=True)
+        except ViewError as exc:
+            message = str(exc)
+            for p in paths:  # the page names files as the user knows them, not by their upload folder
+                message = message.replace(str(p), p.name)
+            return f"Cannot arrange this exam: {message}", None
+        lines = ["| breast | views | decision | " + " | ".join(predictor.labels) + " | how |",
+                 "|---|---|---|" + "---|" * len(predictor.labels) + "---|"]
+        for b in result.breasts:
+            side = {"L": "left", "R": "right"}.get(b.laterality, b.laterality)
+            probs = " | ".join(f"{b.probabilities.get(k, float('nan')):.3f}" for k in predictor.labels)
+            lines.append(f"| {side} | {'+'.join(b.views) or '-'} | **{b.decision or b.error}** | {probs} | {b.how} |")
+        if predictor.threshold is not None:
+            lines.append(f"\n{predictor.positive} when its probability ≥ {predictor.threshold:.3f}.")
+        failed = [f"{Path(i.path).name}: {i.error}" for i in result.images if i.error]
+        if failed:
+            lines.append("\nNot read: " + "; ".join(failed))
+        gallery = []
+        for image in result.images:
+            if image.error or image.path not in result.cams:
+                continue
+            shown = overlay(read_image(image.path), result.cams[image.path])
+            if shown.shape[0] > EXAM_DISPLAY_HEIGHT:
+                import cv2
+
+                scale = EXAM_DISPLAY_HEIGHT / shown.shape[0]
+                shown = cv2.resize(shown, (max(1, round(shown.shape[1] * scale)), EXAM_DISPLAY_HEIGHT),
+                                   interpolation=cv2.INTER_AREA)
+            gallery.append((shown, f"{image.note.split(' (')[0]}: {image.decision}"))
+        return "\n".join(lines), gallery
+    finally:
+        for p in paths:
+            _forget(p, upload_dir)
 
 
 def serve(bundle: str | Path, *, host: str = "127.0.0.1", port: int = 7860, backend: str = "torch",
