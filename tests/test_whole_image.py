@@ -388,3 +388,17 @@ def test_the_web_page_predicts_an_exam_and_forgets_the_uploads(two_view_bundle, 
     message = analyse_exam(predictor, [str(p) for p in sorted(dup.iterdir())])[0]
     assert "two images of the left CC view" in message and str(dup) not in message
     assert create_app(predictor) is not None
+
+
+def test_compare_sets_single_view_and_two_view_models_side_by_side_on_the_same_breasts(full_prepared, tmp_path):
+    from mammobench.experiments.compare import compare
+
+    common = [f"data.manifest={full_prepared.out}", "data.image_size=[96, 64]", "stages.head_epochs=0",
+              "stages.finetune_epochs=1", "trainer.limit_train_batches=1", "data.batch_size=8", "output.tensorboard=false"]
+    single = load_config("demo_cnn", [*common, "name=single_view"])
+    two = load_config("demo_cnn", [*common, "name=two_view", "model.views={fusion: mean}"])
+    result = compare([single, two], tmp_path / "cmp", n_boot=20, gallery=1)
+    data = json.loads((tmp_path / "cmp" / "results.json").read_text())
+    test = read_manifest(full_prepared.out).query("split == 'test'")
+    assert data["paired_level"] == "breast" and data["n_common_test"] == test.groupby(["patient_id", "laterality"]).ngroups
+    assert result.paired and "Compared per breast" in result.markdown.read_text()

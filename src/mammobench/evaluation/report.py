@@ -112,9 +112,14 @@ def build_sections(results: dict[str, Any], table: pd.DataFrame, split: pd.DataF
                                                           if d["ci_low"] == d["ci_low"] else f"{d['difference']:+.3f}")
                     row[f"p ({name})"] = _p(d.get("p_value"))
             rows.append(row)
+        unit = results.get("paired_level", "image")
+        level_text = ("" if unit == "image" else
+                      f" Compared per breast ({results.get('n_common_test')} test breasts): a two-view model predicts "
+                      "each breast from its CC and MLO views together; a single-view model's breast prediction is the "
+                      "mean of that breast's image predictions.")
         sections.append(Section("Paired comparison of AUCs", [
             "Both models are scored on the same bootstrap resamples of test patients, so the interval is that of "
-            "the difference itself. A p-value above 0.05 means this test set cannot tell the two apart.",
+            "the difference itself. A p-value above 0.05 means this test set cannot tell the two apart." + level_text,
         ], tables=[("AUC differences", pd.DataFrame(rows))]))
 
     per_class = []

@@ -119,6 +119,10 @@ def _gallery(m: ModelResult, out: Path, per_kind: int) -> list[dict[str, Any]]:
     """Grad-CAM overlays of the most confident correct and wrong test predictions."""
     if per_kind <= 0:
         return []
+    if read_model_info(m.run_dir).views:
+        logger.info("%s is a two-view model: no single-image gallery (mammobench predict --exam --cams explains "
+                    "each view of an exam)", m.name)
+        return []
     import cv2
 
     preds = m.test.predictions
@@ -140,7 +144,8 @@ def _gallery(m: ModelResult, out: Path, per_kind: int) -> list[dict[str, Any]]:
         row = preds.iloc[i]
         path = out / "gallery" / m.name / f"{kind}_{row['sample_id']}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        big = cv2.resize(overlay(image, cam), (192, 192), interpolation=cv2.INTER_NEAREST)
+        shown = overlay(image, cam)
+        big = cv2.resize(shown, (max(1, round(192 * shown.shape[1] / shown.shape[0])), 192), interpolation=cv2.INTER_NEAREST)
         with atomic_path(path) as tmp:
             cv2.imwrite(str(tmp), big[:, :, ::-1])
         items.append({"kind": kind, "sample_id": row["sample_id"], "true": row["label"], "predicted": labels[pred],
@@ -193,11 +198,22 @@ def compare(
 
     labels = models[0].test.metrics["labels"]
     positive = models[0].test.metrics["positive_label"]
+    # Two-view models predict breasts: then every model is compared on the same breasts (an image model's
+    # breast prediction is the mean over that breast's images).
+    level = "breast" if any(read_model_info(m.run_dir).views for m in models) else "image"
     aligned = {}
     for m in models:
-        preds = m.test.predictions.set_index("sample_id")
+        if level == "breast" and not read_model_info(m.run_dir).views:
+            if "breast" not in (m.test.levels or {}):
+                raise CompareError(f"{m.name} cannot be compared per breast with the two-view models: "
+                                   f"{'; '.join(m.test.metrics.get('level_notes', [])) or 'no breast level'}")
+            preds = (m.test.levels or {})["breast"].rename(columns={"breast_id": "sample_id"}).set_index("sample_id")
+        else:
+            preds = m.test.predictions.set_index("sample_id")
         aligned[m.name] = preds
     common = sorted(set.intersection(*[set(p.index) for p in aligned.values()]))
+    if not common:
+        raise CompareError("the models' test predictions share no sample: they cannot be paired")
     y = aligned[models[0].name].loc[common, "label"].map({lab: i for i, lab in enumerate(labels)}).to_numpy()
     groups = (aligned[models[0].name].loc[common, "dataset"] + "/" + aligned[models[0].name].loc[common, "patient_id"]).to_numpy()
     probs = {n: p.loc[common, [f"prob_{lab}" for lab in labels]].to_numpy() for n, p in aligned.items()}
@@ -229,7 +245,7 @@ def compare(
         "models": {m.name: {"run_dir": str(m.run_dir), "architecture": m.config.model.name, "run": m.run_info,
                             "test": m.test.metrics, "val": m.val.metrics if m.val else None, "gallery": m.gallery,
                             "run_warnings": m.run_info.get("warnings", [])} for m in models},
-        "paired": paired, "n_common_test": len(common),
+        "paired": paired, "n_common_test": len(common), "paired_level": level,
     }
     atomic_write_json(out / "results.json", results)
     md, html = write_report(out, results, table, split, figures)
