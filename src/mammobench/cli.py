@@ -123,7 +123,7 @@ def prepare(
     roi_margin: Annotated[float, typer.Option(help="Context around a lesion box, as a fraction of its size.")] = 0.25,
     include_normal: Annotated[bool, typer.Option(help="mini-MIAS full mode: keep normal images.")] = False,
     csv_dir: Annotated[Path | None, typer.Option(help="CBIS-DDSM: folder of the case-description CSVs.")] = None,
-    size: Annotated[int, typer.Option(help="Preprocessed image size for the cache and preview.")] = 224,
+    size: Annotated[str, typer.Option(help="Preprocessed size for the cache and preview: a side (224) or HEIGHTxWIDTH (1152x896).")] = "224",
     clahe: Annotated[bool, typer.Option(help="Apply CLAHE after the percentile window.")] = False,
     cache: Annotated[bool, typer.Option(help="Decode and cache every image now (finds unreadable files).")] = True,
     workers: Annotated[int, typer.Option(help="Decoding threads (0 = one per core).")] = 0,
@@ -133,11 +133,15 @@ def prepare(
     from mammobench.data.preprocess import PreprocessSettings
 
     try:
+        settings = PreprocessSettings(size=_parse_size(size), clahe=clahe)
+    except ValueError as exc:  # pydantic's ValidationError: a side outside [16, 4096]
+        _fail(MammobenchError(f"--size {size}: {exc.errors()[0]['msg'] if hasattr(exc, 'errors') else exc}"))
+    try:
         result = run_prepare(
             dataset, root, out, mode=mode, labels=labels, split=split, folds=folds,  # type: ignore[arg-type]
             test_fraction=test_fraction, val_fraction=val_fraction, seed=seed, leak_rule=leak_rule,  # type: ignore[arg-type]
             roi_source=roi_source, roi_margin=roi_margin, include_normal=include_normal, csv_dir=csv_dir,  # type: ignore[arg-type]
-            preprocess=PreprocessSettings(size=size, clahe=clahe), build_cache=cache, workers=workers,
+            preprocess=settings, build_cache=cache, workers=workers,
             show_progress=True,
         )
     except MammobenchError as exc:
@@ -557,6 +561,15 @@ def serve(
         run_serve(bundle, host=host, port=port, backend=backend, max_file_mb=max_file_mb, trusted_key=trusted_key)
     except MammobenchError as exc:
         _fail(exc)
+
+
+def _parse_size(text: str) -> int | tuple[int, int]:
+    """``224`` or ``1152x896`` (height x width)."""
+    h, sep, w = text.lower().replace(" ", "").partition("x")
+    try:
+        return (int(h), int(w)) if sep else int(h)
+    except ValueError:
+        raise typer.BadParameter(f"--size {text!r}: expected a side in pixels (224) or HEIGHTxWIDTH (1152x896)") from None
 
 
 def _fail(exc: BaseException) -> None:

@@ -33,7 +33,8 @@ def check_size(size: Size | None) -> Size | None:
         return None
     for side in size_hw(size):
         if not MIN_SIDE <= side <= MAX_SIDE:
-            raise ValueError(f"image sides must lie in [{MIN_SIDE}, {MAX_SIDE}] pixels, got {size_label(size)}")
+            shown = size if isinstance(size, int) else "x".join(str(v) for v in size_hw(size))
+            raise ValueError(f"image sides must lie in [{MIN_SIDE}, {MAX_SIDE}] pixels, got {shown}")
     return size
 
 
