@@ -22,16 +22,18 @@ from mammobench.data.cache import ImageCache, cache_request
 from mammobench.data.demo import DEMO_DATASET, SYNTHETIC_NOTICE, generate_demo_dataset
 from mammobench.data.labels import LabelError, order_labels, parse_label_spec, positive_label
 from mammobench.data.manifest import ManifestInfo, validate_manifest, write_manifest
+from mammobench.data.options import size_label
 from mammobench.data.preprocess import PreprocessSettings
 from mammobench.data.sources.base import Skipped, SourceResult
 from mammobench.data.splits import SplitReport, check_no_leakage, split_kfold, split_official, split_random
 from mammobench.data.summary import count_table, majority_accuracy, preview_grid
+from mammobench.data.views import normalise_laterality, normalise_view
 from mammobench.runtime import MammobenchError, atomic_write_text, utc_now
 
 logger = logging.getLogger(__name__)
 
-DatasetName = Literal["cbis-ddsm", "mias", "csv", "demo"]
-DATASETS: tuple[str, ...] = ("cbis-ddsm", "mias", "csv", "demo")
+DatasetName = Literal["cbis-ddsm", "mias", "cmmd", "csv", "demo"]
+DATASETS: tuple[str, ...] = ("cbis-ddsm", "mias", "cmmd", "csv", "demo")
 
 
 @dataclass
@@ -59,6 +61,7 @@ def load_source(
     roi_margin: float = 0.25,
     include_normal: bool = False,
     csv_dir: str | Path | None = None,
+    clinical: str | Path | None = None,
     show_progress: bool = False,
 ) -> SourceResult:
     """Dispatch to the dataset's source reader (see :mod:`mammobench.data.sources`)."""
@@ -71,6 +74,10 @@ def load_source(
         from mammobench.data.sources.mias import load_mias
 
         return load_mias(root, mode=mode, roi_margin=roi_margin, include_normal=include_normal)
+    if dataset == "cmmd":
+        from mammobench.data.sources.cmmd import load_cmmd
+
+        return load_cmmd(root, mode=mode, clinical=clinical, show_progress=show_progress)
     if dataset in ("csv", "demo"):
         from mammobench.data.sources.table import load_table
 
@@ -99,6 +106,7 @@ def prepare(
     roi_margin: float = 0.25,
     include_normal: bool = False,
     csv_dir: str | Path | None = None,
+    clinical: str | Path | None = None,
     preprocess: PreprocessSettings | None = None,
     cache_dir: str | Path | None = None,
     build_cache: bool = True,
@@ -109,7 +117,7 @@ def prepare(
     """Read a dataset, map labels, drop unreadable images, split by patient, write the manifest.
 
     Args:
-        dataset: ``cbis-ddsm``, ``mias``, ``csv`` (your own table) or ``demo`` (built-in synthetic data,
+        dataset: ``cbis-ddsm``, ``mias``, ``cmmd``, ``csv`` (your own table) or ``demo`` (built-in synthetic data,
             generated into ``root`` or ``out/demo_images``).
         root: the dataset folder (for ``csv``, the table file).
         out: folder for ``manifest.csv``, ``manifest.json``, ``skipped.csv``, ``summary.md``, ``preview.png``.
@@ -136,7 +144,7 @@ def prepare(
         raise MammobenchError(f"prepare {dataset} needs the dataset's folder (ROOT)")
     mapping = parse_label_spec(labels)
     source = load_source(dataset, root, mode=mode, roi_source=roi_source, roi_margin=roi_margin,
-                         include_normal=include_normal, csv_dir=csv_dir, show_progress=show_progress)
+                         include_normal=include_normal, csv_dir=csv_dir, clinical=clinical, show_progress=show_progress)
     frame = source.records.copy()
     skipped = list(source.skipped)
     notes += source.notes
@@ -148,6 +156,14 @@ def prepare(
             raise LabelError(f"{where}: {exc}") from None
     frame["label"] = mapped
     frame["split"] = ""
+    # Every manifest: views spelled CC / MLO, and each image's breast (dataset/patient[/exam]/side).
+    frame["view"] = frame["view"].map(normalise_view)
+    if "exam_id" not in frame.columns:
+        frame["exam_id"] = ""
+    if "breast_id" not in frame.columns:
+        side = frame["laterality"].map(normalise_laterality)
+        exam = frame["exam_id"].astype(str).map(lambda e: f"{e}/" if e else "")
+        frame["breast_id"] = (frame["dataset"].astype(str) + "/" + frame["patient_id"].astype(str) + "/" + exam + side).where(side != "", "")
 
     settings = preprocess or PreprocessSettings()
     cache = ImageCache(Path(cache_dir) if cache_dir else out / "cache", settings)
@@ -195,7 +211,7 @@ def prepare(
     majority = majority_accuracy(frame)
     preview_path = None
     if preview and build_cache:
-        title = f"{info.dataset} ({mode}, {settings.size}px)" + (" - SYNTHETIC DEMO DATA" if info.synthetic else "")
+        title = f"{info.dataset} ({mode}, {size_label(settings.size)}px)" + (" - SYNTHETIC DEMO DATA" if info.synthetic else "")
         preview_path = preview_grid(frame, cache, out / "preview.png", labels=label_set, seed=seed, title=title)
     atomic_write_text(out / "summary.md", render_summary(info, counts, majority, skipped, notes))
     return PrepareResult(out, manifest_path, frame, info, skipped, counts, majority, split_report, preview_path, notes)

@@ -58,23 +58,31 @@ def breast_ids(frame: pd.DataFrame) -> pd.Series:
     """
     if "breast_id" in frame.columns and frame["breast_id"].astype(str).str.strip().ne("").all():
         return frame["breast_id"].astype(str)
+    if "breast_id" in frame.columns and frame["breast_id"].astype(str).str.strip().ne("").any():
+        empty = frame.loc[frame["breast_id"].astype(str).str.strip() == ""]
+        missing = empty["sample_id"].tolist() if "sample_id" in empty.columns else list(empty.index)
+        raise ViewError(f"{len(missing)} image(s) have no breast_id (no laterality): {format_list([str(m) for m in missing])}")
     side = frame["laterality"].map(normalise_laterality) if "laterality" in frame.columns else pd.Series("", index=frame.index)
     unknown = frame.loc[side == "", "sample_id"].tolist() if "sample_id" in frame.columns else list(frame.index[side == ""])
     if unknown:
         raise ViewError(f"{len(unknown)} image(s) have no laterality (L/R), so their breast is unknown: "
                         f"{format_list([str(u) for u in unknown])}; add a laterality column or a breast_id")
-    exam = frame["exam_id"].astype(str) + "/" if "exam_id" in frame.columns else ""
+    exam = frame["exam_id"].astype(str).map(lambda e: f"{e}/" if e else "") if "exam_id" in frame.columns else ""
     return frame["dataset"].astype(str) + "/" + frame["patient_id"].astype(str) + "/" + exam + side
 
 
 def worst_label(present: Sequence[str], labels: Sequence[str], positive: str | None) -> str:
     """A breast's label from its images' labels: the positive (malignant) class if any image has it, then
     ``BENIGN``, then the first of ``labels`` present (``BENIGN_WITHOUT_CALLBACK`` last)."""
+    from mammobench.data.labels import SEVERITY
+
     found = set(present)
-    for candidate in ([positive] if positive else []) + ["MALIGNANT", "BENIGN"] + list(labels):
-        if candidate in found:
-            return candidate
-    return str(present[0])
+    if positive in found:
+        return str(positive)
+    known = [label for label in found if label in SEVERITY]
+    if known:
+        return max(known, key=lambda label: SEVERITY[label])
+    return next((label for label in labels if label in found), str(present[0]))
 
 
 def breast_table(frame: pd.DataFrame, labels: Sequence[str], positive: str | None,
