@@ -11,8 +11,8 @@ Data: the real mini-MIAS subset in ``../shared`` (lesion ROIs, benign vs maligna
   layer trained with AdamW (3e-4, weight decay 1e-4), cosine schedule, cross entropy, random flips per
   batch, batch 16, 15 epochs, raw intensities / 255, the crop stretched to 224 x 224, trained on every
   non-test lesion; no validation set.
-* mammobench: ``efficientnet_lite0_local`` as shipped (its defaults) plus the weights file, with
-  ``trainer.weights=last`` (the default preset's choice) and validation carved from the training folds.
+* mammobench: ``efficientnet_lite0_local`` as shipped (its defaults) plus the weights file; with
+  ``data.val_fraction: auto`` a small set's training folds are not cut for validation (see the README).
 
 Prints a Markdown table: mean test-fold AUC over cells with the Nadeau-Bengio corrected 95 % interval, the
 pooled out-of-fold AUC per repeat, and the paired difference.
