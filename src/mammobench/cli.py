@@ -241,15 +241,21 @@ def evaluate(
     threshold: Annotated[str, typer.Option(help="Malignant threshold chosen on validation: youden | sensitivity.")] = "youden",
     target_sensitivity: Annotated[float, typer.Option(help="For --threshold sensitivity.")] = 0.9,
     aggregate: Annotated[str, typer.Option(help="Breast and patient levels from images: mean | max.")] = "mean",
+    data: Annotated[Path | None, typer.Option(help="External validation: another prepared dataset (its --split rows; all = every row).")] = None,
+    by: Annotated[str, typer.Option(help="Subgroups: manifest columns, comma-separated (density,age_band,manufacturer,view,...).")] = "",
 ) -> None:
-    """Metrics with patient-bootstrap CIs, per lesion type, at image, breast and patient level, and plots."""
+    """Metrics with patient-bootstrap CIs, per lesion type, at image, breast and patient level, and plots.
+
+    With --data, the run's model and preprocessing on another prepared dataset (external validation).
+    """
     from mammobench.evaluation.evaluate import evaluate as run_evaluate
 
     if aggregate not in ("mean", "max"):
         _fail(MammobenchError(f"--aggregate {aggregate!r}: expected mean or max"))
     try:
         result = run_evaluate(run, split=split, tta=tta, n_boot=n_boot, threshold_method=threshold,
-                              target_sensitivity=target_sensitivity, aggregate=aggregate)
+                              target_sensitivity=target_sensitivity, aggregate=aggregate, data=data,
+                              by=[b.strip() for b in by.split(",") if b.strip()])
     except MammobenchError as exc:
         _fail(exc)
     r = result.metrics
@@ -273,6 +279,19 @@ def evaluate(
         console.print(f"  {key} by level ({r.get('aggregate', 'mean')} over images): " + "; ".join(parts))
     for note in r.get("level_notes", []):
         console.print(f"[yellow]note:[/] {note}")
+    if r.get("label_matching"):
+        console.print(f"[yellow]labels:[/] {r['label_matching']}")
+    ext = r.get("threshold", {}).get("external")
+    if ext:
+        tr, own = ext["training"], ext["this_set"]
+        console.print(f"  training threshold {tr['threshold']:.3f}: sensitivity {tr['sensitivity'] * 100:.1f} %, "
+                      f"specificity {tr['specificity'] * 100:.1f} %; this set's own {own['threshold']:.3f} would give "
+                      f"{own['sensitivity'] * 100:.1f} % / {own['specificity'] * 100:.1f} %")
+        console.print(f"[yellow]warning:[/] {ext['warning']}")
+    for column, values in r.get("subgroups", {}).items():
+        key = "auc_malignant" if "auc_malignant" in m else "auc_macro"
+        console.print(f"  by {column}: " + "; ".join(
+            f"{v} (n={g['n']}) {_metric_line(key, g[key]).split(': ', 1)[-1]}" for v, g in values.items() if key in g))
     t = r.get("threshold", {})
     if t.get("reason"):
         console.print(f"[yellow]threshold:[/] {t['rule']} ({t['reason']})")

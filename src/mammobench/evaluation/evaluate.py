@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import logging
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from mammobench.evaluation.metrics import (
     per_class_table,
     select_threshold,
 )
-from mammobench.evaluation.plots import plot_confusion, plot_pr, plot_reliability, plot_roc
+from mammobench.evaluation.plots import plot_confusion, plot_pr, plot_reliability, plot_roc, plot_subgroups
 from mammobench.runtime import MammobenchError, atomic_write_json, atomic_write_text, utc_now
 from mammobench.training.curves import plot_training_curves
 from mammobench.training.rundir import ModelInfo, RunError, read_run_info, require_finished
@@ -162,6 +163,96 @@ def _breakdowns(report: dict[str, Any], rows: pd.DataFrame, y: np.ndarray, probs
                 warnings.warn(f"{column} {value}: {message}", UndefinedMetricWarning, stacklevel=2)
 
 
+# --------------------------------------------------------------------------- external data, subgroups
+
+AGE_BANDS = ((0, 40, "<40"), (40, 50, "40-49"), (50, 60, "50-59"), (60, 70, "60-69"), (70, 200, "70+"))
+
+
+def match_labels(model_labels: list[str], data_labels: list[str], *, where: str) -> tuple[list[str], list[list[int]], dict[str, str], str]:
+    """How a model's classes meet another dataset's labels.
+
+    Returns:
+        ``(labels, merge, relabel, note)``: the labels evaluated; for each, the model classes whose
+        probabilities add up to it; a mapping of the data's labels onto them; and what was done.
+
+    Raises:
+        MammobenchError: labels of the data that no model class can stand for, named.
+    """
+    from mammobench.data.labels import BENIGN, BENIGN_WITHOUT_CALLBACK
+
+    identity = [[i] for i in range(len(model_labels))]
+    data = set(data_labels)
+    if data <= set(model_labels) and not (BENIGN_WITHOUT_CALLBACK in model_labels and data <= {BENIGN, "MALIGNANT"}
+                                          and BENIGN_WITHOUT_CALLBACK not in data):
+        return list(model_labels), identity, {}, ""
+    if BENIGN_WITHOUT_CALLBACK in model_labels and BENIGN in model_labels and data <= set(model_labels) - {BENIGN_WITHOUT_CALLBACK}:
+        labels = [lab for lab in model_labels if lab != BENIGN_WITHOUT_CALLBACK]
+        merge = [[model_labels.index(lab)] + ([model_labels.index(BENIGN_WITHOUT_CALLBACK)] if lab == BENIGN else [])
+                 for lab in labels]
+        return labels, merge, {}, (f"{where} has no {BENIGN_WITHOUT_CALLBACK}: the model's {BENIGN_WITHOUT_CALLBACK} "
+                                   f"probability is added to {BENIGN} (benign vs malignant)")
+    if BENIGN_WITHOUT_CALLBACK in data and BENIGN in model_labels and BENIGN_WITHOUT_CALLBACK not in model_labels \
+            and data - {BENIGN_WITHOUT_CALLBACK} <= set(model_labels):
+        return list(model_labels), identity, {BENIGN_WITHOUT_CALLBACK: BENIGN}, (
+            f"the model has no {BENIGN_WITHOUT_CALLBACK}: those samples of {where} count as {BENIGN}")
+    unknown = sorted(data - set(model_labels))
+    raise MammobenchError(f"{where} has label(s) {', '.join(unknown)} that the model ({', '.join(model_labels)}) cannot "
+                          "stand for; prepare it with --labels mapping them onto the model's classes")
+
+
+def external_predictions(run_dir: Path, data: str | Path, split: str, *, tta: bool = False, device: str = "auto",
+                         batch_size: int = 64) -> tuple[pd.DataFrame, np.ndarray, ModelInfo, list[dict[str, str]], list[str], str]:
+    """A run's predictions on another prepared dataset, with the run's own preprocessing.
+
+    ``split``: ``test`` (that dataset's test split), ``all`` or any split name. Returns the rows, the
+    probabilities over the evaluated labels (:func:`match_labels`), the model info, skipped rows, the labels
+    and the note on how labels were matched.
+    """
+    from mammobench.data.manifest import read_manifest, read_manifest_info
+
+    require_finished(run_dir)
+    model, info = load_run_model(run_dir)
+    manifest = Path(data)
+    frame = read_manifest(manifest)
+    folder = manifest if manifest.is_dir() else manifest.parent
+    rows = frame if split == "all" else frame[frame["split"] == split]
+    if rows.empty:
+        raise MammobenchError(f"{data} has no {split!r} rows (splits: {', '.join(sorted(set(frame['split'])))}); "
+                              "use --split all to evaluate on every image")
+    data_labels = read_manifest_info(manifest).labels
+    labels, merge, relabel, note = match_labels(info.labels, data_labels, where=str(data))
+    rows = rows.assign(label=rows["label"].replace(relabel)).reset_index(drop=True)
+    root = folder / "cache"
+    rows, skipped = _readable(rows, info, root)
+    if rows.empty:
+        raise MammobenchError(f"no readable image in the {split} rows of {data}")
+    if info.views:
+        rows, probs = predict_breasts(model, info, rows, root, tta=tta, device=device, batch_size=max(1, batch_size // 4))
+    else:
+        probs = predict_probs(model, info, rows, root, tta=tta, device=device, batch_size=batch_size)
+    probs = np.stack([probs[:, idx].sum(1) for idx in merge], axis=1)
+    return rows, probs, info, skipped, labels, note
+
+
+def subgroup_column(rows: pd.DataFrame, name: str) -> pd.Series:
+    """A manifest column for subgroups; ``age_band`` bins ``age`` (<40, 40-49, ..., 70+).
+
+    Raises:
+        MammobenchError: a column the rows do not have, naming the ones they do.
+    """
+    if name == "age_band":
+        age = pd.to_numeric(rows["age"], errors="coerce") if "age" in rows else None
+        if age is None or age.isna().all():
+            raise MammobenchError("--by age_band needs an 'age' column with numbers (CMMD, RSNA and VinDr manifests have one)")
+        bands = pd.Series("", index=rows.index)
+        for lo, hi, label in AGE_BANDS:
+            bands[(age >= lo) & (age < hi)] = label
+        return bands
+    if name not in rows.columns:
+        raise MammobenchError(f"--by {name}: the manifest has no such column (it has {', '.join(map(str, rows.columns))})")
+    return rows[name].astype(str).str.strip()
+
+
 def evaluate(
     run_dir: str | Path,
     *,
@@ -174,6 +265,8 @@ def evaluate(
     seed: int = 0,
     breakdown_min: int = 10,
     aggregate: str = "mean",
+    data: str | Path | None = None,
+    by: Sequence[str] = (),
 ) -> EvaluationResult:
     """Evaluate a finished run on one split.
 
@@ -187,13 +280,22 @@ def evaluate(
         breakdown_min: smallest subgroup (lesion type, dataset) that gets its own metrics.
         aggregate: how image predictions combine into breast and patient predictions (``mean`` or ``max``);
             ``metrics.json`` holds every level under ``levels``.
+        data: another prepared dataset (external validation): the run's model and preprocessing on its
+            ``split`` rows (``all`` = every row); labels matched by :func:`match_labels`. Written to
+            ``evaluation/external_<name>_<split>``.
+        by: subgroup columns of the manifest (``density``, ``manufacturer``, ``view``, ``age_band`` ...):
+            AUC, sensitivity and specificity with intervals and counts per subgroup, and a forest plot.
 
     Raises:
         RunError: unfinished run, missing files, another format version, mismatched labels.
     """
     run_dir = Path(run_dir)
-    rows, probs, info, skipped = run_predictions(run_dir, split, tta=tta, device=device)
-    labels = info.labels
+    label_note = ""
+    if data is None:
+        rows, probs, info, skipped = run_predictions(run_dir, split, tta=tta, device=device)
+        labels = info.labels
+    else:
+        rows, probs, info, skipped, labels, label_note = external_predictions(run_dir, data, split, tta=tta, device=device)
     y = _targets(rows, labels, run_dir)
     positive = info.positive_label
     threshold: float | None = None
@@ -211,7 +313,8 @@ def evaluate(
                           "target_sensitivity": target_sensitivity if threshold_method == "sensitivity" else None,
                           "class": positive}
     groups = _groups(rows)
-    out_dir = run_dir / "evaluation" / f"{split}{'_tta' if tta else ''}"
+    name = f"external_{Path(data).resolve().name}_{split}" if data is not None else split
+    out_dir = run_dir / "evaluation" / f"{name}{'_tta' if tta else ''}"
     synthetic = bool((rows["dataset"] == DEMO_DATASET).any())
     report: dict[str, Any] = {
         "format": EVAL_FORMAT, "mammobench_version": mammobench.__version__, "created": utc_now(),
@@ -222,7 +325,11 @@ def evaluate(
         "threshold": threshold_info,
         "bootstrap": {"unit": "patient", "n": n_boot, "seed": seed, "level": 0.95},
         "skipped": skipped,
+        "data": str(Path(data).resolve()) if data is not None else None, "label_matching": label_note,
     }
+    if data is not None and positive is not None and threshold is not None:
+        report["threshold"]["external"] = _external_threshold(y, probs, labels, positive, threshold, threshold_method,
+                                                              target_sensitivity)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UndefinedMetricWarning)
         report["metrics"] = metrics_with_ci(y, probs, labels, groups, positive=positive, threshold=threshold,
@@ -236,6 +343,8 @@ def evaluate(
         logger.log(level, "%s split: %s (reported as NaN)", split, message)
     report["warnings"] = undefined
     report["run_warnings"] = read_run_info(run_dir).get("warnings", [])
+    if by:
+        report["subgroups"] = _subgroups(rows, y, probs, labels, groups, positive, threshold, by, n_boot, seed)
     report["per_class"] = per_class_table(y, probs, labels)
     report["confusion_matrix"] = confusion(y, probs, len(labels))
     unit = "breast" if info.views else "image"
@@ -269,13 +378,56 @@ def evaluate(
     plot_pr(y, probs, labels, out_dir / "pr.png", title=f"Precision-recall ({tag})")
     plot_confusion(report["confusion_matrix"], labels, out_dir / "confusion.png", title=f"Confusion ({tag})")
     plot_reliability(y, probs, out_dir / "reliability.png", ece=report["metrics"]["ece"]["value"], title=f"Reliability ({tag})")
+    if report.get("subgroups"):
+        plot_subgroups(report["subgroups"], out_dir / "subgroups.png", title=f"Subgroups ({tag})")
     history = run_dir / "history.csv"
-    if history.is_file():
+    if history.is_file() and data is None:
         kept = read_run_info(run_dir).get("kept_epoch")
         plot_training_curves(pd.read_csv(history), out_dir / "curves.png", best_epoch=kept,
                              title=f"Training ({info.architecture})" + (" - SYNTHETIC DEMO DATA" if synthetic else ""))
     atomic_write_json(out_dir / "metrics.json", report)
     return EvaluationResult(run_dir, split, out_dir, report, preds, level_preds)
+
+
+def _external_threshold(y: np.ndarray, probs: np.ndarray, labels: list[str], positive: str, threshold: float,
+                        method: str, target_sensitivity: float) -> dict[str, Any]:
+    """The training threshold's sensitivity and specificity on an external set, beside the threshold that set
+    would choose for itself (never to be used on it: it is fitted to the very cases it is scored on)."""
+    k = labels.index(positive)
+    pos, score = y == k, probs[:, k]
+
+    def rates(t: float) -> dict[str, float]:
+        call = score >= t
+        sens = float(call[pos].mean()) if pos.any() else float("nan")
+        spec = float((~call[~pos]).mean()) if (~pos).any() else float("nan")
+        return {"threshold": t, "sensitivity": sens, "specificity": spec}
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        own = select_threshold(pos, score, method=method, target_sensitivity=target_sensitivity)
+    return {"training": rates(threshold), "this_set": {**rates(own.value), "rule": own.rule},
+            "warning": "decision thresholds do not transfer between sites, scanners and populations: the training "
+                       "threshold's sensitivity and specificity here are what a deployment would get; the set's own "
+                       "threshold is fitted to the cases it is scored on and flatters itself"}
+
+
+def _subgroups(rows: pd.DataFrame, y: np.ndarray, probs: np.ndarray, labels: list[str], groups: np.ndarray,
+               positive: str | None, threshold: float | None, by: Sequence[str], n_boot: int, seed: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for column in by:
+        values = subgroup_column(rows, column)
+        out[column] = {}
+        for value in sorted(v for v in values.unique() if v):
+            sel = (values == value).to_numpy()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UndefinedMetricWarning)
+                m = metrics_with_ci(y[sel], probs[sel], labels, groups[sel], positive=positive, threshold=threshold,
+                                    n_boot=max(200, n_boot // 2), seed=seed)
+            entry: dict[str, Any] = {"n": int(sel.sum()), "patients": int(len(np.unique(groups[sel]))),
+                                     "counts": {lab: int((y[sel] == i).sum()) for i, lab in enumerate(labels)}}
+            entry.update({key: m[key] for key in ("auc_malignant", "auc_macro", "sensitivity", "specificity") if key in m})
+            out[column][value] = entry
+    return out
 
 
 def aggregate_levels(rows: pd.DataFrame, probs: np.ndarray, labels: list[str], positive: str | None, *,

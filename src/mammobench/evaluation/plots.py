@@ -117,3 +117,26 @@ def plot_roc_overlay(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: 
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def plot_subgroups(subgroups: Mapping[str, Mapping[str, Any]], path: str | Path, *, title: str = "") -> Path:
+    """Forest plot: AUC (malignant vs rest, else macro) with its 95 % interval and n, per subgroup value."""
+    rows = []
+    for column, values in subgroups.items():
+        for value, m in values.items():
+            metric = m.get("auc_malignant") or m.get("auc_macro") or {}
+            rows.append((f"{column} = {value} (n={m['n']})", metric.get("value"), *(metric.get("ci") or [None, None])))
+    fig, ax = _plt().subplots(figsize=(6.4, 0.4 * len(rows) + 1.2))
+    for i, (_name, v, lo, hi) in enumerate(rows):
+        if v is None or v != v:
+            continue
+        if lo is not None and lo == lo:
+            ax.plot([lo, hi], [i, i], color="0.3")
+        ax.plot([v], [i], "s", color="C0")
+    ax.set_yticks(range(len(rows)), [r[0] for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.axvline(0.5, color="0.7", linestyle=":")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("AUC [95 % CI, patient bootstrap]")
+    ax.set_title(title, fontsize=9)
+    return _save(fig, path)
