@@ -108,7 +108,7 @@ def _frame_table(frame, title: str = "") -> Table:  # type: ignore[no-untyped-de
 
 @app.command()
 def prepare(
-    dataset: Annotated[str, typer.Argument(help="cbis-ddsm | mias | cmmd | csv | demo")],
+    dataset: Annotated[str, typer.Argument(help="cbis-ddsm | mias | cmmd | vindr | rsna | csv | demo")],
     root: Annotated[Path | None, typer.Argument(help="Dataset folder (csv: the table file; demo: where to generate).")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for manifest.csv and friends.")] = Path("prepared"),
     mode: Annotated[str, typer.Option(help="roi (lesion crops) or full (whole images, worst finding).")] = "roi",
@@ -124,6 +124,7 @@ def prepare(
     include_normal: Annotated[bool, typer.Option(help="mini-MIAS full mode: keep normal images.")] = False,
     csv_dir: Annotated[Path | None, typer.Option(help="CBIS-DDSM: folder of the case-description CSVs.")] = None,
     clinical: Annotated[Path | None, typer.Option(help="CMMD: the clinical table (default: found under ROOT).")] = None,
+    label_set: Annotated[str | None, typer.Option(help="VinDr-Mammo: suspicious (BI-RADS 4-5 vs 1-3) | birads (5 classes).")] = None,
     size: Annotated[str, typer.Option(help="Preprocessed size for the cache and preview: a side (224) or HEIGHTxWIDTH (1152x896).")] = "224",
     clahe: Annotated[bool, typer.Option(help="Apply CLAHE after the percentile window.")] = False,
     cache: Annotated[bool, typer.Option(help="Decode and cache every image now (finds unreadable files).")] = True,
@@ -141,7 +142,7 @@ def prepare(
         result = run_prepare(
             dataset, root, out, mode=mode, labels=labels, split=split, folds=folds,  # type: ignore[arg-type]
             test_fraction=test_fraction, val_fraction=val_fraction, seed=seed, leak_rule=leak_rule,  # type: ignore[arg-type]
-            roi_source=roi_source, roi_margin=roi_margin, include_normal=include_normal, csv_dir=csv_dir, clinical=clinical,  # type: ignore[arg-type]
+            roi_source=roi_source, roi_margin=roi_margin, include_normal=include_normal, csv_dir=csv_dir, clinical=clinical, label_set=label_set,  # type: ignore[arg-type]
             preprocess=settings, build_cache=cache, workers=workers,
             show_progress=True,
         )

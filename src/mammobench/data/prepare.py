@@ -32,8 +32,8 @@ from mammobench.runtime import MammobenchError, atomic_write_text, utc_now
 
 logger = logging.getLogger(__name__)
 
-DatasetName = Literal["cbis-ddsm", "mias", "cmmd", "csv", "demo"]
-DATASETS: tuple[str, ...] = ("cbis-ddsm", "mias", "cmmd", "csv", "demo")
+DatasetName = Literal["cbis-ddsm", "mias", "cmmd", "vindr", "rsna", "csv", "demo"]
+DATASETS: tuple[str, ...] = ("cbis-ddsm", "mias", "cmmd", "vindr", "rsna", "csv", "demo")
 
 
 @dataclass
@@ -62,6 +62,7 @@ def load_source(
     include_normal: bool = False,
     csv_dir: str | Path | None = None,
     clinical: str | Path | None = None,
+    label_set: str | None = None,
     show_progress: bool = False,
 ) -> SourceResult:
     """Dispatch to the dataset's source reader (see :mod:`mammobench.data.sources`)."""
@@ -78,6 +79,14 @@ def load_source(
         from mammobench.data.sources.cmmd import load_cmmd
 
         return load_cmmd(root, mode=mode, clinical=clinical, show_progress=show_progress)
+    if dataset == "vindr":
+        from mammobench.data.sources.vindr import load_vindr
+
+        return load_vindr(root, mode=mode, label_set=label_set or "suspicious")
+    if dataset == "rsna":
+        from mammobench.data.sources.rsna import load_rsna
+
+        return load_rsna(root, mode=mode)
     if dataset in ("csv", "demo"):
         from mammobench.data.sources.table import load_table
 
@@ -107,6 +116,7 @@ def prepare(
     include_normal: bool = False,
     csv_dir: str | Path | None = None,
     clinical: str | Path | None = None,
+    label_set: str | None = None,
     preprocess: PreprocessSettings | None = None,
     cache_dir: str | Path | None = None,
     build_cache: bool = True,
@@ -117,7 +127,7 @@ def prepare(
     """Read a dataset, map labels, drop unreadable images, split by patient, write the manifest.
 
     Args:
-        dataset: ``cbis-ddsm``, ``mias``, ``cmmd``, ``csv`` (your own table) or ``demo`` (built-in synthetic data,
+        dataset: ``cbis-ddsm``, ``mias``, ``cmmd``, ``vindr``, ``rsna``, ``csv`` (your own table) or ``demo`` (built-in synthetic data,
             generated into ``root`` or ``out/demo_images``).
         root: the dataset folder (for ``csv``, the table file).
         out: folder for ``manifest.csv``, ``manifest.json``, ``skipped.csv``, ``summary.md``, ``preview.png``.
@@ -144,7 +154,13 @@ def prepare(
         raise MammobenchError(f"prepare {dataset} needs the dataset's folder (ROOT)")
     mapping = parse_label_spec(labels)
     source = load_source(dataset, root, mode=mode, roi_source=roi_source, roi_margin=roi_margin,
-                         include_normal=include_normal, csv_dir=csv_dir, clinical=clinical, show_progress=show_progress)
+                         include_normal=include_normal, csv_dir=csv_dir, clinical=clinical, label_set=label_set,
+                         show_progress=show_progress)
+    if dataset == "vindr" and (label_set or "suspicious") == "birads":
+        from mammobench.data.labels import LabelMapping
+        from mammobench.data.sources.vindr import BIRADS_LABELS
+
+        mapping = LabelMapping(mapping.name, {**{b: b for b in BIRADS_LABELS}, **dict(mapping.mapping)})
     frame = source.records.copy()
     skipped = list(source.skipped)
     notes += source.notes
@@ -195,24 +211,24 @@ def prepare(
         notes.append(f"{len(split_report.leaking_patients)} patients were in both official train and test: {what}")
     frame = validate_manifest(frame, where="prepared manifest")
 
-    label_set = order_labels(frame["label"])
+    classes = order_labels(frame["label"])
     synthetic = bool((frame["dataset"] == DEMO_DATASET).any())
     if synthetic and dataset != "demo":
         notes.insert(0, SYNTHETIC_NOTICE)
     info = ManifestInfo(
-        dataset=DEMO_DATASET if synthetic else dataset, mode=mode, labels=label_set,
-        label_mapping=mapping.to_dict(), positive_label=positive_label(label_set), split=split_report.to_dict(),
+        dataset=DEMO_DATASET if synthetic else dataset, mode=mode, labels=classes,
+        label_mapping=mapping.to_dict(), positive_label=positive_label(classes), split=split_report.to_dict(),
         synthetic=synthetic, source_root=str(Path(root).resolve()), created=utc_now(),
         mammobench_version=mammobench.__version__, notes=notes,
     )
     manifest_path = write_manifest(frame, out, info)
     _write_skipped(out / "skipped.csv", skipped)
-    counts = count_table(frame, label_set)
+    counts = count_table(frame, classes)
     majority = majority_accuracy(frame)
     preview_path = None
     if preview and build_cache:
         title = f"{info.dataset} ({mode}, {size_label(settings.size)}px)" + (" - SYNTHETIC DEMO DATA" if info.synthetic else "")
-        preview_path = preview_grid(frame, cache, out / "preview.png", labels=label_set, seed=seed, title=title)
+        preview_path = preview_grid(frame, cache, out / "preview.png", labels=classes, seed=seed, title=title)
     atomic_write_text(out / "summary.md", render_summary(info, counts, majority, skipped, notes))
     return PrepareResult(out, manifest_path, frame, info, skipped, counts, majority, split_report, preview_path, notes)
 

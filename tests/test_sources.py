@@ -1,0 +1,149 @@
+"""VinDr-Mammo and RSNA read as their users download them (tiny synthetic DICOMs with the real layouts)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+
+from mammobench.data.images import read_image
+from mammobench.data.manifest import read_manifest
+from mammobench.data.prepare import prepare
+from mammobench.data.preprocess import PreprocessSettings
+from mammobench.data.sources.rsna import RsnaError, load_rsna
+from mammobench.data.sources.vindr import VindrError, load_vindr
+
+from .conftest import fake_mammogram
+from .test_images import make_dicom
+
+
+def _image(path, side, seed, *, jpeg2000=False, monochrome1=False):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = fake_mammogram(120, 80, side=side, seed=seed).astype(np.uint16) * 256
+    if monochrome1:
+        pixels = 65535 - pixels
+    make_dicom(path, pixels, photometric="MONOCHROME1" if monochrome1 else "MONOCHROME2")
+    if jpeg2000:
+        from pydicom.uid import JPEG2000Lossless
+
+        ds = pydicom.dcmread(path)
+        ds.compress(JPEG2000Lossless)
+        ds.save_as(path)
+    return path
+
+
+# --------------------------------------------------------------------------- RSNA
+
+
+def _rsna(root, n=6):
+    rows = []
+    for p in range(n):
+        for side in ("L", "R"):
+            for view in ("CC", "MLO"):
+                image = f"{p}{side}{view}".replace("L", "1").replace("R", "2").replace("CC", "3").replace("MLO", "4")
+                _image(root / "train_images" / str(1000 + p) / f"{image}.dcm", side, seed=len(rows),
+                       jpeg2000=len(rows) == 0, monochrome1=len(rows) == 1)
+                rows.append({"site_id": 1 + p % 2, "patient_id": 1000 + p, "image_id": image, "laterality": side,
+                             "view": view, "age": 50 + p, "cancer": int(p % 3 == 0 and side == "L"), "biopsy": 0,
+                             "invasive": 0, "BIRADS": "", "implant": 0, "density": "B", "machine_id": 49,
+                             "difficult_negative_case": False})
+    rows.append({**rows[-1], "image_id": "999", "view": "ML"})  # listed, not on disk
+    pd.DataFrame(rows).to_csv(root / "train.csv", index=False)
+
+
+def test_rsna_layout_labels_per_breast_and_metadata(tmp_path):
+    _rsna(tmp_path)
+    result = prepare("rsna", tmp_path, tmp_path / "out", mode="full", labels="binary", split="random",
+                     test_fraction=0.34, preprocess=PreprocessSettings(size=(64, 48)), workers=1, preview=False)
+    frame = read_manifest(result.out)
+    assert len(frame) == 24 and set(frame["label"]) == {"BENIGN", "MALIGNANT"}
+    first = frame[frame["patient_id"] == "1000"].set_index(["laterality", "view"])
+    assert first.loc[("L", "CC"), "label"] == "MALIGNANT" and first.loc[("R", "MLO"), "label"] == "BENIGN"
+    assert {"site", "machine_id", "age", "density", "implant"} <= set(frame.columns)
+    assert first.loc[("L", "CC"), "breast_id"] == "rsna/1000/L"
+    skipped = pd.read_csv(result.out / "skipped.csv")
+    assert skipped["reason"].str.contains("image not found").sum() == 1
+
+
+def test_rsna_jpeg2000_and_monochrome1_decode_like_plain_files(tmp_path):
+    plain = read_image(_image(tmp_path / "plain.dcm", "L", seed=0))
+    j2k = read_image(_image(tmp_path / "j2k.dcm", "L", seed=0, jpeg2000=True))
+    inverted = read_image(_image(tmp_path / "mono1.dcm", "L", seed=0, monochrome1=True))
+    assert np.allclose(plain, j2k, atol=1e-6), "JPEG 2000 lossless decodes to the same pixels"
+    assert np.allclose(plain, inverted, atol=1e-4), "MONOCHROME1 is inverted: dense tissue bright"
+
+
+def test_rsna_bad_input(tmp_path):
+    with pytest.raises(RsnaError, match="no train.csv"):
+        load_rsna(tmp_path)
+    pd.DataFrame({"patient_id": [1], "image_id": [2], "laterality": ["L"], "view": ["CC"]}).to_csv(tmp_path / "train.csv")
+    with pytest.raises(RsnaError, match=r"lacks column\(s\) cancer"):
+        load_rsna(tmp_path)
+    with pytest.raises(RsnaError, match="--mode full"):
+        load_rsna(tmp_path, mode="roi")
+
+
+# --------------------------------------------------------------------------- VinDr-Mammo
+
+
+def _vindr(root, n=6):
+    breasts, findings = [], []
+    for s in range(n):
+        study = f"st{s:03d}"
+        for side in ("L", "R"):
+            for view in ("CC", "MLO"):
+                image = f"im{s}{side}{view}"
+                path = _image(root / "images" / study / f"{image}.dicom", side, seed=len(breasts))
+                del path
+                birads = 4 if (s % 2 == 0 and side == "R") else 1 + s % 3
+                breasts.append({"study_id": study, "series_id": "se", "image_id": image, "laterality": side,
+                                "view_position": view, "height": 120, "width": 80, "breast_birads": f"BI-RADS {birads}",
+                                "breast_density": "DENSITY C", "split": "training" if s < n - 2 else "test"})
+                if birads >= 4:
+                    findings.append({"study_id": study, "series_id": "se", "image_id": image, "laterality": side,
+                                     "view_position": view, "height": 120, "width": 80, "breast_birads": f"BI-RADS {birads}",
+                                     "breast_density": "DENSITY C", "finding_categories": "['Mass', 'Suspicious Calcification']",
+                                     "finding_birads": "BI-RADS 4", "xmin": -5.0, "ymin": 10.0, "xmax": 40.0, "ymax": 60.0,
+                                     "split": "training"})
+    findings.append({**findings[0], "xmin": "", "ymin": "", "xmax": "", "ymax": ""})  # a finding without a box
+    findings.append({**findings[0], "finding_categories": "['No Finding']", "finding_birads": ""})
+    pd.DataFrame(breasts).to_csv(root / "breast-level_annotations.csv", index=False)
+    pd.DataFrame(findings).to_csv(root / "finding_annotations.csv", index=False)
+
+
+def test_vindr_suspicious_and_birads_label_sets_and_official_split(tmp_path):
+    _vindr(tmp_path)
+    result = prepare("vindr", tmp_path, tmp_path / "out", mode="full", split="official",
+                     preprocess=PreprocessSettings(size=(64, 48)), workers=1, preview=False)
+    frame = read_manifest(result.out)
+    assert set(frame["label"]) == {"BENIGN", "MALIGNANT"} and (frame["dataset"] == "vindr").all()
+    assert set(frame.loc[frame["split"] == "test", "exam_id"]) == {"st004", "st005"}
+    assert any("no biopsy labels" in n for n in result.info.notes)
+    assert set(frame["density"]) == {"C"} and frame["breast_id"].str.startswith("vindr/").all()
+    five = prepare("vindr", tmp_path, tmp_path / "out5", mode="full", split="official", label_set="birads",
+                   preprocess=PreprocessSettings(size=(64, 48)), workers=1, preview=False)
+    assert set(read_manifest(five.out)["label"]) <= {f"BIRADS_{k}" for k in range(1, 6)}
+    assert five.info.positive_label is None
+
+
+def test_vindr_roi_mode_uses_finding_boxes_clipped_and_reports_empty_ones(tmp_path):
+    _vindr(tmp_path)
+    result = load_vindr(tmp_path, mode="roi")
+    boxes = result.records["roi"].tolist()
+    assert boxes and all(b == "0 10 40 60" for b in boxes), "a negative xmin is clipped to the image"
+    assert (result.records["lesion_type"] == "mass;suspicious calcification").all()
+    assert sum("without a usable box" in s.reason for s in result.skipped) == 1
+
+
+def test_vindr_bad_input(tmp_path):
+    with pytest.raises(VindrError, match="no breast-level_annotations.csv"):
+        load_vindr(tmp_path)
+    _vindr(tmp_path, n=1)
+    with pytest.raises(VindrError, match="unknown VinDr label set 'cancer'"):
+        load_vindr(tmp_path, label_set="cancer")
+    table = pd.read_csv(tmp_path / "breast-level_annotations.csv")
+    table.loc[0, "breast_birads"] = "BI-RADS X"
+    table.to_csv(tmp_path / "breast-level_annotations.csv", index=False)
+    with pytest.raises(VindrError, match=r"breast-level_annotations.csv:2: BI-RADS 'BI-RADS X' is not BI-RADS 1-5"):
+        load_vindr(tmp_path)
