@@ -374,3 +374,20 @@ def test_training_from_the_cli_is_free_of_lightning_chatter(demo_prepared, tmp_p
     assert res.returncode == 0, out[-2000:]
     assert "finished after 1 epochs" in " ".join(out.split())
     assert "GPU available" not in out and "Tip:" not in out and "stepping batches" not in out
+
+
+def test_the_layers_import_only_downwards():
+    """The README's promise: data never imports training (or anything above it); models never import data."""
+    import ast
+
+    root = REPO / "src" / "mammobench"
+    rules = {"data": ("training", "models", "evaluation", "serving", "experiments", "cli"),
+             "models": ("data", "training", "evaluation", "serving", "experiments", "cli")}
+    wrong = []
+    for package, banned in rules.items():
+        for path in (root / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mammobench."):
+                    if node.module.split(".")[1] in banned:
+                        wrong.append(f"{path.relative_to(root)} imports {node.module}")
+    assert not wrong, wrong

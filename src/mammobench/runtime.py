@@ -175,3 +175,32 @@ def format_list(values: Sequence[Any], limit: int = 10) -> str:
     shown = ", ".join(str(v) for v in list(values)[:limit])
     extra = len(values) - limit
     return f"{shown} … (+{extra} more)" if extra > 0 else shown
+
+
+# --------------------------------------------------------------------------- input sizes
+
+#: An input size: a side in pixels (square) or ``(height, width)`` (whole mammograms, e.g. 1152 x 896).
+Size = int | tuple[int, int]
+MIN_SIDE, MAX_SIDE = 16, 4096
+
+
+def size_hw(size: Size) -> tuple[int, int]:
+    """``(height, width)`` of a size given as one side or as a pair."""
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def size_label(size: Size) -> str:
+    """``224`` or ``1152x896`` (height x width): how sizes appear in folder names, logs and reports."""
+    h, w = size_hw(size)
+    return str(h) if h == w else f"{h}x{w}"
+
+
+def check_size(size: Size | None) -> Size | None:
+    """Validate a size (each side in [16, 4096]); a pair of equal sides stays a pair, as written."""
+    if size is None:
+        return None
+    for side in size_hw(size):
+        if not MIN_SIDE <= side <= MAX_SIDE:
+            shown = size if isinstance(size, int) else "x".join(str(v) for v in size_hw(size))
+            raise ValueError(f"image sides must lie in [{MIN_SIDE}, {MAX_SIDE}] pixels, got {shown}")
+    return size

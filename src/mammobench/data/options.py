@@ -11,31 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-#: An input size: a side in pixels (square) or ``(height, width)`` (whole mammograms, e.g. 1152 x 896).
-Size = int | tuple[int, int]
-MIN_SIDE, MAX_SIDE = 16, 4096
-
-
-def size_hw(size: Size) -> tuple[int, int]:
-    """``(height, width)`` of a size given as one side or as a pair."""
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-
-
-def size_label(size: Size) -> str:
-    """``224`` or ``1152x896`` (height x width): how sizes appear in folder names, logs and reports."""
-    h, w = size_hw(size)
-    return str(h) if h == w else f"{h}x{w}"
-
-
-def check_size(size: Size | None) -> Size | None:
-    """Validate a size (each side in [16, 4096]); a pair of equal sides stays a pair, as written."""
-    if size is None:
-        return None
-    for side in size_hw(size):
-        if not MIN_SIDE <= side <= MAX_SIDE:
-            shown = size if isinstance(size, int) else "x".join(str(v) for v in size_hw(size))
-            raise ValueError(f"image sides must lie in [{MIN_SIDE}, {MAX_SIDE}] pixels, got {shown}")
-    return size
+from mammobench.runtime import MAX_SIDE, MIN_SIDE, Size, check_size, size_hw, size_label  # noqa: F401 - re-exported
 
 
 class PreprocessOptions(BaseModel):

@@ -19,8 +19,7 @@ import timm
 import torch
 from torch import nn
 
-from mammobench.data.options import size_hw, size_label
-from mammobench.runtime import MammobenchError, format_list
+from mammobench.runtime import MammobenchError, format_list, size_hw, size_label
 
 logger = logging.getLogger(__name__)
 
