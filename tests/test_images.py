@@ -127,3 +127,37 @@ def test_header_index_reads_no_pixels(tmp_path):
     index, problems = index_dicom_tree(tmp_path)
     assert len(index) == 1 and index.iloc[0]["rows"] == 2
     assert len(problems) == 1 and "junk.dcm" in problems[0][0]
+
+
+def _windowed(tmp_path, name, **tags):
+    pixels = np.tile(np.linspace(0, 4095, 64).astype(np.uint16), (8, 1))
+    path = make_dicom(tmp_path / name, pixels)
+    ds = pydicom.dcmread(path)
+    ds.BitsStored, ds.HighBit = 12, 11
+    for key, value in tags.items():
+        setattr(ds, key, value)
+    ds.save_as(path)
+    return read_image(path)[0]
+
+
+def test_dicom_voi_functions_and_multi_valued_windows(tmp_path):
+    linear = _windowed(tmp_path, "linear.dcm", WindowCenter=2048, WindowWidth=1024)
+    sigmoid = _windowed(tmp_path, "sigmoid.dcm", WindowCenter=2048, WindowWidth=1024, VOILUTFunction="SIGMOID")
+    exact = _windowed(tmp_path, "exact.dcm", WindowCenter=2048, WindowWidth=1024, VOILUTFunction="LINEAR_EXACT")
+    multi = _windowed(tmp_path, "multi.dcm", WindowCenter=[2048, 1000], WindowWidth=[1024, 200])
+    # LINEAR clips outside the window; SIGMOID never reaches 0 or 1 inside the range and is smooth.
+    assert linear[0] == 0 and linear[-1] == 1 and (linear == 0).sum() > 10
+    assert 0 < sigmoid[5] < 0.1 and sigmoid[-5] > 0.9 and (sigmoid == 0).sum() <= 1
+    assert np.allclose(exact, linear, atol=0.02)
+    assert np.allclose(multi, linear, atol=1e-6), "of several windows the first (the vendor's default) is used"
+
+
+def test_for_processing_images_are_refused_with_a_clear_note(tmp_path):
+    from mammobench.data.dicom import ImageReadError
+
+    path = make_dicom(tmp_path / "raw.dcm", np.zeros((8, 8), np.uint16))
+    ds = pydicom.dcmread(path)
+    ds.PresentationIntentType = "FOR PROCESSING"
+    ds.save_as(path)
+    with pytest.raises(ImageReadError, match="FOR PROCESSING image \\(raw detector data"):
+        read_image(path)

@@ -77,3 +77,36 @@ def test_clahe_stays_in_range():
 def test_settings_validation(bad):
     with pytest.raises(ValidationError):
         PreprocessSettings(**bad)
+
+
+def _breast_on(background: np.ndarray, *, side="L") -> np.ndarray:
+    h, w = background.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    cx = 0 if side == "L" else w - 1
+    inside = ((xx - cx) / (0.55 * w)) ** 2 + ((yy - h / 2) / (0.42 * h)) ** 2 < 1
+    rng = np.random.default_rng(0)
+    out = background.copy()
+    out[inside] = 0.45 + 0.2 * rng.random(inside.sum())
+    return out.astype(np.float32)
+
+
+def test_breast_crop_on_a_full_field_digital_mammogram():
+    """FFDM: background exactly 0, no film edges, a burnt-in marker in a corner."""
+    img = _breast_on(np.zeros((500, 400)), side="R")
+    img[20:50, 20:70] = 1.0  # "R MLO" marker, far from the breast
+    mask = breast_mask(img)
+    assert not mask[20:50, 20:70].any() and mask[250, 390]
+    from mammobench.data.preprocess import bbox_of
+
+    x0, y0, x1, y1 = bbox_of(mask)
+    assert x0 > 100 and 25 <= y0 and y1 <= 475, "the crop holds the breast (rows 40-460), not the marker"
+
+
+def test_breast_crop_on_scanned_film():
+    """Film: a noisy grey background, a bright film edge along the top and a scanner label."""
+    rng = np.random.default_rng(1)
+    img = _breast_on(0.08 + 0.04 * rng.random((500, 400)))
+    img[:12, :] = 0.95  # the film's edge
+    img[440:480, 300:380] = 0.9  # scanner label
+    mask = breast_mask(img)
+    assert not mask[:12, 200:].any() and not mask[440:480, 300:380].any() and mask[250, 10]

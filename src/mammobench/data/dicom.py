@@ -55,11 +55,18 @@ def _pydicom():
     return pydicom
 
 
+#: Digital mammography / X-ray "For Processing" storage classes (raw detector data).
+FOR_PROCESSING_SOP_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.1.2.1", "1.2.840.10008.5.1.4.1.1.1.1.1",
+                                        "1.2.840.10008.5.1.4.1.1.1.3.1"})
+
+
 def read_dicom(path: str | Path) -> np.ndarray:
     """Decode a single-frame grayscale DICOM to float32 in [0, 1], as a radiologist would see it.
 
-    Applies the Modality LUT (rescale slope/intercept), the VOI LUT or window when present, and inverts
-    MONOCHROME1 so that dense tissue is always bright.
+    Applies the Modality LUT (rescale slope/intercept), the VOI LUT or window when present (pydicom's
+    ``apply_voi_lut``: VOI LUT sequences, and windows with VOILUTFunction LINEAR, LINEAR_EXACT or SIGMOID;
+    of several windows the first, the vendor's default), and inverts MONOCHROME1 so that dense tissue is
+    always bright. FOR PROCESSING images (raw detector data) are refused, never read as if presented.
 
     Args:
         path: a DICOM file (any transfer syntax pydicom can decode, RLE/JPEG via pylibjpeg).
@@ -82,6 +89,11 @@ def read_dicom(path: str | Path) -> np.ndarray:
         raise ImageReadError(path, f"truncated or corrupt DICOM ({exc})") from None
     if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise ImageReadError(path, "DICOM has no pixel data (a header-only or structured-report file?)")
+    intent = str(ds.get("PresentationIntentType", "")).strip().upper()
+    if intent == "FOR PROCESSING" or str(ds.get("SOPClassUID", "")) in FOR_PROCESSING_SOP_CLASSES:
+        raise ImageReadError(path, "a FOR PROCESSING image (raw detector data, before the vendor's image processing): "
+                                   "models are trained on FOR PRESENTATION images, which look very different; export "
+                                   "the presentation images from the archive instead")
     try:
         arr = ds.pixel_array
     except (RuntimeError, NotImplementedError) as exc:
