@@ -280,6 +280,10 @@ def evaluate(
         console.print(f"  {key} by level ({r.get('aggregate', 'mean')} over images): " + "; ".join(parts))
     for note in r.get("level_notes", []):
         console.print(f"[yellow]note:[/] {note}")
+    cal = r.get("calibration", {})
+    if cal.get("temperature"):
+        console.print(f"  calibration: temperature {cal['temperature']:.2f} (fitted on validation): ECE "
+                      f"{cal['ece_before']:.3f} -> {cal['ece_after']:.3f}")
     if r.get("label_matching"):
         console.print(f"[yellow]labels:[/] {r['label_matching']}")
     ext = r.get("threshold", {}).get("external")

@@ -31,6 +31,7 @@ from mammobench.evaluation.metrics import (
     ThresholdChoice,
     UndefinedMetricWarning,
     confusion,
+    expected_calibration_error,
     metrics_with_ci,
     per_class_table,
     select_threshold,
@@ -85,11 +86,15 @@ def has_split(run_dir: str | Path, split: str) -> bool:
 
 def validation_threshold(run_dir: str | Path, labels: list[str], positive: str, *, method: str = "youden",
                          target_sensitivity: float = 0.9, tta: bool = False, device: str = "auto",
-                         val: tuple[pd.DataFrame, np.ndarray] | None = None) -> ThresholdChoice:
+                         val: tuple[pd.DataFrame, np.ndarray] | None = None,
+                         temperature: float | None = None) -> ThresholdChoice:
     """The positive class's decision threshold chosen on the run's validation split (its fallback when it has none).
 
-    ``val``: the validation rows and probabilities when the caller already has them.
+    ``val``: the validation rows and probabilities when the caller already has them. ``temperature``: choose
+    it on temperature-scaled probabilities (a bundle that serves calibrated ones).
     """
+    from mammobench.evaluation.calibration import apply_temperature
+
     k = labels.index(positive)
     if val is None:
         if has_split(run_dir, "val"):
@@ -98,6 +103,7 @@ def validation_threshold(run_dir: str | Path, labels: list[str], positive: str, 
         else:
             val = pd.DataFrame({"label": pd.Series([], dtype=str)}), np.zeros((0, len(labels)))
     rows, probs = val
+    probs = apply_temperature(probs, temperature)
     return select_threshold((rows["label"] == positive).to_numpy(), probs[:, k], method=method,
                             target_sensitivity=target_sensitivity)
 
@@ -201,12 +207,13 @@ def match_labels(model_labels: list[str], data_labels: list[str], *, where: str)
 
 
 def external_predictions(run_dir: Path, data: str | Path, split: str, *, tta: bool = False, device: str = "auto",
-                         batch_size: int = 64) -> tuple[pd.DataFrame, np.ndarray, ModelInfo, list[dict[str, str]], list[str], str]:
+                         batch_size: int = 64) -> tuple[pd.DataFrame, np.ndarray, ModelInfo, list[dict[str, str]], list[str], str,
+                                                        list[list[int]]]:
     """A run's predictions on another prepared dataset, with the run's own preprocessing.
 
     ``split``: ``test`` (that dataset's test split), ``all`` or any split name. Returns the rows, the
-    probabilities over the evaluated labels (:func:`match_labels`), the model info, skipped rows, the labels
-    and the note on how labels were matched.
+    model's probabilities, the model info, skipped rows, the evaluated labels, the note on how labels were
+    matched and how model classes merge into them (:func:`match_labels`, :func:`merge_classes`).
     """
     from mammobench.data.manifest import read_manifest, read_manifest_info
 
@@ -230,8 +237,12 @@ def external_predictions(run_dir: Path, data: str | Path, split: str, *, tta: bo
         rows, probs = predict_breasts(model, info, rows, root, tta=tta, device=device, batch_size=max(1, batch_size // 4))
     else:
         probs = predict_probs(model, info, rows, root, tta=tta, device=device, batch_size=batch_size)
-    probs = np.stack([probs[:, idx].sum(1) for idx in merge], axis=1)
-    return rows, probs, info, skipped, labels, note
+    return rows, probs, info, skipped, labels, note, merge
+
+
+def merge_classes(probs: np.ndarray, merge: list[list[int]]) -> np.ndarray:
+    """Probabilities over the evaluated labels: each the sum of the model classes it stands for."""
+    return np.stack([probs[:, idx].sum(1) for idx in merge], axis=1)
 
 
 def subgroup_column(rows: pd.DataFrame, name: str) -> pd.Series:
@@ -290,13 +301,19 @@ def evaluate(
         RunError: unfinished run, missing files, another format version, mismatched labels.
     """
     run_dir = Path(run_dir)
+    from mammobench.evaluation.calibration import apply_temperature, run_calibration
+
     label_note = ""
     if data is None:
-        rows, probs, info, skipped = run_predictions(run_dir, split, tta=tta, device=device)
-        labels = info.labels
+        rows, raw, info, skipped = run_predictions(run_dir, split, tta=tta, device=device)
+        labels, merge = info.labels, [[i] for i in range(len(info.labels))]
     else:
-        rows, probs, info, skipped, labels, label_note = external_predictions(run_dir, data, split, tta=tta, device=device)
+        rows, raw, info, skipped, labels, label_note, merge = external_predictions(run_dir, data, split, tta=tta,
+                                                                                   device=device)
+    probs = merge_classes(raw, merge)
     y = _targets(rows, labels, run_dir)
+    calibration = run_calibration(run_dir)
+    calibrated = merge_classes(apply_temperature(raw, calibration.get("temperature")), merge)
     positive = info.positive_label
     threshold: float | None = None
     threshold_info: dict[str, Any] = {"method": "argmax"}
@@ -343,6 +360,11 @@ def evaluate(
         logger.log(level, "%s split: %s (reported as NaN)", split, message)
     report["warnings"] = undefined
     report["run_warnings"] = read_run_info(run_dir).get("warnings", [])
+    report["calibration"] = {
+        "temperature": calibration.get("temperature"), "fitted_on": calibration.get("fitted_on"),
+        "reason": calibration.get("reason", ""), "ece_before": report["metrics"]["ece"]["value"],
+        "ece_after": expected_calibration_error(y, calibrated) if calibration.get("temperature") else None,
+    }
     if by:
         report["subgroups"] = _subgroups(rows, y, probs, labels, groups, positive, threshold, by, n_boot, seed)
     report["per_class"] = per_class_table(y, probs, labels)
@@ -378,6 +400,9 @@ def evaluate(
     plot_pr(y, probs, labels, out_dir / "pr.png", title=f"Precision-recall ({tag})")
     plot_confusion(report["confusion_matrix"], labels, out_dir / "confusion.png", title=f"Confusion ({tag})")
     plot_reliability(y, probs, out_dir / "reliability.png", ece=report["metrics"]["ece"]["value"], title=f"Reliability ({tag})")
+    if report["calibration"]["ece_after"] is not None:
+        plot_reliability(y, calibrated, out_dir / "reliability_calibrated.png", ece=report["calibration"]["ece_after"],
+                         title=f"Reliability after temperature {calibration['temperature']:.2f} ({tag})")
     if report.get("subgroups"):
         plot_subgroups(report["subgroups"], out_dir / "subgroups.png", title=f"Subgroups ({tag})")
     history = run_dir / "history.csv"

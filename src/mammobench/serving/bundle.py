@@ -86,6 +86,8 @@ class BundleMeta(BaseModel):
     onnx_max_abs_difference: float | None = None
     onnx_check: str = ""
     provenance: dict[str, Any] = {}
+    #: temperature scaling fitted on the run's validation split (None: none fitted); applied to every output
+    temperature: float | None = None
     description_sha256: str = ""
 
 
@@ -183,14 +185,14 @@ def load_bundle(path: str | Path, *, trusted_key: str | Path | None = None) -> B
     return Bundle(folder, meta, model)
 
 
-def _val_threshold(run_dir: Path, info: ModelInfo, method: str) -> dict[str, Threshold]:
+def _val_threshold(run_dir: Path, info: ModelInfo, method: str, temperature: float | None = None) -> dict[str, Threshold]:
     if info.positive_label is None:
         return {}
     from mammobench.evaluation.evaluate import has_split, validation_threshold
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the fallback is recorded in the bundle and printed by the CLI
-        choice = validation_threshold(run_dir, info.labels, info.positive_label, method=method)
+        choice = validation_threshold(run_dir, info.labels, info.positive_label, method=method, temperature=temperature)
     if choice.reason:
         logger.warning("decision threshold for %s: %s (%s)", info.positive_label, choice.rule, choice.reason)
     chosen_on = "val" if has_split(run_dir, "val") else "none (no validation split)"
@@ -241,9 +243,12 @@ def export_bundle(
     run_info = read_run_info(run_dir)
     split = (run_dir / "split.csv").read_text().splitlines()
     digest = sha256_file(out / MODEL_FILE)
+    from mammobench.evaluation.calibration import run_calibration
+
+    temperature = run_calibration(run_dir).get("temperature")
     meta = BundleMeta(
         model=info.model_copy(update={"weights_sha256": digest}),
-        thresholds=_val_threshold(run_dir, info, threshold_method),
+        thresholds=_val_threshold(run_dir, info, threshold_method, temperature), temperature=temperature,
         weights=FileEntry(file=MODEL_FILE, sha256=digest),
         provenance={
             "run": str(run_dir.resolve()), "run_name": run_info.get("name"), "exported": utc_now(),

@@ -131,6 +131,7 @@ class Predictor:
             self._onnx = OnnxRunner(verified_file(bundle.path, self.meta.onnx, "ONNX"), device=str(self.device))
         elif backend != "torch":
             raise MammobenchError(f"unknown backend {backend!r}; expected torch or onnx")
+        self.temperature = self.meta.temperature  # calibrated outputs (None: as the network gives them)
         self.positive = self.info.positive_label
         threshold = self.meta.thresholds.get(self.positive) if self.positive else None
         self.threshold = threshold.value if threshold else None
@@ -171,16 +172,18 @@ class Predictor:
     def probabilities(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """``(N, C)`` probabilities of preprocessed ``(H, W)`` images (a two-view model: each as one view, the
         other masked; use :meth:`predict_exam` to give it both)."""
+        from mammobench.evaluation.calibration import apply_temperature
+
         if self.breast_model:
             return self.breast_probabilities([{(self.info.views or ["CC"])[0]: img} for img in images])
         batch = np.stack([(img - self.info.mean) / self.info.std for img in images])[:, None].astype(np.float32)
         if self._onnx is not None:
-            return self._onnx(batch)
+            return apply_temperature(self._onnx(batch), self.temperature)
         with torch.no_grad():
             x = torch.from_numpy(batch).to(self.device)
             if self._nhwc:
                 x = x.contiguous(memory_format=torch.channels_last)
-            return self.model(x).float().softmax(1).cpu().numpy()
+            return apply_temperature(self.model(x).float().softmax(1).cpu().numpy(), self.temperature)
 
     def _result(self, path: str, probs: np.ndarray) -> Prediction:
         probabilities = {lab: float(p) for lab, p in zip(self.labels, probs, strict=True)}
@@ -257,10 +260,13 @@ class Predictor:
                 if view in breast:
                     x[i, j, 0] = (breast[view] - self.info.mean) / self.info.std
                     mask[i, j] = True
+        from mammobench.evaluation.calibration import apply_temperature
+
         if self._onnx is not None:
-            return self._onnx(x, mask)
+            return apply_temperature(self._onnx(x, mask), self.temperature)
         with torch.no_grad():
-            return self.model(torch.from_numpy(x).to(self.device), torch.from_numpy(mask).to(self.device)).float().softmax(1).cpu().numpy()
+            probs = self.model(torch.from_numpy(x).to(self.device), torch.from_numpy(mask).to(self.device)).float().softmax(1)
+        return apply_temperature(probs.cpu().numpy(), self.temperature)
 
     def predict_exam(self, paths: Sequence[str | Path], *, exam: str = "", aggregate: str = "mean",
                      cams: bool = False) -> ExamPrediction:

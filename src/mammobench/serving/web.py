@@ -65,6 +65,9 @@ def describe(predictor: Predictor) -> str:
         t = predictor.meta.thresholds.get(m.positive_label or "")
         how = (f"{t.rule}: {t.reason}" if t is not None and t.reason else "threshold chosen on the validation split")
         lines.append(f"**Decision:** {m.positive_label} when its probability ≥ {predictor.threshold:.3f} ({how})")
+    if predictor.temperature is not None:
+        lines.append(f"**Probabilities** calibrated by temperature scaling (T = {predictor.temperature:.2f}, fitted on "
+                     "the validation split).")
     if predictor.meta.provenance.get("synthetic"):
         lines.append("⚠ **This model was trained on SYNTHETIC demo data: its outputs mean nothing for real images.**")
     return "  \n".join(lines)

@@ -1,0 +1,82 @@
+"""Temperature scaling (Guo et al., ICML 2017): one scalar T fitted on the validation split so that the
+probabilities mean what they say; the ranking (AUC) of a two-class model is unchanged.
+
+``softmax(log p / T)`` is temperature scaling of the logits (``log p`` differs from them by a constant
+per row), so it works on saved probabilities, PyTorch or ONNX alike. T > 1 softens over-confident
+outputs; T < 1 sharpens timid ones.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+
+from mammobench.evaluation.metrics import expected_calibration_error
+from mammobench.runtime import atomic_write_json, utc_now
+
+logger = logging.getLogger(__name__)
+
+CALIBRATION_FILE = "calibration.json"
+#: Fewer validation samples than this, or one class only: no temperature is fitted (it would be noise).
+MIN_CALIBRATION_SAMPLES = 20
+
+
+def apply_temperature(probs: np.ndarray, temperature: float | None) -> np.ndarray:
+    """``(N, C)`` probabilities scaled by ``temperature`` (``None`` or 1: unchanged)."""
+    if temperature is None or temperature == 1.0 or len(probs) == 0:
+        return probs
+    logits = np.log(np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1.0)) / temperature
+    logits -= logits.max(1, keepdims=True)
+    out = np.exp(logits)
+    return (out / out.sum(1, keepdims=True)).astype(np.float32)
+
+
+def nll(probs: np.ndarray, y: np.ndarray) -> float:
+    return float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, 1.0))))
+
+
+def fit_temperature(probs: np.ndarray, y: np.ndarray) -> float:
+    """The temperature in [0.05, 20] that minimises the negative log-likelihood of ``y``."""
+    result = minimize_scalar(lambda log_t: nll(apply_temperature(probs, float(np.exp(log_t))), y),
+                             bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    return float(np.exp(result.x))
+
+
+def calibrate(probs: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """Fit a temperature on validation predictions; ``temperature`` is ``None`` (with ``reason``) when the
+    set is too small or holds one class."""
+    if len(y) < MIN_CALIBRATION_SAMPLES or len(np.unique(y)) < 2:
+        reason = (f"the validation split holds {len(y)} sample(s)" + (" of one class" if len(np.unique(y)) < 2 else "")
+                  + f"; a temperature needs at least {MIN_CALIBRATION_SAMPLES} of both kinds")
+        return {"temperature": None, "reason": reason}
+    t = fit_temperature(probs, y)
+    scaled = apply_temperature(probs, t)
+    return {"temperature": t, "fitted_on": "val", "n": int(len(y)), "nll_before": nll(probs, y), "nll_after": nll(scaled, y),
+            "ece_before": expected_calibration_error(y, probs), "ece_after": expected_calibration_error(y, scaled),
+            "reason": ""}
+
+
+def run_calibration(run_dir: str | Path, *, refit: bool = False) -> dict[str, Any]:
+    """The run's temperature (``calibration.json``), fitted on its validation split the first time."""
+    from mammobench.evaluation.evaluate import _targets, has_split, run_predictions
+
+    run_dir = Path(run_dir)
+    path = run_dir / CALIBRATION_FILE
+    if path.is_file() and not refit:
+        return dict(json.loads(path.read_text()))
+    if has_split(run_dir, "val"):
+        rows, probs, info, _ = run_predictions(run_dir, "val")
+        result = calibrate(probs, _targets(rows, info.labels, run_dir))
+    else:
+        result = {"temperature": None, "reason": "the run has no validation split to fit a temperature on"}
+    result["created"] = utc_now()
+    atomic_write_json(path, result)
+    if result["temperature"] is not None:
+        logger.info("temperature %.3f fitted on %d validation samples (NLL %.3f -> %.3f)", result["temperature"],
+                    result["n"], result["nll_before"], result["nll_after"])
+    return result
