@@ -387,7 +387,7 @@ def test_the_layers_import_only_downwards():
     for package, banned in rules.items():
         for path in (root / package).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text())):
-                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mammobench."):
-                    if node.module.split(".")[1] in banned:
-                        wrong.append(f"{path.relative_to(root)} imports {node.module}")
+                module = node.module or "" if isinstance(node, ast.ImportFrom) else ""
+                if module.startswith("mammobench.") and module.split(".")[1] in banned:
+                    wrong.append(f"{path.relative_to(root)} imports {module}")
     assert not wrong, wrong
