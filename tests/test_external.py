@@ -64,3 +64,26 @@ def test_subgroups_and_external_data_bad_input(trained_runs, binary_external):
     write_manifest(frame[frame["split"] != "val"], folder, read_manifest_info(binary_external.out))
     with pytest.raises(MammobenchError, match="has no 'val' rows"):
         evaluate(trained_runs["cnn"], data=folder, split="val", n_boot=0)
+
+
+def test_compare_across_datasets_gives_a_train_by_test_matrix(demo_prepared, binary_external, tmp_path):
+    import json
+
+    from mammobench.config import load_config
+    from mammobench.experiments.compare import compare
+
+    common = ["stages.head_epochs=0", "stages.finetune_epochs=1", "trainer.limit_train_batches=1",
+              "output.tensorboard=false", "data.batch_size=16"]
+    a = load_config("demo_cnn", [*common, f"data.manifest={demo_prepared.out}", "name=on_demo"])
+    b = load_config("demo_cnn", [*common, f"data.manifest={binary_external.out}", "name=on_site2"])
+    result = compare([a, b], tmp_path / "cmp", n_boot=20, gallery=0, external={"site2": binary_external.out,
+                                                                              "demo": demo_prepared.out})
+    matrix = json.loads((tmp_path / "cmp" / "results.json").read_text())["matrix"]
+    assert matrix["datasets"] == ["own test", "site2", "demo"] and set(matrix["models"]) == {"on_demo", "on_site2"}
+    cell = matrix["models"]["on_demo"]["site2"]
+    assert 0 <= cell["value"] <= 1 and len(cell["ci"]) == 2 and cell["n"] == len(binary_external.frame)
+    assert "added to BENIGN" in cell["label_matching"]
+    mine = matrix["models"]["on_site2"]["site2"]
+    assert "own dataset" in mine["note"] and mine["n"] == matrix["models"]["on_site2"]["own test"]["n"]
+    text = result.markdown.read_text()
+    assert "train set x test set" in text and "on_site2" in text

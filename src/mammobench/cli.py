@@ -314,13 +314,25 @@ def compare(
     tta: Annotated[bool, typer.Option(help="Evaluate with flip test-time augmentation.")] = False,
     n_boot: Annotated[int, typer.Option(help="Patient-bootstrap resamples.")] = 1000,
     gallery: Annotated[int, typer.Option(help="Grad-CAM examples per model and kind (correct/wrong).")] = 4,
+    external: Annotated[list[str] | None, typer.Option(help="NAME=PREPARED: also test every model on this dataset (repeatable).")] = None,
+    external_split: Annotated[str, typer.Option(help="Rows of the external datasets: all | test | ...")] = "all",
 ) -> None:
-    """Train (or reuse) several models on the identical split and write report.md / report.html."""
+    """Train (or reuse) several models on the identical split and write report.md / report.html.
+
+    With --external, every model is also tested on other prepared datasets: a train-set x test-set matrix.
+    """
     _quiet_lightning()
     from mammobench.experiments.compare import compare as run_compare
 
+    sets: dict[str, str] = {}
+    for item in external or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            _fail(MammobenchError(f"--external {item!r}: expected NAME=PREPARED_FOLDER, e.g. cmmd=prepared/cmmd"))
+        sets[name.strip()] = path.strip()
     try:
-        result = run_compare(configs, out, overrides=set_, tta=tta, n_boot=n_boot, gallery=gallery, show_progress=True)
+        result = run_compare(configs, out, overrides=set_, tta=tta, n_boot=n_boot, gallery=gallery, show_progress=True,
+                             external=sets, external_split=external_split)
     except MammobenchError as exc:
         _fail(exc)
     _print_compare(result)
@@ -328,7 +340,10 @@ def compare(
 
 def _print_compare(result) -> None:  # type: ignore[no-untyped-def]
     cols = ["model", "test accuracy %", "test majority %", "test macro AUC", "test malignant AUC"]
-    console.print(_frame_table(result.table[[c for c in cols if c in result.table]], "Test results (95 % CI)"))
+    if "test accuracy %" in result.table:
+        console.print(_frame_table(result.table[[c for c in cols if c in result.table]], "Test results (95 % CI)"))
+    else:  # models trained on different data: the dataset matrix
+        console.print(_frame_table(result.table, "AUC by test set (95 % CI)"))
     console.print(f"Report: [bold]{result.html}[/] (and {result.markdown.name}, results.json)")
 
 

@@ -185,6 +185,8 @@ def build_sections(results: dict[str, Any], table: pd.DataFrame, split: pd.DataF
     repro += [f"{name}: run directory `{m['run_dir']}` (config.yaml, split.csv, environment.json, history.csv, "
               f"model.safetensors)" for name, m in models.items()]
     repro.append(f"All numbers: `{out / 'results.json'}`.")
+    if results.get("matrix"):
+        sections.append(matrix_section(results["matrix"], matrix_table(results["matrix"])))
     sections.append(Section("Reproduce", repro))
     return sections
 
@@ -262,3 +264,25 @@ def write_report(out: Path, results: dict[str, Any], table: pd.DataFrame, split:
     atomic_write_text(md, render_markdown(sections, title=title, notice=notice, out=out))
     atomic_write_text(page, render_html(sections, title=title, notice=notice, meta=meta))
     return md, page
+
+
+def matrix_table(matrix: dict[str, Any]) -> pd.DataFrame:
+    rows = []
+    for name, row in matrix.get("models", {}).items():
+        entry = {"model": name, "trained on": Path(row["trained_on"]).name}
+        for dataset in matrix["datasets"]:
+            cell = row[dataset]
+            entry[dataset] = f"{_ci(cell)} (n={cell['n']}{', own test' if cell.get('note') else ''})"
+        rows.append(entry)
+    return pd.DataFrame(rows)
+
+
+def matrix_section(matrix: dict[str, Any], table: pd.DataFrame) -> Any:
+    notes = [f"AUC ({next(iter(matrix['models'].values()))['own test']['metric'].replace('_', ' ')}) with 95 % "
+             f"patient-bootstrap intervals: each model on its own test split and on every other dataset "
+             f"({matrix['split']} rows), with the preprocessing it was trained with. A drop from the own test "
+             "column to another is the price of a new site, scanner or population."]
+    matched = {f"{name} on {d}: {row[d]['label_matching']}" for name, row in matrix["models"].items()
+               for d in matrix["datasets"][1:] if row[d].get("label_matching")}
+    notes += sorted(matched)
+    return Section("Across datasets (train set x test set)", notes, tables=[("AUC by test set", table)])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,55 @@ def _train_or_reuse(cfg: Config, *, show_progress: bool) -> Path:
             return fit(cfg, resume=True, show_progress=show_progress).run_dir
         logger.info("run %s exists with %s; training it again", run_dir, "another config" if not same else f"status {status}")
     return fit(cfg, overwrite=True, show_progress=show_progress).run_dir
+
+
+def _data_keys(cfgs: list[Config]) -> int:
+    return len({(str(Path(c.data.manifest).resolve()) if c.data.manifest else None, c.data.fold) for c in cfgs})
+
+
+def _dataset_matrix(models: list[ModelResult], external: Mapping[str, str | Path], split: str, *, tta: bool,
+                    n_boot: int) -> dict[str, Any]:
+    """Each model's AUC (with its interval) on its own test split and on every external dataset."""
+    if not external:
+        return {}
+    out: dict[str, Any] = {"datasets": ["own test", *external], "split": split, "models": {}}
+    for m in models:
+        row: dict[str, Any] = {"trained_on": str(m.config.data.manifest), "own test": _headline(m.test.metrics)}
+        own = Path(m.config.data.manifest or "").resolve()
+        own = own if own.is_dir() else own.parent
+        for name, path in external.items():
+            folder = Path(path).resolve()
+            if (folder if folder.is_dir() else folder.parent) == own:
+                row[name] = {**row["own test"], "label_matching": "",
+                             "note": "the model's own dataset: its test split is shown, never its training rows"}
+                continue
+            ev = evaluate(m.run_dir, data=path, split=split, tta=tta, n_boot=n_boot)
+            row[name] = {**_headline(ev.metrics), "label_matching": ev.metrics.get("label_matching", "")}
+        out["models"][m.name] = row
+    return out
+
+
+def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    m = metrics["metrics"]
+    key = "auc_malignant" if "auc_malignant" in m else "auc_macro"
+    return {"metric": key, "value": m[key]["value"], "ci": m[key]["ci"], "n": metrics["n"], "patients": metrics["patients"]}
+
+
+def _matrix_only(models: list[ModelResult], matrix: dict[str, Any], out: Path, *, tta: bool, n_boot: int) -> CompareResult:
+    """Models trained on different data: no paired test on one test set; the dataset matrix compares them."""
+    from mammobench.evaluation.report import matrix_section, matrix_table, render_html, render_markdown
+
+    table = matrix_table(matrix)
+    results = {"created": utc_now(), "mammobench_version": mammobench.__version__, "tta": tta, "matrix": matrix,
+               "bootstrap": {"unit": "patient", "n": n_boot}, "machine": environment_info(), "paired": [],
+               "models": {m.name: {"run_dir": str(m.run_dir), "test": m.test.metrics} for m in models}}
+    atomic_write_json(out / "results.json", results)
+    sections = [matrix_section(matrix, table)]
+    title = "mammobench: models across datasets"
+    md, page = out / "report.md", out / "report.html"
+    atomic_write_text(md, render_markdown(sections, title=title, notice="", out=out))
+    atomic_write_text(page, render_html(sections, title=title, notice="", meta=f"{results['created']} · {len(models)} models"))
+    return CompareResult(out, md, page, table, models, [])
 
 
 def _same_data(cfgs: list[Config]) -> None:
@@ -162,6 +211,8 @@ def compare(
     n_boot: int = 1000,
     gallery: int = 4,
     show_progress: bool = False,
+    external: Mapping[str, str | Path] | None = None,
+    external_split: str = "all",
 ) -> CompareResult:
     """Train or reuse each config's run under ``out/runs``, evaluate all on the same test set, report.
 
@@ -172,6 +223,9 @@ def compare(
         tta: evaluate with flip test-time augmentation.
         n_boot: patient-bootstrap resamples for intervals and paired tests.
         gallery: Grad-CAM examples per model and kind (correct / wrong).
+        external: other prepared datasets by name: every model is also evaluated on each (its
+            ``external_split`` rows) and the report gains a train-set x test-set matrix. With external sets
+            the models may be trained on different data (then only the matrix compares them).
 
     Raises:
         CompareError: different data or label sets, duplicate names.
@@ -185,16 +239,22 @@ def compare(
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise CompareError(f"two configs would write the same run {dup}; give them different names (name: ...)")
-    _same_data(cfgs)
+    same_data = _data_keys(cfgs) == 1
+    if not external:
+        _same_data(cfgs)
     models: list[ModelResult] = []
     for cfg in cfgs:
         run_dir = _train_or_reuse(cfg, show_progress=show_progress)
         models.append(ModelResult(cfg.run_name(), run_dir, cfg, read_run_info(run_dir), None, None))  # type: ignore[arg-type]
-    _check_runs(models)
+    if same_data:
+        _check_runs(models)
     for m in models:
         m.test = evaluate(m.run_dir, split="test", tta=tta, n_boot=n_boot)
         m.val = evaluate(m.run_dir, split="val", tta=tta, n_boot=n_boot) if has_split(m.run_dir, "val") else None
         m.gallery = _gallery(m, out, gallery)
+    matrix = _dataset_matrix(models, external or {}, external_split, tta=tta, n_boot=n_boot)
+    if not same_data:
+        return _matrix_only(models, matrix, out, tta=tta, n_boot=n_boot)
 
     labels = models[0].test.metrics["labels"]
     positive = models[0].test.metrics["positive_label"]
@@ -245,7 +305,7 @@ def compare(
         "models": {m.name: {"run_dir": str(m.run_dir), "architecture": m.config.model.name, "run": m.run_info,
                             "test": m.test.metrics, "val": m.val.metrics if m.val else None, "gallery": m.gallery,
                             "run_warnings": m.run_info.get("warnings", [])} for m in models},
-        "paired": paired, "n_common_test": len(common), "paired_level": level,
+        "paired": paired, "n_common_test": len(common), "paired_level": level, "matrix": matrix,
     }
     atomic_write_json(out / "results.json", results)
     md, html = write_report(out, results, table, split, figures)
