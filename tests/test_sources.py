@@ -147,3 +147,56 @@ def test_vindr_bad_input(tmp_path):
     table.to_csv(tmp_path / "breast-level_annotations.csv", index=False)
     with pytest.raises(VindrError, match=r"breast-level_annotations.csv:2: BI-RADS 'BI-RADS X' is not BI-RADS 1-5"):
         load_vindr(tmp_path)
+
+
+# --------------------------------------------------------------------------- INbreast
+
+_PLIST = """<?xml version="1.0" encoding="UTF-8"?>
+<!DOCTYPE plist PUBLIC "-//Apple//DTD PLIST 1.0//EN" "http://www.apple.com/DTDs/PropertyList-1.0.dtd">
+<plist version="1.0"><dict><key>Images</key><array><dict><key>ImageIndex</key><integer>0</integer>
+<key>NumberOfROIs</key><integer>1</integer><key>ROIs</key><array><dict><key>Name</key><string>Mass</string>
+<key>Point_px</key><array><string>(20.5, 30.0)</string><string>(44.0, 31.0)</string><string>(30.0, 70.2)</string>
+</array></dict></array></dict></array></dict></plist>"""
+
+
+def _inbreast(root):
+    rows = []
+    for k, (birads, side, view) in enumerate([("1", "L", "CC"), ("2", "L", "MLO"), ("4c", "R", "CC"), ("5", "R", "MLO"),
+                                              ("3", "L", "CC"), ("6", "R", "CC")]):
+        number = str(20586900 + k)
+        patient = f"p{k // 2:04x}"
+        code = "ML" if view == "MLO" else "CC"
+        _image(root / "AllDICOMs" / f"{number}_{patient}_MG_{side}_{code}_ANON.dcm", side, seed=k)
+        rows.append(f"removed;{50 + k};{side};{code};2001;{number};2;{birads}")
+        if birads not in ("1",):
+            (root / "AllXML").mkdir(exist_ok=True)
+            (root / "AllXML" / f"{number}.xml").write_text(_PLIST)
+    text = "Patient ID;Patient age;Laterality;View;Acquisition date;File Name;ACR;Bi-Rads\n" + "\n".join(rows)
+    text += "\n;;;;;;;\nTotal;;;;;6;;\n"  # the summary rows the distributed table ends with
+    (root / "INbreast.csv").write_text(text)
+
+
+def test_inbreast_birads_mapping_patients_from_file_names_and_xml_rois(tmp_path):
+    from mammobench.data.sources.inbreast import load_inbreast
+
+    _inbreast(tmp_path)
+    full = load_inbreast(tmp_path).records
+    assert len(full) == 6 and list(full["raw_label"]) == ["NORMAL", "BENIGN", "MALIGNANT", "MALIGNANT", "BENIGN", "MALIGNANT"]
+    assert full["patient_id"].nunique() == 3 and set(full["view"]) == {"CC", "MLO"} and (full["birads"] == ["1", "2", "4c", "5", "3", "6"]).all()
+    roi = load_inbreast(tmp_path, mode="roi").records
+    assert len(roi) == 5 and set(roi["roi"]) == {"20 30 45 71"} and set(roi["lesion_type"]) == {"mass"}
+    result = prepare("inbreast", tmp_path, tmp_path / "out", mode="full", labels="binary", split="random",
+                     test_fraction=0.34, preprocess=PreprocessSettings(size=(64, 48)), workers=1, preview=False)
+    assert set(read_manifest(result.out)["label"]) == {"BENIGN", "MALIGNANT"}
+
+
+def test_inbreast_bad_input(tmp_path):
+    from mammobench.data.sources.inbreast import InbreastError, load_inbreast
+
+    with pytest.raises(InbreastError, match="no INbreast.xls"):
+        load_inbreast(tmp_path)
+    _inbreast(tmp_path)
+    text = (tmp_path / "INbreast.csv").read_text().replace(";4c\n", ";7\n")
+    (tmp_path / "INbreast.csv").write_text(text)
+    with pytest.raises(InbreastError, match=r"INbreast.csv:4: Bi-Rads '7' is not one of"):
+        load_inbreast(tmp_path)

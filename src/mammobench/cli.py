@@ -108,7 +108,7 @@ def _frame_table(frame, title: str = "") -> Table:  # type: ignore[no-untyped-de
 
 @app.command()
 def prepare(
-    dataset: Annotated[str, typer.Argument(help="cbis-ddsm | mias | cmmd | vindr | rsna | csv | demo")],
+    dataset: Annotated[str, typer.Argument(help="cbis-ddsm | mias | cmmd | vindr | rsna | inbreast | csv | demo")],
     root: Annotated[Path | None, typer.Argument(help="Dataset folder (csv: the table file; demo: where to generate).")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for manifest.csv and friends.")] = Path("prepared"),
     mode: Annotated[str, typer.Option(help="roi (lesion crops) or full (whole images, worst finding).")] = "roi",

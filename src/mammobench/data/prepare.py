@@ -32,8 +32,8 @@ from mammobench.runtime import MammobenchError, atomic_write_text, utc_now
 
 logger = logging.getLogger(__name__)
 
-DatasetName = Literal["cbis-ddsm", "mias", "cmmd", "vindr", "rsna", "csv", "demo"]
-DATASETS: tuple[str, ...] = ("cbis-ddsm", "mias", "cmmd", "vindr", "rsna", "csv", "demo")
+DatasetName = Literal["cbis-ddsm", "mias", "cmmd", "vindr", "rsna", "inbreast", "csv", "demo"]
+DATASETS: tuple[str, ...] = ("cbis-ddsm", "mias", "cmmd", "vindr", "rsna", "inbreast", "csv", "demo")
 
 
 @dataclass
@@ -87,6 +87,10 @@ def load_source(
         from mammobench.data.sources.rsna import load_rsna
 
         return load_rsna(root, mode=mode)
+    if dataset == "inbreast":
+        from mammobench.data.sources.inbreast import load_inbreast
+
+        return load_inbreast(root, mode=mode)
     if dataset in ("csv", "demo"):
         from mammobench.data.sources.table import load_table
 
@@ -127,7 +131,7 @@ def prepare(
     """Read a dataset, map labels, drop unreadable images, split by patient, write the manifest.
 
     Args:
-        dataset: ``cbis-ddsm``, ``mias``, ``cmmd``, ``vindr``, ``rsna``, ``csv`` (your own table) or ``demo`` (built-in synthetic data,
+        dataset: ``cbis-ddsm``, ``mias``, ``cmmd``, ``vindr``, ``rsna``, ``inbreast``, ``csv`` (your own table) or ``demo`` (built-in synthetic data,
             generated into ``root`` or ``out/demo_images``).
         root: the dataset folder (for ``csv``, the table file).
         out: folder for ``manifest.csv``, ``manifest.json``, ``skipped.csv``, ``summary.md``, ``preview.png``.

@@ -144,7 +144,7 @@ def _record(sample_id: str, study: str, image: str, path: Path, side: str, r: pd
     return {
         "sample_id": sample_id, "dataset": "vindr", "patient_id": study, "image_path": str(path.resolve()), "roi": roi,
         "raw_label": label, "lesion_type": lesion_type, "laterality": side, "view": normalise_view(r["view_position"]),
-        "image_type": "crop" if roi else "full", "source": where, "exam_id": study,
+        "image_type": "full", "source": where, "exam_id": study,  # a box is cut from the whole image
         "breast_id": f"vindr/{study}/{study}/{side}" if side else "", "birads": birads, "density": density,
         "official_split": official,
     }
