@@ -125,3 +125,16 @@ def test_paired_difference_detects_a_better_model():
     assert d["difference"] > 0.2 and d["ci_low"] > 0 and d["p_value"] < 0.01
     same = paired_auc_difference(y, pa, pa, groups, column=1, n_boot=200)
     assert same["difference"] == 0.0 and same["p_value"] == 1.0
+
+
+def test_probabilistic_f1_matches_the_rsna_definition():
+    import numpy as np
+
+    from mammobench.evaluation.metrics import probabilistic_f1
+
+    y = np.array([1, 1, 0, 0])
+    p = np.array([0.9, 0.5, 0.2, 0.0])
+    precision, recall = 1.4 / 1.6, 1.4 / 2
+    assert probabilistic_f1(y, p) == pytest.approx(2 * precision * recall / (precision + recall))
+    assert probabilistic_f1(y, y.astype(float)) == 1.0
+    assert np.isnan(probabilistic_f1(np.zeros(3), np.ones(3)))

@@ -236,6 +236,7 @@ def test_image_models_are_evaluated_per_breast_and_per_patient(trained_runs, how
     expected = mine.mean() if how == "mean" else mine.max()
     assert one["prob_MALIGNANT"] == pytest.approx(expected)
     assert 0 <= levels["breast"]["metrics"]["auc_malignant"]["value"] <= 1
+    assert 0 <= levels["breast"]["metrics"]["probabilistic_f1"]["value"] <= 1
     assert (ev.out_dir / "predictions_breast.csv").is_file()
 
 

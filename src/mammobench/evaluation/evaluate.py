@@ -34,6 +34,7 @@ from mammobench.evaluation.metrics import (
     expected_calibration_error,
     metrics_with_ci,
     per_class_table,
+    probabilistic_f1,
     select_threshold,
 )
 from mammobench.evaluation.plots import plot_confusion, plot_pr, plot_reliability, plot_roc, plot_subgroups
@@ -379,6 +380,12 @@ def evaluate(
             ly = _targets(lrows, labels, run_dir)
             report["levels"][name] = {"n": int(len(lrows)), "metrics": metrics_with_ci(
                 ly, lprobs, labels, _groups(lrows), positive=positive, threshold=threshold, n_boot=n_boot, seed=seed)}
+    for name, level in report["levels"].items():  # the RSNA challenge's metric, per breast (and per patient)
+        if positive is not None and name != "image":
+            lrows, lprobs = levels.get(name, (rows, probs))
+            k = labels.index(positive)
+            level["metrics"]["probabilistic_f1"] = {
+                "value": probabilistic_f1(_targets(lrows, labels, run_dir) == k, lprobs[:, k]), "ci": [None, None]}
     report["level_notes"] = level_preds.pop("_notes", [])
 
     preds = rows[[c for c in ("sample_id", "dataset", "patient_id", "lesion_type", "label") if c in rows]].copy()

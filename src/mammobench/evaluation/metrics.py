@@ -309,3 +309,16 @@ def paired_auc_difference(
     p = 2 * min((diffs <= 0).mean(), (diffs >= 0).mean())
     return {"difference": float(observed), "ci_low": float(np.percentile(diffs, 2.5)),
             "ci_high": float(np.percentile(diffs, 97.5)), "p_value": float(min(1.0, p)), "n_boot": int(len(diffs))}
+
+
+def probabilistic_f1(y_positive: np.ndarray, score: np.ndarray) -> float:
+    """The RSNA screening challenge's probabilistic F1: precision and recall with each case counted by its
+    predicted probability instead of a thresholded call (no threshold to choose). NaN without positives."""
+    y_positive = np.asarray(y_positive).astype(bool)
+    score = np.clip(np.asarray(score, dtype=np.float64), 0.0, 1.0)
+    if not y_positive.any():
+        return float("nan")
+    tp, fp = float(score[y_positive].sum()), float(score[~y_positive].sum())
+    precision = tp / (tp + fp) if tp + fp > 0 else 0.0
+    recall = tp / float(y_positive.sum())
+    return 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
