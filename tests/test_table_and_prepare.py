@@ -115,3 +115,24 @@ def test_demo_is_marked_synthetic_and_rerun_is_idempotent(tmp_path):
     b = prepare("demo", tmp_path / "gen", tmp_path / "out", preprocess=PreprocessSettings(size=32), workers=1)
     assert any("0 built" in n for n in b.notes)  # the cache was reused
     pd.testing.assert_frame_equal(a.frame.drop(columns=[]), b.frame)
+
+
+def test_prepare_in_shards_then_merge(tmp_path):
+    """--shard i/n decodes 1/n of the cache each; --merge refuses until all finished, then reuses them all."""
+    from mammobench.data.demo import generate_demo_dataset
+    from mammobench.data.prepare import prepare, prepare_shard
+    from mammobench.data.preprocess import PreprocessSettings
+    from mammobench.runtime import MammobenchError
+
+    table = generate_demo_dataset(tmp_path / "images", n_patients=12, seed=2)
+    settings = PreprocessSettings(size=32)
+    parts = [prepare_shard("csv", table, tmp_path / "out", (i, 3), preprocess=settings, workers=1) for i in (0, 2)]
+    assert [p.rows for p in parts] == [8, 8] and all(p.built == 8 for p in parts)
+    with pytest.raises(MammobenchError, match=r"shard\(s\) 1 of 3 have not finished"):
+        prepare("csv", table, tmp_path / "out", preprocess=settings, workers=1, merge=True, preview=False)
+    prepare_shard("csv", table, tmp_path / "out", (1, 3), preprocess=settings, workers=1)
+    result = prepare("csv", table, tmp_path / "out", preprocess=settings, workers=1, merge=True, preview=False)
+    assert any("cache built by 3 shards: 24 images decoded" in n for n in result.notes)
+    assert any("0 built, 24 reused" in n for n in result.notes), "the merge decodes nothing again"
+    with pytest.raises(MammobenchError, match="0 <= i < n"):
+        prepare_shard("csv", table, tmp_path / "out", (3, 3), preprocess=settings)

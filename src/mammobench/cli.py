@@ -129,22 +129,42 @@ def prepare(
     clahe: Annotated[bool, typer.Option(help="Apply CLAHE after the percentile window.")] = False,
     cache: Annotated[bool, typer.Option(help="Decode and cache every image now (finds unreadable files).")] = True,
     workers: Annotated[int, typer.Option(help="Decoding threads (0 = one per core).")] = 0,
+    shard: Annotated[str | None, typer.Option(help="i/n: decode only the i-th of n parts of the cache (a SLURM array task).")] = None,
+    merge: Annotated[bool, typer.Option(help="After every --shard finished: check them and write the manifest.")] = False,
 ) -> None:
-    """Read a dataset as you hold it and write a leak-free, split manifest (+ cache, summary, preview)."""
+    """Read a dataset as you hold it and write a leak-free, split manifest (+ cache, summary, preview).
+
+    Large sets: run `--shard i/n` for i = 0..n-1 (e.g. a SLURM array), then once with `--merge`.
+    """
     from mammobench.data.prepare import prepare as run_prepare
+    from mammobench.data.prepare import prepare_shard
     from mammobench.data.preprocess import PreprocessSettings
 
     try:
         settings = PreprocessSettings(size=_parse_size(size), clahe=clahe)
     except ValueError as exc:  # pydantic's ValidationError: a side outside [16, 4096]
         _fail(MammobenchError(f"--size {size}: {exc.errors()[0]['msg'] if hasattr(exc, 'errors') else exc}"))
+    if shard is not None:
+        index, sep, count = shard.partition("/")
+        if not sep or not index.strip().isdigit() or not count.strip().isdigit():
+            _fail(MammobenchError(f"--shard {shard!r}: expected i/n, e.g. 3/16"))
+        try:
+            part = prepare_shard(dataset, root, out, (int(index), int(count)), mode=mode, labels=labels,  # type: ignore[arg-type]
+                                 roi_source=roi_source, roi_margin=roi_margin, include_normal=include_normal,  # type: ignore[arg-type]
+                                 csv_dir=csv_dir, clinical=clinical, label_set=label_set, preprocess=settings,
+                                 workers=workers, show_progress=True)
+        except MammobenchError as exc:
+            _fail(exc)
+        console.print(f"shard {part.shard}/{part.of}: {part.rows} images, {part.built} decoded, {part.reused} already "
+                      f"cached, {part.failed} failed -> {part.path}")
+        return
     try:
         result = run_prepare(
             dataset, root, out, mode=mode, labels=labels, split=split, folds=folds,  # type: ignore[arg-type]
             test_fraction=test_fraction, val_fraction=val_fraction, seed=seed, leak_rule=leak_rule,  # type: ignore[arg-type]
             roi_source=roi_source, roi_margin=roi_margin, include_normal=include_normal, csv_dir=csv_dir, clinical=clinical, label_set=label_set,  # type: ignore[arg-type]
             preprocess=settings, build_cache=cache, workers=workers,
-            show_progress=True,
+            show_progress=True, merge=merge,
         )
     except MammobenchError as exc:
         _fail(exc)

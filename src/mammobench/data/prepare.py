@@ -20,7 +20,7 @@ import pandas as pd
 import mammobench
 from mammobench.data.cache import ImageCache, cache_request
 from mammobench.data.demo import DEMO_DATASET, SYNTHETIC_NOTICE, generate_demo_dataset
-from mammobench.data.labels import LabelError, order_labels, parse_label_spec, positive_label
+from mammobench.data.labels import LabelError, LabelMapping, order_labels, parse_label_spec, positive_label
 from mammobench.data.manifest import ManifestInfo, validate_manifest, write_manifest
 from mammobench.data.options import size_label
 from mammobench.data.preprocess import PreprocessSettings
@@ -28,7 +28,7 @@ from mammobench.data.sources.base import Skipped, SourceResult
 from mammobench.data.splits import SplitReport, check_no_leakage, split_kfold, split_official, split_random
 from mammobench.data.summary import count_table, majority_accuracy, preview_grid
 from mammobench.data.views import normalise_laterality, normalise_view
-from mammobench.runtime import MammobenchError, atomic_write_text, utc_now
+from mammobench.runtime import MammobenchError, atomic_write_json, atomic_write_text, utc_now
 
 logger = logging.getLogger(__name__)
 
@@ -102,53 +102,12 @@ def load_source(
     raise MammobenchError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
 
 
-def prepare(
-    dataset: DatasetName,
-    root: str | Path | None,
-    out: str | Path,
-    *,
-    mode: Literal["roi", "full"] = "roi",
-    labels: str = "3class",
-    split: Literal["random", "official", "kfold"] = "random",
-    folds: int = 5,
-    test_fraction: float = 0.2,
-    val_fraction: float = 0.1,
-    seed: int = 42,
-    leak_rule: Literal["drop-train", "move-test"] = "drop-train",
-    roi_source: Literal["crop", "mask"] = "crop",
-    roi_margin: float = 0.25,
-    include_normal: bool = False,
-    csv_dir: str | Path | None = None,
-    clinical: str | Path | None = None,
-    label_set: str | None = None,
-    preprocess: PreprocessSettings | None = None,
-    cache_dir: str | Path | None = None,
-    build_cache: bool = True,
-    workers: int = 0,
-    preview: bool = True,
-    show_progress: bool = False,
-) -> PrepareResult:
-    """Read a dataset, map labels, drop unreadable images, split by patient, write the manifest.
-
-    Args:
-        dataset: ``cbis-ddsm``, ``mias``, ``cmmd``, ``vindr``, ``rsna``, ``inbreast``, ``csv`` (your own table) or ``demo`` (built-in synthetic data,
-            generated into ``root`` or ``out/demo_images``).
-        root: the dataset folder (for ``csv``, the table file).
-        out: folder for ``manifest.csv``, ``manifest.json``, ``skipped.csv``, ``summary.md``, ``preview.png``.
-        mode: ``roi`` (lesion crops) or ``full`` (whole images labelled by their worst finding).
-        labels: ``3class``, ``binary`` (BENIGN_WITHOUT_CALLBACK merged into BENIGN) or a mapping
-            ``RAW=CLASS,...`` / mapping file.
-        split: ``random`` (patient-grouped, stratified 80/20 + validation), ``official`` (de-leaked
-            dataset split) or ``kfold`` (``folds`` patient-grouped folds).
-        preprocess: settings of the cache built now (default 224 px); images that fail to decode are
-            reported in ``skipped.csv`` and left out.
-        build_cache: decode and cache every image now (also finds unreadable files early).
-        workers: decoding threads (0 = one per core).
-
-    Raises:
-        MammobenchError (or a subclass): bad input, naming the file, row or value.
-    """
-    out = Path(out)
+def _load_records(
+    dataset: str, root: str | Path | None, out: Path, *, labels: str, mode: Literal["roi", "full"], roi_source: Literal["crop", "mask"],
+    roi_margin: float, include_normal: bool, csv_dir: str | Path | None, clinical: str | Path | None,
+    label_set: str | None, show_progress: bool,
+) -> tuple[pd.DataFrame, list[Skipped], list[str], LabelMapping, Path]:
+    """The source's records with mapped labels, normalised views and breast ids (before any decoding)."""
     notes: list[str] = []
     if dataset == "demo":
         demo_root = Path(root) if root else out / "demo_images"
@@ -184,6 +143,65 @@ def prepare(
         side = frame["laterality"].map(normalise_laterality)
         exam = frame["exam_id"].astype(str).map(lambda e: f"{e}/" if e else "")
         frame["breast_id"] = (frame["dataset"].astype(str) + "/" + frame["patient_id"].astype(str) + "/" + exam + side).where(side != "", "")
+
+    return frame, skipped, notes, mapping, Path(root)
+
+
+def prepare(
+    dataset: DatasetName,
+    root: str | Path | None,
+    out: str | Path,
+    *,
+    mode: Literal["roi", "full"] = "roi",
+    labels: str = "3class",
+    split: Literal["random", "official", "kfold"] = "random",
+    folds: int = 5,
+    test_fraction: float = 0.2,
+    val_fraction: float = 0.1,
+    seed: int = 42,
+    leak_rule: Literal["drop-train", "move-test"] = "drop-train",
+    roi_source: Literal["crop", "mask"] = "crop",
+    roi_margin: float = 0.25,
+    include_normal: bool = False,
+    csv_dir: str | Path | None = None,
+    clinical: str | Path | None = None,
+    label_set: str | None = None,
+    preprocess: PreprocessSettings | None = None,
+    cache_dir: str | Path | None = None,
+    build_cache: bool = True,
+    workers: int = 0,
+    preview: bool = True,
+    show_progress: bool = False,
+    merge: bool = False,
+) -> PrepareResult:
+    """Read a dataset, map labels, drop unreadable images, split by patient, write the manifest.
+
+    Args:
+        dataset: ``cbis-ddsm``, ``mias``, ``cmmd``, ``vindr``, ``rsna``, ``inbreast``, ``csv`` (your own table) or ``demo`` (built-in synthetic data,
+            generated into ``root`` or ``out/demo_images``).
+        root: the dataset folder (for ``csv``, the table file).
+        out: folder for ``manifest.csv``, ``manifest.json``, ``skipped.csv``, ``summary.md``, ``preview.png``.
+        mode: ``roi`` (lesion crops) or ``full`` (whole images labelled by their worst finding).
+        labels: ``3class``, ``binary`` (BENIGN_WITHOUT_CALLBACK merged into BENIGN) or a mapping
+            ``RAW=CLASS,...`` / mapping file.
+        split: ``random`` (patient-grouped, stratified 80/20 + validation), ``official`` (de-leaked
+            dataset split) or ``kfold`` (``folds`` patient-grouped folds).
+        preprocess: settings of the cache built now (default 224 px); images that fail to decode are
+            reported in ``skipped.csv`` and left out.
+        build_cache: decode and cache every image now (also finds unreadable files early).
+        workers: decoding threads (0 = one per core).
+        merge: after :func:`prepare_shard` (a cluster decoding 1/n each): check that every shard finished,
+            then prepare as usual (the cache is reused, anything missing is built) and write the manifest.
+
+    Raises:
+        MammobenchError (or a subclass): bad input, naming the file, row or value.
+    """
+    out = Path(out)
+    frame, skipped, notes, mapping, root = _load_records(
+        dataset, root, out, labels=labels, mode=mode, roi_source=roi_source, roi_margin=roi_margin,
+        include_normal=include_normal, csv_dir=csv_dir, clinical=clinical, label_set=label_set, show_progress=show_progress)
+    if merge:
+        notes.append(_check_shards(out))
 
     settings = preprocess or PreprocessSettings()
     cache = ImageCache(Path(cache_dir) if cache_dir else out / "cache", settings)
@@ -269,3 +287,87 @@ def _markdown(frame: pd.DataFrame) -> str:
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     out += ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
     return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- shards (a cluster builds the cache)
+
+
+@dataclass
+class ShardResult:
+    """What one shard of :func:`prepare` decoded (``shards/shard-i-of-n.json``)."""
+
+    path: Path
+    shard: int
+    of: int
+    rows: int
+    built: int
+    reused: int
+    failed: int
+
+
+def prepare_shard(
+    dataset: DatasetName, root: str | Path | None, out: str | Path, shard: tuple[int, int], *,
+    mode: Literal["roi", "full"] = "roi", labels: str = "3class", roi_source: Literal["crop", "mask"] = "crop",
+    roi_margin: float = 0.25, include_normal: bool = False, csv_dir: str | Path | None = None,
+    clinical: str | Path | None = None, label_set: str | None = None, preprocess: PreprocessSettings | None = None,
+    cache_dir: str | Path | None = None, workers: int = 0, show_progress: bool = False,
+) -> ShardResult:
+    """Decode and cache one part (rows ``i, i + n, i + 2n, ...``) of a dataset; write ``shards/shard-i-of-n.json``.
+
+    Run the n shards wherever ``out`` is shared (a SLURM array: ``--shard $SLURM_ARRAY_TASK_ID/n``), then
+    :func:`prepare` once with ``merge=True``. Options as :func:`prepare` (the same ones for every shard).
+    """
+    out = Path(out)
+    frame, _, _, _, _ = _load_records(
+        dataset, root, out, labels=labels, mode=mode, roi_source=roi_source, roi_margin=roi_margin,
+        include_normal=include_normal, csv_dir=csv_dir, clinical=clinical, label_set=label_set, show_progress=show_progress)
+    return _build_shard(frame, out, shard, preprocess or PreprocessSettings(), cache_dir=cache_dir, workers=workers,
+                        show_progress=show_progress)
+
+
+def _build_shard(frame: pd.DataFrame, out: Path, shard: tuple[int, int], settings: PreprocessSettings, *,
+                 cache_dir: str | Path | None = None, workers: int = 0, show_progress: bool = False) -> ShardResult:
+    """Decode and cache rows ``i, i + n, i + 2n, ...`` of ``frame``; write the shard's report.
+
+    Raises:
+        MammobenchError: a shard index outside ``0 .. n-1``.
+    """
+    i, n = shard
+    if n < 1 or not 0 <= i < n:
+        raise MammobenchError(f"--shard {i}/{n}: expected i/n with 0 <= i < n (e.g. 3/16; SLURM_ARRAY_TASK_ID/16)")
+    mine = frame.iloc[i::n]
+    cache = ImageCache(Path(cache_dir) if cache_dir else out / "cache", settings)
+    report = cache.build([cache_request(r) for _, r in mine.iterrows()], workers=workers, show_progress=show_progress)
+    path = out / "shards" / f"shard-{i}-of-{n}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, {"shard": i, "of": n, "rows": len(mine), "built": report.built, "reused": report.reused,
+                             "failed": [{"source": str(mine.iloc[k]["source"]), "path": p, "reason": r}
+                                        for k, p, r in report.failed],
+                             "cache": str(cache.folder), "created": utc_now()})
+    logger.info("shard %d of %d: %d images, %d built, %d reused, %d failed", i, n, len(mine), report.built,
+                report.reused, len(report.failed))
+    return ShardResult(path, i, n, len(mine), report.built, report.reused, len(report.failed))
+
+
+def _check_shards(out: Path) -> str:
+    """Before ``--merge``: every shard of one run finished. Returns a note for the summary.
+
+    Raises:
+        MammobenchError: no shard, shards of different counts, or missing ones (named).
+    """
+    import json
+
+    reports = [json.loads(p.read_text()) for p in sorted((out / "shards").glob("shard-*-of-*.json"))]
+    if not reports:
+        raise MammobenchError(f"--merge: no shard report in {out / 'shards'}; run prepare ... --shard i/n first")
+    counts = {r["of"] for r in reports}
+    if len(counts) > 1:
+        raise MammobenchError(f"--merge: {out / 'shards'} holds shards of different runs (of {sorted(counts)}); "
+                              "remove the stale ones")
+    n = counts.pop()
+    missing = sorted(set(range(n)) - {r["shard"] for r in reports})
+    if missing:
+        raise MammobenchError(f"--merge: shard(s) {', '.join(map(str, missing))} of {n} have not finished "
+                              f"(no {out / 'shards'}/shard-i-of-{n}.json); run them first")
+    return (f"cache built by {n} shards: {sum(r['built'] for r in reports)} images decoded, "
+            f"{sum(len(r['failed']) for r in reports)} failed")
