@@ -129,6 +129,7 @@ def prepare(
     clahe: Annotated[bool, typer.Option(help="Apply CLAHE after the percentile window.")] = False,
     cache: Annotated[bool, typer.Option(help="Decode and cache every image now (finds unreadable files).")] = True,
     workers: Annotated[int, typer.Option(help="Decoding threads (0 = one per core).")] = 0,
+    processes: Annotated[bool, typer.Option(help="Decode in processes, not threads (decoders that hold the GIL).")] = False,
     shard: Annotated[str | None, typer.Option(help="i/n: decode only the i-th of n parts of the cache (a SLURM array task).")] = None,
     merge: Annotated[bool, typer.Option(help="After every --shard finished: check them and write the manifest.")] = False,
 ) -> None:
@@ -152,7 +153,7 @@ def prepare(
             part = prepare_shard(dataset, root, out, (int(index), int(count)), mode=mode, labels=labels,  # type: ignore[arg-type]
                                  roi_source=roi_source, roi_margin=roi_margin, include_normal=include_normal,  # type: ignore[arg-type]
                                  csv_dir=csv_dir, clinical=clinical, label_set=label_set, preprocess=settings,
-                                 workers=workers, show_progress=True)
+                                 workers=workers, show_progress=True, processes=processes)
         except MammobenchError as exc:
             _fail(exc)
         console.print(f"shard {part.shard}/{part.of}: {part.rows} images, {part.built} decoded, {part.reused} already "
@@ -164,7 +165,7 @@ def prepare(
             test_fraction=test_fraction, val_fraction=val_fraction, seed=seed, leak_rule=leak_rule,  # type: ignore[arg-type]
             roi_source=roi_source, roi_margin=roi_margin, include_normal=include_normal, csv_dir=csv_dir, clinical=clinical, label_set=label_set,  # type: ignore[arg-type]
             preprocess=settings, build_cache=cache, workers=workers,
-            show_progress=True, merge=merge,
+            show_progress=True, merge=merge, processes=processes,
         )
     except MammobenchError as exc:
         _fail(exc)

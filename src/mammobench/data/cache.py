@@ -12,7 +12,7 @@ import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,14 +114,18 @@ class ImageCache:
             atomic_write_text(marker, json.dumps(self.settings.model_dump(), indent=2))
 
     def build(
-        self, requests: Sequence[CacheRequest], *, workers: int = 0, show_progress: bool = False
+        self, requests: Sequence[CacheRequest], *, workers: int = 0, show_progress: bool = False,
+        processes: bool = False,
     ) -> CacheReport:
         """Preprocess every request not cached yet; unreadable images are reported, not raised.
 
         Args:
             requests: images to cache.
-            workers: threads to decode with (0 = one per CPU core).
+            workers: threads (or processes) to decode with (0 = one per CPU core).
             show_progress: draw a progress bar (the CLI does; library calls stay quiet).
+            processes: decode in worker processes instead of threads, for decoders that hold the GIL
+                (``benchmarks/bench_prepare.py`` measures which do; scripts then need the usual
+                ``if __name__ == "__main__":`` guard).
         """
         report = CacheReport()
         entries = [self.entry_path(r) for r in requests]
@@ -133,10 +137,11 @@ class ImageCache:
         workers = workers or (os.cpu_count() or 1)
         workers = min(workers, len(todo))
         jobs = [(requests[i], str(entries[i]), self.settings) for i in todo]
-        # Threads, not processes: decoders (Pillow, OpenCV, pylibjpeg) release the GIL for the heavy part,
-        # and threads need no `if __name__ == "__main__"` guard in users' scripts and notebooks.
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            mapped = pool.map(_build_job, jobs)
+        # Threads by default: they need no `if __name__ == "__main__"` guard in users' scripts and notebooks;
+        # processes for decoders that hold the GIL (measured in benchmarks/bench_prepare.py).
+        executor = ProcessPoolExecutor(max_workers=workers) if processes and workers > 1 else ThreadPoolExecutor(max_workers=workers)
+        with executor as pool:
+            mapped = pool.map(_build_job, jobs, chunksize=4 if processes else 1)
             outcomes = list(progress(mapped, total=len(jobs), description="Preprocessing images", enabled=show_progress))
         for i, error in zip(todo, outcomes, strict=True):
             if error is None:

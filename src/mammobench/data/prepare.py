@@ -173,6 +173,7 @@ def prepare(
     preview: bool = True,
     show_progress: bool = False,
     merge: bool = False,
+    processes: bool = False,
 ) -> PrepareResult:
     """Read a dataset, map labels, drop unreadable images, split by patient, write the manifest.
 
@@ -189,7 +190,7 @@ def prepare(
         preprocess: settings of the cache built now (default 224 px); images that fail to decode are
             reported in ``skipped.csv`` and left out.
         build_cache: decode and cache every image now (also finds unreadable files early).
-        workers: decoding threads (0 = one per core).
+        workers: decoding threads (0 = one per core); ``processes``: decode in processes instead.
         merge: after :func:`prepare_shard` (a cluster decoding 1/n each): check that every shard finished,
             then prepare as usual (the cache is reused, anything missing is built) and write the manifest.
 
@@ -207,7 +208,7 @@ def prepare(
     cache = ImageCache(Path(cache_dir) if cache_dir else out / "cache", settings)
     if build_cache:
         requests = [cache_request(r) for _, r in frame.iterrows()]
-        report = cache.build(requests, workers=workers, show_progress=show_progress)
+        report = cache.build(requests, workers=workers, show_progress=show_progress, processes=processes)
         if report.failed:
             bad_rows = [i for i, _, _ in report.failed]
             for i, path, reason in report.failed:
@@ -310,7 +311,7 @@ def prepare_shard(
     mode: Literal["roi", "full"] = "roi", labels: str = "3class", roi_source: Literal["crop", "mask"] = "crop",
     roi_margin: float = 0.25, include_normal: bool = False, csv_dir: str | Path | None = None,
     clinical: str | Path | None = None, label_set: str | None = None, preprocess: PreprocessSettings | None = None,
-    cache_dir: str | Path | None = None, workers: int = 0, show_progress: bool = False,
+    cache_dir: str | Path | None = None, workers: int = 0, show_progress: bool = False, processes: bool = False,
 ) -> ShardResult:
     """Decode and cache one part (rows ``i, i + n, i + 2n, ...``) of a dataset; write ``shards/shard-i-of-n.json``.
 
@@ -322,11 +323,12 @@ def prepare_shard(
         dataset, root, out, labels=labels, mode=mode, roi_source=roi_source, roi_margin=roi_margin,
         include_normal=include_normal, csv_dir=csv_dir, clinical=clinical, label_set=label_set, show_progress=show_progress)
     return _build_shard(frame, out, shard, preprocess or PreprocessSettings(), cache_dir=cache_dir, workers=workers,
-                        show_progress=show_progress)
+                        show_progress=show_progress, processes=processes)
 
 
 def _build_shard(frame: pd.DataFrame, out: Path, shard: tuple[int, int], settings: PreprocessSettings, *,
-                 cache_dir: str | Path | None = None, workers: int = 0, show_progress: bool = False) -> ShardResult:
+                 cache_dir: str | Path | None = None, workers: int = 0, show_progress: bool = False,
+                 processes: bool = False) -> ShardResult:
     """Decode and cache rows ``i, i + n, i + 2n, ...`` of ``frame``; write the shard's report.
 
     Raises:
@@ -337,7 +339,8 @@ def _build_shard(frame: pd.DataFrame, out: Path, shard: tuple[int, int], setting
         raise MammobenchError(f"--shard {i}/{n}: expected i/n with 0 <= i < n (e.g. 3/16; SLURM_ARRAY_TASK_ID/16)")
     mine = frame.iloc[i::n]
     cache = ImageCache(Path(cache_dir) if cache_dir else out / "cache", settings)
-    report = cache.build([cache_request(r) for _, r in mine.iterrows()], workers=workers, show_progress=show_progress)
+    report = cache.build([cache_request(r) for _, r in mine.iterrows()], workers=workers, show_progress=show_progress,
+                         processes=processes)
     path = out / "shards" / f"shard-{i}-of-{n}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, {"shard": i, "of": n, "rows": len(mine), "built": report.built, "reused": report.reused,
