@@ -13,7 +13,22 @@ from mammobench.data.cache import ImageCache, cache_request
 from mammobench.data.manifest import ManifestError
 
 
-class MammoDataset(Dataset):
+class _Labelled(Dataset):
+    """What both datasets share: ``targets`` over ``label_names`` and their counts."""
+
+    targets: np.ndarray
+    label_names: list[str]
+
+    @property
+    def class_counts(self) -> dict[str, int]:
+        counts = np.bincount(self.targets, minlength=len(self.label_names))
+        return {name: int(c) for name, c in zip(self.label_names, counts, strict=True)}
+
+    def _counts(self) -> str:
+        return ", ".join(f"{k}: {v}" for k, v in self.class_counts.items())
+
+
+class MammoDataset(_Labelled):
     """Samples of a manifest as ``{"image": (1, S, S) float tensor, "target": int, "index": int}``.
 
     Args:
@@ -58,17 +73,11 @@ class MammoDataset(Dataset):
             image = self.transform(image)
         return {"image": image, "target": int(self.targets[i]), "index": i}
 
-    @property
-    def class_counts(self) -> dict[str, int]:
-        counts = np.bincount(self.targets, minlength=len(self.label_names))
-        return {name: int(c) for name, c in zip(self.label_names, counts, strict=True)}
-
     def __repr__(self) -> str:
-        counts = ", ".join(f"{k}: {v}" for k, v in self.class_counts.items())
-        return f"MammoDataset(n={len(self)}, patients={self.metadata['patient_id'].nunique()}, {counts}; {self.cache})"
+        return f"MammoDataset(n={len(self)}, patients={self.metadata['patient_id'].nunique()}, {self._counts()}; {self.cache})"
 
 
-class BreastDataset(Dataset):
+class BreastDataset(_Labelled):
     """Breasts as ``{"image": (V, 1, H, W), "view_mask": (V,) bool, "target": int, "index": int}``.
 
     Each breast's views come from its image rows (:func:`~mammobench.data.views.breast_table`); a missing
@@ -126,11 +135,5 @@ class BreastDataset(Dataset):
         return {"image": stack, "view_mask": torch.from_numpy(self._index[i] >= 0), "target": int(self.targets[i]),
                 "index": i}
 
-    @property
-    def class_counts(self) -> dict[str, int]:
-        counts = np.bincount(self.targets, minlength=len(self.label_names))
-        return {name: int(c) for name, c in zip(self.label_names, counts, strict=True)}
-
     def __repr__(self) -> str:
-        counts = ", ".join(f"{k}: {v}" for k, v in self.class_counts.items())
-        return f"BreastDataset(n={len(self)} breasts, views {'/'.join(self.views)}, {counts}; {self.cache})"
+        return f"BreastDataset(n={len(self)} breasts, views {'/'.join(self.views)}, {self._counts()}; {self.cache})"
