@@ -24,6 +24,14 @@ class _Labelled(Dataset):
         counts = np.bincount(self.targets, minlength=len(self.label_names))
         return {name: int(c) for name, c in zip(self.label_names, counts, strict=True)}
 
+    def _set_targets(self, label_column: pd.Series, labels: Sequence[str]) -> None:
+        self.label_names = list(labels)
+        unknown = sorted(set(label_column) - set(self.label_names))
+        if unknown:
+            raise ManifestError(f"label(s) {unknown} are not in the model's label set {self.label_names}")
+        lookup = {name: i for i, name in enumerate(self.label_names)}
+        self.targets = np.array(label_column.map(lookup), dtype=np.int64)  # writable copy
+
     def _counts(self) -> str:
         return ", ".join(f"{k}: {v}" for k, v in self.class_counts.items())
 
@@ -53,12 +61,7 @@ class MammoDataset(_Labelled):
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         self.metadata = frame.reset_index(drop=True)
-        self.label_names = list(labels)
-        unknown = sorted(set(self.metadata["label"]) - set(self.label_names))
-        if unknown:
-            raise ManifestError(f"label(s) {unknown} are not in the model's label set {self.label_names}")
-        lookup = {name: i for i, name in enumerate(self.label_names)}
-        self.targets = np.array(self.metadata["label"].map(lookup), dtype=np.int64)  # writable copy
+        self._set_targets(self.metadata["label"], labels)
         self.cache = cache
         self.transform = transform
         self._requests = [cache_request(r) for _, r in self.metadata.iterrows()]
@@ -108,11 +111,7 @@ class BreastDataset(_Labelled):
         self.metadata, self.notes = breast_table(self.images, self.label_names, positive, self.views)
         if self.metadata.empty:
             raise ManifestError(f"no breast has a {' or '.join(self.views)} view among {len(self.images)} image(s)")
-        unknown = sorted(set(self.metadata["label"]) - set(self.label_names))
-        if unknown:
-            raise ManifestError(f"label(s) {unknown} are not in the model's label set {self.label_names}")
-        lookup = {name: i for i, name in enumerate(self.label_names)}
-        self.targets = np.array(self.metadata["label"].map(lookup), dtype=np.int64)
+        self._set_targets(self.metadata["label"], labels)
         self.cache = cache
         self.transform = transform
         self._requests = [cache_request(r) for _, r in self.images.iterrows()]
