@@ -301,9 +301,9 @@ def evaluate(
     Raises:
         RunError: unfinished run, missing files, another format version, mismatched labels.
     """
-    run_dir = Path(run_dir)
     from mammobench.evaluation.calibration import apply_temperature, run_calibration
 
+    run_dir = Path(run_dir)
     label_note = ""
     if data is None:
         rows, raw, info, skipped = run_predictions(run_dir, split, tta=tta, device=device)
@@ -321,11 +321,13 @@ def evaluate(
     if positive is not None:
         with warnings.catch_warnings():
             warnings.simplefilter("always", UndefinedMetricWarning)
-            choice = validation_threshold(run_dir, labels, positive, method=threshold_method,
+            # Always on the run's own validation split, in the model's classes (also for another dataset).
+            own_val = split == "val" and data is None
+            choice = validation_threshold(run_dir, info.labels, positive, method=threshold_method,
                                           target_sensitivity=target_sensitivity, tta=tta, device=device,
-                                          val=(rows, probs) if split == "val" else None)
+                                          val=(rows, raw) if own_val else None)
         threshold = choice.value
-        chosen_on = "val" if split == "val" or has_split(run_dir, "val") else "none (no validation split)"
+        chosen_on = "val" if own_val or has_split(run_dir, "val") else "none (no validation split)"
         threshold_info = {"method": threshold_method, "value": threshold, "chosen_on": chosen_on, "rule": choice.rule,
                           "reason": choice.reason,
                           "target_sensitivity": target_sensitivity if threshold_method == "sensitivity" else None,
