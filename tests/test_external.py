@@ -48,8 +48,10 @@ def test_external_validation_merges_classes_and_reports_both_thresholds(trained_
     views = m["subgroups"]["view"]
     assert set(views) == {"CC", "MLO"} and sum(v["n"] for v in views.values()) == m["n"]
     assert "auc_malignant" in views["CC"] and "ci" in views["CC"]["auc_malignant"]
-    # the run's own evaluation is untouched by an external one
+    # the run's own evaluation is untouched by an external one, and the threshold is the run's own
     assert not (trained_runs["cnn"] / "evaluation" / "all").exists()
+    own = evaluate(trained_runs["cnn"], n_boot=0).metrics["threshold"]
+    assert m["threshold"]["value"] == own["value"] and m["threshold"]["chosen_on"] == own["chosen_on"]
 
 
 def test_subgroups_and_external_data_bad_input(trained_runs, binary_external):
