@@ -93,6 +93,18 @@ def test_study_runs_every_cell_once_resumes_and_reports(tmp_path, demo_prepared)
     study = optuna.load_study(study_name="tiny", storage=storage)
     waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))[0]
     storage.set_trial_state_values(waiting._trial_id, state=optuna.trial.TrialState.RUNNING)
+    # A cell whose worker still runs (a variant added while the study runs) is left alone by setup ...
+    import os
+
+    storage.set_trial_user_attr(waiting._trial_id, "worker", {"host": socket.gethostname(), "pid": os.getpid()})
+    setup(spec, out)
+    assert study.get_trials(deepcopy=False)[waiting.number].state.name == "RUNNING"
+    # ... but one whose worker process is gone goes back to the queue.
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    storage.set_trial_user_attr(waiting._trial_id, "worker", {"host": socket.gethostname(), "pid": int(gone.stdout)})
     first_runs = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/*/model.safetensors")}
     assert len(first_runs) == 3
 

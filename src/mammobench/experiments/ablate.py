@@ -27,7 +27,9 @@ from __future__ import annotations
 import inspect
 import io
 import logging
+import os
 import re
+import socket
 import time
 import warnings
 from dataclasses import dataclass
@@ -350,8 +352,12 @@ def setup(spec: StudySpec, out: Path, storage_url: str | None = None) -> Any:
                                        "spec": spec.model_dump(mode="json")})
     local = url.startswith("sqlite")
     if local:
-        # SQLite is the one-process default: a trial still "running" here was cut off (Ctrl+C, a crash).
+        # SQLite has no heartbeats: a trial still "running" whose worker process is gone was cut off (Ctrl+C,
+        # a crash) and goes back to the queue. One whose worker still runs (adding variants to a study while
+        # it runs) is left alone.
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if _worker_alive(t.user_attrs.get("worker")):
+                continue
             storage.set_trial_user_attr(t._trial_id, "error", "interrupted (the process stopped mid-trial)")
             storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
     else:
@@ -369,6 +375,27 @@ def setup(spec: StudySpec, out: Path, storage_url: str | None = None) -> Any:
                     queued += 1
     logger.info("study %s: %d cells queued, %d done or running", spec.name, queued, len(live))
     return study
+
+
+def _worker_identity() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def _worker_alive(worker: dict[str, Any] | None) -> bool:
+    """Whether the process that runs a trial is still alive (``True`` when that cannot be told: another host)."""
+    if not worker or "pid" not in worker:
+        return False
+    if worker.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(worker["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    cmdline = Path(f"/proc/{int(worker['pid'])}/cmdline")
+    # a recycled PID of another program is not our worker
+    return not cmdline.is_file() or b"mammobench" in cmdline.read_bytes() or b"python" in cmdline.read_bytes()
 
 
 def _cell_key(trial: Any) -> tuple[Any, Any, Any]:
@@ -390,6 +417,7 @@ def run_worker(spec: StudySpec, out: Path, storage_url: str | None = None, *, ma
     ran = 0
 
     def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", _worker_identity())
         if spec.search is not None:
             overrides = _suggest(trial, spec)
             values = []
@@ -430,7 +458,12 @@ def run_worker(spec: StudySpec, out: Path, storage_url: str | None = None, *, ma
             break
         # One trial at a time, so a worker re-checks the queue (and a search its budget) between trials;
         # catch=Exception: a crashed cell is recorded as failed (with its error) and the study goes on.
-        study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+        try:
+            study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+        except ValueError as exc:  # the trial was failed under us (declared stale): its cell is queued again
+            if "Cannot tell a" not in str(exc):
+                raise
+            logger.warning("a cell of this worker was marked failed by another process (%s); going on", exc)
         ran += 1
     return ran
 
