@@ -18,7 +18,7 @@ import yaml
 
 from mammobench.experiments.ablate import ablate, default_storage, open_storage, run_worker, setup
 from mammobench.experiments.stats import corrected_mean
-from mammobench.experiments.study import StudyError, load_study
+from mammobench.experiments.study import StudyError, cell_of, load_study
 
 TINY = ["output.tensorboard=false", "stages.head_epochs=0", "stages.finetune_epochs=1", "data.batch_size=16",
         "trainer.limit_train_batches=2", "trainer.early_stopping_patience=null"]
@@ -111,7 +111,7 @@ def test_study_runs_every_cell_once_resumes_and_reports(tmp_path, demo_prepared)
     result = ablate(path, out=out)
     trials = _trials(out)
     done = [t for t in trials if t.state.name == "COMPLETE"]
-    cells = {(t.params["variant"], t.params["repeat"], t.params["fold"]) for t in done}
+    cells = {cell_of(t) for t in done}
     assert len(done) == len(cells) == 8  # 2 variants x 2 repeats x 2 folds, each exactly once
     assert any(t.state.name == "FAIL" and "interrupted" in t.user_attrs.get("error", "") for t in trials)
     assert all(p.stat().st_mtime_ns == m for p, m in first_runs.items())  # finished cells were not re-trained
@@ -130,7 +130,14 @@ def test_study_runs_every_cell_once_resumes_and_reports(tmp_path, demo_prepared)
     # Running the finished study again trains nothing.
     again = ablate(path, out=out)
     assert again is not None and len(_trials(out)) == len(trials)
-    # A study file changed under finished cells is refused, naming what changed; a new variant is welcome.
+    # A new variant is welcome (its cells are queued and run; the finished ones are kept) ...
+    grown = yaml.safe_load(path.read_text())
+    grown["variants"]["wd"] = ["optim.weight_decay=0.01"]
+    path.write_text(yaml.safe_dump(grown))
+    more = ablate(path, out=out)
+    assert more is not None and len(more.cells) == 12 and set(more.cells["variant"]) == {"default", "ce", "wd"}
+    assert not [t for t in _trials(out) if t.state.name == "FAIL" and "dynamic" in t.user_attrs.get("error", "")]
+    # ... a study file changed under finished cells is refused, naming what changed.
     changed = yaml.safe_load(path.read_text())
     changed["variants"]["ce"] = ["loss.name=ce", "optim.lr=0.01"]
     path.write_text(yaml.safe_dump(changed))
@@ -240,7 +247,7 @@ def test_two_workers_share_one_postgresql_study(tmp_path, demo_prepared, postgre
 
     trials = optuna.load_study(study_name="tiny", storage=open_storage(postgres)).get_trials()
     complete = [t for t in trials if t.state.name == "COMPLETE"]
-    keys = [(t.params["variant"], t.params["repeat"], t.params["fold"]) for t in complete]
+    keys = [cell_of(t) for t in complete]
     ran = [t for t in trials if t.state.name != "PRUNED"]  # a worker that finds the queue empty runs nothing
     assert len(keys) == len(set(keys)) == 8 and len(ran) == 8  # every cell ran exactly once
     counts = [int(o.split("this process ran ")[1].split()[0]) for o in outputs if "this process ran " in o]

@@ -46,6 +46,7 @@ from mammobench.data.splits import split_kfold
 from mammobench.experiments.study import (
     StudyError,
     StudySpec,
+    cell_of,
     check_study,
     folder_name,
     load_study,
@@ -365,7 +366,7 @@ def setup(spec: StudySpec, out: Path, storage_url: str | None = None) -> Any:
     if spec.design == "search":
         return study
     trials = study.get_trials(deepcopy=False)
-    live = {_cell_key(t) for t in trials if t.state in (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)}
+    live = {cell_of(t) for t in trials if t.state in (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)}
     queued = 0
     for variant in spec.variant_overrides():
         for r in range(spec.cv.repeats):
@@ -398,12 +399,6 @@ def _worker_alive(worker: dict[str, Any] | None) -> bool:
     return not cmdline.is_file() or b"mammobench" in cmdline.read_bytes() or b"python" in cmdline.read_bytes()
 
 
-def _cell_key(trial: Any) -> tuple[Any, Any, Any]:
-    """(variant, repeat, fold) of a trial; a queued trial keeps them as Optuna's fixed parameters."""
-    params = trial.params or trial.system_attrs.get("fixed_params", {})
-    return params.get("variant"), params.get("repeat"), params.get("fold")
-
-
 def run_worker(spec: StudySpec, out: Path, storage_url: str | None = None, *, max_trials: int | None = None) -> int:
     """Run queued cells (variants, grid) or search trials until none is left; returns how many this worker ran."""
     import optuna
@@ -428,12 +423,17 @@ def run_worker(spec: StudySpec, out: Path, storage_url: str | None = None, *, ma
             trial.set_user_attr("overrides", overrides)
             trial.set_user_attr("cells", values)
             return float(np.nanmean(values))
-        if not trial.storage.get_trial_system_attrs(trial._trial_id).get("fixed_params"):
+        fixed = trial.storage.get_trial_system_attrs(trial._trial_id).get("fixed_params")
+        if not fixed:
             # Another worker took the last queued cell between our look at the queue and this trial: run nothing.
             raise optuna.TrialPruned("no queued cell left")
-        variant = trial.suggest_categorical("variant", list(variants))
-        repeat = trial.suggest_int("repeat", 0, spec.cv.repeats - 1)
-        fold = trial.suggest_int("fold", 0, spec.cv.folds - 1)
+        # The cell is read from the queue, not "suggested": a categorical parameter would tie every trial to
+        # the variant list of the first one, and a study must be able to gain variants.
+        variant, repeat, fold = str(fixed["variant"]), int(fixed["repeat"]), int(fixed["fold"])
+        for key, value in (("variant", variant), ("repeat", repeat), ("fold", fold)):
+            trial.set_user_attr(key, value)
+        if variant not in variants:
+            raise StudyError(f"variant {variant!r} was queued but is no longer in the study file")
         try:
             cell = run_cell(spec, base, out, variant, variants[variant], repeat, fold)
         except Exception as exc:

@@ -14,7 +14,7 @@ import mammobench
 from mammobench.evaluation.metrics import safe_auc
 from mammobench.evaluation.report import Section, render_html, render_markdown
 from mammobench.experiments.stats import CorrectedMean, corrected_mean
-from mammobench.experiments.study import StudySpec
+from mammobench.experiments.study import StudySpec, cell_of
 from mammobench.figures import pyplot, save_png
 from mammobench.runtime import atomic_write_text, utc_now
 
@@ -29,9 +29,10 @@ def _cells(study: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
 
     rows, failed = [], []
     for t in study.get_trials(deepcopy=False):
-        if "variant" not in t.params:
+        variant, repeat, fold = cell_of(t)
+        if variant is None:
             continue
-        key = {"variant": t.params["variant"], "repeat": t.params["repeat"], "fold": t.params["fold"]}
+        key = {"variant": variant, "repeat": repeat, "fold": fold}
         if t.state == TrialState.COMPLETE and "cell" in t.user_attrs:
             rows.append({**key, "trial": t.number, **t.user_attrs["cell"]})
         elif t.state == TrialState.FAIL:

@@ -232,3 +232,13 @@ def _check_key(spec: StudySpec, key: str, value: Any, *, where: str) -> None:
         study_config(spec, [f"{key}={_yaml_value(value)}"])
     except ConfigError as exc:
         raise StudyError(f"{where}: {exc}") from None
+
+
+def cell_of(trial: Any) -> tuple[Any, Any, Any]:
+    """(variant, repeat, fold) of a study trial: recorded by the worker, else as queued (Optuna's fixed
+    parameters), else the parameters of studies made before cells were recorded so."""
+    attrs = trial.user_attrs
+    if "variant" in attrs:
+        return attrs["variant"], attrs.get("repeat"), attrs.get("fold")
+    params = trial.params or trial.system_attrs.get("fixed_params", {})
+    return params.get("variant"), params.get("repeat"), params.get("fold")
