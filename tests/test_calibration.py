@@ -34,10 +34,16 @@ def test_temperature_is_recovered_and_lowers_the_calibration_error():
 
 
 def test_no_temperature_from_too_little_or_one_class_data():
-    probs, y = _overconfident(n=10)
-    assert calibrate(probs, y)["temperature"] is None and "at least 20" in calibrate(probs, y)["reason"]
-    probs, _ = _overconfident(n=50)
-    assert calibrate(probs, np.zeros(50, int))["temperature"] is None
+    probs, y = _overconfident(n=30)
+    assert calibrate(probs, y)["temperature"] is None and "at least 50" in calibrate(probs, y)["reason"]
+    probs, _ = _overconfident(n=80)
+    assert calibrate(probs, np.zeros(80, int))["temperature"] is None
+    # a validation set classified without error: the likelihood falls as T -> 0, no temperature is used
+    y = np.repeat([0, 1, 2], 30)
+    perfect = np.full((90, 3), 0.1)
+    perfect[np.arange(90), y] = 0.8
+    result = calibrate(perfect, y)
+    assert result["temperature"] is None and "edge" in result["reason"]
 
 
 def test_the_bundle_serves_calibrated_probabilities(trained_runs, tmp_path):

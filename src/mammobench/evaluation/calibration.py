@@ -22,8 +22,13 @@ from mammobench.runtime import atomic_write_json, utc_now
 logger = logging.getLogger(__name__)
 
 CALIBRATION_FILE = "calibration.json"
-#: Fewer validation samples than this, or one class only: no temperature is fitted (it would be noise).
-MIN_CALIBRATION_SAMPLES = 20
+#: Fewer validation samples than this, or fewer than ``MIN_CALIBRATION_CLASS`` of a class: no temperature is
+#: fitted (it would be noise).
+MIN_CALIBRATION_SAMPLES = 50
+MIN_CALIBRATION_CLASS = 10
+#: The temperatures considered; an optimum on either bound means the likelihood has none (a validation set
+#: classified without error drives T to 0), and no temperature is used.
+T_RANGE = (0.2, 10.0)
 
 
 def apply_temperature(probs: np.ndarray, temperature: float | None) -> np.ndarray:
@@ -41,20 +46,24 @@ def nll(probs: np.ndarray, y: np.ndarray) -> float:
 
 
 def fit_temperature(probs: np.ndarray, y: np.ndarray) -> float:
-    """The temperature in [0.05, 20] that minimises the negative log-likelihood of ``y``."""
+    """The temperature in ``T_RANGE`` that minimises the negative log-likelihood of ``y``."""
     result = minimize_scalar(lambda log_t: nll(apply_temperature(probs, float(np.exp(log_t))), y),
-                             bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+                             bounds=(np.log(T_RANGE[0]), np.log(T_RANGE[1])), method="bounded", options={"xatol": 1e-4})
     return float(np.exp(result.x))
 
 
 def calibrate(probs: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     """Fit a temperature on validation predictions; ``temperature`` is ``None`` (with ``reason``) when the
     set is too small or holds one class."""
-    if len(y) < MIN_CALIBRATION_SAMPLES or len(np.unique(y)) < 2:
-        reason = (f"the validation split holds {len(y)} sample(s)" + (" of one class" if len(np.unique(y)) < 2 else "")
-                  + f"; a temperature needs at least {MIN_CALIBRATION_SAMPLES} of both kinds")
+    counts = np.bincount(y, minlength=probs.shape[1])
+    if len(y) < MIN_CALIBRATION_SAMPLES or (counts < MIN_CALIBRATION_CLASS).any():
+        reason = (f"the validation split holds {len(y)} sample(s) ({', '.join(map(str, counts))} per class); a "
+                  f"temperature needs at least {MIN_CALIBRATION_SAMPLES}, with {MIN_CALIBRATION_CLASS} of every class")
         return {"temperature": None, "reason": reason}
     t = fit_temperature(probs, y)
+    if not T_RANGE[0] * 1.01 < t < T_RANGE[1] * 0.99:
+        return {"temperature": None, "reason": f"the best temperature lies on the edge of {T_RANGE} ({t:.3g}): the "
+                "validation set is (nearly) separated without error, and the likelihood has no optimum to fit"}
     scaled = apply_temperature(probs, t)
     return {"temperature": t, "fitted_on": "val", "n": int(len(y)), "nll_before": nll(probs, y), "nll_after": nll(scaled, y),
             "ece_before": expected_calibration_error(y, probs), "ece_after": expected_calibration_error(y, scaled),
