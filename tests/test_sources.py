@@ -24,12 +24,13 @@ def _image(path, side, seed, *, jpeg2000=False, monochrome1=False):
     if monochrome1:
         pixels = 65535 - pixels
     make_dicom(path, pixels, photometric="MONOCHROME1" if monochrome1 else "MONOCHROME2")
+    ds = pydicom.dcmread(path)
+    ds.Manufacturer, ds.ManufacturerModelName = "HOLOGIC, Inc.", "Selenia Dimensions"
     if jpeg2000:
         from pydicom.uid import JPEG2000Lossless
 
-        ds = pydicom.dcmread(path)
         ds.compress(JPEG2000Lossless)
-        ds.save_as(path)
+    ds.save_as(path)
     return path
 
 
@@ -61,6 +62,7 @@ def test_rsna_layout_labels_per_breast_and_metadata(tmp_path):
     first = frame[frame["patient_id"] == "1000"].set_index(["laterality", "view"])
     assert first.loc[("L", "CC"), "label"] == "MALIGNANT" and first.loc[("R", "MLO"), "label"] == "BENIGN"
     assert {"site", "machine_id", "age", "density", "implant"} <= set(frame.columns)
+    assert set(frame["manufacturer"]) == {"HOLOGIC, Inc."} and set(frame["manufacturer_model"]) == {"Selenia Dimensions"}
     assert first.loc[("L", "CC"), "breast_id"] == "rsna/1000/L"
     skipped = pd.read_csv(result.out / "skipped.csv")
     assert skipped["reason"].str.contains("image not found").sum() == 1
@@ -121,6 +123,7 @@ def test_vindr_suspicious_and_birads_label_sets_and_official_split(tmp_path):
     assert set(frame.loc[frame["split"] == "test", "exam_id"]) == {"st004", "st005"}
     assert any("no biopsy labels" in n for n in result.info.notes)
     assert set(frame["density"]) == {"C"} and frame["breast_id"].str.startswith("vindr/").all()
+    assert set(frame["manufacturer"]) == {"HOLOGIC, Inc."}
     five = prepare("vindr", tmp_path, tmp_path / "out5", mode="full", split="official", label_set="birads",
                    preprocess=PreprocessSettings(size=(64, 48)), workers=1, preview=False)
     assert set(read_manifest(five.out)["label"]) <= {f"BIRADS_{k}" for k in range(1, 6)}
@@ -200,3 +203,14 @@ def test_inbreast_bad_input(tmp_path):
     (tmp_path / "INbreast.csv").write_text(text)
     with pytest.raises(InbreastError, match=r"INbreast.csv:4: Bi-Rads '7' is not one of"):
         load_inbreast(tmp_path)
+
+
+def test_jpeg_ls_decodes_like_the_uncompressed_file(tmp_path):
+    from pydicom.uid import JPEGLSLossless
+
+    plain_path = _image(tmp_path / "plain.dcm", "R", seed=3)
+    ds = pydicom.dcmread(plain_path)
+    ds.compress(JPEGLSLossless, encoding_plugin="pyjpegls")
+    ds.save_as(tmp_path / "jls.dcm")
+    assert pydicom.dcmread(tmp_path / "jls.dcm").file_meta.TransferSyntaxUID == JPEGLSLossless
+    assert np.allclose(read_image(plain_path), read_image(tmp_path / "jls.dcm"), atol=1e-6)

@@ -165,3 +165,26 @@ def index_dicom_tree(root: str | Path, *, show_progress: bool = False) -> tuple[
             problems.append((str(f), f"unreadable DICOM header: {exc}"))
     columns = list(DicomHeader.__dataclass_fields__)
     return pd.DataFrame(rows, columns=columns), problems
+
+
+#: Header fields a manifest keeps where a DICOM has them (subgroups: scanner vendor and model).
+EQUIPMENT_TAGS = ("Manufacturer", "ManufacturerModelName")
+
+
+def read_header_fields(path: str | Path, tags: tuple[str, ...] = EQUIPMENT_TAGS) -> dict[str, str]:
+    """Some header fields of a DICOM, without its pixels (empty strings where absent; ``{}`` for a file that
+    is not DICOM or cannot be read: the image itself is checked, and reported, when it is decoded)."""
+    pydicom = _pydicom()
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=list(tags))
+    except Exception:  # noqa: BLE001 - not DICOM, truncated: reported by the decoder later
+        return {}
+    return {tag: str(ds.get(tag, "") or "").strip() for tag in tags}
+
+
+def equipment_columns(path: str | Path) -> dict[str, str]:
+    """``manufacturer`` and ``manufacturer_model`` of a DICOM (empty for other files)."""
+    if Path(path).suffix.lower() not in (".dcm", ".dicom", ""):
+        return {"manufacturer": "", "manufacturer_model": ""}
+    fields = read_header_fields(path)
+    return {"manufacturer": fields.get("Manufacturer", ""), "manufacturer_model": fields.get("ManufacturerModelName", "")}

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mammobench.data.dicom import equipment_columns
 from mammobench.data.sources.base import Skipped, SourceResult
 from mammobench.data.views import normalise_laterality, normalise_view
 from mammobench.runtime import MammobenchError
@@ -119,7 +120,7 @@ def load_inbreast(root: str | Path, *, mode: str = "full") -> SourceResult:
                 "laterality": side, "view": normalise_view(r["View"]), "source": where, "exam_id": "",
                 "breast_id": f"inbreast/{patient}/{side}" if side else "",
                 "birads": str(r["Bi-Rads"]).strip(), "density": str(r.get("ACR", "")).strip(),
-                "age": str(r.get("Patient age", "")).strip()}
+                "age": str(r.get("Patient age", "")).strip(), **equipment_columns(path)}
         if mode == "full":
             records.append({**base, "sample_id": f"inbreast_{number}", "roi": "", "lesion_type": "", "image_type": "full"})
             continue

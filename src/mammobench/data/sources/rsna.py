@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mammobench.data.dicom import equipment_columns
 from mammobench.data.sources.base import Skipped, SourceResult
 from mammobench.data.sources.table import read_text_table
 from mammobench.data.views import normalise_laterality, normalise_view
@@ -74,7 +75,7 @@ def load_rsna(root: str | Path, *, mode: str = "full") -> SourceResult:
             "roi": "", "raw_label": "MALIGNANT" if cancer == "1" else "NORMAL", "lesion_type": "",
             "laterality": side, "view": normalise_view(r["view"]), "image_type": "full", "source": where,
             "exam_id": "", "breast_id": f"rsna/{patient}/{side}" if side else "",
-            **{new: str(r.get(old, "")).strip() for old, new in KEPT.items()},
+            **{new: str(r.get(old, "")).strip() for old, new in KEPT.items()}, **equipment_columns(path),
         })
     if not records:
         raise RsnaError(f"no image of train.csv was found under {images} ({len(skipped)} missing)")

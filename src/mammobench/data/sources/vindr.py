@@ -32,6 +32,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mammobench.data.dicom import equipment_columns
 from mammobench.data.sources.base import Skipped, SourceResult
 from mammobench.data.sources.table import read_text_table
 from mammobench.data.views import normalise_laterality, normalise_view
@@ -146,7 +147,7 @@ def _record(sample_id: str, study: str, image: str, path: Path, side: str, r: pd
         "raw_label": label, "lesion_type": lesion_type, "laterality": side, "view": normalise_view(r["view_position"]),
         "image_type": "full", "source": where, "exam_id": study,  # a box is cut from the whole image
         "breast_id": f"vindr/{study}/{study}/{side}" if side else "", "birads": birads, "density": density,
-        "official_split": official,
+        "official_split": official, **equipment_columns(path),
     }
 
 
