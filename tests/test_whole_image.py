@@ -346,8 +346,17 @@ def test_predict_exam_from_the_command_line(two_view_bundle, full_prepared, tmp_
     assert sorted(breasts["laterality"]) == ["L", "R"] and len(images) == 3
     assert set(breasts.loc[breasts["laterality"] == "L", "views"]) == {"CC+MLO"}
     assert len(list((tmp_path / "cams" / "exam1").glob("*_gradcam.png"))) == 3
-    (folder / "L-CC.png").write_bytes((folder / "L_CC.png").read_bytes())
-    result = CliRunner().invoke(app, ["predict", str(two_view_bundle), str(folder), "--exam", "--out", str(out)])
+    bad = tmp_path / "exam2"
+    bad.mkdir()
+    for name in ("L_CC.png", "L-CC.png"):
+        (bad / name).write_bytes((folder / "L_CC.png").read_bytes())
+    # one bad exam among good ones is reported and the others are predicted ...
+    result = CliRunner().invoke(app, ["predict", str(two_view_bundle), str(folder), str(bad), "--exam", "--out", str(out)])
+    assert result.exit_code == 0 and "two images of the left CC view" in result.output
+    rows = pd.read_csv(out)
+    assert len(rows) == 3 and rows["error"].fillna("").str.contains("two images of the left CC").sum() == 1
+    # ... and an exam alone that cannot be predicted is an error
+    result = CliRunner().invoke(app, ["predict", str(two_view_bundle), str(bad), "--exam", "--out", str(out)])
     assert result.exit_code == 2 and "two images of the left CC view" in result.output
 
 

@@ -555,32 +555,42 @@ def predict(
 
 
 def _predict_exams(predictor, folders: list[Path], out: Path, aggregate: str, cams: Path | None) -> None:  # type: ignore[no-untyped-def]
-    from mammobench.serving.predictor import collect_images, write_exam_predictions
+    from mammobench.serving.predictor import (
+        BreastPrediction,
+        ExamPrediction,
+        collect_images,
+        write_exam_predictions,
+    )
 
-    exams = []
+    exams, failed = [], []
     for folder in folders:
-        if not folder.is_dir():
-            raise MammobenchError(f"--exam: {folder} is not a folder (give one folder per exam, holding up to four views)")
-        files = collect_images([folder])
-        if not files:
-            raise MammobenchError(f"--exam: no image in {folder}")
-        if len(files) > 4:
-            raise MammobenchError(f"--exam: {folder} holds {len(files)} images; an exam has at most four (CC and MLO per side)")
-        result = predictor.predict_exam(files, exam=str(folder), aggregate=aggregate, cams=cams is not None)
+        try:
+            if not folder.is_dir():
+                raise MammobenchError(f"{folder} is not a folder (give one folder per exam, holding up to four views)")
+            files = collect_images([folder])
+            if not files:
+                raise MammobenchError(f"no image in {folder}")
+            if len(files) > 4:
+                raise MammobenchError(f"{folder} holds {len(files)} images; an exam has at most four (CC and MLO per side)")
+            result = predictor.predict_exam(files, exam=str(folder), aggregate=aggregate, cams=cams is not None)
+        except MammobenchError as exc:  # one bad exam is reported; the others are still predicted
+            failed.append(f"{folder}: {exc}")
+            exams.append(ExamPrediction(str(folder), [BreastPrediction(str(folder), "", [], [], error=str(exc))], []))
+            continue
         exams.append(result)
         if cams is not None:
             _write_cams(result, folder, cams)
+    if len(failed) == len(folders):
+        raise MammobenchError("--exam: " + "; ".join(failed))
+    for message in failed:
+        err_console.print(f"[yellow]exam not predicted:[/] {message}")
     breasts_csv, images_csv = write_exam_predictions(exams, out, labels=predictor.labels)
     rows = [b for e in exams for b in e.breasts]
-    console.print(_frame_table(pd_frame([{"exam": b.exam, "side": b.laterality, "views": "+".join(b.views) or "-",
-                                          "decision": b.decision or b.error, "how": b.how} for b in rows]), "Breasts"))
-    console.print(f"{len(rows)} breast(s) of {len(exams)} exam(s) -> [bold]{breasts_csv}[/] (images: {images_csv})")
-
-
-def pd_frame(rows: list[dict[str, object]]):  # type: ignore[no-untyped-def]
     import pandas as pd
 
-    return pd.DataFrame(rows)
+    console.print(_frame_table(pd.DataFrame([{"exam": b.exam, "side": b.laterality, "views": "+".join(b.views) or "-",
+                                          "decision": b.decision or b.error, "how": b.how} for b in rows]), "Breasts"))
+    console.print(f"{len(rows)} breast(s) of {len(exams)} exam(s) -> [bold]{breasts_csv}[/] (images: {images_csv})")
 
 
 def _write_cams(result, folder: Path, cams: Path) -> None:  # type: ignore[no-untyped-def]
