@@ -161,3 +161,15 @@ def test_for_processing_images_are_refused_with_a_clear_note(tmp_path):
     ds.save_as(path)
     with pytest.raises(ImageReadError, match="FOR PROCESSING image \\(raw detector data"):
         read_image(path)
+
+
+def test_implicit_little_endian_dicom(tmp_path):
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    pixels = np.tile(np.arange(0, 4096, 64, dtype=np.uint16), (4, 1))
+    explicit = make_dicom(tmp_path / "explicit.dcm", pixels)
+    ds = pydicom.dcmread(explicit)
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    ds.save_as(tmp_path / "implicit.dcm", implicit_vr=True, little_endian=True)
+    assert pydicom.dcmread(tmp_path / "implicit.dcm").file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
+    assert np.allclose(read_image(explicit), read_image(tmp_path / "implicit.dcm"))
