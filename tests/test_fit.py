@@ -130,10 +130,12 @@ def _edited_manifest(demo_prepared, tmp_path, edit):
     return out
 
 
-def test_empty_validation_split(demo_prepared, tmp_path):
+def test_a_manifest_without_validation_rows_trains_and_keeps_the_last_epoch(demo_prepared, tmp_path):
     manifest = _edited_manifest(demo_prepared, tmp_path, lambda f: f.assign(split=f["split"].replace("val", "train")))
-    with pytest.raises(MammobenchError, match="val split .* is empty"):
-        fit(tiny(manifest, tmp_path))
+    result = fit(tiny(manifest, tmp_path, "trainer.limit_train_batches=1"))
+    info = json.loads((result.run_dir / "run.json").read_text())
+    assert result.status == "finished" and info["kept_weights"] == "last" and info["validation"] == "no validation split"
+    assert info["kept_epoch"] == 2 and result.monitor is None
 
 
 def test_label_missing_from_train(demo_prepared, tmp_path):

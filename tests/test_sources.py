@@ -214,3 +214,18 @@ def test_jpeg_ls_decodes_like_the_uncompressed_file(tmp_path):
     ds.save_as(tmp_path / "jls.dcm")
     assert pydicom.dcmread(tmp_path / "jls.dcm").file_meta.TransferSyntaxUID == JPEGLSLossless
     assert np.allclose(read_image(plain_path), read_image(tmp_path / "jls.dcm"), atol=1e-6)
+
+
+def test_jpeg_2000_is_decoded_in_processes_and_others_in_threads(tmp_path):
+    from mammobench.data.cache import CacheRequest, ImageCache, holds_the_gil
+
+    j2k = [_image(tmp_path / f"j{k}.dcm", "L", seed=k, jpeg2000=True) for k in range(4)]
+    plain = _image(tmp_path / "plain.dcm", "L", seed=9)
+    assert holds_the_gil(j2k[0]) and not holds_the_gil(plain) and not holds_the_gil(tmp_path / "x.png")
+    cache = ImageCache(tmp_path / "cache", PreprocessSettings(size=(64, 48)))
+    report = cache.build([CacheRequest(str(p), None, True) for p in j2k], workers=2)  # processes, by the rule
+    assert report.built == 4 and not report.failed
+    other = ImageCache(tmp_path / "threads", PreprocessSettings(size=(64, 48)))
+    other.build([CacheRequest(str(j2k[0]), None, True)], workers=1)
+    assert np.allclose(cache.get(CacheRequest(str(j2k[0]), None, True)), other.get(CacheRequest(str(j2k[0]), None, True)),
+                       atol=2 / 65535)

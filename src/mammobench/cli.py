@@ -129,7 +129,7 @@ def prepare(
     clahe: Annotated[bool, typer.Option(help="Apply CLAHE after the percentile window.")] = False,
     cache: Annotated[bool, typer.Option(help="Decode and cache every image now (finds unreadable files).")] = True,
     workers: Annotated[int, typer.Option(help="Decoding threads (0 = one per core).")] = 0,
-    processes: Annotated[bool, typer.Option(help="Decode in processes, not threads (decoders that hold the GIL).")] = False,
+    processes: Annotated[bool | None, typer.Option("--processes/--threads", help="Decode in processes or threads (default: processes for JPEG 2000, whose decoder holds the GIL).")] = None,
     shard: Annotated[str | None, typer.Option(help="i/n: decode only the i-th of n parts of the cache (a SLURM array task).")] = None,
     merge: Annotated[bool, typer.Option(help="After every --shard finished: check them and write the manifest.")] = False,
 ) -> None:

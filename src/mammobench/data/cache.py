@@ -115,7 +115,7 @@ class ImageCache:
 
     def build(
         self, requests: Sequence[CacheRequest], *, workers: int = 0, show_progress: bool = False,
-        processes: bool = False,
+        processes: bool | None = None,
     ) -> CacheReport:
         """Preprocess every request not cached yet; unreadable images are reported, not raised.
 
@@ -123,9 +123,11 @@ class ImageCache:
             requests: images to cache.
             workers: threads (or processes) to decode with (0 = one per CPU core).
             show_progress: draw a progress bar (the CLI does; library calls stay quiet).
-            processes: decode in worker processes instead of threads, for decoders that hold the GIL
-                (``benchmarks/bench_prepare.py`` measures which do; scripts then need the usual
-                ``if __name__ == "__main__":`` guard).
+            processes: decode in worker processes instead of threads; ``None`` (default) decides from the
+                files: processes for JPEG 2000 DICOMs, whose decoder holds the GIL (threads gave 1.2 images/s
+                with one or two workers, processes 2.35 with two; RLE scales with threads:
+                ``benchmarks/bench_prepare.py``), threads otherwise. Processes need the usual
+                ``if __name__ == "__main__":`` guard in scripts on macOS and Windows.
         """
         report = CacheReport()
         entries = [self.entry_path(r) for r in requests]
@@ -137,6 +139,8 @@ class ImageCache:
         workers = workers or (os.cpu_count() or 1)
         workers = min(workers, len(todo))
         jobs = [(requests[i], str(entries[i]), self.settings) for i in todo]
+        if processes is None:
+            processes = workers > 1 and len(todo) >= 2 * workers and holds_the_gil(requests[todo[0]].path)
         # Threads by default: they need no `if __name__ == "__main__"` guard in users' scripts and notebooks;
         # processes for decoders that hold the GIL (measured in benchmarks/bench_prepare.py).
         executor = ProcessPoolExecutor(max_workers=workers) if processes and workers > 1 else ThreadPoolExecutor(max_workers=workers)
@@ -149,6 +153,24 @@ class ImageCache:
             else:
                 report.failed.append((i, requests[i].path, error))
         return report
+
+
+#: Transfer syntaxes whose decoder (pylibjpeg-openjpeg) holds the GIL: threads do not scale on them.
+_GIL_BOUND_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201",
+                                 "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"})
+
+
+def holds_the_gil(path: str | Path) -> bool:
+    """Whether decoding ``path`` holds the GIL (a JPEG 2000 DICOM), judged from its header alone."""
+    if Path(path).suffix.lower() not in (".dcm", ".dicom", ""):
+        return False
+    try:
+        import pydicom
+
+        meta = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["PatientID"]).file_meta
+    except Exception:  # noqa: BLE001 - not DICOM: Pillow / OpenCV release the GIL
+        return False
+    return str(getattr(meta, "TransferSyntaxUID", "")) in _GIL_BOUND_SYNTAXES
 
 
 def load_entry(entry: str | Path) -> np.ndarray:

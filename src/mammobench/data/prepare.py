@@ -173,7 +173,7 @@ def prepare(
     preview: bool = True,
     show_progress: bool = False,
     merge: bool = False,
-    processes: bool = False,
+    processes: bool | None = None,
 ) -> PrepareResult:
     """Read a dataset, map labels, drop unreadable images, split by patient, write the manifest.
 
@@ -190,7 +190,8 @@ def prepare(
         preprocess: settings of the cache built now (default 224 px); images that fail to decode are
             reported in ``skipped.csv`` and left out.
         build_cache: decode and cache every image now (also finds unreadable files early).
-        workers: decoding threads (0 = one per core); ``processes``: decode in processes instead.
+        workers: decoding threads or processes (0 = one per core); ``processes``: None = processes for
+            JPEG 2000, whose decoder holds the GIL, threads otherwise (:meth:`ImageCache.build`).
         merge: after :func:`prepare_shard` (a cluster decoding 1/n each): check that every shard finished,
             then prepare as usual (the cache is reused, anything missing is built) and write the manifest.
 
@@ -311,7 +312,7 @@ def prepare_shard(
     mode: Literal["roi", "full"] = "roi", labels: str = "3class", roi_source: Literal["crop", "mask"] = "crop",
     roi_margin: float = 0.25, include_normal: bool = False, csv_dir: str | Path | None = None,
     clinical: str | Path | None = None, label_set: str | None = None, preprocess: PreprocessSettings | None = None,
-    cache_dir: str | Path | None = None, workers: int = 0, show_progress: bool = False, processes: bool = False,
+    cache_dir: str | Path | None = None, workers: int = 0, show_progress: bool = False, processes: bool | None = None,
 ) -> ShardResult:
     """Decode and cache one part (rows ``i, i + n, i + 2n, ...``) of a dataset; write ``shards/shard-i-of-n.json``.
 
@@ -328,7 +329,7 @@ def prepare_shard(
 
 def _build_shard(frame: pd.DataFrame, out: Path, shard: tuple[int, int], settings: PreprocessSettings, *,
                  cache_dir: str | Path | None = None, workers: int = 0, show_progress: bool = False,
-                 processes: bool = False) -> ShardResult:
+                 processes: bool | None = None) -> ShardResult:
     """Decode and cache rows ``i, i + n, i + 2n, ...`` of ``frame``; write the shard's report.
 
     Raises:

@@ -397,6 +397,9 @@ def fit(
         if trainer.is_global_zero:
             if val_note and not notes:
                 logger.info("%s", val_note)
+            if not has_val and not val_note:
+                logger.info("%s has no readable validation rows: training without validation, keeping the last epoch",
+                            config.data.manifest)
             if not has_val and config.trainer.early_stopping_patience:
                 logger.info("early stopping is off: without a validation split there is nothing to monitor")
             for w in warned:
