@@ -97,7 +97,9 @@ def test_tcia_tree_with_arbitrary_folder_names(tmp_path):
         assert row["split"] == "test" and row["image_type"] == "full"
     assert len(result.skipped) == 3103 - 4  # every other full image is reported missing, not fatal
     assert all("full image not found" in s.reason for s in result.skipped)
-    assert read_manifest(tmp_path / "out").shape[0] == 4
+    written = read_manifest(tmp_path / "out")
+    assert written.shape[0] == 4 and written["density"].str.match(r"^[1-4]$").all() and (written["subtlety"] != "").all()
+    assert set(written["breast_id"]) == {"cbis-ddsm/P_00173/L", "cbis-ddsm/P_00820/L"}
     with pytest.raises(CbisDdsmError, match="no image of any"):
         prepare("cbis-ddsm", root, tmp_path / "roi", mode="roi", csv_dir=CBIS_CSV, preview=False, build_cache=False)
 

@@ -430,6 +430,7 @@ def _record(
         "mask_path": mask,
         "assessment": case["assessment"],
         "subtlety": case["subtlety"],
+        "density": case.get("density", ""),
         "source": f"{case['csv_file']}:{case['csv_row']}",
     }
 
