@@ -110,3 +110,42 @@ def test_breast_crop_on_scanned_film():
     img[440:480, 300:380] = 0.9  # scanner label
     mask = breast_mask(img)
     assert not mask[:12, 200:].any() and not mask[440:480, 300:380].any() and mask[250, 10]
+
+
+def _ffdm(h: int = 1400, w: int = 560, fold: float = 0.17, seed: int = 0) -> np.ndarray:
+    """A full-field breast whose lowest fifth (near the inframammary fold) is faint, as on a real MLO."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    inside = (xx / (0.9 * w)) ** 2 + ((yy - h * 0.5) / (0.5 * h)) ** 2 < 1
+    tissue = np.where(yy < 0.8 * h, 0.55 + 0.1 * np.sin(xx / 17.0) * np.cos(yy / 23.0), fold)
+    return np.clip(np.where(inside, tissue + 0.01 * rng.standard_normal((h, w)), 0.0), 0, 1)
+
+
+def test_12_bit_data_in_a_16_bit_file_gives_the_breast_and_input_of_full_16_bit(tmp_path):
+    """The container's range is not the data's: a 12-bit exam in 16-bit PNGs (values up to 4095) must give the same
+    breast box and the same model input as the same breast in full 16 bits, with no tissue cut off."""
+    from PIL import Image
+
+    from mammobench.data.images import read_image
+    from mammobench.data.preprocess import bbox_of
+
+    truth = _ffdm()
+    v12 = np.round(truth * 4095).astype(np.uint16)
+    Image.fromarray(v12).save(tmp_path / "0_L-MLO_12bit.png")
+    Image.fromarray((v12.astype(np.uint32) * 16 + 8 * (v12 > 0)).astype(np.uint16)).save(tmp_path / "0_L-MLO_16bit.png")
+    twelve, sixteen = read_image(tmp_path / "0_L-MLO_12bit.png"), read_image(tmp_path / "0_L-MLO_16bit.png")
+    assert twelve.max() > 0.6, "12-bit data is scaled by the 12 bits it holds, not by 65535"
+    boxes = [bbox_of(breast_mask(img), 0) for img in (twelve, sixteen)]
+    assert boxes[0] == boxes[1]
+    assert boxes[0][3] == truth.shape[0], "the faint lower breast is kept"
+    settings = PreprocessSettings(size=(256, 128))
+    a, b = (preprocess_array(img, settings) for img in (twelve, sixteen))
+    assert np.abs(a - b).max() < 0.01
+    # an array handed over on the container's scale (a notebook dividing by 65535) finds the same breast
+    assert bbox_of(breast_mask((v12 / 65535.0).astype(np.float32)), 0) == boxes[0]
+
+
+def test_stored_bits():
+    from mammobench.data.images import stored_bits
+
+    assert [stored_bits(v) for v in (0, 255, 1023, 4095, 3000, 16383, 65535)] == [8, 8, 10, 12, 12, 14, 16]

@@ -150,3 +150,61 @@ def test_cli_export_predict(trained_runs, lesion_images, tmp_path):
     assert len(pd.read_csv(tmp_path / "p.csv")) == len(lesion_images)
     r = runner.invoke(app, ["predict", str(tmp_path / "nope"), str(lesion_images[0])])
     assert r.exit_code == 2 and "not a folder" in r.output
+
+
+def _right_breast_with_lesion() -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """A right breast (chest wall on the image's right, as displayed) with an asymmetric bright lesion."""
+    from .conftest import fake_mammogram
+
+    whole = fake_mammogram(600, 400, side="R", seed=3).astype(np.float32) / 255
+    whole[280:330, 300:340] += 0.3  # the lesion, brighter on its right: a flip shows
+    return np.clip(whole, 0, 1), (260, 240, 380, 360)
+
+
+def test_a_crop_file_is_prepared_like_its_region_of_the_mammogram(trained_runs):
+    """A lesion crop file and the same region given with --roi on its mammogram reach the model alike where they
+    can (bit depth, the flip to the training side); what a crop file cannot carry (the breast's window) is said."""
+    from mammobench.evaluation.inference import CROP_FILE_NOTE, SIDE_UNKNOWN_NOTE, model_input
+    from mammobench.training.rundir import read_model_info
+
+    info = read_model_info(trained_runs["cnn"])
+    assert info.lesions_from == "image" and info.hflip == 0.5 and info.input_stats is not None
+    whole, (x0, y0, x1, y1) = _right_breast_with_lesion()
+    crop = whole[y0:y1, x0:x1]
+    fixed = info.model_copy(update={"preprocess": info.preprocess.model_copy(update={"window_from": "fixed"}),
+                                    "hflip": 0.0, "input_stats": None})
+    via_roi, notes = model_input(whole, fixed, roi=(x0, y0, x1, y1))
+    assert notes == []
+    via_crop, notes = model_input(crop, fixed, laterality="R")
+    assert np.abs(via_roi - via_crop).max() < 1e-6 and notes == [], "flipped to the training side, like its mammogram"
+    unflipped, notes = model_input(crop, fixed)
+    assert np.abs(via_roi - unflipped).max() > 0.1 and SIDE_UNKNOWN_NOTE in notes
+    windowed = fixed.model_copy(update={"preprocess": info.preprocess.model_copy(update={"window_from": "image"})})
+    assert CROP_FILE_NOTE in model_input(crop, windowed, laterality="R")[1]
+    assert model_input(whole, windowed, roi=(x0, y0, x1, y1))[1] == []
+    # a model trained on crop files (CBIS-DDSM's) takes a crop file exactly as it was trained: nothing to say
+    assert model_input(crop, windowed.model_copy(update={"lesions_from": "crop"}))[1] == []
+
+
+def test_a_16_bit_crop_reaches_the_model_as_bright_as_the_image_and_an_odd_one_is_flagged(bundle, lesion_images, tmp_path):
+    from PIL import Image
+
+    predictor = Predictor.from_bundle(bundle)
+    # as a model trained on real lesions is (the demo presets stretch each crop on its own): the breast's window
+    predictor.info = predictor.info.model_copy(
+        update={"preprocess": predictor.info.preprocess.model_copy(update={"window_from": "image"})})
+    eight_bit = read_image(lesion_images[0])
+    twelve = tmp_path / "lesion_12bit.png"
+    Image.fromarray(np.round(eight_bit * 4095).astype(np.uint16)).save(twelve)
+    a, b = (predictor.preprocess(read_image(p)) for p in (lesion_images[0], twelve))
+    assert abs(a.mean() - b.mean()) < 0.01
+    dark = tmp_path / "dark_16bit.png"
+    pixels = np.round(eight_bit * 900).astype(np.uint16)
+    pixels[0, 0] = 65535  # one saturated pixel: the rest of the crop sits near black on a 16-bit scale
+    Image.fromarray(pixels).save(dark)
+    results = {r.path: r for r in predictor.predict_paths([lesion_images[0], twelve, dark])}
+    assert "outside the training images'" not in results[str(twelve)].note
+    assert "no whole mammogram around it" in results[str(twelve)].note
+    assert "outside the training images'" in results[str(dark)].note, results[str(dark)].note
+    meta = read_bundle_meta(bundle)
+    assert meta.model.input_stats is not None and meta.model.input_stats.n > 10

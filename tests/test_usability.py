@@ -19,9 +19,10 @@ from typer.testing import CliRunner
 
 from mammobench.cli import app, expand_set_args
 from mammobench.config import ConfigError, load_config
+from mammobench.data.preprocess import input_mismatch
 from mammobench.runtime import atomic_write_text
 from mammobench.serving.bundle import BundleError, description_digest, export_bundle, load_bundle
-from mammobench.serving.predictor import Prediction, Predictor, input_mismatch, write_predictions
+from mammobench.serving.predictor import Prediction, Predictor, write_predictions
 from mammobench.serving.signing import SignatureError, generate_keypair
 
 from .conftest import REPO, fake_mammogram, write_png

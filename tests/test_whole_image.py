@@ -360,6 +360,34 @@ def test_predict_exam_from_the_command_line(two_view_bundle, full_prepared, tmp_
     assert result.exit_code == 2 and "two images of the left CC view" in result.output
 
 
+def test_heat_maps_of_a_12_bit_exam_are_drawn_on_the_image_the_model_saw(two_view_bundle, full_prepared, tmp_path):
+    """Full-field exams are 12-bit data in 16-bit PNGs: the heat maps of --cams must show the anatomy under them
+    (the model's window at full resolution), not a near-black /65535 rendering."""
+    import cv2
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from mammobench.cli import app
+    from mammobench.data.images import read_image
+
+    folder = _exam_folder(tmp_path, full_prepared)
+    exam = tmp_path / "exam12"
+    exam.mkdir()
+    for png in sorted(folder.iterdir()):  # the same views, as a 12-bit detector's 16-bit PNGs
+        v12 = np.round(read_image(png) * 4095).astype(np.uint16)
+        Image.fromarray(v12).save(exam / png.name)
+    result = CliRunner().invoke(app, ["predict", str(two_view_bundle), str(exam), "--exam", "--out",
+                                      str(tmp_path / "b.csv"), "--cams", str(tmp_path / "cams")])
+    assert result.exit_code == 0, result.output
+    for overlay_png in sorted((tmp_path / "cams" / "exam12").glob("*_gradcam.png")):
+        shown = cv2.imread(str(overlay_png))[:, :, ::-1].astype(np.float32)
+        heat = cv2.imread(str(overlay_png).replace("_gradcam", "_heatmap"), cv2.IMREAD_GRAYSCALE)
+        jet = cv2.applyColorMap(heat, cv2.COLORMAP_JET)[:, :, ::-1].astype(np.float32)
+        grey = ((shown - 0.4 * jet) / 0.6).mean(2)  # what the overlay was drawn on (alpha 0.4)
+        low, high = np.percentile(grey, [1, 99])
+        assert high - low > 100, f"{overlay_png.name}: the image under the heat spans only {low:.0f}-{high:.0f} of 255"
+
+
 def test_exam_prediction_with_an_image_model_combines_its_views(full_prepared, tmp_path):
     from mammobench.serving.bundle import export_bundle
     from mammobench.serving.predictor import Predictor

@@ -516,6 +516,7 @@ def predict(
     exam: Annotated[bool, typer.Option(help="Each folder is one exam (up to 4 views): one row per breast, images in <out>_images.csv.")] = False,
     aggregate: Annotated[str, typer.Option(help="--exam with an image model: a breast's views combined by mean | max.")] = "mean",
     cams: Annotated[Path | None, typer.Option(help="--exam: write a Grad-CAM heat map per image, at its full resolution, here.")] = None,
+    laterality: Annotated[str | None, typer.Option(help="L | R: the side of lesion crop files, flipped as training flipped its lesions (default: from each file's DICOM header or name).")] = None,
 ) -> None:
     """Predict images with a bundle; unreadable files are listed with their error, the rest still predicted.
 
@@ -533,7 +534,9 @@ def predict(
         if predictor.breast_model:
             console.print("[yellow]note:[/] a two-view model given loose images predicts each as one view of a breast; "
                           "give each exam's folder with --exam for breast predictions from both views")
-        results = predictor.predict_paths(paths, roi=roi, show_progress=True)
+        if laterality is not None and laterality.strip().upper() not in ("L", "R", "LEFT", "RIGHT"):
+            raise MammobenchError(f"--laterality {laterality!r}: expected L or R")
+        results = predictor.predict_paths(paths, roi=roi, show_progress=True, laterality=laterality)
     except MammobenchError as exc:
         _fail(exc)
     if not results:
@@ -597,7 +600,6 @@ def _write_cams(result, folder: Path, cams: Path) -> None:  # type: ignore[no-un
     import cv2
     import numpy as np
 
-    from mammobench.data.images import read_image
     from mammobench.evaluation.explain import overlay
     from mammobench.runtime import atomic_write_bytes
 
@@ -605,7 +607,8 @@ def _write_cams(result, folder: Path, cams: Path) -> None:  # type: ignore[no-un
     target.mkdir(parents=True, exist_ok=True)
     for path, cam in result.cams.items():
         stem = Path(path).stem
-        shown = overlay(read_image(path), np.asarray(cam))[:, :, ::-1]  # RGB -> OpenCV's BGR
+        # drawn on the image with the model's window: a raw 12-bit image would show no anatomy under the heat
+        shown = overlay(result.shown[path], np.asarray(cam))[:, :, ::-1]  # RGB -> OpenCV's BGR
         for name, array in ((f"{stem}_gradcam.png", shown), (f"{stem}_heatmap.png", np.round(np.asarray(cam) * 255).astype(np.uint8))):
             ok, encoded = cv2.imencode(".png", array)
             if ok:

@@ -20,13 +20,13 @@ from typing import Any
 import numpy as np
 
 from mammobench.data.dicom import ImageReadError
-from mammobench.data.options import size_label
+from mammobench.data.options import IntensityStats, size_label
 from mammobench.data.preprocess import PreprocessSettings, load_and_preprocess
 from mammobench.runtime import atomic_path, atomic_write_text, progress, stable_hash
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: 16-bit PNG/TIFF scaled by the bits their data holds (was: by 65535)
 _SCALE = 65535.0
 
 
@@ -153,6 +153,25 @@ class ImageCache:
             else:
                 report.failed.append((i, requests[i].path, error))
         return report
+
+
+    def intensity_stats(self, requests: Sequence[CacheRequest], *, limit: int = 512, seed: int = 0) -> IntensityStats | None:
+        """Per-image mean and standard deviation of (a seeded sample of up to ``limit``) cached images, summarised
+        as :class:`~mammobench.data.options.IntensityStats`; ``None`` when none of them is cached."""
+        rng = np.random.default_rng(seed)
+        chosen = rng.permutation(len(requests))[:limit] if len(requests) > limit else range(len(requests))
+        means, stds = [], []
+        for i in chosen:
+            entry = self.entry_path(requests[i])
+            if entry.is_file():
+                image = self.get(requests[i], entry)
+                means.append(float(image.mean()))
+                stds.append(float(image.std()))
+        if not means:
+            return None
+        q = (1, 50, 99)
+        return IntensityStats(n=len(means), mean=tuple(float(v) for v in np.percentile(means, q)),  # type: ignore[arg-type]
+                              std=tuple(float(v) for v in np.percentile(stds, q)))
 
 
 #: Transfer syntaxes whose decoder (pylibjpeg-openjpeg) holds the GIL: threads do not scale on them.

@@ -36,7 +36,8 @@ def is_dicom(path: str | Path) -> bool:
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image as float32 ``(H, W)`` in [0, 1].
 
-    8-bit files are divided by 255, 16-bit by 65535; colour images are converted to luminance.
+    8-bit files are divided by 255; 16-bit files by the range their data holds (:func:`stored_bits`: a
+    12-bit full-field image in a 16-bit PNG by 4095, not 65535); colour images are converted to luminance.
 
     Raises:
         ImageReadError: missing, empty, truncated, not an image, or an unsupported layout.
@@ -58,14 +59,34 @@ def read_image(path: str | Path) -> np.ndarray:
         raise ImageReadError(path, f"corrupt or truncated image ({exc})") from None
 
 
+def stored_bits(max_value: float) -> int:
+    """The bit depth a 16-bit container's data actually uses, from its largest value: 8, 10, 12, 14 or 16.
+
+    Full-field mammograms are 10-, 12- or 14-bit data stored in 16-bit PNG/TIFF files (a 12-bit image peaks
+    at 4095). Dividing by the container's 65535 would leave such an image between 0 and 0.0625: nearly black
+    on screen and with ~16 grey levels after any 8-bit rendering. Rounding up to an even depth gives every
+    image of one detector the same scale, whatever its brightest pixel.
+
+    Examples:
+        >>> stored_bits(4095), stored_bits(3000), stored_bits(4096), stored_bits(200), stored_bits(65535)
+        (12, 12, 14, 8, 16)
+    """
+    bits = int(np.ceil(np.log2(float(max_value) + 1.0))) if max_value > 0 else 8
+    bits += bits % 2
+    return min(16, max(8, bits))
+
+
 def _pil_to_float(img: Image.Image, path: Path) -> np.ndarray:
     mode = img.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        return np.asarray(img, dtype=np.uint16).astype(np.float32) / 65535.0
-    if mode == "I":
-        arr = np.asarray(img, dtype=np.int64)
-        scale = 65535.0 if arr.max(initial=0) > 255 else 255.0
-        return np.clip(arr.astype(np.float32) / scale, 0.0, 1.0)
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img)
+        if arr.size and arr.min() < 0:
+            raise ImageReadError(path, f"expected non-negative grey values, found {int(arr.min())}")
+        top = float(arr.max(initial=0))
+        if top > 65535:
+            raise ImageReadError(path, f"grey values up to {int(top)}: more than 16 bits; expected an 8- or 16-bit image")
+        # the bits the data holds, not the container's 16 (a 12-bit exam in a 16-bit PNG is not 1/16 as bright)
+        return (arr.astype(np.float32) / float(2 ** stored_bits(top) - 1)).clip(0.0, 1.0)
     if mode == "F":
         arr = np.asarray(img, dtype=np.float32)
         lo, hi = float(arr.min()), float(arr.max())

@@ -74,6 +74,35 @@ class PreprocessSettings(PreprocessOptions):
         return size_hw(self.size)
 
 
+class IntensityStats(BaseModel):
+    """What a model's training inputs looked like (after preprocessing, in [0, 1]): the 1st, 50th and 99th
+    percentile over ``n`` training images of each image's mean and of its standard deviation.
+
+    Recorded in ``model.json`` and bundles, so that an input far outside them (a 16-bit crop read on the wrong
+    scale, an inverted image, another modality) is flagged instead of answered calmly.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    n: int = Field(ge=1)
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def outside(self, mean: float, std: float) -> str:
+        """Empty when an image's ``mean``/``std`` lie within the training range (widened by half its width,
+        at least 0.05), else the sentence saying which lies outside."""
+        problems = []
+        for name, value, (lo, _, hi) in (("mean intensity", mean, self.mean), ("contrast (SD)", std, self.std)):
+            margin = max(0.05, 0.5 * (hi - lo))
+            if not lo - margin <= value <= hi + margin:
+                problems.append(f"{name} {value:.3f} (training images: {lo:.3f}-{hi:.3f})")
+        if not problems:
+            return ""
+        return ("intensities far outside the training images': " + "; ".join(problems) +
+                ": check the file's bit depth, inversion (MONOCHROME1) and that it is the kind of image the model "
+                "was trained on")
+
+
 class AugmentSettings(BaseModel):
     """Training augmentation. Probabilities are per image; set ``enabled: false`` to switch all off.
 

@@ -48,7 +48,12 @@ def breast_mask(image: np.ndarray) -> np.ndarray:
     h, w = image.shape
     scale = _THUMB / max(h, w)
     thumb = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-    u8 = np.clip(thumb * 255.0, 0, 255).astype(np.uint8)
+    # Quantise what the data holds, not the container's range: 12-bit data read as /65535 spans 0-0.0625, and
+    # its 8-bit rendering has ~16 grey levels, too few for Otsu to find faint tissue (it cut 233 rows of breast
+    # off a real 12-bit MLO). Scaling the thumbnail's maximum (a mean over a block of pixels, so no single hot
+    # pixel) to white makes the mask independent of the scale; Otsu itself is scale-free.
+    top = float(thumb.max())
+    u8 = np.clip(thumb * (255.0 / top if top > 0 else 255.0), 0, 255).astype(np.uint8)
     otsu, _ = cv2.threshold(u8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     # Half of Otsu's threshold keeps the faint skin line and fatty tissue that Otsu alone cuts off.
     level = max(1.0, otsu * 0.5)
@@ -159,6 +164,14 @@ class Geometry:
     box: tuple[int, int, int, int]  # x0, y0, x1, y1 cut from it
     flipped: bool
     placed: tuple[int, int, int, int]  # x0, y0, width, height of the image inside the model input
+    window: tuple[float, float] | None = None  # intensities mapped to 0 and 1 (None: the decoded ones as they are)
+    clahe: tuple[float, int] | None = None  # CLAHE clip and tiles applied after the window
+
+    def display(self, image: np.ndarray) -> np.ndarray:
+        """The decoded image at its own resolution with the intensities the model saw: the same window (and
+        CLAHE), so that a heat map drawn on it shows the anatomy (a 12-bit image is otherwise near black)."""
+        out = apply_window(image, *self.window) if self.window is not None else np.clip(image, 0, 1).astype(np.float32)
+        return apply_clahe(out, *self.clahe) if self.clahe is not None else out
 
     def to_original(self, values: np.ndarray) -> np.ndarray:
         """``values`` over the model input -> the same over the original image (0 outside the box)."""
@@ -240,18 +253,20 @@ def preprocess_with_geometry(
         image = image[:, ::-1]
         mask = mask[:, ::-1] if mask is not None else None
     image = np.ascontiguousarray(image, dtype=np.float32)
+    if limits is None and (settings.window_from == "crop" or (settings.window_from == "image" and full_image)):
+        limits = window_limits(image, *settings.window, mask=mask)
     if limits is not None:
         image = apply_window(image, *limits)
-    elif settings.window_from == "crop" or (settings.window_from == "image" and full_image):
-        image = window_percentile(image, *settings.window, mask=mask)
     # window_from "fixed", or "image" on a crop file with no whole image: the decoded intensities as they are
-    if settings.clahe:
-        image = apply_clahe(image, settings.clahe_clip, settings.clahe_tiles)
+    clahe = (settings.clahe_clip, settings.clahe_tiles) if settings.clahe else None
+    if clahe is not None:
+        image = apply_clahe(image, *clahe)
     align: Literal["centre", "left", "right"] = "centre"
     if roi is None and full_image and settings.canonical_side != "none":
         align = settings.canonical_side
     out = resize_pad(image, settings.size, settings.keep_aspect, align)
-    return out, Geometry((h, w), box, flip, _placement(image.shape, settings.size, settings.keep_aspect, align))
+    return out, Geometry((h, w), box, flip, _placement(image.shape, settings.size, settings.keep_aspect, align),
+                         window=limits, clahe=clahe)
 
 
 

@@ -189,6 +189,20 @@ def identify_view(path: str | Path) -> ViewId:
     return ViewId(str(path), side, view, source)
 
 
+_SIDE_TOKEN = re.compile(r"(?<![A-Z0-9])(LEFT|RIGHT|L|R)(?=$|[^A-Z0-9]|CC|MLO)", re.IGNORECASE)
+
+
+def laterality_of(path: str | Path) -> str:
+    """``L`` or ``R`` of an image file, from the DICOM header (ImageLaterality / Laterality), else a token of the
+    file name (``..._L_...``, ``LEFT``, ``L_CC``, ``RMLO``); empty when neither says."""
+    path = Path(path)
+    header = _from_header(path) if path.suffix.lower() in ("", ".dcm", ".dicom") else None
+    if header and header[0]:
+        return header[0]
+    match = _NAME.search(path.stem.upper()) or _SIDE_TOKEN.search(path.stem.upper())
+    return normalise_laterality(match.group(1)) if match else ""
+
+
 def exam_views(paths: Sequence[str | Path]) -> dict[str, dict[str, ViewId]]:
     """``{"L": {"CC": ..., "MLO": ...}, "R": {...}}`` for the images of one exam (up to four).
 

@@ -27,7 +27,6 @@ import torch
 from torch import nn
 
 from mammobench.data.images import read_image
-from mammobench.data.preprocess import input_mismatch, preprocess_array
 from mammobench.figures import pyplot, save_png
 from mammobench.runtime import MammobenchError
 from mammobench.training.rundir import ModelInfo
@@ -209,14 +208,16 @@ def explain_files(
     Raises:
         ImageReadError: a file that cannot be read (named).
     """
-    full = (info.mode == "full" or roi is not None) if full_image is None else full_image
+    from mammobench.data.views import laterality_of
+    from mammobench.evaluation.inference import model_input
+
     images = []
     for p in paths:
-        raw = read_image(p)
-        note = input_mismatch(raw, mode=info.mode, roi=roi) if full_image is None else ""
-        if note:
+        side = laterality_of(p) if roi is None and info.mode != "full" else ""
+        image, notes = model_input(read_image(p), info, roi=roi, full_image=full_image, laterality=side)
+        for note in notes:
             logger.warning("%s: %s", p, note)
-        images.append(preprocess_array(raw, info.preprocess, roi=roi, full_image=full))
+        images.append(image)
     results = []
     for path, image, (probs, pred, chosen, cam) in zip(paths, images, explain_arrays(model, info, images, target=target, device=device), strict=True):
         ex = Explanation(str(path), probs, info.labels[pred], info.labels[chosen], cam, image)

@@ -23,6 +23,56 @@ from mammobench.training.rundir import MODEL_FILE, ModelInfo, RunError, read_mod
 logger = logging.getLogger(__name__)
 
 
+#: What a lesion crop *file* cannot give (README, "Predict, export, serve").
+CROP_FILE_NOTE = ("a lesion crop file has no whole mammogram around it: its contrast window cannot be measured on the "
+                  "breast as in training (the decoded intensities are used as they are), so its probability can differ "
+                  "from the same lesion given as its mammogram with --roi x0 y0 x1 y1")
+SIDE_UNKNOWN_NOTE = ("the crop's side is unknown (no DICOM laterality, no L/R in its name): it was not flipped to the "
+                     "side the model was trained on; give --laterality L|R")
+
+
+def model_input(raw: np.ndarray, info: ModelInfo, *, roi: tuple[int, int, int, int] | None = None,
+                full_image: bool | None = None, laterality: str = "") -> tuple[np.ndarray, list[str]]:
+    """A decoded image -> the model's input as training prepared it (before normalisation), and notes on whatever
+    makes it differ from the training inputs.
+
+    ``full_image`` defaults to what the model was trained on: whole mammograms are cropped to the breast; for a
+    lesion model an image is a lesion crop file unless ``roi`` cuts the lesion out of its mammogram (the exact
+    training path when training cut lesions from whole images). A crop file is flipped to the training side when
+    its ``laterality`` is known, as the training lesions were with their mammogram; what it cannot give (the
+    breast's contrast window) is said in a note. Inputs whose intensities lie far outside the training inputs'
+    (``info.input_stats``) are flagged.
+
+    Returns:
+        ``((H, W) float32 in [0, 1], notes)``.
+    """
+    from mammobench.data.preprocess import input_mismatch, preprocess_array
+
+    notes: list[str] = []
+    settings = info.preprocess
+    full = (info.mode == "full" or roi is not None) if full_image is None else full_image
+    if full_image is None:
+        mismatch = input_mismatch(raw, mode=info.mode, roi=roi)
+        notes += [mismatch] if mismatch else []
+    if not full and info.mode != "full" and info.lesions_from != "crop":
+        # Training cut these lesions out of whole images: flipped with their mammogram, windowed on its breast.
+        if settings.canonical_side != "none":
+            side = laterality.strip().upper()[:1]
+            if side in ("L", "R"):
+                # standard display: a right breast's chest wall is on the image's right (flipped to a left canonical side)
+                if (side == "R") == (settings.canonical_side == "left"):
+                    raw = np.ascontiguousarray(raw[:, ::-1])
+            elif not info.hflip:
+                notes.append(SIDE_UNKNOWN_NOTE)
+        if settings.window_from == "image":
+            notes.append(CROP_FILE_NOTE)
+    image = preprocess_array(raw, settings, roi=roi, full_image=full)
+    if info.input_stats is not None:
+        outside = info.input_stats.outside(float(image.mean()), float(image.std()))
+        notes += [outside] if outside else []
+    return image, notes
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

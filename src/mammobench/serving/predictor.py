@@ -23,8 +23,8 @@ import torch
 
 from mammobench.data.dicom import ImageReadError
 from mammobench.data.images import IMAGE_SUFFIXES, is_dicom, read_image
-from mammobench.data.preprocess import input_mismatch, preprocess_array
-from mammobench.evaluation.inference import resolve_device
+from mammobench.data.views import laterality_of
+from mammobench.evaluation.inference import model_input, resolve_device
 from mammobench.models.factory import prefers_channels_last
 from mammobench.runtime import MammobenchError, atomic_write_text, progress
 from mammobench.serving.bundle import Bundle, BundleError, load_bundle, verified_file
@@ -88,6 +88,8 @@ class ExamPrediction:
     breasts: list[BreastPrediction]
     images: list[Prediction]
     cams: dict[str, np.ndarray] = field(default_factory=dict)  # image path -> heat map at the image's resolution
+    #: image path -> the image at its resolution with the intensities the model saw (its window): draw heat maps on it
+    shown: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def collect_images(paths: Iterable[str | Path]) -> list[Path]:
@@ -148,21 +150,27 @@ class Predictor:
 
     # ----------------------------------------------------------------- preprocessing
     def preprocess(self, image: np.ndarray, *, roi: tuple[int, int, int, int] | None = None,
-                   full_image: bool | None = None) -> np.ndarray:
-        """A decoded image (float [0, 1]) -> the ``(S, S)`` model input before normalisation.
+                   full_image: bool | None = None, laterality: str = "") -> np.ndarray:
+        """A decoded image (float [0, 1]) -> the ``(H, W)`` model input before normalisation
+        (:func:`~mammobench.evaluation.inference.model_input`; :meth:`prepare` also gives its notes)."""
+        return self.prepare(image, roi=roi, full_image=full_image, laterality=laterality)[0]
+
+    def prepare(self, image: np.ndarray, *, roi: tuple[int, int, int, int] | None = None,
+                full_image: bool | None = None, laterality: str = "") -> tuple[np.ndarray, str]:
+        """The model input of a decoded image and a note (empty when it looks like the training inputs).
 
         ``full_image`` defaults to what the model was trained on: whole mammograms are cropped to the
-        breast; for a lesion model an image is taken as a lesion crop unless ``roi`` cuts one out.
+        breast; for a lesion model an image is taken as a lesion crop file unless ``roi`` cuts one out.
         """
-        full = (self.info.mode == "full" or roi is not None) if full_image is None else full_image
-        return preprocess_array(image, self.info.preprocess, roi=roi, full_image=full)
+        pre, notes = model_input(image, self.info, roi=roi, full_image=full_image, laterality=laterality)
+        return pre, "; ".join(notes)
 
-    def _load(self, path: Path, roi: tuple[int, int, int, int] | None,
-              full_image: bool | None) -> tuple[np.ndarray, str] | str:
+    def _load(self, path: Path, roi: tuple[int, int, int, int] | None, full_image: bool | None,
+              laterality: str | None) -> tuple[np.ndarray, str] | str:
         try:
             image = read_image(path)
-            note = input_mismatch(image, mode=self.info.mode, roi=roi) if full_image is None else ""
-            return self.preprocess(image, roi=roi, full_image=full_image), note
+            side = laterality or (laterality_of(path) if roi is None and self.info.mode != "full" else "")
+            return self.prepare(image, roi=roi, full_image=full_image, laterality=side)
         except ImageReadError as exc:
             return exc.reason
         except (ValueError, MemoryError) as exc:
@@ -196,21 +204,27 @@ class Predictor:
         return Prediction(path, probabilities, predicted, decision, self.threshold)
 
     def predict_array(self, image: np.ndarray, *, roi: tuple[int, int, int, int] | None = None,
-                      full_image: bool | None = None, name: str = "<array>") -> Prediction:
+                      full_image: bool | None = None, name: str = "<array>", laterality: str = "") -> Prediction:
         """Predict one decoded image (float32 in [0, 1])."""
-        result = self._result(name, self.probabilities([self.preprocess(image, roi=roi, full_image=full_image)])[0])
-        result.note = input_mismatch(image, mode=self.info.mode, roi=roi) if full_image is None else ""
+        pre, note = self.prepare(image, roi=roi, full_image=full_image, laterality=laterality)
+        result = self._result(name, self.probabilities([pre])[0])
+        result.note = note
         return result
 
     def predict_paths(self, paths: Iterable[str | Path], *, roi: tuple[int, int, int, int] | None = None,
-                      full_image: bool | None = None, show_progress: bool = False, workers: int = 2) -> list[Prediction]:
-        """Predict files and folders (recursive). Unreadable files come back with ``error`` set."""
+                      full_image: bool | None = None, show_progress: bool = False, workers: int = 2,
+                      laterality: str | None = None) -> list[Prediction]:
+        """Predict files and folders (recursive). Unreadable files come back with ``error`` set.
+
+        ``laterality`` (``L``/``R``): the side of lesion crop files, flipped as training flipped its lesions;
+        by default read from each file's DICOM header or name.
+        """
         files = collect_images(paths)
         results: list[Prediction] = []
         batches = [files[i : i + self.batch_size] for i in range(0, len(files), self.batch_size)]
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             for batch in progress(batches, total=len(batches), description="Predicting", enabled=show_progress):
-                loaded = list(pool.map(lambda f: self._load(f, roi, full_image), batch))
+                loaded = list(pool.map(lambda f: self._load(f, roi, full_image, laterality), batch))
                 ok = [(f, item[0]) for f, item in zip(batch, loaded, strict=True) if not isinstance(item, str)]
                 probs = self._image_probs(ok) if ok else np.zeros((0, len(self.labels)))
                 by_path = {str(f): p for (f, _), p in zip(ok, probs, strict=True)}
@@ -275,7 +289,8 @@ class Predictor:
         Side and view come from the DICOM header, else the file name (``L_CC``, ``RIGHT_MLO`` ...). A
         two-view model takes each breast's views together (a missing view masked); an image model's breast
         probability is the ``mean`` (or ``max``: the most suspicious view) of its images'.
-        ``cams``: also a Grad-CAM heat map per image at the image's own resolution.
+        ``cams``: also a Grad-CAM heat map per image at the image's own resolution, and the image as the model
+        saw its intensities (``shown``: the same window) to draw it on.
 
         Raises:
             ViewError: a file whose side or view cannot be told, or one view of one side twice (both named).
@@ -289,6 +304,7 @@ class Predictor:
         exam = exam or (str(Path(paths[0]).parent) if paths else "")
         images: list[Prediction] = []
         heat: dict[str, np.ndarray] = {}
+        shown: dict[str, np.ndarray] = {}
         breasts: list[BreastPrediction] = []
         for side in sorted(layout):
             loaded: dict[str, np.ndarray] = {}
@@ -316,6 +332,7 @@ class Predictor:
                 images.append(result)
                 if cams:
                     heat[vid.path] = geometry.to_original(self.explain(pre, view=view))
+                    shown[vid.path] = geometry.display(raw)
             if not loaded:
                 breasts.append(BreastPrediction(exam, side, [], [], error="no readable image of this breast"))
                 continue
@@ -330,7 +347,7 @@ class Predictor:
             r = self._result(exam, probs)
             breasts.append(BreastPrediction(exam, side, list(loaded), used, r.probabilities, r.predicted, r.decision,
                                             r.threshold, how))
-        return ExamPrediction(exam, breasts, images, heat)
+        return ExamPrediction(exam, breasts, images, heat, shown)
 
     def explain(self, image: np.ndarray, *, target: str | None = None, view: str | None = None) -> np.ndarray:
         """Grad-CAM map (``(H, W)`` in [0, 1]) of a preprocessed image, with the PyTorch model.

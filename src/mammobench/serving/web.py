@@ -21,7 +21,7 @@ from mammobench.data.dicom import ImageReadError
 from mammobench.data.images import read_image
 from mammobench.data.manifest import parse_roi
 from mammobench.data.options import size_label
-from mammobench.data.preprocess import input_mismatch
+from mammobench.data.views import laterality_of
 from mammobench.runtime import MammobenchError
 from mammobench.serving.predictor import Predictor
 
@@ -104,8 +104,7 @@ def _analyse(predictor: Predictor, path: Path, roi_text: str, max_bytes: int
         return None, f"Lesion box not understood: {exc}", None
     try:
         raw = read_image(path)
-        note = input_mismatch(raw, mode=predictor.info.mode, roi=roi)
-        image = predictor.preprocess(raw, roi=roi)
+        image, note = predictor.prepare(raw, roi=roi, laterality=laterality_of(path) if roi is None else "")
     except ImageReadError as exc:
         logger.warning("upload %s not read: %s", path.name, exc.reason)
         return None, f"Could not read **{path.name}**: {exc.reason}", None
@@ -231,7 +230,7 @@ def analyse_exam(predictor: Predictor, file_paths: list[str] | None, *, max_byte
         for image in result.images:
             if image.error or image.path not in result.cams:
                 continue
-            shown = overlay(read_image(image.path), result.cams[image.path])
+            shown = overlay(result.shown[image.path], result.cams[image.path])
             if shown.shape[0] > EXAM_DISPLAY_HEIGHT:
                 import cv2
 

@@ -195,6 +195,23 @@ def _loggers(config: Config, run_dir: Path) -> list[Logger]:
     return loggers
 
 
+def _training_inputs(dm: MammoDataModule, config: Config, data_mode: str) -> dict[str, Any]:
+    """What the model was trained on, for inference to compare its inputs with (``model.json``): where a lesion
+    model's lesions came from, the horizontal-flip augmentation, and the training inputs' intensity statistics."""
+    from mammobench.data.cache import cache_request
+    from mammobench.data.dataset import BreastDataset
+
+    ds = dm.dataset("train")
+    rows = ds.images if isinstance(ds, BreastDataset) else ds.metadata
+    lesions_from = None
+    if data_mode != "full":
+        kinds = set(rows["image_type"].astype(str)) if "image_type" in rows else {"full"}
+        lesions_from = "mixed" if len(kinds) > 1 else ("crop" if kinds == {"crop"} else "image")
+    augment = config.data.augment
+    stats = dm.cache.intensity_stats([cache_request(r) for _, r in rows.iterrows()], seed=config.seed)
+    return {"lesions_from": lesions_from, "hflip": augment.hflip if augment.enabled else 0.0, "input_stats": stats}
+
+
 def _write_table(path: Path, frame: pd.DataFrame) -> None:
     buf = io.StringIO()
     frame.to_csv(buf, index=False)
@@ -440,6 +457,7 @@ def fit(
             weights_sha256=sha256_file(run_dir / MODEL_FILE), ema=config.optim.ema_decay is not None,
             mode="full" if data_mode == "full" else "roi",
             views=list(views.views) if views else None, fusion=views.fusion if views else None,
+            **_training_inputs(dm, config, data_mode),
         )
         atomic_write_json(run_dir / MODEL_INFO, model_info.model_dump(mode="json"))
         hist = history.frame()

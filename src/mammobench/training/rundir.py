@@ -24,6 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from mammobench.data.options import IntensityStats
 from mammobench.data.preprocess import PreprocessSettings
 from mammobench.runtime import MammobenchError
 
@@ -57,6 +58,10 @@ class ModelInfo(BaseModel):
     mode: str = "roi"  # what the model was trained on: "roi" (lesion crops) or "full" (whole mammograms)
     views: list[str] | None = None  # a breast-level model: its views in input order (None: an image model)
     fusion: str | None = None  # how a breast-level model combines its views
+    #: a lesion model's training lesions: cut from whole images ("image", with --roi), crop files ("crop"), or both
+    lesions_from: str | None = None
+    hflip: float | None = None  # horizontal-flip probability of its training augmentation
+    input_stats: IntensityStats | None = None  # what its training inputs looked like (None: runs made before 0.2)
 
 
 def read_json(path: Path, what: str) -> dict[str, Any]:
