@@ -253,3 +253,88 @@ def test_two_workers_share_one_postgresql_study(tmp_path, demo_prepared, postgre
     counts = [int(o.split("this process ran ")[1].split()[0]) for o in outputs if "this process ran " in o]
     assert sum(counts) >= 8 and time.time() - started < 300
     assert result is not None and result.summary["variants"]["ce"]["cells"] == 4
+
+
+# --------------------------------------------------------------------------- what a study reports, and spends
+
+
+def test_study_intervals_stay_inside_the_metric_range():
+    from mammobench.experiments.stats import DIFFERENCE_RANGE, METRIC_RANGE
+
+    fold_aucs = np.array([0.2, 1.0, 0.95, 0.1, 1.0, 0.9])  # small folds: AUCs from 0.1 to 1 by chance
+    plain = corrected_mean(fold_aucs, test_train_ratio=0.5)
+    assert plain.ci[0] < 0 or plain.ci[1] > 1, "the symmetric interval runs past the range"
+    bounded = corrected_mean(fold_aucs, test_train_ratio=0.5, bounds=METRIC_RANGE)
+    assert 0 <= bounded.ci[0] <= bounded.mean <= bounded.ci[1] <= 1 and bounded.mean == plain.mean
+    d = corrected_mean(np.array([0.9, -0.8, 0.95, -0.7]), test_train_ratio=0.5, bounds=DIFFERENCE_RANGE)
+    assert d.ci[0] >= -1 and d.ci[1] <= 1
+
+
+def test_a_grid_point_equal_to_the_base_is_trained_once_and_the_report_says_so(tmp_path, demo_prepared):
+    # demo_cnn's learning rate is 3e-3: the grid point 0.003 is the baseline itself
+    path = study_file(tmp_path, demo_prepared.out, variants={}, cv={"repeats": 1, "folds": 2, "seed": 0},
+                      grid={"optim.lr": [0.001, 0.003]})
+    result = ablate(path, out=tmp_path / "grid")
+    complete = [t for t in _trials(tmp_path / "grid") if t.state.name == "COMPLETE"]
+    assert len(complete) == 4, "2 distinct configs x 2 folds: the baseline's twin is not trained again"
+    twin = result.summary["variants"]["optim.lr=0.003"]
+    assert twin["same_config_as"] == "default" and twin["cells"] == 2 and "difference" not in twin
+    assert result.summary["variants"]["optim.lr=0.001"]["difference"]["n"] == 2
+    for entry in result.summary["variants"].values():
+        for metric in ("auc_malignant", "balanced_accuracy"):
+            lo, hi = entry[metric]["ci"]
+            assert np.isnan(lo) or 0 <= lo <= hi <= 1
+    md = (tmp_path / "grid" / "report.md").read_text()
+    assert "****" not in md and "clipped to the metric's range" in md and "same config" in md
+    assert "Warnings from the runs" in md and "decision threshold fallback 0.5" in md
+
+
+def test_a_variant_typo_fails_before_any_fit_and_may_be_fixed(tmp_path, demo_prepared, caplog):
+    path = study_file(tmp_path, demo_prepared.out, cv={"repeats": 1, "folds": 2, "seed": 0},
+                      variants={"default": [], "resnet": ["model.name=resnet_does_not_exist_42"]})
+    with pytest.raises(StudyError, match="variant 'resnet'.*resnet_does_not_exist_42"):
+        ablate(path, out=tmp_path / "typo")
+    assert not (tmp_path / "typo" / "runs").exists(), "nothing trained"
+    # a variant that crashed in every cell (no finished cell) may be edited, and one line is printed per crash
+    path = study_file(tmp_path, demo_prepared.out, cv={"repeats": 1, "folds": 2, "seed": 0},
+                      variants={"default": [], "broken": ["model.pretrained=/nonexistent/weights.safetensors"]})
+    with caplog.at_level("WARNING"):
+        ablate(path, out=tmp_path / "study")
+    crashes = [r for r in caplog.records if "broken repeat 0 fold" in r.getMessage()]
+    assert len(crashes) == 2 and all("Traceback" not in r.getMessage() and r.exc_info is None for r in crashes)
+    assert not any("Traceback" in r.getMessage() for r in caplog.records)
+    assert len(list((tmp_path / "study" / "logs").glob("broken_r0_f*.log"))) == 2
+    fixed = yaml.safe_load(path.read_text())
+    fixed["variants"]["broken"] = ["optim.weight_decay=0.01"]
+    path.write_text(yaml.safe_dump(fixed))
+    result = ablate(path, out=tmp_path / "study")
+    assert result is not None and result.summary["variants"]["broken"]["cells"] == 2
+
+
+def test_a_worker_on_a_study_never_set_up_says_so_at_once(tmp_path, demo_prepared):
+    path = study_file(tmp_path, demo_prepared.out)
+    started = time.monotonic()
+    with pytest.raises(StudyError, match="no study at .*--setup-only"):
+        ablate(path, out=tmp_path / "nothing", worker=True)
+    assert time.monotonic() - started < 10 and not (tmp_path / "nothing" / "study.db").exists()
+
+
+def test_crossval_reports_the_pooled_auc_with_its_interval_and_the_warnings(tmp_path):
+    from typer.testing import CliRunner
+
+    from mammobench.cli import app, expand_set_args
+    from mammobench.data.demo import generate_demo_dataset
+    from mammobench.data.prepare import prepare
+    from mammobench.data.preprocess import PreprocessSettings
+
+    table = generate_demo_dataset(tmp_path / "images", n_patients=24, seed=5)
+    prepared = prepare("csv", table, tmp_path / "kfold", split="kfold", folds=2, labels="binary",
+                       preprocess=PreprocessSettings(size=32), workers=1, preview=False).out
+    res = CliRunner().invoke(app, expand_set_args(["crossval", "-c", "demo_cnn", "--set", f"data.manifest={prepared}",
+                                                   f"output.dir={tmp_path / 'runs'}", *TINY, "--n-boot", "50"]))
+    assert res.exit_code == 0, res.output
+    assert "pooled out-of-fold auc_malignant:" in res.output and "Report:" in res.output
+    out = tmp_path / "runs" / "demo_cnn_cv"
+    md = (out / "report.md").read_text()
+    assert "Pooled out-of-fold malignant AUC" in md and "Test metrics per fold" in md
+    assert "threshold fallback 0.5" in md and (out / "report.html").is_file()

@@ -89,3 +89,92 @@ def test_compare_across_datasets_gives_a_train_by_test_matrix(demo_prepared, bin
     assert "own dataset" in mine["note"] and mine["n"] == matrix["models"]["on_site2"]["own test"]["n"]
     text = result.markdown.read_text()
     assert "train set x test set" in text and "on_site2" in text
+
+
+def _copy_of_the_training_set(demo_prepared, out, *, new_patients: bool):
+    """The run's own images again: the same files (a second prepared folder over them) or byte copies elsewhere."""
+    import shutil
+
+    import pandas as pd
+
+    from mammobench.data.prepare import prepare
+    from mammobench.data.preprocess import PreprocessSettings
+
+    frame = pd.read_csv(demo_prepared.out / "manifest.csv", dtype=str, keep_default_na=False)
+    rows = []
+    for _, r in frame.iterrows():
+        src = demo_prepared.out / r["image_path"] if not r["image_path"].startswith("/") else r["image_path"]
+        path = src
+        if new_patients:  # copied under other names, the women renamed: only the bytes tell
+            path = out / "copies" / f"copy_{r['sample_id']}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, path)
+        rows.append({"path": str(path), "label": r["label"], "roi": r["roi"], "sample_id": f"x_{r['sample_id']}",
+                     "patient_id": ("NEW_" if new_patients else "") + r["patient_id"], "laterality": r["laterality"],
+                     "view": r["view"]})
+    table = out / "table.csv"
+    table.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(table, index=False)
+    return prepare("csv", table, out / "prepared", preprocess=PreprocessSettings(size=32), workers=1, preview=False).out
+
+
+def test_an_external_set_holding_the_training_images_is_refused(trained_runs, demo_prepared, tmp_path):
+    from mammobench.evaluation.overlap import OverlapError
+
+    same_files = _copy_of_the_training_set(demo_prepared, tmp_path / "same", new_patients=False)
+    with pytest.raises(OverlapError, match=r"same image file: \d+; .* same patient: \d+") as caught:
+        evaluate(trained_runs["cnn"], data=same_files, split="all", n_boot=0)
+    assert "--allow-overlap" in str(caught.value)
+    copies = _copy_of_the_training_set(demo_prepared, tmp_path / "copies", new_patients=True)
+    with pytest.raises(OverlapError, match=r"same image file: 0; same file content under another path: [1-9]"):
+        evaluate(trained_runs["cnn"], data=copies, split="all", n_boot=0)
+    # explicitly allowed: the overlapping rows are dropped and counted, the rest (the run's test patients) scored
+    ev = evaluate(trained_runs["cnn"], data=copies, split="all", n_boot=0, allow_overlap=True)
+    overlap = ev.metrics["overlap"]
+    split = __import__("pandas").read_csv(trained_runs["cnn"] / "split.csv")
+    assert overlap["rows"] == int(split["split"].isin(["train", "val"]).sum()) and ev.metrics["n"] == overlap["of"] - overlap["rows"]
+    assert (trained_runs["cnn"] / "fingerprints.csv").is_file()
+
+
+def test_compare_checks_every_external_set_before_training(demo_prepared, tmp_path):
+    from typer.testing import CliRunner
+
+    from mammobench.cli import app
+
+    args = ["compare", "demo_cnn", "--set", f"data.manifest={demo_prepared.out}", "--out", str(tmp_path / "cmp"),
+            "--external", f"cmmd={tmp_path / 'prepared_cmdd'}"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "--external cmmd=" in result.output and "no manifest at" in result.output
+    assert not (tmp_path / "cmp" / "runs").exists(), "nothing was trained"
+    same = _copy_of_the_training_set(demo_prepared, tmp_path / "same", new_patients=False)
+    result = CliRunner().invoke(app, [*args[:-1], f"mias={same}"])
+    assert result.exit_code == 2 and "shares" in result.output and not (tmp_path / "cmp" / "runs").exists()
+
+
+def test_a_tiny_external_set_gets_the_guard_rails_and_no_zero_width_interval(trained_runs, demo_prepared, tmp_path):
+    from mammobench.data.manifest import read_manifest, read_manifest_info, write_manifest
+
+    frame = read_manifest(binary_external_rows := demo_prepared.out)
+    test = frame[frame["split"] == "test"]
+    two = test[test["patient_id"].isin(sorted(set(test["patient_id"]))[:2])]
+    folder = tmp_path / "tiny"
+    write_manifest(two, folder, read_manifest_info(binary_external_rows))
+    ev = evaluate(trained_runs["cnn"], data=folder, split="all", n_boot=200)
+    m = ev.metrics
+    assert m["patients"] == 2
+    assert any(w.startswith(f"the external set {folder} (all rows) holds only") for w in m["warnings"]), m["warnings"]
+    assert any("no 95 % intervals" in w for w in m["warnings"])
+    assert all(np.isnan(v["ci"][0]) for v in m["metrics"].values() if v["ci"][0] is not None)
+    assert "training run" in m["run_warnings_about"]
+
+
+def test_no_interval_from_too_few_patients():
+    from mammobench.evaluation.metrics import metrics_with_ci, paired_auc_difference
+
+    y = np.array([0, 1, 0, 1])
+    probs = np.array([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4], [0.45, 0.55]])
+    groups = np.array(["a", "a", "b", "b"])
+    ci = metrics_with_ci(y, probs, ["BENIGN", "MALIGNANT"], groups, n_boot=200)["auc_malignant"]["ci"]
+    assert np.isnan(ci).all()
+    d = paired_auc_difference(y, probs, probs[::-1], groups, column=1, n_boot=200)
+    assert np.isnan(d["ci_low"]) and np.isnan(d["p_value"])

@@ -265,6 +265,7 @@ def evaluate(
     aggregate: Annotated[str, typer.Option(help="Breast and patient levels from images: mean | max.")] = "mean",
     data: Annotated[Path | None, typer.Option(help="External validation: another prepared dataset (its --split rows; all = every row).")] = None,
     by: Annotated[str, typer.Option(help="Subgroups: manifest columns, comma-separated (density,age_band,manufacturer,view,...).")] = "",
+    allow_overlap: Annotated[bool, typer.Option(help="--data: drop rows sharing an image or a patient with the run's training data instead of refusing the set.")] = False,
 ) -> None:
     """Metrics with patient-bootstrap CIs, per lesion type, at image, breast and patient level, and plots.
 
@@ -277,7 +278,7 @@ def evaluate(
     try:
         result = run_evaluate(run, split=split, tta=tta, n_boot=n_boot, threshold_method=threshold,
                               target_sensitivity=target_sensitivity, aggregate=aggregate, data=data,
-                              by=[b.strip() for b in by.split(",") if b.strip()])
+                              by=[b.strip() for b in by.split(",") if b.strip()], allow_overlap=allow_overlap)
     except MammobenchError as exc:
         _fail(exc)
     r = result.metrics
@@ -321,8 +322,11 @@ def evaluate(
     t = r.get("threshold", {})
     if t.get("reason"):
         console.print(f"[yellow]threshold:[/] {t['rule']} ({t['reason']})")
+    if r.get("overlap"):
+        console.print(f"[yellow]overlap:[/] {r['overlap']['note']}")
+    # this set's own warnings were logged above, each naming the set; the training run's are labelled as such
     for w in r.get("run_warnings", []):
-        console.print(f"[yellow]warning:[/] {w}")
+        console.print(f"[yellow]warning ({r.get('run_warnings_about', 'the training run')}):[/] {w}")
     extra = ", predictions_breast.csv" if "breast" in (result.levels or {}) else ""
     console.print(f"Written to {result.out_dir} (metrics.json, predictions.csv{extra}, roc/pr/confusion/reliability plots)")
 
@@ -337,6 +341,7 @@ def compare(
     gallery: Annotated[int, typer.Option(help="Grad-CAM examples per model and kind (correct/wrong).")] = 4,
     external: Annotated[list[str] | None, typer.Option(help="NAME=PREPARED: also test every model on this dataset (repeatable).")] = None,
     external_split: Annotated[str, typer.Option(help="Rows of the external datasets: all | test | ...")] = "all",
+    allow_overlap: Annotated[bool, typer.Option(help="Drop external rows that share an image or a patient with a model's training data instead of refusing the set.")] = False,
 ) -> None:
     """Train (or reuse) several models on the identical split and write report.md / report.html.
 
@@ -353,7 +358,7 @@ def compare(
         sets[name.strip()] = path.strip()
     try:
         result = run_compare(configs, out, overrides=set_, tta=tta, n_boot=n_boot, gallery=gallery, show_progress=True,
-                             external=sets, external_split=external_split)
+                             external=sets, external_split=external_split, allow_overlap=allow_overlap)
     except MammobenchError as exc:
         _fail(exc)
     _print_compare(result)
@@ -388,7 +393,17 @@ def crossval(
         if key in result.summary:
             s = result.summary[key]
             console.print(f"{key}: mean {s['mean']:.3f}, sd {s['sd']:.3f} (min {s['min']:.3f}, max {s['max']:.3f})")
-    console.print(f"Summary: {result.out / 'summary.json'}")
+    pooled = result.summary.get("pooled_out_of_fold_auc_malignant")
+    if pooled:
+        console.print("pooled out-of-fold " + _metric_line("auc_malignant", pooled)
+                      + f" ({pooled['n']} samples, {pooled['patients']} patients)")
+        if pooled.get("interval_note"):
+            console.print(f"[yellow]note:[/] {pooled['interval_note']}")
+    for w in result.summary.get("threshold_notes", []):
+        console.print(f"[yellow]fold {w['fold']}:[/] threshold {w['rule']} ({w['reason']})")
+    for w in result.summary.get("run_warnings", []):
+        console.print(f"[yellow]warning (fold {w['fold']}):[/] {w['warning']}")
+    console.print(f"Report: [bold]{result.html}[/] (and report.md, folds.csv, summary.json)")
 
 
 @app.command()

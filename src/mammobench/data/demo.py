@@ -141,7 +141,8 @@ def generate_demo_dataset(out: str | Path, *, n_patients: int = 160, seed: int =
                 raise RuntimeError(f"could not encode {name}")
             atomic_write_bytes(images / name, encoded.tobytes())
             rows.append({
-                "path": f"images/{name}", "label": label, "patient_id": f"SYN_{p:04d}",
+                # the seed is part of the woman's id: two generated sets are different (synthetic) women
+                "path": f"images/{name}", "label": label, "patient_id": f"SYN{seed}_{p:04d}",
                 "roi": " ".join(map(str, roi)), "lesion_type": "calcification" if label == BENIGN_WITHOUT_CALLBACK else "mass",
                 "laterality": side, "view": view, "image_type": "full", "sample_id": f"synthetic_{p:04d}_{side}_{view}",
                 "dataset": DEMO_DATASET,

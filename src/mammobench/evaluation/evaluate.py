@@ -40,7 +40,7 @@ from mammobench.evaluation.metrics import (
 from mammobench.evaluation.plots import plot_confusion, plot_pr, plot_reliability, plot_roc, plot_subgroups
 from mammobench.runtime import MammobenchError, atomic_write_json, atomic_write_text, utc_now
 from mammobench.training.curves import plot_training_curves
-from mammobench.training.rundir import ModelInfo, RunError, read_run_info, require_finished
+from mammobench.training.rundir import ModelInfo, RunError, read_model_info, read_run_info, require_finished
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +148,25 @@ def _groups(rows: pd.DataFrame) -> np.ndarray:
     return (rows["dataset"] + "/" + rows["patient_id"]).to_numpy()
 
 
+def evaluated_set_warnings(y: np.ndarray, groups: np.ndarray, labels: list[str], about: str) -> list[str]:
+    """The guard rails of training's splits (:func:`~mammobench.training.checks.split_warnings`) applied to any
+    evaluated set, each sentence naming the set: a class with fewer than ``MIN_CLASS_SAMPLES`` samples, and
+    intervals left out for too few patients of a class (:func:`~mammobench.evaluation.metrics.too_few_patients`)."""
+    from mammobench.evaluation.metrics import too_few_patients
+    from mammobench.training.checks import MIN_CLASS_SAMPLES
+
+    out = []
+    counts = np.bincount(np.asarray(y, dtype=int), minlength=len(labels))
+    small = [f"{int(n)} {lab}" for lab, n in zip(labels, counts, strict=True) if n < MIN_CLASS_SAMPLES]
+    if small:
+        out.append(f"{about} holds only {', '.join(small)} (fewer than {MIN_CLASS_SAMPLES} of a class): its metrics "
+                   "are mostly noise")
+    reason = too_few_patients(y, groups, labels)
+    if reason:
+        out.append(f"{about}: {reason}")
+    return out
+
+
 def _breakdowns(report: dict[str, Any], rows: pd.DataFrame, y: np.ndarray, probs: np.ndarray, labels: list[str],
                 groups: np.ndarray, positive: str | None, threshold: float | None, n_boot: int, seed: int,
                 breakdown_min: int) -> None:
@@ -207,30 +226,82 @@ def match_labels(model_labels: list[str], data_labels: list[str], *, where: str)
                           "stand for; prepare it with --labels mapping them onto the model's classes")
 
 
-def external_predictions(run_dir: Path, data: str | Path, split: str, *, tta: bool = False, device: str = "auto",
-                         batch_size: int = 64) -> tuple[pd.DataFrame, np.ndarray, ModelInfo, list[dict[str, str]], list[str], str,
-                                                        list[list[int]]]:
-    """A run's predictions on another prepared dataset, with the run's own preprocessing.
+@dataclass
+class ExternalPredictions:
+    """A run's predictions on another prepared dataset (:func:`external_predictions`).
 
-    ``split``: ``test`` (that dataset's test split), ``all`` or any split name. Returns the rows, the
-    model's probabilities, the model info, skipped rows, the evaluated labels, the note on how labels were
-    matched and how model classes merge into them (:func:`match_labels`, :func:`merge_classes`).
+    Attributes:
+        rows, probs: the scored rows (readable, not overlapping the training data) and the model's ``(N, C)``
+            probabilities over its own classes.
+        labels, merge, label_note: the evaluated labels, the model classes each sums (:func:`merge_classes`), and
+            how they were matched (:func:`match_labels`).
+        overlap: what was dropped for sharing images or patients with the training data (``--allow-overlap``).
+    """
+
+    rows: pd.DataFrame
+    probs: np.ndarray
+    info: ModelInfo
+    skipped: list[dict[str, str]]
+    labels: list[str]
+    merge: list[list[int]]
+    label_note: str
+    overlap: dict[str, Any] | None
+
+
+def external_rows(run_dir: Path, data: str | Path, split: str, *, allow_overlap: bool = False
+                  ) -> tuple[pd.DataFrame, list[str], list[list[int]], str, dict[str, Any] | None]:
+    """The rows of another prepared dataset a run may be scored on, checked before any image is decoded.
+
+    Returns:
+        ``(rows, labels, merge, label note, overlap)``; rows relabelled onto the model's classes.
+
+    Raises:
+        MammobenchError: no such manifest, no such split, labels the model cannot stand for.
+        OverlapError: rows sharing an image (path or content) or a patient with the run's training and validation
+            data, unless ``allow_overlap`` (then they are dropped and counted in ``overlap``).
     """
     from mammobench.data.manifest import read_manifest, read_manifest_info
+    from mammobench.evaluation.overlap import FINGERPRINT_FILE, OverlapError, find_overlap
 
-    require_finished(run_dir)
-    model, info = load_run_model(run_dir)
-    manifest = Path(data)
-    frame = read_manifest(manifest)
-    folder = manifest if manifest.is_dir() else manifest.parent
+    info = read_model_info(run_dir)
+    frame = read_manifest(data)
     rows = frame if split == "all" else frame[frame["split"] == split]
     if rows.empty:
         raise MammobenchError(f"{data} has no {split!r} rows (splits: {', '.join(sorted(set(frame['split'])))}); "
                               "use --split all to evaluate on every image")
-    data_labels = read_manifest_info(manifest).labels
-    labels, merge, relabel, note = match_labels(info.labels, data_labels, where=str(data))
+    labels, merge, relabel, note = match_labels(info.labels, read_manifest_info(data).labels, where=str(data))
     rows = rows.assign(label=rows["label"].replace(relabel)).reset_index(drop=True)
-    root = folder / "cache"
+    training = pd.read_csv(run_dir / "split.csv", dtype=str, keep_default_na=False)
+    training = training[training["split"].isin(["train", "val"])]
+    found = find_overlap(rows, training, store=run_dir / FINGERPRINT_FILE)
+    overlap = None
+    if found.rows:
+        message = found.describe(str(data), str(run_dir))
+        if not allow_overlap:
+            raise OverlapError(f"{message}. An external validation must not hold the images or women the model was "
+                               "trained on: prepare it without them, or pass --allow-overlap to drop these rows and "
+                               "score the rest")
+        overlap = {**found.summary(), "of": int(len(rows)), "note": f"{found.rows} of {len(rows)} rows dropped: {message}"}
+        logger.warning("%s: dropped (--allow-overlap)", message)
+        rows = rows[~found.mask].reset_index(drop=True)
+        if rows.empty:
+            raise OverlapError(f"every {split!r} row of {data} overlaps the training data of {run_dir}: nothing external "
+                               "is left to score")
+    return rows, labels, merge, note, overlap
+
+
+def external_predictions(run_dir: Path, data: str | Path, split: str, *, tta: bool = False, device: str = "auto",
+                         batch_size: int = 64, allow_overlap: bool = False) -> ExternalPredictions:
+    """A run's predictions on another prepared dataset, with the run's own preprocessing.
+
+    ``split``: ``test`` (that dataset's test split), ``all`` or any split name. Rows are checked first
+    (:func:`external_rows`: labels, and no overlap with the training data).
+    """
+    require_finished(run_dir)
+    rows, labels, merge, note, overlap = external_rows(run_dir, data, split, allow_overlap=allow_overlap)
+    model, info = load_run_model(run_dir)
+    manifest = Path(data)
+    root = (manifest if manifest.is_dir() else manifest.parent) / "cache"
     rows, skipped = _readable(rows, info, root)
     if rows.empty:
         raise MammobenchError(f"no readable image in the {split} rows of {data}")
@@ -238,7 +309,7 @@ def external_predictions(run_dir: Path, data: str | Path, split: str, *, tta: bo
         rows, probs = predict_breasts(model, info, rows, root, tta=tta, device=device, batch_size=max(1, batch_size // 4))
     else:
         probs = predict_probs(model, info, rows, root, tta=tta, device=device, batch_size=batch_size)
-    return rows, probs, info, skipped, labels, note, merge
+    return ExternalPredictions(rows, probs, info, skipped, labels, merge, note, overlap)
 
 
 def merge_classes(probs: np.ndarray, merge: list[list[int]]) -> np.ndarray:
@@ -279,6 +350,7 @@ def evaluate(
     aggregate: str = "mean",
     data: str | Path | None = None,
     by: Sequence[str] = (),
+    allow_overlap: bool = False,
 ) -> EvaluationResult:
     """Evaluate a finished run on one split.
 
@@ -297,6 +369,9 @@ def evaluate(
             ``evaluation/external_<name>_<split>``.
         by: subgroup columns of the manifest (``density``, ``manufacturer``, ``view``, ``age_band`` ...):
             AUC, sensitivity and specificity with intervals and counts per subgroup, and a forest plot.
+        allow_overlap: with ``data``: drop the rows that share an image or a patient with the run's training and
+            validation data (counted in ``metrics.json``) instead of refusing the set
+            (:mod:`mammobench.evaluation.overlap`).
 
     Raises:
         RunError: unfinished run, missing files, another format version, mismatched labels.
@@ -305,12 +380,15 @@ def evaluate(
 
     run_dir = Path(run_dir)
     label_note = ""
+    overlap = None
     if data is None:
         rows, raw, info, skipped = run_predictions(run_dir, split, tta=tta, device=device)
         labels, merge = info.labels, [[i] for i in range(len(info.labels))]
     else:
-        rows, raw, info, skipped, labels, label_note, merge = external_predictions(run_dir, data, split, tta=tta,
-                                                                                   device=device)
+        ext = external_predictions(run_dir, data, split, tta=tta, device=device, allow_overlap=allow_overlap)
+        rows, raw, info, skipped, labels, label_note, merge = (ext.rows, ext.probs, ext.info, ext.skipped, ext.labels,
+                                                               ext.label_note, ext.merge)
+        overlap = ext.overlap
     probs = merge_classes(raw, merge)
     y = _targets(rows, labels, run_dir)
     calibration = run_calibration(run_dir)
@@ -319,7 +397,7 @@ def evaluate(
     threshold: float | None = None
     threshold_info: dict[str, Any] = {"method": "argmax"}
     if positive is not None:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(record=True):  # a fallback is reported through choice.reason, once
             warnings.simplefilter("always", UndefinedMetricWarning)
             # Always on the run's own validation split, in the model's classes (also for another dataset).
             own_val = split == "val" and data is None
@@ -346,6 +424,7 @@ def evaluate(
         "bootstrap": {"unit": "patient", "n": n_boot, "seed": seed, "level": 0.95},
         "skipped": skipped,
         "data": str(Path(data).resolve()) if data is not None else None, "label_matching": label_note,
+        "overlap": overlap,
     }
     if data is not None and positive is not None and threshold is not None:
         report["threshold"]["external"] = _external_threshold(y, probs, labels, positive, threshold, threshold_method,
@@ -358,11 +437,17 @@ def evaluate(
     # Undefined metrics are NaN; say so once each, not per resample. A class absent from a lesion-type
     # subgroup is expected (BENIGN_WITHOUT_CALLBACK among masses): those go to the debug log and metrics.json.
     undefined = sorted({str(w.message) for w in caught if issubclass(w.category, UndefinedMetricWarning)})
+    about = f"the external set {data} ({split} rows)" if data is not None else f"the {split} split"
     for message in undefined:
         level = logging.DEBUG if message.startswith(("lesion_type ", "dataset ")) else logging.WARNING
-        logger.log(level, "%s split: %s (reported as NaN)", split, message)
-    report["warnings"] = undefined
+        logger.log(level, "%s: %s (reported as NaN)", about, message)
+    # The same guard rails as training's, on the set evaluated here: each warning names its set.
+    set_warned = evaluated_set_warnings(y, groups, labels, about)
+    for message in set_warned:
+        logger.warning("%s", message)
+    report["warnings"] = set_warned + [f"{about}: {m} (reported as NaN)" for m in undefined]
     report["run_warnings"] = read_run_info(run_dir).get("warnings", [])
+    report["run_warnings_about"] = f"the training run {run_dir} (its own splits)"
     report["calibration"] = {
         "temperature": calibration.get("temperature"), "fitted_on": calibration.get("fitted_on"),
         "reason": calibration.get("reason", ""), "ece_before": report["metrics"]["ece"]["value"],

@@ -256,12 +256,42 @@ class PatientBootstrap:
         return out
 
 
+#: A patient bootstrap over fewer women than this with some class has too few distinct resamples to mean anything:
+#: two patients give ``[0.750, 0.750]``, a zero-width interval that looks like certainty. Intervals are omitted.
+MIN_CI_PATIENTS = 10
+
+
+def patients_per_class(y: np.ndarray, groups: np.ndarray) -> dict[int, int]:
+    """``{class index: distinct patients with a sample of it}`` for the classes present in ``y``."""
+    y, groups = np.asarray(y), np.asarray(groups)
+    return {int(k): len(np.unique(groups[y == k])) for k in np.unique(y)}
+
+
+def too_few_patients(y: np.ndarray, groups: np.ndarray, labels: Sequence[str], *,
+                     minimum: int = MIN_CI_PATIENTS) -> str:
+    """Why a patient-bootstrap interval on this set would not be informative (empty when it would be)."""
+    per_class = patients_per_class(y, groups)
+    if len(per_class) >= 1 and min(per_class.values()) >= minimum:
+        return ""
+    counts = ", ".join(f"{n} with {labels[k]}" for k, n in per_class.items()) or "none"
+    return (f"no 95 % intervals: the set holds {counts} patient(s); a bootstrap over fewer than {minimum} patients of "
+            "a class is not informative (it can give a zero-width interval)")
+
+
 def metrics_with_ci(
     y: np.ndarray, probs: np.ndarray, labels: Sequence[str], groups: np.ndarray, *,
     positive: str | None = "MALIGNANT", threshold: float | None = None, n_boot: int = 1000, seed: int = 0,
+    min_patients: int = MIN_CI_PATIENTS,
 ) -> dict[str, dict[str, float | list[float]]]:
-    """``{metric: {"value": v, "ci": [lo, hi]}}`` for every scalar metric (intervals for all of them)."""
+    """``{metric: {"value": v, "ci": [lo, hi]}}`` for every scalar metric (intervals for all of them).
+
+    Intervals are NaN (omitted) when a class present has fewer than ``min_patients`` patients
+    (:func:`too_few_patients`).
+    """
     point = compute_metrics(y, probs, labels, positive=positive, threshold=threshold)
+    if too_few_patients(y, groups, labels, minimum=min_patients):
+        nan = float("nan")
+        return {k: {"value": v, "ci": [nan, nan]} for k, v in point.items()}
     boot = PatientBootstrap(groups, n=n_boot, seed=seed)
     ci = boot.interval(lambda i: compute_metrics(y[i], probs[i], labels, positive=positive, threshold=threshold,
                                                  warn=False))
@@ -283,14 +313,15 @@ def confusion(y: np.ndarray, probs: np.ndarray, num_classes: int) -> list[list[i
 
 def paired_auc_difference(
     y: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray, groups: np.ndarray, *, column: int | None = None,
-    n_boot: int = 2000, seed: int = 0,
+    n_boot: int = 2000, seed: int = 0, min_patients: int = MIN_CI_PATIENTS,
 ) -> dict[str, float]:
     """Paired patient-bootstrap test of AUC(a) - AUC(b) on the same samples.
 
     Both models are scored on the same resampled patients each time, so the interval reflects the
     difference, not the two models' separate noise. ``column=None`` compares macro one-vs-rest AUC,
     an index compares that class's one-vs-rest AUC. The two-sided p-value is twice the share of
-    resampled differences on the far side of zero (the percentile-bootstrap test).
+    resampled differences on the far side of zero (the percentile-bootstrap test). With fewer than
+    ``min_patients`` patients of a class the interval and p-value are NaN (not informative).
     """
     def auc(probs: np.ndarray, idx: np.ndarray) -> float:
         yy = y[idx]
@@ -302,6 +333,10 @@ def paired_auc_difference(
 
     all_idx = np.arange(len(y))
     observed = auc(probs_a, all_idx) - auc(probs_b, all_idx)
+    per_class = patients_per_class(y if column is None else np.asarray(y) == column, groups)
+    if len(per_class) < 2 or min(per_class.values()) < min_patients:  # no informative interval (see MIN_CI_PATIENTS)
+        nan = float("nan")
+        return {"difference": observed, "ci_low": nan, "ci_high": nan, "p_value": nan}
     diffs = np.array([auc(probs_a, i) - auc(probs_b, i) for i in PatientBootstrap(groups, n=n_boot, seed=seed).indices()])
     diffs = diffs[~np.isnan(diffs)]
     if len(diffs) < 10:

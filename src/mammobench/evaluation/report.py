@@ -206,7 +206,7 @@ def render_markdown(sections: list[Section], *, title: str, notice: str, out: Pa
         lines += [f"## {s.title}", ""]
         lines += [t + "\n" for t in s.text]
         for caption, frame in s.tables:
-            lines += [f"**{caption}**", "", _md_table(frame), ""]
+            lines += ([f"**{caption}**", ""] if caption else []) + [_md_table(frame), ""]
         for caption, path in s.images:
             try:
                 rel = path.resolve().relative_to(out.resolve())
@@ -244,7 +244,8 @@ def render_html(sections: list[Section], *, title: str, notice: str, meta: str) 
         body.append(f"<h2>{html.escape(s.title)}</h2>")
         body += [f"<p>{html.escape(t).replace('`', '')}</p>" for t in s.text]
         for caption, frame in s.tables:
-            body.append(f'<div class="caption">{html.escape(caption)}</div>')
+            if caption:
+                body.append(f'<div class="caption">{html.escape(caption)}</div>')
             body.append(frame.to_html(index=False, border=0, escape=True))
         if s.images:
             body.append('<div class="figs">' + "".join(img(p, s.image_width, c) for c, p in s.images) + "</div>")
@@ -280,9 +281,12 @@ def matrix_table(matrix: dict[str, Any]) -> pd.DataFrame:
 def matrix_section(matrix: dict[str, Any], table: pd.DataFrame) -> Any:
     notes = [f"AUC ({next(iter(matrix['models'].values()))['own test']['metric'].replace('_', ' ')}) with 95 % "
              f"patient-bootstrap intervals: each model on its own test split and on every other dataset "
-             f"({matrix['split']} rows), with the preprocessing it was trained with. A drop from the own test "
-             "column to another is the price of a new site, scanner or population."]
+             f"({matrix['split']} rows), with the preprocessing it was trained with. No external set shares an image "
+             "or a patient with the model's training data (checked by path, file content and patient id). A drop "
+             "from the own test column to another is the price of a new site, scanner or population."]
     matched = {f"{name} on {d}: {row[d]['label_matching']}" for name, row in matrix["models"].items()
                for d in matrix["datasets"][1:] if row[d].get("label_matching")}
     notes += sorted(matched)
+    notes += sorted({f"{name} on {d}: {row[d]['overlap']}" for name, row in matrix["models"].items()
+                     for d in matrix["datasets"][1:] if row[d].get("overlap")})
     return Section("Across datasets (train set x test set)", notes, tables=[("AUC by test set", table)])

@@ -30,7 +30,6 @@ import logging
 import os
 import re
 import socket
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +48,7 @@ from mammobench.experiments.study import (
     cell_of,
     check_study,
     folder_name,
+    identical_variants,
     load_study,
     study_config,
 )
@@ -263,11 +263,13 @@ def run_cell(spec: StudySpec, base: Config, out: Path, variant: str, overrides: 
     cfg = study_config(spec, [*overrides, *cell_overrides(spec, base, out, variant, repeat, fold, overrides)])
     run_dir = cfg.output.dir / cfg.run_name()
     status = read_run_info(run_dir).get("status") if (run_dir / RUN_INFO).is_file() else None
-    if status is not None and (run_dir / "config.yaml").is_file():
+    if status == "finished" and (run_dir / "config.yaml").is_file():
         _same_config(run_dir, cfg, variant)
+    elif status is not None and (run_dir / "config.yaml").is_file() and _differences(run_dir, cfg):
+        status = "changed"  # an unfinished cell of a variant edited since: trained afresh, never resumed
     if status == "finished":
         logger.info("%s r%d f%d: reusing the finished run %s", variant, repeat, fold, run_dir)
-    elif status is not None and (run_dir / "checkpoints" / "last.ckpt").is_file():
+    elif status not in (None, "changed") and (run_dir / "checkpoints" / "last.ckpt").is_file():
         resume_run(run_dir)
     else:
         fit(cfg, overwrite=status is not None)
@@ -280,8 +282,8 @@ def run_cell(spec: StudySpec, base: Config, out: Path, variant: str, overrides: 
             "run_dir": str(run_dir), "predictions": str(ev.out_dir / "predictions.csv")}
 
 
-def _same_config(run_dir: Path, cfg: Config, variant: str) -> None:
-    """A run folder of this cell made with another config (the study file changed) must not be reused."""
+def _differences(run_dir: Path, cfg: Config) -> list[str]:
+    """The config keys in which ``run_dir``'s saved config differs from ``cfg``."""
     from mammobench.config import load_config
 
     def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -291,7 +293,12 @@ def _same_config(run_dir: Path, cfg: Config, variant: str) -> None:
         return out
 
     old, new = flat(load_config(run_dir / "config.yaml").model_dump(mode="json")), flat(cfg.model_dump(mode="json"))
-    differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def _same_config(run_dir: Path, cfg: Config, variant: str) -> None:
+    """A finished run folder of this cell made with another config (the study file changed) must not be reused."""
+    differ = _differences(run_dir, cfg)
     if differ:
         raise StudyError(f"variant {variant!r}: {run_dir} was trained with another config ({', '.join(differ[:5])} differ): "
                          "the study file changed since its cells ran; use a new study folder (--out) or restore the file")
@@ -309,27 +316,27 @@ def _optuna_study(spec: StudySpec, storage: Any, *, create: bool) -> Any:
                    else optuna.samplers.RandomSampler(seed=0))
         return optuna.create_study(study_name=spec.name, storage=storage, load_if_exists=True,
                                    direction="maximize", sampler=sampler)
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            return optuna.load_study(study_name=spec.name, storage=storage,
-                                     sampler=optuna.samplers.TPESampler(seed=None) if spec.search else None)
-        except KeyError:
-            if time.monotonic() > deadline:
-                raise StudyError(f"study {spec.name!r} does not exist in the storage: run `mammobench ablate STUDY.yaml "
-                                 "--storage URL --setup-only` once before starting workers") from None
-            time.sleep(2)
+    try:
+        return optuna.load_study(study_name=spec.name, storage=storage,
+                                 sampler=optuna.samplers.TPESampler(seed=None) if spec.search else None)
+    except KeyError:
+        raise StudyError(f"study {spec.name!r} does not exist in the storage: run `mammobench ablate STUDY.yaml "
+                         "[--storage URL] --setup-only` once before starting workers") from None
 
 
-def _check_unchanged(spec: StudySpec, previous: dict[str, Any] | None) -> None:
-    """A study may gain variants when resumed, but what its finished cells were trained with must not change."""
-    if not previous:
+def _check_unchanged(spec: StudySpec, previous: dict[str, Any] | None, finished: set[str]) -> None:
+    """A study may gain variants when resumed, but what its finished cells were trained with must not change.
+
+    ``finished``: the variants with at least one finished cell. A variant without one (its cells crashed on a
+    typo, say) may be edited; a shared setting (base, set, cv, ...) only while no cell has finished.
+    """
+    if not previous or not finished:
         return
     now = spec.model_dump(mode="json")
     changed = [k for k in ("base", "set", "cv", "metric", "tta", "search") if previous.get(k) != now.get(k)]
     old_variants = StudySpec.model_validate(previous).variant_overrides() if previous.get("name") else {}
     changed += [f"variant {name!r}" for name, overrides in spec.variant_overrides().items()
-                if name in old_variants and old_variants[name] != overrides]
+                if name in old_variants and old_variants[name] != overrides and name in finished]
     if changed:
         raise StudyError(f"study {spec.name!r} was started with another {', '.join(changed)}: its finished cells would "
                          "no longer match the file. Use a new study folder (--out), or restore the file; adding "
@@ -341,14 +348,15 @@ def setup(spec: StudySpec, out: Path, storage_url: str | None = None) -> Any:
     import optuna
     from optuna.trial import TrialState
 
-    check_study(spec)
+    aliases = identical_variants(spec, check_study(spec))
     base = study_config(spec, [])
     out.mkdir(parents=True, exist_ok=True)
     make_folds(spec, base, out)
     url = storage_url or default_storage(out)
     storage = open_storage(url)
     study = _optuna_study(spec, storage, create=True)
-    _check_unchanged(spec, study.user_attrs.get("mammobench", {}).get("spec"))
+    finished = {cell_of(t)[0] for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    _check_unchanged(spec, study.user_attrs.get("mammobench", {}).get("spec"), finished)
     study.set_user_attr("mammobench", {"version": mammobench.__version__, "design": spec.design,
                                        "spec": spec.model_dump(mode="json")})
     local = url.startswith("sqlite")
@@ -362,13 +370,19 @@ def setup(spec: StudySpec, out: Path, storage_url: str | None = None) -> Any:
             storage.set_trial_user_attr(t._trial_id, "error", "interrupted (the process stopped mid-trial)")
             storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
     else:
-        optuna.storages.fail_stale_trials(study)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # stable in practice
+            optuna.storages.fail_stale_trials(study)
     if spec.design == "search":
         return study
     trials = study.get_trials(deepcopy=False)
     live = {cell_of(t) for t in trials if t.state in (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)}
     queued = 0
+    for variant, twin in aliases.items():
+        logger.info("variant %s has the same config as %s: its cells are %s's (trained once)", variant, twin, twin)
     for variant in spec.variant_overrides():
+        if variant in aliases:
+            continue
         for r in range(spec.cv.repeats):
             for k in range(spec.cv.folds):
                 if (variant, r, k) not in live:
@@ -410,6 +424,8 @@ def run_worker(spec: StudySpec, out: Path, storage_url: str | None = None, *, ma
     study = _optuna_study(spec, open_storage(url), create=False)
     variants = spec.variant_overrides()
     ran = 0
+    # A crashed cell is one line of ours (its traceback in logs/); Optuna would print its traceback as well.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
 
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", _worker_identity())
@@ -437,8 +453,10 @@ def run_worker(spec: StudySpec, out: Path, storage_url: str | None = None, *, ma
         try:
             cell = run_cell(spec, base, out, variant, variants[variant], repeat, fold)
         except Exception as exc:
+            log = _write_cell_log(out, variant, repeat, fold)
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
-            logger.error("%s repeat %d fold %d failed: %s: %s", variant, repeat, fold, type(exc).__name__, exc)
+            logger.error("%s repeat %d fold %d failed: %s: %s (traceback: %s)", variant, repeat, fold,
+                         type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "", log)
             raise
         trial.set_user_attr("cell", {k: v for k, v in cell.items() if k not in ("variant", "repeat", "fold")})
         value = cell[spec.metric]
@@ -466,6 +484,16 @@ def run_worker(spec: StudySpec, out: Path, storage_url: str | None = None, *, ma
             logger.warning("a cell of this worker was marked failed by another process (%s); going on", exc)
         ran += 1
     return ran
+
+
+def _write_cell_log(out: Path, variant: str, repeat: int, fold: int) -> Path:
+    """The traceback of the exception being handled, in ``<out>/logs/<variant>_r<r>_f<k>.log`` (the console gets one
+    line)."""
+    import traceback
+
+    path = out / "logs" / f"{folder_name(variant)}_r{repeat}_f{fold}.log"
+    atomic_write_text(path, f"{utc_now()}\n{traceback.format_exc()}")
+    return path
 
 
 def _suggest(trial: Any, spec: StudySpec) -> list[str]:
@@ -514,6 +542,9 @@ def ablate(
 
     spec = load_study(study_file)
     folder = Path(out) if out is not None else Path("studies") / spec.name
+    if (worker or report_only) and storage is None and not (folder / "study.db").is_file():
+        raise StudyError(f"no study at {folder} (no study.db): run `mammobench ablate {study_file} --out {folder}` "
+                         "(or with --setup-only) first")
     folder.mkdir(parents=True, exist_ok=True)
     if not worker and not report_only:
         copy = folder / "study.yaml"

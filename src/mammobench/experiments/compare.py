@@ -88,24 +88,71 @@ def _data_keys(cfgs: list[Config]) -> int:
     return len({(str(Path(c.data.manifest).resolve()) if c.data.manifest else None, c.data.fold) for c in cfgs})
 
 
+def _own_folder(cfg: Config) -> Path:
+    own = Path(cfg.data.manifest or "").resolve()
+    return own if own.is_dir() else own.parent
+
+
+def check_external(cfgs: list[Config], external: Mapping[str, str | Path], split: str, *,
+                   allow_overlap: bool = False) -> None:
+    """Every ``--external`` set, before anything trains: a readable manifest with ``split`` rows, labels each model
+    can stand for, and no image or patient of a model's training data (unless ``allow_overlap``).
+
+    Raises:
+        MammobenchError (OverlapError): the first problem, naming the set as given.
+    """
+    from mammobench.data.manifest import read_manifest, read_manifest_info
+    from mammobench.data.splits import resolve_fold
+    from mammobench.evaluation.evaluate import match_labels
+    from mammobench.evaluation.overlap import OverlapError, find_overlap
+
+    for name, path in external.items():
+        where = f"--external {name}={path}"
+        try:
+            frame = read_manifest(path)
+            data_labels = read_manifest_info(path).labels
+        except MammobenchError as exc:
+            raise CompareError(f"{where}: {exc}") from None
+        rows = frame if split == "all" else frame[frame["split"] == split]
+        if rows.empty:
+            raise CompareError(f"{where}: no {split!r} rows (splits: {', '.join(sorted(set(frame['split'])))}); "
+                               "use --external-split all")
+        folder = Path(path).resolve()
+        for cfg in cfgs:
+            if cfg.data.manifest is None or (folder if folder.is_dir() else folder.parent) == _own_folder(cfg):
+                continue  # the model's own dataset: its test split is shown, never its training rows
+            try:
+                match_labels(read_manifest_info(cfg.data.manifest).labels, data_labels, where=where)
+            except MammobenchError as exc:
+                raise CompareError(f"{cfg.name}: {exc}") from None
+            training = read_manifest(cfg.data.manifest)
+            if cfg.data.fold is not None and (training["split"] == "cv").any():
+                training = resolve_fold(training, cfg.data.fold, val_fraction=0)
+            found = find_overlap(rows.reset_index(drop=True), training[training["split"].isin(["train", "val"])])
+            if found.rows and not allow_overlap:
+                raise OverlapError(f"{found.describe(where, f'{cfg.name} ({cfg.data.manifest})')}. An external set must "
+                                   "not hold the images or women a model is trained on: prepare it without them, or "
+                                   "pass --allow-overlap to drop those rows and score the rest")
+
+
 def _dataset_matrix(models: list[ModelResult], external: Mapping[str, str | Path], split: str, *, tta: bool,
-                    n_boot: int) -> dict[str, Any]:
+                    n_boot: int, allow_overlap: bool = False) -> dict[str, Any]:
     """Each model's AUC (with its interval) on its own test split and on every external dataset."""
     if not external:
         return {}
     out: dict[str, Any] = {"datasets": ["own test", *external], "split": split, "models": {}}
     for m in models:
         row: dict[str, Any] = {"trained_on": str(m.config.data.manifest), "own test": _headline(m.test.metrics)}
-        own = Path(m.config.data.manifest or "").resolve()
-        own = own if own.is_dir() else own.parent
+        own = _own_folder(m.config)
         for name, path in external.items():
             folder = Path(path).resolve()
             if (folder if folder.is_dir() else folder.parent) == own:
                 row[name] = {**row["own test"], "label_matching": "",
                              "note": "the model's own dataset: its test split is shown, never its training rows"}
                 continue
-            ev = evaluate(m.run_dir, data=path, split=split, tta=tta, n_boot=n_boot)
-            row[name] = {**_headline(ev.metrics), "label_matching": ev.metrics.get("label_matching", "")}
+            ev = evaluate(m.run_dir, data=path, split=split, tta=tta, n_boot=n_boot, allow_overlap=allow_overlap)
+            row[name] = {**_headline(ev.metrics), "label_matching": ev.metrics.get("label_matching", ""),
+                         "overlap": (ev.metrics.get("overlap") or {}).get("note", "")}
         out["models"][m.name] = row
     return out
 
@@ -213,6 +260,7 @@ def compare(
     show_progress: bool = False,
     external: Mapping[str, str | Path] | None = None,
     external_split: str = "all",
+    allow_overlap: bool = False,
 ) -> CompareResult:
     """Train or reuse each config's run under ``out/runs``, evaluate all on the same test set, report.
 
@@ -225,7 +273,10 @@ def compare(
         gallery: Grad-CAM examples per model and kind (correct / wrong).
         external: other prepared datasets by name: every model is also evaluated on each (its
             ``external_split`` rows) and the report gains a train-set x test-set matrix. With external sets
-            the models may be trained on different data (then only the matrix compares them).
+            the models may be trained on different data (then only the matrix compares them). Each set is checked
+            before anything trains (:func:`check_external`).
+        allow_overlap: drop external rows that share an image or a patient with a model's training data instead of
+            refusing the set.
 
     Raises:
         CompareError: different data or label sets, duplicate names.
@@ -242,6 +293,7 @@ def compare(
     same_data = _data_keys(cfgs) == 1
     if not external:
         _same_data(cfgs)
+    check_external(cfgs, external or {}, external_split, allow_overlap=allow_overlap)
     models: list[ModelResult] = []
     for cfg in cfgs:
         run_dir = _train_or_reuse(cfg, show_progress=show_progress)
@@ -252,7 +304,7 @@ def compare(
         m.test = evaluate(m.run_dir, split="test", tta=tta, n_boot=n_boot)
         m.val = evaluate(m.run_dir, split="val", tta=tta, n_boot=n_boot) if has_split(m.run_dir, "val") else None
         m.gallery = _gallery(m, out, gallery)
-    matrix = _dataset_matrix(models, external or {}, external_split, tta=tta, n_boot=n_boot)
+    matrix = _dataset_matrix(models, external or {}, external_split, tta=tta, n_boot=n_boot, allow_overlap=allow_overlap)
     if not same_data:
         return _matrix_only(models, matrix, out, tta=tta, n_boot=n_boot)
 

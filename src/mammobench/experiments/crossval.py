@@ -1,8 +1,12 @@
-"""Patient-grouped k-fold cross-validation: one run per fold, test AUC per fold, mean and spread.
+"""Patient-grouped k-fold cross-validation: one run per fold, test metrics per fold, mean and spread, and the
+pooled out-of-fold AUC with its patient-bootstrap interval.
 
 On a small dataset (mini-MIAS has 40 lesions with a centre) a single split says little; k-fold CV with
 every patient tested exactly once gives an estimate and its spread across folds, and the pooled
-out-of-fold AUC over all patients.
+out-of-fold AUC over all patients. For comparing recipes, repeat it: :mod:`mammobench.experiments.ablate`.
+
+Writes ``<output.dir>/<name>_cv/``: ``folds.csv``, ``out_of_fold_predictions.csv``, ``summary.json``,
+``report.md`` and a self-contained ``report.html``.
 """
 
 from __future__ import annotations
@@ -15,12 +19,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+import mammobench
 from mammobench.config import Config, load_config
 from mammobench.data.manifest import read_manifest
 from mammobench.evaluation.evaluate import evaluate
-from mammobench.evaluation.metrics import PatientBootstrap, safe_auc
-from mammobench.runtime import MammobenchError, atomic_write_json, atomic_write_text
+from mammobench.evaluation.metrics import PatientBootstrap, safe_auc, too_few_patients
+from mammobench.runtime import MammobenchError, atomic_write_json, atomic_write_text, utc_now
 from mammobench.training.fit import fit
+
+FOLD_METRICS = ("auc_macro", "auc_malignant", "accuracy", "balanced_accuracy")
 
 
 @dataclass
@@ -28,6 +35,8 @@ class CrossValResult:
     out: Path
     folds: pd.DataFrame
     summary: dict[str, Any]
+    markdown: Path | None = None
+    html: Path | None = None
 
 
 def crossval(
@@ -36,8 +45,9 @@ def crossval(
 ) -> CrossValResult:
     """Train and test ``config`` on every fold of a k-fold manifest.
 
-    Writes ``<output.dir>/<name>_cv/`` with ``folds.csv`` (per-fold test metrics) and ``summary.json``:
-    mean and standard deviation across folds, and the pooled out-of-fold AUC with a patient-bootstrap CI.
+    Returns:
+        Per-fold test metrics, and a summary with mean and standard deviation across folds, the pooled
+        out-of-fold AUC with a patient-bootstrap 95 % interval, and the runs' warnings.
     """
     cfg = config if isinstance(config, Config) else load_config(config, overrides)
     if cfg.data.manifest is None:
@@ -47,40 +57,103 @@ def crossval(
         raise MammobenchError(f"{cfg.data.manifest} is not a k-fold manifest: prepare it with --split kfold K")
     all_folds = sorted(int(f) for f in frame["fold"].dropna().unique())
     folds = folds if folds is not None else all_folds
-    rows, oof = [], []
+    unknown = sorted(set(folds) - set(all_folds))
+    if unknown:
+        raise MammobenchError(f"fold(s) {unknown} do not exist in {cfg.data.manifest} (folds {all_folds})")
+    rows, oof, evaluations = [], [], []
     for k in folds:
         fold_cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"fold": k})})
         run = fit(fold_cfg, overwrite=overwrite, show_progress=show_progress)
         ev = evaluate(run.run_dir, split="test", n_boot=n_boot, tta=tta)
         m = ev.metrics["metrics"]
         rows.append({"fold": k, "n": ev.metrics["n"], "patients": ev.metrics["patients"],
-                     **{name: m[name]["value"] for name in ("auc_macro", "auc_malignant", "accuracy",
-                                                            "balanced_accuracy") if name in m},
-                     "run_dir": str(run.run_dir)})
+                     **{name: m[name]["value"] for name in FOLD_METRICS if name in m}, "run_dir": str(run.run_dir)})
         oof.append(ev.predictions.assign(fold=k))
+        evaluations.append(ev.metrics)
     table = pd.DataFrame(rows)
     pooled = pd.concat(oof, ignore_index=True)
-    labels = ev.metrics["labels"]
-    positive = ev.metrics["positive_label"]
-    summary: dict[str, Any] = {"config": cfg.model_dump(mode="json"), "folds": folds, "n_boot": n_boot}
-    for name in ("auc_macro", "auc_malignant", "accuracy", "balanced_accuracy"):
+    summary = summarise(cfg, folds, table, pooled, evaluations, n_boot=n_boot)
+    out = cfg.output.dir / f"{cfg.run_name()}_cv"
+    for name, data in (("folds.csv", table), ("out_of_fold_predictions.csv", pooled)):
+        buf = io.StringIO()
+        data.to_csv(buf, index=False)
+        atomic_write_text(out / name, buf.getvalue())
+    atomic_write_json(out / "summary.json", summary)
+    md, html = write_report(out, summary, table)
+    return CrossValResult(out, table, summary, md, html)
+
+
+def summarise(cfg: Config, folds: list[int], table: pd.DataFrame, pooled: pd.DataFrame,
+              evaluations: list[dict[str, Any]], *, n_boot: int) -> dict[str, Any]:
+    """``summary.json``: mean and spread per metric, the pooled out-of-fold AUC with its interval, the warnings."""
+    labels = evaluations[-1]["labels"]
+    positive = evaluations[-1]["positive_label"]
+    summary: dict[str, Any] = {"created": utc_now(), "mammobench_version": mammobench.__version__,
+                               "config": cfg.model_dump(mode="json"), "folds": folds, "n_boot": n_boot}
+    for name in FOLD_METRICS:
         if name in table:
             values = table[name].to_numpy(dtype=float)
-            summary[name] = {"mean": float(np.nanmean(values)), "sd": float(np.nanstd(values, ddof=1)) if len(values) > 1 else float("nan"),
+            summary[name] = {"mean": float(np.nanmean(values)),
+                             "sd": float(np.nanstd(values, ddof=1)) if len(values) > 1 else float("nan"),
                              "min": float(np.nanmin(values)), "max": float(np.nanmax(values)), "per_fold": values.tolist()}
     if positive:
+        from mammobench.data.manifest import patient_key
+
         y = (pooled["label"] == positive).to_numpy()
         score = pooled[f"prob_{positive}"].to_numpy()
-        groups = (pooled["dataset"] + "/" + pooled["patient_id"]).to_numpy()
-        ci = PatientBootstrap(groups, n=n_boot).interval(lambda i: {"auc": safe_auc(y[i], score[i], warn=False)})
-        summary["pooled_out_of_fold_auc_malignant"] = {"value": safe_auc(y, score), "ci": list(ci["auc"]),
-                                                       "n": int(len(y)), "labels": labels}
-    out = cfg.output.dir / f"{cfg.run_name()}_cv"
-    buf = io.StringIO()
-    table.to_csv(buf, index=False)
-    atomic_write_text(out / "folds.csv", buf.getvalue())
-    buf = io.StringIO()
-    pooled.to_csv(buf, index=False)
-    atomic_write_text(out / "out_of_fold_predictions.csv", buf.getvalue())
-    atomic_write_json(out / "summary.json", summary)
-    return CrossValResult(out, table, summary)
+        groups = patient_key(pooled).to_numpy()
+        reason = too_few_patients(y.astype(int), groups, [f"not {positive}", positive])
+        nan = float("nan")
+        ci = ((nan, nan) if reason else
+              PatientBootstrap(groups, n=n_boot).interval(lambda i: {"auc": safe_auc(y[i], score[i], warn=False)})["auc"])
+        summary["pooled_out_of_fold_auc_malignant"] = {"value": safe_auc(y, score), "ci": list(ci), "n": int(len(y)),
+                                                       "patients": int(len(set(groups))), "labels": labels,
+                                                       "interval_note": reason}
+    summary["run_warnings"] = [{"fold": k, "warning": w} for k, ev in zip(folds, evaluations, strict=True)
+                               for w in ev.get("run_warnings", [])]
+    summary["threshold_notes"] = [{"fold": k, "rule": ev["threshold"].get("rule"), "reason": ev["threshold"]["reason"]}
+                                  for k, ev in zip(folds, evaluations, strict=True) if ev["threshold"].get("reason")]
+    return summary
+
+
+def _fmt(value: float, ci: list[float] | tuple[float, float] | None = None) -> str:
+    if value is None or value != value:
+        return "n/a"
+    if ci is None or ci[0] is None or ci[0] != ci[0]:
+        return f"{value:.3f}"
+    return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def write_report(out: Path, summary: dict[str, Any], table: pd.DataFrame) -> tuple[Path, Path]:
+    """``report.md`` and the self-contained ``report.html`` of a cross-validation."""
+    from mammobench.evaluation.report import Section, render_html, render_markdown
+
+    cfg = summary["config"]
+    sections = [Section("Design", text=[
+        f"Model {cfg['model']['name']}, manifest `{cfg['data']['manifest']}`: {len(summary['folds'])} patient-grouped "
+        "folds, each tested once by a model trained on the others. Fold AUCs of small sets swing widely by chance; "
+        "the pooled out-of-fold AUC scores every patient once. To compare recipes, repeat the folds: `mammobench "
+        "ablate`."])]
+    pooled = summary.get("pooled_out_of_fold_auc_malignant")
+    lines = [f"{name}: mean {s['mean']:.3f}, SD {s['sd']:.3f} (min {s['min']:.3f}, max {s['max']:.3f})"
+             for name, s in ((n, summary[n]) for n in FOLD_METRICS if n in summary)]
+    if pooled:
+        lines.insert(0, f"Pooled out-of-fold malignant AUC: {_fmt(pooled['value'], pooled['ci'])} over {pooled['n']} "
+                        f"samples of {pooled['patients']} patients (95 % patient-bootstrap interval"
+                        + (f"; {pooled['interval_note']})" if pooled.get("interval_note") else ")"))
+    shown = table.drop(columns=["run_dir"]).copy()
+    for col in FOLD_METRICS:
+        if col in shown:
+            shown[col] = shown[col].map(lambda v: "n/a" if v != v else f"{v:.3f}")
+    sections.append(Section("Results", text=lines, tables=[("Test metrics per fold", shown)]))
+    notes = [f"fold {n['fold']}: threshold {n['rule']} ({n['reason']})" for n in summary.get("threshold_notes", [])]
+    notes += [f"fold {w['fold']}: {w['warning']}" for w in summary.get("run_warnings", [])]
+    if notes:
+        sections.append(Section("Warnings from the runs", text=notes))
+    sections.append(Section("Reproduce", text=[f"Every fold's run folder: {', '.join(f'`{p}`' for p in table['run_dir'])}."]))
+    title = f"mammobench cross-validation: {cfg['name']}"
+    md, page = out / "report.md", out / "report.html"
+    atomic_write_text(md, render_markdown(sections, title=title, notice="", out=out))
+    atomic_write_text(page, render_html(sections, title=title, notice="",
+                                        meta=f"{summary['created']} · mammobench {summary['mammobench_version']}"))
+    return md, page

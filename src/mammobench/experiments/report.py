@@ -13,8 +13,8 @@ import pandas as pd
 import mammobench
 from mammobench.evaluation.metrics import safe_auc
 from mammobench.evaluation.report import Section, render_html, render_markdown
-from mammobench.experiments.stats import CorrectedMean, corrected_mean
-from mammobench.experiments.study import StudySpec, cell_of
+from mammobench.experiments.stats import DIFFERENCE_RANGE, METRIC_RANGE, CorrectedMean, corrected_mean
+from mammobench.experiments.study import StudySpec, cell_of, identical_variants
 from mammobench.figures import pyplot, save_png
 from mammobench.runtime import atomic_write_text, utc_now
 
@@ -86,7 +86,11 @@ def summarise(spec: StudySpec, study: Any, out: Path) -> tuple[pd.DataFrame, pd.
     cells, failed = _cells(study)
     summary["failed"] = failed.to_dict("records")
     variants = spec.variant_overrides()
+    aliases = identical_variants(spec)
     summary["variants"] = {}
+    summary["same_config"] = aliases
+    summary["interval_range"] = ("intervals clipped to the metric's range: [0, 1] for a metric, [-1, 1] for a "
+                                 "difference")
     if cells.empty:
         return cells, pd.DataFrame(), summary
     from mammobench.data.manifest import read_manifest_info
@@ -94,15 +98,23 @@ def summarise(spec: StudySpec, study: Any, out: Path) -> tuple[pd.DataFrame, pd.
     positive = read_manifest_info(out / "folds" / "repeat0").positive_label
     ratio = float((cells["n_test"] / cells["n_train"].clip(lower=1)).mean())
     summary["test_train_ratio"] = ratio
-    base = cells[cells["variant"] == spec.baseline].set_index(["repeat", "fold"])
+    summary["run_warnings"] = run_warnings(cells)
+
+    def mean_of(values: pd.Series) -> CorrectedMean:
+        return corrected_mean(values.to_numpy(dtype=float), test_train_ratio=ratio, bounds=METRIC_RANGE)
+
+    base = cells[cells["variant"] == aliases.get(spec.baseline, spec.baseline)].set_index(["repeat", "fold"])
     expected = spec.cv.repeats * spec.cv.folds
     rows = []
     for name, overrides in variants.items():
-        mine = cells[cells["variant"] == name].set_index(["repeat", "fold"])
+        twin = aliases.get(name)  # the same config under another name: its cells, trained once
+        mine = cells[cells["variant"] == (twin or name)].set_index(["repeat", "fold"])
         entry: dict[str, Any] = {"overrides": overrides, "cells": int(len(mine)), "expected_cells": expected}
+        if twin:
+            entry["same_config_as"] = twin
         for metric in SUMMARY_METRICS:
             if metric in mine:
-                c = corrected_mean(mine[metric].to_numpy(dtype=float), test_train_ratio=ratio)
+                c = mean_of(mine[metric])
                 entry[metric] = {"mean": c.mean, "ci": list(c.ci), "n": c.n,
                                  "per_cell": mine[metric].astype(float).tolist()}
         pooled = _pooled_auc(mine.reset_index(), positive) if len(mine) else {}
@@ -110,29 +122,54 @@ def summarise(spec: StudySpec, study: Any, out: Path) -> tuple[pd.DataFrame, pd.
         pooled = {r: v for r, v in pooled.items() if r in complete}
         entry["pooled_oof_auc"] = {"per_repeat": pooled, "mean": float(np.nanmean(list(pooled.values()))) if pooled else None}
         diff: CorrectedMean | None = None
-        if name != spec.baseline and spec.metric in mine and len(base):
+        identical = name != spec.baseline and (twin or name) == aliases.get(spec.baseline, spec.baseline)
+        if name != spec.baseline and not identical and spec.metric in mine and len(base):
             shared = mine.index.intersection(base.index)
             d = mine.loc[shared, spec.metric].astype(float) - base.loc[shared, spec.metric].astype(float)
-            diff = corrected_mean(d.to_numpy(), test_train_ratio=ratio)
+            diff = corrected_mean(d.to_numpy(), test_train_ratio=ratio, bounds=DIFFERENCE_RANGE)
             entry["difference"] = {"metric": spec.metric, "mean": diff.mean, "ci": list(diff.ci), "t": diff.t,
                                    "p": diff.p, "n": diff.n}
         summary["variants"][name] = entry
-        own = corrected_mean(mine[spec.metric].to_numpy(dtype=float), test_train_ratio=ratio) if spec.metric in mine \
-            else corrected_mean(np.array([]), test_train_ratio=ratio)
+        own = mean_of(mine[spec.metric]) if spec.metric in mine else mean_of(pd.Series([], dtype=float))
         pooled_vals = list(pooled.values())
+        label = name + (" (baseline)" if name == spec.baseline else "") + (f" (= {twin})" if twin else "")
         rows.append({
-            "variant": name + (" (baseline)" if name == spec.baseline else ""),
+            "variant": label,
             "overrides": ", ".join(overrides) or "-",
-            "cells": f"{len(mine)}/{expected}",
+            "cells": f"{len(mine)}/{expected}" + (f" ({twin}'s)" if twin else ""),
             f"mean {spec.metric} [95% CI]": _fmt(own),
             "pooled OOF AUC (range over repeats)": (f"{np.nanmean(pooled_vals):.3f} ({np.nanmin(pooled_vals):.3f}-"
                                                     f"{np.nanmax(pooled_vals):.3f})") if pooled_vals else "n/a",
-            "balanced acc.": _fmt(corrected_mean(mine["balanced_accuracy"].to_numpy(dtype=float), test_train_ratio=ratio))
-            if "balanced_accuracy" in mine else "n/a",
-            f"difference vs {spec.baseline} [95% CI]": "-" if diff is None else _fmt(diff, signed=True),
+            "balanced acc.": _fmt(mean_of(mine["balanced_accuracy"])) if "balanced_accuracy" in mine else "n/a",
+            f"difference vs {spec.baseline} [95% CI]": ("same config" if identical else
+                                                        "-" if diff is None else _fmt(diff, signed=True)),
             "p": "-" if diff is None else _p(diff.p),
         })
     return cells, pd.DataFrame(rows), summary
+
+
+def run_warnings(cells: pd.DataFrame) -> list[dict[str, Any]]:
+    """The warnings of the cells' runs (``run.json``) and their threshold fallbacks, grouped: the same sentence with
+    other numbers counts once, with how many cells said it and one example."""
+    import json
+    import re
+
+    seen: dict[str, dict[str, Any]] = {}
+    for run_dir in cells.get("run_dir", pd.Series([], dtype=str)):
+        messages: list[str] = []
+        run_json = Path(run_dir) / "run.json"
+        if run_json.is_file():
+            messages += json.loads(run_json.read_text()).get("warnings", [])
+        metrics = Path(run_dir) / "evaluation" / "test" / "metrics.json"
+        if metrics.is_file():
+            threshold = json.loads(metrics.read_text()).get("threshold", {})
+            if threshold.get("reason"):
+                messages.append(f"decision threshold {threshold.get('rule')}: {threshold['reason']}")
+        for message in dict.fromkeys(messages):
+            key = re.sub(r"\d+(\.\d+)?", "#", message)
+            entry = seen.setdefault(key, {"cells": 0, "example": message})
+            entry["cells"] += 1
+    return sorted(seen.values(), key=lambda e: -e["cells"])
 
 
 def _summarise_search(spec: StudySpec, study: Any, summary: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
@@ -185,7 +222,8 @@ def write_ablation_report(spec: StudySpec, out: Path, cells: pd.DataFrame, table
         f"Repeated patient-grouped, label-stratified {cv.folds}-fold cross-validation, {cv.repeats} repeat(s): repeat r "
         f"uses fold seed {cv.seed} + r and training seed (config seed) + r; every variant runs on exactly the same folds.",
         f"Metric: test-fold {spec.metric}. Intervals and differences: {TEST}; the correction factor uses the mean "
-        f"test/train size ratio ({summary.get('test_train_ratio', float('nan')):.3f}).",
+        f"test/train size ratio ({summary.get('test_train_ratio', float('nan')):.3f}). The symmetric t intervals are "
+        "clipped to the metric's range ([0, 1]; [-1, 1] for a difference).",
         "A small set decides little: an interval that crosses 0 means this study cannot tell the variant from the baseline.",
     ])
     sections = [intro]
@@ -202,6 +240,18 @@ def write_ablation_report(spec: StudySpec, out: Path, cells: pd.DataFrame, table
         results = Section("Variants", tables=[("Mean over repeats x folds; difference paired on the same cells", table)],
                           images=figures, image_width=640)
         sections.append(results)
+        same = summary.get("same_config") or {}
+        if same:
+            results.text.append("Variants with exactly the same config are trained once: " + "; ".join(
+                f"{a} = {b}" for a, b in same.items()) + ".")
+        warned = summary.get("run_warnings") or []
+        if warned:
+            total = int(len(cells))
+            sections.append(Section("Warnings from the runs", text=[
+                "What the cells' runs said about their own numbers (run.json) and their decision thresholds; the same "
+                "sentence with other numbers is counted once."],
+                tables=[("", pd.DataFrame([{"cells": f"{w['cells']} of {total}", "warning (one example)": w["example"]}
+                                           for w in warned]))]))
         failed = summary.get("failed") or []
         if failed:
             sections.append(Section("Failed cells", text=["Recorded with their error; re-running the study retries "

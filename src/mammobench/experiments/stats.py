@@ -24,7 +24,8 @@ class CorrectedMean:
 
     Attributes:
         mean: mean over the J finite values.
-        ci: 95 % interval ``mean +- t_{J-1} * se`` (NaN when J < 2).
+        ci: 95 % interval ``mean +- t_{J-1} * se`` (NaN when J < 2), clipped to the metric's range when one is given
+            (an AUC's interval never runs past 1).
         se: the corrected standard error.
         t, p: the t statistic against 0 and its two-sided p value (meaningful for differences).
         n: J, the number of finite values used.
@@ -38,13 +39,21 @@ class CorrectedMean:
     n: int
 
 
-def corrected_mean(values: np.ndarray, *, test_train_ratio: float, level: float = 0.95) -> CorrectedMean:
+#: The range of every study metric (AUC, accuracies, F1) and of a difference of two of them.
+METRIC_RANGE = (0.0, 1.0)
+DIFFERENCE_RANGE = (-1.0, 1.0)
+
+
+def corrected_mean(values: np.ndarray, *, test_train_ratio: float, level: float = 0.95,
+                   bounds: tuple[float, float] | None = None) -> CorrectedMean:
     """The corrected resampled t statistics of ``values`` (fold scores, or per-fold paired differences).
 
     Args:
         values: ``(J,)`` one value per (repeat, fold); NaN entries (an undefined fold AUC) are left out.
         test_train_ratio: ``n_test / n_train`` of one fold (about ``1 / (K - 1)`` for K folds).
         level: interval coverage.
+        bounds: the metric's range (:data:`METRIC_RANGE`, :data:`DIFFERENCE_RANGE`): the symmetric t interval is
+            clipped to it (small, noisy studies otherwise report AUC intervals such as [0.130, 1.276]).
 
     Example:
         >>> r = corrected_mean(np.array([0.02, 0.05, -0.01, 0.04]), test_train_ratio=0.25)
@@ -70,4 +79,7 @@ def corrected_mean(values: np.ndarray, *, test_train_ratio: float, level: float 
     else:
         t = mean / se
         p = float(2 * stats.t.sf(abs(t), df=n - 1))
-    return CorrectedMean(mean, (mean - q * se, mean + q * se), se, float(t), p, n)
+    lo, hi = mean - q * se, mean + q * se
+    if bounds is not None:
+        lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
+    return CorrectedMean(mean, (lo, hi), se, float(t), p, n)

@@ -30,7 +30,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from mammobench.config import Config, ConfigError, load_config, parse_overrides
+from mammobench.config import Config, load_config, parse_overrides
 from mammobench.runtime import MammobenchError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=,+-]*$")
@@ -186,18 +186,29 @@ def study_config(spec: StudySpec, overrides: list[str]) -> Config:
     return load_config(spec.base, [*spec.set, *overrides])
 
 
+def _check_model(cfg: Config) -> None:
+    """The model name exists in timm (a typo would otherwise crash every cell of its variant)."""
+    from mammobench.models.factory import check_model_name
+
+    check_model_name(cfg.model.name)
+
+
 def check_study(spec: StudySpec, *, where: str = "study") -> dict[str, Config]:
-    """Build every variant's config now, so a typo fails before the first fit; returns them by name."""
+    """Build every variant's config and check its model name now, so a typo fails before the first fit; returns
+    the configs by name."""
     try:
         base = study_config(spec, [])
-    except ConfigError as exc:
+        _check_model(base)
+    except MammobenchError as exc:
         raise StudyError(f"{where}: base {spec.base!r} with set {spec.set} is invalid: {exc}") from None
     configs: dict[str, Config] = {}
     if spec.design == "search":
         assert spec.search is not None
         for key, param in spec.search.params.items():
-            probe = param.choices[0] if param.choices is not None else param.low
-            _check_key(spec, key, probe, where=f"{where}: search.params.{key}")
+            probes = param.choices if param.choices is not None and key == "model.name" else \
+                [param.choices[0] if param.choices is not None else param.low]
+            for probe in probes:
+                _check_key(spec, key, probe, where=f"{where}: search.params.{key}")
         return {spec.baseline: base}
     if spec.design == "grid":
         for key, values in spec.grid.items():
@@ -210,13 +221,31 @@ def check_study(spec: StudySpec, *, where: str = "study") -> dict[str, Config]:
         try:
             parse_overrides(overrides)
             cfg = study_config(spec, overrides)
-        except ConfigError as exc:
+            _check_model(cfg)
+        except MammobenchError as exc:
             raise StudyError(f"{where}: variant {name!r}: {exc}") from None
         if name != spec.baseline and cfg.model_dump() == reference and spec.design == "variants":
             what = "has no overrides" if not overrides else f"sets only what the base already has ({', '.join(overrides)})"
             raise StudyError(f"{where}: variant {name!r} {what}: it would repeat the baseline")
         configs[name] = cfg
     return configs
+
+
+def identical_variants(spec: StudySpec, configs: dict[str, Config] | None = None) -> dict[str, str]:
+    """``{variant: the earlier variant with exactly its config}``: such a variant is trained once, not twice (a grid
+    point equal to the base config is the baseline: ``grid: {optim.lr: [1e-4, 3e-4]}`` over a base at 3e-4)."""
+    import json
+
+    configs = configs if configs is not None else check_study(spec)
+    first: dict[str, str] = {}
+    out: dict[str, str] = {}
+    for name, cfg in configs.items():
+        key = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
+        if key in first:
+            out[name] = first[key]
+        else:
+            first[key] = name
+    return out
 
 
 def _check_key(spec: StudySpec, key: str, value: Any, *, where: str) -> None:
@@ -229,8 +258,8 @@ def _check_key(spec: StudySpec, key: str, value: Any, *, where: str) -> None:
         ann = fields[part].annotation
         node = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
     try:
-        study_config(spec, [f"{key}={_yaml_value(value)}"])
-    except ConfigError as exc:
+        _check_model(study_config(spec, [f"{key}={_yaml_value(value)}"]))
+    except MammobenchError as exc:
         raise StudyError(f"{where}: {exc}") from None
 
 
