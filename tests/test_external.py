@@ -178,3 +178,12 @@ def test_no_interval_from_too_few_patients():
     assert np.isnan(ci).all()
     d = paired_auc_difference(y, probs, probs[::-1], groups, column=1, n_boot=200)
     assert np.isnan(d["ci_low"]) and np.isnan(d["p_value"])
+
+
+def test_malignant_vs_the_rest_meets_benign_and_normal_labels():
+    labels, merge, relabel, note = match_labels(["MALIGNANT", "NON_MALIGNANT"], ["BENIGN", "MALIGNANT", "NORMAL"],
+                                                where="inbreast")
+    assert labels == ["MALIGNANT", "NON_MALIGNANT"] and merge == [[0], [1]]
+    assert relabel == {"BENIGN": "NON_MALIGNANT", "NORMAL": "NON_MALIGNANT"} and "malignant vs the rest" in note
+    labels, merge, relabel, _ = match_labels(THREE, ["MALIGNANT", "NON_MALIGNANT"], where="mias")
+    assert labels == ["MALIGNANT", "NON_MALIGNANT"] and merge == [[1], [0, 2]] and relabel == {}

@@ -19,11 +19,24 @@ def test_three_class_keeps_labels():
     assert [m(x) for x in (BENIGN, MALIGNANT, BENIGN_WITHOUT_CALLBACK)] == [BENIGN, MALIGNANT, BENIGN_WITHOUT_CALLBACK]
 
 
-def test_binary_merges_bwc_into_benign():
+def test_binary_merges_bwc_into_benign_and_never_calls_normal_benign():
     m = parse_label_spec("binary")
     assert m(BENIGN_WITHOUT_CALLBACK) == BENIGN
-    assert m(NORMAL) == BENIGN
+    assert m(NORMAL) == NORMAL, "normal is not benign"
     assert m("malignant ") == MALIGNANT
+    rest = parse_label_spec("binary-with-normal")  # malignant vs everything else, said so
+    assert {rest(x) for x in (BENIGN, BENIGN_WITHOUT_CALLBACK, NORMAL)} == {"NON_MALIGNANT"}
+    assert rest(MALIGNANT) == MALIGNANT
+
+
+def test_the_mapping_summary_says_what_became_what():
+    from mammobench.data.labels import mapping_summary
+
+    raw = [BENIGN_WITHOUT_CALLBACK, NORMAL, NORMAL, MALIGNANT]
+    m = parse_label_spec("binary")
+    lines = mapping_summary(raw, [m(r) for r in raw], m)
+    assert "BENIGN_WITHOUT_CALLBACK -> BENIGN (1)" in lines and "MALIGNANT -> MALIGNANT (1)" in lines
+    assert any(line.startswith("NORMAL -> NORMAL (2; kept as its own class: normal is not benign") for line in lines)
 
 
 def test_custom_mapping_string_and_file(tmp_path):

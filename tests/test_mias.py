@@ -55,6 +55,27 @@ def test_full_mode_with_and_without_normals():
     assert len(load_mias(MIAS, mode="full").records) == 39
 
 
+def test_normal_films_are_not_benign_and_the_tissue_is_kept_as_density(tmp_path):
+    from mammobench.data.manifest import read_manifest
+    from mammobench.data.prepare import prepare
+    from mammobench.data.preprocess import PreprocessSettings
+    from mammobench.evaluation.evaluate import subgroup_column
+
+    small = PreprocessSettings(size=32)
+    result = prepare("mias", MIAS, tmp_path / "binary", mode="full", labels="binary", include_normal=True,
+                     preprocess=small, workers=2, preview=False)
+    frame = read_manifest(result.out)
+    assert frame["label"].value_counts().to_dict() == {"NORMAL": 65, "BENIGN": 22, "MALIGNANT": 17}
+    summary = (result.out / "summary.md").read_text()
+    assert "NORMAL -> NORMAL (65; kept as its own class: normal is not benign" in summary
+    assert set(frame["density"]) == {"fatty", "fatty-glandular", "dense-glandular"}
+    assert set(subgroup_column(frame, "density")) == set(frame["density"])  # evaluate --by density
+    rest = prepare("mias", MIAS, tmp_path / "rest", mode="full", labels="binary-with-normal", include_normal=True,
+                   preprocess=small, workers=2, preview=False)
+    assert set(read_manifest(rest.out)["label"]) == {"MALIGNANT", "NON_MALIGNANT"}
+    assert "NORMAL -> NON_MALIGNANT (65)" in (rest.out / "summary.md").read_text()
+
+
 def test_bad_info_rows_are_named(tmp_path):
     (tmp_path / "Info.txt").write_text("mdb001 G CIRC B 535 425 197\nmdb002 G WHAT B 1 2 3\n")
     with pytest.raises(MiasError, match=r"Info.txt:2: unknown abnormality class 'WHAT'"):

@@ -58,9 +58,9 @@ def test_rsna_layout_labels_per_breast_and_metadata(tmp_path):
     result = prepare("rsna", tmp_path, tmp_path / "out", mode="full", labels="binary", split="random",
                      test_fraction=0.34, preprocess=PreprocessSettings(size=(64, 48)), workers=1, preview=False)
     frame = read_manifest(result.out)
-    assert len(frame) == 24 and set(frame["label"]) == {"BENIGN", "MALIGNANT"}
+    assert len(frame) == 24 and set(frame["label"]) == {"MALIGNANT", "NORMAL"}  # cancer vs a negative screen
     first = frame[frame["patient_id"] == "1000"].set_index(["laterality", "view"])
-    assert first.loc[("L", "CC"), "label"] == "MALIGNANT" and first.loc[("R", "MLO"), "label"] == "BENIGN"
+    assert first.loc[("L", "CC"), "label"] == "MALIGNANT" and first.loc[("R", "MLO"), "label"] == "NORMAL"
     assert {"site", "machine_id", "age", "density", "implant"} <= set(frame.columns)
     assert set(frame["manufacturer"]) == {"HOLOGIC, Inc."} and set(frame["manufacturer_model"]) == {"Selenia Dimensions"}
     assert first.loc[("L", "CC"), "breast_id"] == "rsna/1000/L"
@@ -190,7 +190,11 @@ def test_inbreast_birads_mapping_patients_from_file_names_and_xml_rois(tmp_path)
     assert len(roi) == 5 and set(roi["roi"]) == {"20 30 45 71"} and set(roi["lesion_type"]) == {"mass"}
     result = prepare("inbreast", tmp_path, tmp_path / "out", mode="full", labels="binary", split="random",
                      test_fraction=0.34, preprocess=PreprocessSettings(size=(64, 48)), workers=1, preview=False)
-    assert set(read_manifest(result.out)["label"]) == {"BENIGN", "MALIGNANT"}
+    assert set(read_manifest(result.out)["label"]) == {"BENIGN", "MALIGNANT", "NORMAL"}  # normal is not benign
+    result = prepare("inbreast", tmp_path, tmp_path / "out2", mode="full", labels="binary-with-normal",
+                     split="random", test_fraction=0.34, preprocess=PreprocessSettings(size=(64, 48)), workers=1,
+                     preview=False)
+    assert set(read_manifest(result.out)["label"]) == {"MALIGNANT", "NON_MALIGNANT"}
 
 
 def test_inbreast_bad_input(tmp_path):

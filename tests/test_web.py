@@ -62,7 +62,7 @@ def test_upload_in_a_real_browser(predictor, lesion_images, tmp_path):  # noqa: 
     if chromium is None:
         pytest.skip("Chromium is not installed and could not be installed (needs root and apt-get)")
     sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
-    app = create_app(predictor)
+    app = create_app(predictor, upload_dir=tmp_path / "uploads")
     port = _free_port()
     app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, share=False)
     not_an_image = write_png(tmp_path / "noise.png", np.zeros((2, 2), np.uint8))
@@ -73,6 +73,7 @@ def test_upload_in_a_real_browser(predictor, lesion_images, tmp_path):  # noqa: 
             page = browser.new_page()
             page.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle", timeout=60_000)
             assert "Research use only" in page.inner_text("#notice")
+            assert page.locator("#roi textarea").is_visible(), "a lesion model takes an optional lesion box"
             page.set_input_files("#upload input[type=file]", str(lesion_images[0]))
             page.wait_for_timeout(500)
             page.click("#predict")
@@ -91,3 +92,79 @@ def test_upload_in_a_real_browser(predictor, lesion_images, tmp_path):  # noqa: 
             browser.close()
     finally:
         app.close()
+
+
+@pytest.fixture(scope="module")
+def whole_image_bundle(tmp_path_factory):
+    """A whole-mammogram model (96 x 64), trained for one quick epoch."""
+    from mammobench.config import load_config
+    from mammobench.data.prepare import prepare
+    from mammobench.data.preprocess import PreprocessSettings
+    from mammobench.training.fit import fit
+
+    root = tmp_path_factory.mktemp("whole")
+    prepared = prepare("demo", root / "gen", root / "full", mode="full", preprocess=PreprocessSettings(size=(96, 64)),
+                       workers=1, preview=False)
+    run = fit(load_config("demo_cnn", [f"data.manifest={prepared.out}", f"output.dir={root / 'runs'}",
+                                       "data.image_size=[96, 64]", "stages.finetune_epochs=1", "output.tensorboard=false",
+                                       "trainer.limit_train_batches=2"])).run_dir
+    return export_bundle(run, root / "bundle"), sorted((root / "gen" / "images").glob("*.png"))[0]
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_the_served_page_keeps_no_file_of_an_upload_after_sigterm(whole_image_bundle, tmp_path):
+    """`mammobench serve`, an upload predicted in a real browser, then `kill PID` (SIGTERM): no file of the upload
+    (nor its overlay) anywhere under the server's temporary folder, and no lesion box for a whole-image model."""
+    import signal
+    import sys
+    import time
+
+    chromium = _chromium()
+    if chromium is None:
+        pytest.skip("Chromium is not installed and could not be installed (needs root and apt-get)")
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    bundle, image = whole_image_bundle
+    upload = tmp_path / "patient_0042_L_CC.png"
+    upload.write_bytes(image.read_bytes())
+    tmp = tmp_path / "server_tmp"
+    tmp.mkdir()
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "GRADIO_TEMP_DIR"}
+    server = subprocess.Popen([sys.executable, "-m", "mammobench.cli", "serve", str(bundle), "--port", str(port)],
+                              env={**env, "TMPDIR": str(tmp)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def files() -> list[str]:
+        # torch's compiler cache (torchinductor_<user>) holds no image; everything else counts
+        return sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file() and "torchinductor" not in str(p))
+
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert server.poll() is None and time.time() < deadline, server.stdout.read() if server.stdout else ""
+                time.sleep(0.5)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle", timeout=60_000)
+            assert "whole mammograms" in page.inner_text("#model")
+            assert not page.locator("#roi textarea").is_visible(), "no lesion box for a whole-image model"
+            page.set_input_files("#upload input[type=file]", str(upload))
+            page.wait_for_timeout(500)
+            page.click("#predict")
+            page.wait_for_function("document.querySelector('#decision').innerText.includes('Decision')", timeout=60_000)
+            assert page.locator("#gradcam img").count() == 1
+            # (Gradio keeps an empty placeholder file while it runs)
+            held = [f for f in files() if (tmp / f).stat().st_size > 0 or upload.stem in f]
+            assert held == [], "the upload is deleted once predicted, the overlay is never written"
+            browser.close()
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    assert files() == [] and not list(tmp.glob("mammobench-uploads-*")), files()

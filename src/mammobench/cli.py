@@ -112,7 +112,7 @@ def prepare(
     root: Annotated[Path | None, typer.Argument(help="Dataset folder (csv: the table file; demo: where to generate).")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder for manifest.csv and friends.")] = Path("prepared"),
     mode: Annotated[str, typer.Option(help="roi (lesion crops) or full (whole images, worst finding).")] = "roi",
-    labels: Annotated[str, typer.Option(help="3class | binary | RAW=CLASS,... | mapping.yaml")] = "3class",
+    labels: Annotated[str, typer.Option(help="3class | binary (BWC -> BENIGN; NORMAL stays NORMAL) | binary-with-normal (MALIGNANT vs NON_MALIGNANT) | RAW=CLASS,... | mapping.yaml")] = "3class",
     split: Annotated[str, typer.Option(help="random | official | kfold")] = "random",
     folds: Annotated[int, typer.Option(help="Number of folds for --split kfold.")] = 5,
     test_fraction: Annotated[float, typer.Option(help="Test share for --split random.")] = 0.2,
@@ -174,6 +174,7 @@ def prepare(
     console.print(_frame_table(result.counts, "Samples per split, lesion type and label"))
     maj = result.majority.assign(majority_accuracy=(result.majority["majority_accuracy"] * 100).round(1))
     console.print(_frame_table(maj, "Always-majority accuracy (%) - the floor every accuracy must beat"))
+    console.print("Labels (dataset -> learnt): " + "; ".join(result.info.label_mapping.get("applied", [])))
     for note in result.notes:
         console.print(f"- {note}")
     if result.skipped:

@@ -2,6 +2,11 @@
 
 CBIS-DDSM labels every *abnormality* ``BENIGN``, ``MALIGNANT`` or ``BENIGN_WITHOUT_CALLBACK`` (judged
 non-cancer from the screening films alone). The binary task merges the last into ``BENIGN``.
+
+``NORMAL`` (an image or breast without a finding: mini-MIAS normals, RSNA negative screens, INbreast BI-RADS 1)
+is not benign and is never silently called so: ``binary`` keeps it as its own class; a malignant-vs-everything
+task says so explicitly with ``binary-with-normal``, whose negative class is ``NON_MALIGNANT`` (benign findings and
+normals together), or with a mapping (``NORMAL=BENIGN`` if that is really what is meant).
 """
 
 from __future__ import annotations
@@ -19,12 +24,13 @@ BENIGN = "BENIGN"
 MALIGNANT = "MALIGNANT"
 BENIGN_WITHOUT_CALLBACK = "BENIGN_WITHOUT_CALLBACK"
 NORMAL = "NORMAL"
+NON_MALIGNANT = "NON_MALIGNANT"  # benign findings and normals together (binary-with-normal)
 
 #: The order classes take in outputs (probability columns, confusion matrices) when present.
-CANONICAL_ORDER: tuple[str, ...] = (BENIGN, MALIGNANT, BENIGN_WITHOUT_CALLBACK, NORMAL)
+CANONICAL_ORDER: tuple[str, ...] = (BENIGN, MALIGNANT, BENIGN_WITHOUT_CALLBACK, NORMAL, NON_MALIGNANT)
 
 #: Worst-finding rule for labelling a whole image from its abnormalities: higher is worse.
-SEVERITY: dict[str, int] = {MALIGNANT: 3, BENIGN: 2, BENIGN_WITHOUT_CALLBACK: 1, NORMAL: 0}
+SEVERITY: dict[str, int] = {MALIGNANT: 3, BENIGN: 2, NON_MALIGNANT: 2, BENIGN_WITHOUT_CALLBACK: 1, NORMAL: 0}
 
 RAW_LABELS: tuple[str, ...] = (BENIGN, MALIGNANT, BENIGN_WITHOUT_CALLBACK, NORMAL)
 
@@ -56,13 +62,16 @@ class LabelMapping:
 
 
 THREE_CLASS = LabelMapping("3class", {})
-BINARY = LabelMapping(
-    "binary", {BENIGN_WITHOUT_CALLBACK: BENIGN, NORMAL: BENIGN}
-)  # non-malignant vs malignant
+#: benign vs malignant; NORMAL (if the dataset has normals) stays a class of its own: normal is not benign
+BINARY = LabelMapping("binary", {BENIGN_WITHOUT_CALLBACK: BENIGN})
+#: malignant vs everything else, normals included: the negative class is named for what it holds
+BINARY_WITH_NORMAL = LabelMapping(
+    "binary-with-normal", {BENIGN: NON_MALIGNANT, BENIGN_WITHOUT_CALLBACK: NON_MALIGNANT, NORMAL: NON_MALIGNANT})
 
 
 def parse_label_spec(spec: str) -> LabelMapping:
-    """Parse ``--labels``: ``3class``, ``binary``, ``RAW=CLASS,RAW=CLASS`` or a YAML/JSON file of that mapping.
+    """Parse ``--labels``: ``3class``, ``binary``, ``binary-with-normal``, ``RAW=CLASS,RAW=CLASS`` or a YAML/JSON
+    file of that mapping.
 
     A mapping may name raw labels of a user's own table (``B=BENIGN,M=MALIGNANT``); raw labels it does
     not name must be one of the known pathologies.
@@ -78,6 +87,8 @@ def parse_label_spec(spec: str) -> LabelMapping:
         return THREE_CLASS
     if spec.lower() in ("binary", "2class"):
         return BINARY
+    if spec.lower() in ("binary-with-normal", "binary_with_normal"):
+        return BINARY_WITH_NORMAL
     path = Path(spec)
     if path.suffix.lower() in (".yaml", ".yml", ".json"):
         if not path.is_file():
@@ -92,8 +103,8 @@ def parse_label_spec(spec: str) -> LabelMapping:
         for item in spec.split(","):
             if "=" not in item:
                 raise LabelError(
-                    f"cannot parse label spec {spec!r}: expected '3class', 'binary', 'RAW=CLASS,...' "
-                    "or a .yaml/.json mapping file"
+                    f"cannot parse label spec {spec!r}: expected '3class', 'binary', 'binary-with-normal', "
+                    "'RAW=CLASS,...' or a .yaml/.json mapping file"
                 )
             raw, _, target = item.partition("=")
             pairs[raw.strip()] = target.strip()
@@ -126,3 +137,18 @@ def worst(labels: Iterable[str]) -> str:
 def positive_label(labels: Iterable[str]) -> str | None:
     """The class scored in malignant-vs-rest metrics: ``MALIGNANT`` when present."""
     return MALIGNANT if MALIGNANT in set(labels) else None
+
+
+def mapping_summary(raw: Iterable[str], mapped: Iterable[str], mapping: LabelMapping) -> list[str]:
+    """What a label mapping did to a dataset, one line per raw label: ``BENIGN_WITHOUT_CALLBACK -> BENIGN (104)``,
+    ``NORMAL -> NORMAL (65; kept: normal is not benign)``."""
+    from collections import Counter
+
+    pairs = Counter(zip((str(r).strip().upper() for r in raw), mapped, strict=True))
+    lines = []
+    for (source, target), n in sorted(pairs.items()):
+        why = ""
+        if source == NORMAL and target == NORMAL and mapping.name == "binary":
+            why = "; kept as its own class: normal is not benign (--labels binary-with-normal for malignant vs the rest)"
+        lines.append(f"{source} -> {target} ({n}{why})")
+    return lines

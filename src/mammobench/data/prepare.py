@@ -20,7 +20,14 @@ import pandas as pd
 import mammobench
 from mammobench.data.cache import ImageCache, cache_request
 from mammobench.data.demo import DEMO_DATASET, SYNTHETIC_NOTICE, generate_demo_dataset
-from mammobench.data.labels import LabelError, LabelMapping, order_labels, parse_label_spec, positive_label
+from mammobench.data.labels import (
+    LabelError,
+    LabelMapping,
+    mapping_summary,
+    order_labels,
+    parse_label_spec,
+    positive_label,
+)
 from mammobench.data.manifest import ManifestInfo, validate_manifest, write_manifest
 from mammobench.data.options import size_label
 from mammobench.data.preprocess import PreprocessSettings
@@ -239,9 +246,11 @@ def prepare(
     synthetic = bool((frame["dataset"] == DEMO_DATASET).any())
     if synthetic and dataset != "demo":
         notes.insert(0, SYNTHETIC_NOTICE)
+    applied = mapping_summary(frame["raw_label"], frame["label"], mapping)
     info = ManifestInfo(
         dataset=DEMO_DATASET if synthetic else dataset, mode=mode, labels=classes,
-        label_mapping=mapping.to_dict(), positive_label=positive_label(classes), split=split_report.to_dict(),
+        label_mapping={**mapping.to_dict(), "applied": applied}, positive_label=positive_label(classes),
+        split=split_report.to_dict(),
         synthetic=synthetic, source_root=str(Path(root).resolve()), created=utc_now(),
         mammobench_version=mammobench.__version__, notes=notes,
     )
@@ -272,6 +281,9 @@ def render_summary(
         lines += [f"> **{SYNTHETIC_NOTICE}**", ""]
     lines += [f"- mode: {info.mode}; labels: {', '.join(info.labels)} ({info.label_mapping.get('name')})",
               f"- split: {info.split.get('method')} (seed {info.split.get('seed')})", ""]
+    if info.label_mapping.get("applied"):
+        lines += ["## Labels: the dataset's (left) and what the model learns (right)", ""]
+        lines += [f"- {line}" for line in info.label_mapping["applied"]] + [""]
     lines += ["## Samples per split, lesion type and label", "", _markdown(counts), ""]
     shown = majority.assign(majority_accuracy=(majority["majority_accuracy"] * 100).round(1).astype(str) + " %")
     lines += ["## Always-majority accuracy (the floor every accuracy must beat)", "", _markdown(shown), ""]

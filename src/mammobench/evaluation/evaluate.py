@@ -221,6 +221,19 @@ def match_labels(model_labels: list[str], data_labels: list[str], *, where: str)
             and data - {BENIGN_WITHOUT_CALLBACK} <= set(model_labels):
         return list(model_labels), identity, {BENIGN_WITHOUT_CALLBACK: BENIGN}, (
             f"the model has no {BENIGN_WITHOUT_CALLBACK}: those samples of {where} count as {BENIGN}")
+    from mammobench.data.labels import MALIGNANT, NON_MALIGNANT, NORMAL
+
+    known = {BENIGN, BENIGN_WITHOUT_CALLBACK, NORMAL, NON_MALIGNANT, MALIGNANT}
+    if NON_MALIGNANT in data | set(model_labels) and MALIGNANT in model_labels and MALIGNANT in data \
+            and data | set(model_labels) <= known:
+        # malignant vs the rest (a binary-with-normal model or dataset): every other class is NON_MALIGNANT
+        k = model_labels.index(MALIGNANT)
+        merge = [[k], [i for i in range(len(model_labels)) if i != k]]
+        relabel = {lab: NON_MALIGNANT for lab in data if lab != MALIGNANT}
+        rest = sorted((set(model_labels) | data) - {MALIGNANT, NON_MALIGNANT})
+        return [MALIGNANT, NON_MALIGNANT], merge, relabel, (
+            f"malignant vs the rest: {', '.join(rest) or 'the other classes'} of the model and of {where} count as "
+            f"{NON_MALIGNANT}")
     unknown = sorted(data - set(model_labels))
     raise MammobenchError(f"{where} has label(s) {', '.join(unknown)} that the model ({', '.join(model_labels)}) cannot "
                           "stand for; prepare it with --labels mapping them onto the model's classes")

@@ -137,6 +137,9 @@ def create_app(predictor: Predictor, *, max_file_mb: int = 100, upload_dir: Path
     if upload_dir is not None:
         os.environ["GRADIO_TEMP_DIR"] = str(upload_dir)  # read by Gradio when the app is built
     gr = _gradio()
+    from mammobench.evaluation.explain import explanation_method
+
+    method = explanation_method(predictor.model).split(" (")[0].replace("attention", "Attention")
     with gr.Blocks(title="mammobench") as app:
         gr.Markdown("# mammobench: one mammogram")
         gr.Markdown(NOTICE, elem_id="notice")
@@ -146,20 +149,25 @@ def create_app(predictor: Predictor, *, max_file_mb: int = 100, upload_dir: Path
                 # No file_types filter: files are judged by their content (a DICOM often has no extension).
                 upload = gr.File(label=f"Mammogram or lesion crop ({', '.join(e.lstrip('.').upper() for e in ACCEPTED[:5])}"
                                  ", ... or a DICOM without extension)", type="filepath", elem_id="upload")
-                roi = gr.Textbox(label="Optional lesion box in the full image: x0 y0 x1 y1 (pixels)", elem_id="roi")
+                # a lesion box only means something to a lesion model (a whole-image model takes the whole image)
+                roi = gr.Textbox(label="Optional lesion box in the full image: x0 y0 x1 y1 (pixels)", elem_id="roi",
+                                 visible=predictor.info.mode != "full")
                 button = gr.Button("Predict", variant="primary", elem_id="predict")
             with gr.Column():
                 probs = gr.Label(label="Class probabilities", num_top_classes=len(predictor.labels), elem_id="probs")
                 decision = gr.Markdown(elem_id="decision")
-                cam = gr.Image(label="Grad-CAM of the predicted class", type="numpy", elem_id="gradcam")
+                # HTML with inline image data: Gradio writes every image *output* to a file in its cache
+                cam = gr.HTML(label=f"{method} of the predicted class", elem_id="gradcam")
 
-        def run(file_path: str | None, roi_text: str) -> tuple[Any, str, Any]:
+        def run(file_path: str | None, roi_text: str) -> tuple[Any, str, str]:
             try:
-                return analyse(predictor, file_path, roi_text, max_bytes=max_file_mb * 2**20, upload_dir=upload_dir)
+                probs, text, shown = analyse(predictor, file_path, roi_text, max_bytes=max_file_mb * 2**20,
+                                             upload_dir=upload_dir)
+                return probs, text, inline_images([(shown, f"{method} of the predicted class")] if shown is not None else [])
             except Exception as exc:  # never a stack trace in the page; one line in the log (-v for the trace)
                 logger.error("prediction failed for %s: %s: %s", Path(file_path or "").name, type(exc).__name__, exc)
                 logger.debug("traceback", exc_info=True)
-                return None, "Something went wrong with this image; the server log has the details.", None
+                return None, "Something went wrong with this image; the server log has the details.", ""
 
         button.click(run, inputs=[upload, roi], outputs=[probs, decision, cam])
 
@@ -175,21 +183,41 @@ def create_app(predictor: Predictor, *, max_file_mb: int = 100, upload_dir: Path
                 exam_button = gr.Button("Predict the exam", variant="primary", elem_id="exam_predict")
             with gr.Column():
                 exam_text = gr.Markdown(elem_id="exam_decision")
-        exam_gallery = gr.Gallery(label="Grad-CAM per view", columns=4, elem_id="exam_gradcam")
+        exam_gallery = gr.HTML(label=f"{method} per view", elem_id="exam_gradcam")
 
-        def run_exam(file_paths: list[str] | None) -> tuple[str, Any]:
+        def run_exam(file_paths: list[str] | None) -> tuple[str, str]:
             try:
-                return analyse_exam(predictor, file_paths, max_bytes=max_file_mb * 2**20, upload_dir=upload_dir)
+                text, gallery = analyse_exam(predictor, file_paths, max_bytes=max_file_mb * 2**20, upload_dir=upload_dir)
+                return text, inline_images(gallery or [])
             except Exception as exc:  # never a stack trace in the page
                 logger.error("exam prediction failed: %s: %s", type(exc).__name__, exc)
                 logger.debug("traceback", exc_info=True)
-                return "Something went wrong with this exam; the server log has the details.", None
+                return "Something went wrong with this exam; the server log has the details.", ""
 
         exam_button.click(run_exam, inputs=[exam_files], outputs=[exam_text, exam_gallery])
     return app
 
 
 EXAM_DISPLAY_HEIGHT = 512
+
+
+def inline_images(items: list[tuple[np.ndarray, str]]) -> str:
+    """RGB images as HTML with the PNG data inline, with their captions: shown by the page, never written to disk."""
+    import base64
+    import html
+
+    import cv2
+
+    figures = []
+    for image, caption in items:
+        ok, encoded = cv2.imencode(".png", np.ascontiguousarray(image[:, :, ::-1]))
+        if not ok:  # pragma: no cover - OpenCV encodes any uint8 RGB image
+            continue
+        data = base64.b64encode(encoded.tobytes()).decode()
+        figures.append(f'<figure style="margin:0 8px 8px 0;display:inline-block"><img src="data:image/png;base64,{data}" '
+                       f'alt="{html.escape(caption)}" style="max-width:100%"><figcaption>{html.escape(caption)}'
+                       "</figcaption></figure>")
+    return "".join(figures)
 
 
 def analyse_exam(predictor: Predictor, file_paths: list[str] | None, *, max_bytes: int = 100 * 2**20,
@@ -244,18 +272,40 @@ def analyse_exam(predictor: Predictor, file_paths: list[str] | None, *, max_byte
             _forget(p, upload_dir)
 
 
+def _stop_on_sigterm() -> Any:
+    """Make SIGTERM (``kill PID``, a service manager) stop the server as Ctrl+C does, so that the upload folder is
+    removed; returns the previous handler (``None`` where signals cannot be handled: not the main thread)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
 def serve(bundle: str | Path, *, host: str = "127.0.0.1", port: int = 7860, backend: str = "torch",
           max_file_mb: int = 100, block: bool = True, trusted_key: str | Path | None = None) -> Any:
-    """Load a bundle and serve the page on ``host:port`` (127.0.0.1: only this machine can reach it)."""
+    """Load a bundle and serve the page on ``host:port`` (127.0.0.1: only this machine can reach it).
+
+    Every file Gradio writes for this page (uploads, its cache) goes to a private folder (mode 0700); uploads are
+    deleted once predicted, overlays are sent inline and never written, and the folder is removed when the server
+    stops: Ctrl+C (SIGINT), ``kill`` (SIGTERM) or the end of the process.
+    """
     import atexit
     import shutil
+    import signal
     import tempfile
 
     predictor = Predictor.from_bundle(bundle, backend=backend, trusted_key=trusted_key)  # type: ignore[arg-type]
-    upload_dir = Path(tempfile.mkdtemp(prefix="mammobench-uploads-"))
+    upload_dir = Path(tempfile.mkdtemp(prefix="mammobench-uploads-"))  # 0700: this user's only
     atexit.register(shutil.rmtree, upload_dir, ignore_errors=True)
     app = create_app(predictor, max_file_mb=max_file_mb, upload_dir=upload_dir)
     app.mammobench_upload_dir = upload_dir
+    previous = _stop_on_sigterm() if block else None
     try:
         # quiet: Gradio's banner suggests share=True (a public link); this page is local on purpose.
         app.launch(server_name=host, server_port=port, share=False, max_file_size=f"{max_file_mb}mb",
@@ -263,6 +313,8 @@ def serve(bundle: str | Path, *, host: str = "127.0.0.1", port: int = 7860, back
     finally:
         if block:
             shutil.rmtree(upload_dir, ignore_errors=True)
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
     return app
 
 

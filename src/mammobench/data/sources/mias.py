@@ -3,8 +3,8 @@
 Suckling J et al. (1994) The Mammographic Image Analysis Society Digital Mammogram Database.
 Excerpta Medica International Congress Series 1069:375-378.
 
-``Info.txt`` has one row per finding: ``ref tissue class severity x y radius``; rows of normal images
-stop after the class, a few findings have no centre (``*NOTE 3*``). Coordinates have their origin at the
+``Info.txt`` has one row per finding: ``ref tissue class severity x y radius``; the tissue (F fatty,
+G fatty-glandular, D dense-glandular) is kept as ``density``; rows of normal images stop after the class, a few findings have no centre (``*NOTE 3*``). Coordinates have their origin at the
 bottom-left corner (y grows upwards), so ``row = height - y``. Images ``mdb2k-1`` (right) and ``mdb2k``
 (left) are one woman: she is the patient.
 """
@@ -37,6 +37,8 @@ LESION_TYPES: dict[str, str] = {
     "NORM": "",
 }
 _SEVERITY = {"B": BENIGN, "M": MALIGNANT}
+#: Info.txt's background tissue (column 2), kept as ``density`` for subgroups (``evaluate --by density``).
+TISSUE: dict[str, str] = {"F": "fatty", "G": "fatty-glandular", "D": "dense-glandular"}
 _ROW = re.compile(r"^(mdb\d{3})\s+([FGD])\s+([A-Z]{4})(?:\s+([BM]))?(?:\s+(\d+)\s+(\d+)\s+(\d+))?", re.IGNORECASE)
 
 
@@ -155,6 +157,7 @@ def load_mias(
             "laterality": "L" if number % 2 == 0 else "R",
             "view": "MLO",
             "image_type": "full",
+            "density": TISSUE[by_ref[ref][0].tissue],
         }
 
     by_ref: dict[str, list[MiasFinding]] = {}
