@@ -229,7 +229,7 @@ def match_labels(model_labels: list[str], data_labels: list[str], *, where: str)
         # malignant vs the rest (a binary-with-normal model or dataset): every other class is NON_MALIGNANT
         k = model_labels.index(MALIGNANT)
         merge = [[k], [i for i in range(len(model_labels)) if i != k]]
-        relabel = {lab: NON_MALIGNANT for lab in data if lab != MALIGNANT}
+        relabel = {lab: NON_MALIGNANT for lab in data if lab not in (MALIGNANT, NON_MALIGNANT)}
         rest = sorted((set(model_labels) | data) - {MALIGNANT, NON_MALIGNANT})
         return [MALIGNANT, NON_MALIGNANT], merge, relabel, (
             f"malignant vs the rest: {', '.join(rest) or 'the other classes'} of the model and of {where} count as "
