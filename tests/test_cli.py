@@ -20,7 +20,7 @@ def test_help(command):
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path):
     runner = CliRunner()
     r = runner.invoke(app, ["prepare", "mias", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
-    assert r.exit_code == 2 and r.output.startswith("error: no Info.txt") and "Traceback" not in r.output
+    assert r.exit_code == 2 and r.output.startswith("error: no such folder") and "Traceback" not in r.output
     r = runner.invoke(app, ["train", "--config", "demo_cnn", "--set", "optim.lrr=1"])
     assert r.exit_code == 2 and "optim.lrr: unknown key" in r.output
     r = runner.invoke(app, ["evaluate", str(tmp_path / "no_run")])

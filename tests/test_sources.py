@@ -233,3 +233,44 @@ def test_jpeg_2000_is_decoded_in_processes_and_others_in_threads(tmp_path):
     other.build([CacheRequest(str(j2k[0]), None, True)], workers=1)
     assert np.allclose(cache.get(CacheRequest(str(j2k[0]), None, True)), other.get(CacheRequest(str(j2k[0]), None, True)),
                        atol=2 / 65535)
+
+
+def test_a_damaged_jpeg2000_frame_is_damaged_data_not_a_missing_decoder(tmp_path, capfd):
+    """`prepare rsna` with one damaged JPEG 2000 file and one cut short among good ones: each reported by name with
+    what is wrong with it, no traceback on the console, the rest prepared."""
+    _rsna(tmp_path)
+    first = tmp_path / "train_images" / "1000" / "013.dcm"  # the JPEG 2000 one (see _rsna)
+    assert pydicom.dcmread(first).file_meta.TransferSyntaxUID.is_compressed
+    data = bytearray(first.read_bytes())
+    start = data.find(b"\xff\x4f\xff\x51")  # the codestream's SOC + SIZ markers
+    data[start + 60 : start + 400] = np.random.default_rng(1).integers(0, 256, 340, dtype=np.uint8).tobytes()
+    first.write_bytes(bytes(data))
+    cut = tmp_path / "train_images" / "1001" / "123.dcm"
+    cut.write_bytes(cut.read_bytes()[:700])
+    capfd.readouterr()
+    result = prepare("rsna", tmp_path, tmp_path / "out", mode="full", split="random", test_fraction=0.34,
+                     preprocess=PreprocessSettings(size=(64, 48)), workers=2, preview=False)
+    captured = capfd.readouterr()
+    assert "Traceback" not in captured.out + captured.err
+    skipped = pd.read_csv(result.out / "skipped.csv").set_index("path")["reason"]
+    damaged, truncated = skipped[str(first.resolve())], skipped[str(cut.resolve())]
+    assert "damaged JPEG 2000" in damaged and "decoder is installed" in damaged and "pip install" not in damaged
+    assert truncated.startswith("unreadable image: truncated") and "no pixel data" not in truncated
+    assert len(read_manifest(result.out)) == 24 - 2  # the 24 images on disk but the two bad ones
+
+
+def test_a_missing_decoder_says_what_to_install(tmp_path, monkeypatch):
+    import pydicom.pixels
+
+    from mammobench.data.dicom import ImageReadError
+
+    path = _image(tmp_path / "j2k.dcm", "L", 0, jpeg2000=True)
+
+    class Unavailable:  # what pydicom gives where no JPEG 2000 plugin is installed
+        is_available = False
+        missing_dependencies = ["pylibjpeg-openjpeg"]
+
+    monkeypatch.setattr(pydicom.pixels, "get_decoder", lambda uid: Unavailable())
+    with pytest.raises(ImageReadError, match="no decoder for transfer syntax JPEG 2000 .* pip install pylibjpeg "
+                                             "pylibjpeg-openjpeg"):
+        read_image(path)

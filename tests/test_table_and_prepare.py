@@ -136,3 +136,52 @@ def test_prepare_in_shards_then_merge(tmp_path):
     assert any("0 built, 24 reused" in n for n in result.notes), "the merge decodes nothing again"
     with pytest.raises(MammobenchError, match="0 <= i < n"):
         prepare_shard("csv", table, tmp_path / "out", (3, 3), preprocess=settings)
+
+
+def test_merge_refuses_shards_of_another_size_naming_both(tmp_path):
+    from mammobench.data.demo import generate_demo_dataset
+    from mammobench.data.prepare import prepare, prepare_shard
+    from mammobench.data.preprocess import PreprocessSettings
+    from mammobench.runtime import MammobenchError
+
+    table = generate_demo_dataset(tmp_path / "images", n_patients=4, seed=2)
+    for i in range(2):
+        prepare_shard("csv", table, tmp_path / "out", (i, 2), preprocess=PreprocessSettings(size=48), workers=1)
+    with pytest.raises(MammobenchError, match=r"shards built the cache for size 48 .* asks for size 32"):
+        prepare("csv", table, tmp_path / "out", preprocess=PreprocessSettings(size=32), workers=1, merge=True,
+                preview=False)
+    assert not (tmp_path / "out" / "manifest.csv").exists()
+    (tmp_path / "out" / "shards" / "shard-1-of-2.json").unlink()
+    with pytest.raises(MammobenchError, match=r"no shard-1-of-2\.json in"):
+        prepare("csv", table, tmp_path / "out", preprocess=PreprocessSettings(size=48), workers=1, merge=True)
+
+
+def test_when_every_row_is_skipped_skipped_csv_is_still_written(tmp_path):
+    from mammobench.data.prepare import prepare
+    from mammobench.data.preprocess import PreprocessSettings
+    from mammobench.runtime import MammobenchError
+
+    # images that exist but cannot be decoded: skipped at decoding
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    table = tmp_path / "t.csv"
+    table.write_text(f"path,label,patient_id\n{bad},BENIGN,p1\n{bad},MALIGNANT,p2\n")
+    with pytest.raises(MammobenchError, match=r"no readable image left .*/out/skipped.csv"):
+        prepare("csv", table, tmp_path / "out", preprocess=PreprocessSettings(size=32), workers=1)
+    assert len(pd.read_csv(tmp_path / "out" / "skipped.csv")) == 2
+    # rows whose images do not exist: skipped by the source
+    missing = tmp_path / "m.csv"
+    missing.write_text("path,label,patient_id\nnowhere.png,BENIGN,p1\n")
+    with pytest.raises(MammobenchError, match=r"none of the 1 images exist.*every skipped row with its reason"):
+        prepare("csv", missing, tmp_path / "out2", preprocess=PreprocessSettings(size=32), workers=1)
+    skipped = pd.read_csv(tmp_path / "out2" / "skipped.csv")
+    assert list(skipped["reason"]) == ["image file not found"]
+
+
+def test_prepare_on_a_missing_folder_says_no_such_folder(tmp_path):
+    from typer.testing import CliRunner
+
+    from mammobench.cli import app
+
+    r = CliRunner().invoke(app, ["prepare", "cmmd", str(tmp_path / "missing" / "folder"), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "no such folder" in r.output and "no DICOM" not in r.output

@@ -392,3 +392,38 @@ def test_the_layers_import_only_downwards():
                 if module.startswith("mammobench.") and module.split(".")[1] in banned:
                     wrong.append(f"{path.relative_to(root)} imports {module}")
     assert not wrong, wrong
+
+
+def test_keygen_onto_an_existing_key_file_is_a_clean_error(tmp_path):
+    from typer.testing import CliRunner
+
+    from mammobench.cli import app
+
+    keys = tmp_path / "keys"
+    assert CliRunner().invoke(app, ["keygen", "--out", str(keys)]).exit_code == 0
+    private = keys / "mammobench_ed25519.pem"
+    before = private.read_bytes()
+    r = CliRunner().invoke(app, ["keygen", "--out", str(private)])
+    assert r.exit_code == 2 and "is a file" in r.output and "Traceback" not in r.output
+    assert private.read_bytes() == before
+
+
+def test_export_with_a_public_key_leaves_the_signed_bundle_working(trained_runs, tmp_path):
+    from typer.testing import CliRunner
+
+    from mammobench.cli import app
+    from mammobench.serving.bundle import load_bundle
+
+    keys = tmp_path / "keys"
+    CliRunner().invoke(app, ["keygen", "--out", str(keys)])
+    bundle = tmp_path / "mybundle"
+    r = CliRunner().invoke(app, ["export", str(trained_runs["cnn"]), "--out", str(bundle), "--sign",
+                                 str(keys / "mammobench_ed25519.pem")])
+    assert r.exit_code == 0, r.output
+    files = {p.name: p.read_bytes() for p in bundle.iterdir()}
+    r = CliRunner().invoke(app, ["export", str(trained_runs["cnn"]), "--out", str(bundle), "--sign",
+                                 str(keys / "mammobench_ed25519.pub.pem")])
+    assert r.exit_code == 2 and "it is a public key" in r.output
+    assert {p.name: p.read_bytes() for p in bundle.iterdir()} == files, "the signed bundle is untouched"
+    load_bundle(bundle, trusted_key=keys / "mammobench_ed25519.pub.pem")  # still verifies
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".mybundle")], "no half-made bundle left"

@@ -8,6 +8,7 @@ CBIS-DDSM full images are 16-bit MONOCHROME2, mostly RLE Lossless; pydicom decod
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,22 +89,27 @@ def read_dicom(path: str | Path) -> np.ndarray:
     except (OSError, ValueError, EOFError) as exc:
         raise ImageReadError(path, f"truncated or corrupt DICOM ({exc})") from None
     if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        # An image's header without its pixels: the file was cut short (pydicom drops a dataset whose encapsulated
+        # pixel data ends early, so the header is read again without the pixels).
+        header = ds if "Rows" in ds else pydicom.dcmread(str(path), stop_before_pixels=True)
+        if "Rows" in header and "Columns" in header:
+            raise ImageReadError(path, f"truncated: the file ({Path(path).stat().st_size} bytes) ends before the pixel "
+                                       f"data of its {header.Rows} x {header.Columns} image is complete (an interrupted "
+                                       "download or copy?)")
         raise ImageReadError(path, "DICOM has no pixel data (a header-only or structured-report file?)")
     intent = str(ds.get("PresentationIntentType", "")).strip().upper()
     if intent == "FOR PROCESSING" or str(ds.get("SOPClassUID", "")) in FOR_PROCESSING_SOP_CLASSES:
         raise ImageReadError(path, "a FOR PROCESSING image (raw detector data, before the vendor's image processing): "
                                    "models are trained on FOR PRESENTATION images, which look very different; export "
                                    "the presentation images from the archive instead")
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    missing = _missing_decoder(syntax)
+    if missing:
+        raise ImageReadError(path, missing)
     try:
         arr = ds.pixel_array
-    except (RuntimeError, NotImplementedError) as exc:
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        name = getattr(syntax, "name", syntax)
-        raise ImageReadError(
-            path, f"no decoder for transfer syntax {name}: pip install pylibjpeg pylibjpeg-rle pylibjpeg-libjpeg ({exc})"
-        ) from None
-    except (ValueError, EOFError, OSError) as exc:
-        raise ImageReadError(path, f"corrupt or truncated pixel data ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - decoders raise anything; the decoder is installed: the data is bad
+        raise ImageReadError(path, _damaged(syntax, exc)) from None
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise ImageReadError(path, f"expected a grayscale mammogram, got PhotometricInterpretation {photometric}")
@@ -126,6 +132,48 @@ def read_dicom(path: str | Path) -> np.ndarray:
     if photometric == "MONOCHROME1":
         data = 1.0 - data
     return data
+
+
+#: What to install for each family of compressed transfer syntaxes (pylibjpeg's plugins).
+_DECODER_PACKAGES = {"JPEG 2000": "pylibjpeg pylibjpeg-openjpeg", "RLE": "pylibjpeg pylibjpeg-rle",
+                     "JPEG": "pylibjpeg pylibjpeg-libjpeg"}
+
+
+def _missing_decoder(syntax: object) -> str:
+    """Why this transfer syntax cannot be decoded here (no decoder installed), or ``""`` when it can."""
+    if syntax is None:
+        return ""
+    from pydicom.pixels import get_decoder
+
+    name = getattr(syntax, "name", str(syntax))
+    try:
+        decoder = get_decoder(syntax)  # type: ignore[arg-type]
+    except NotImplementedError:
+        return f"transfer syntax {name} ({syntax}) has no pixel decoder in pydicom: convert the file"
+    if decoder.is_available:
+        return ""
+    package = next((pkg for key, pkg in _DECODER_PACKAGES.items() if key in str(name)), "pylibjpeg")
+    return f"no decoder for transfer syntax {name} is installed: pip install {package}"
+
+
+def _damaged(syntax: object, exc: BaseException) -> str:
+    """The reason for pixel data that an installed decoder could not read: damaged, or cut short."""
+    text = " ".join(str(exc).split())
+    first = text.split("plugins:", 1)[-1].strip() if "plugins:" in text else text  # the first plugin's own words
+    name = getattr(syntax, "name", "native")
+    if "less than expected" in text or isinstance(exc, EOFError):
+        return f"truncated: the pixel data is shorter than its header says ({first[:160]})"
+    compressed = bool(getattr(syntax, "is_compressed", False))
+    what = f"damaged {name} pixel data: the decoder is installed but could not decode it" if compressed else \
+        "corrupt pixel data"
+    return f"{what} ({first[:160]})"
+
+
+# pydicom logs a traceback for every plugin that fails on damaged data, and warns about a file cut inside its pixel
+# data; mammobench reports both itself, once, naming the file (ImageReadError).
+logging.getLogger("pydicom.pixels.decoders.base").addFilter(lambda record: record.levelno < logging.ERROR)
+logging.getLogger("pydicom").addFilter(lambda record: "End of file reached before delimiter" not in record.getMessage())
+warnings.filterwarnings("ignore", message="End of file reached before delimiter", category=UserWarning)
 
 
 def read_dicom_header(path: str | Path) -> DicomHeader:

@@ -122,10 +122,19 @@ def _load_records(
         notes.append(SYNTHETIC_NOTICE)
     if root is None:
         raise MammobenchError(f"prepare {dataset} needs the dataset's folder (ROOT)")
+    if not Path(root).exists():
+        raise MammobenchError(f"no such {'file' if dataset == 'csv' else 'folder'}: {root}")
     mapping = parse_label_spec(labels)
-    source = load_source(dataset, root, mode=mode, roi_source=roi_source, roi_margin=roi_margin,
-                         include_normal=include_normal, csv_dir=csv_dir, clinical=clinical, label_set=label_set,
-                         show_progress=show_progress)
+    try:
+        source = load_source(dataset, root, mode=mode, roi_source=roi_source, roi_margin=roi_margin,
+                             include_normal=include_normal, csv_dir=csv_dir, clinical=clinical, label_set=label_set,
+                             show_progress=show_progress)
+    except MammobenchError as exc:
+        skipped = getattr(exc, "skipped", None)
+        if skipped is None:
+            raise
+        _write_skipped(out / "skipped.csv", skipped)  # every row was skipped: that is when the list is needed most
+        raise type(exc)(f"{exc}; every skipped row with its reason: {out / 'skipped.csv'}") from None
     if dataset == "vindr" and (label_set or "suspicious") == "birads":
         from mammobench.data.labels import LabelMapping
         from mammobench.data.sources.vindr import BIRADS_LABELS
@@ -209,11 +218,10 @@ def prepare(
     frame, skipped, notes, mapping, root = _load_records(
         dataset, root, out, labels=labels, mode=mode, roi_source=roi_source, roi_margin=roi_margin,
         include_normal=include_normal, csv_dir=csv_dir, clinical=clinical, label_set=label_set, show_progress=show_progress)
-    if merge:
-        notes.append(_check_shards(out))
-
     settings = preprocess or PreprocessSettings()
     cache = ImageCache(Path(cache_dir) if cache_dir else out / "cache", settings)
+    if merge:
+        notes.append(_check_shards(out, cache))
     if build_cache:
         requests = [cache_request(r) for _, r in frame.iterrows()]
         report = cache.build(requests, workers=workers, show_progress=show_progress, processes=processes)
@@ -224,7 +232,9 @@ def prepare(
             frame = frame.drop(frame.index[bad_rows])
         notes.append(f"cache {cache.folder}: {report.built} built, {report.reused} reused, {len(report.failed)} failed")
     if frame.empty:
-        raise MammobenchError(f"no readable image left in {root} ({len(skipped)} skipped; see {out / 'skipped.csv'})")
+        _write_skipped(out / "skipped.csv", skipped)
+        raise MammobenchError(f"no readable image left in {root} ({len(skipped)} skipped; every one with its reason in "
+                              f"{out / 'skipped.csv'})")
     frame = frame.reset_index(drop=True)
 
     if split == "random":
@@ -365,11 +375,13 @@ def _build_shard(frame: pd.DataFrame, out: Path, shard: tuple[int, int], setting
     return ShardResult(path, i, n, len(mine), report.built, report.reused, len(report.failed))
 
 
-def _check_shards(out: Path) -> str:
-    """Before ``--merge``: every shard of one run finished. Returns a note for the summary.
+def _check_shards(out: Path, cache: ImageCache) -> str:
+    """Before ``--merge``: every shard of one run finished, with the preprocessing this merge asks for. Returns a
+    note for the summary.
 
     Raises:
-        MammobenchError: no shard, shards of different counts, or missing ones (named).
+        MammobenchError: no shard, shards of different counts, missing ones (named), or shards that built another
+            cache (another ``--size`` or preprocessing) than ``cache``: merging would decode everything again here.
     """
     import json
 
@@ -383,7 +395,15 @@ def _check_shards(out: Path) -> str:
     n = counts.pop()
     missing = sorted(set(range(n)) - {r["shard"] for r in reports})
     if missing:
-        raise MammobenchError(f"--merge: shard(s) {', '.join(map(str, missing))} of {n} have not finished "
-                              f"(no {out / 'shards'}/shard-i-of-{n}.json); run them first")
+        names = ", ".join(f"shard-{i}-of-{n}.json" for i in missing)
+        raise MammobenchError(f"--merge: shard(s) {', '.join(map(str, missing))} of {n} have not finished (no {names} "
+                              f"in {out / 'shards'}); run them first")
+    built = sorted({Path(r["cache"]).name for r in reports if r.get("cache")})
+    if built and built != [cache.folder.name]:
+        sizes = sorted({name.split("px-")[0] for name in built})
+        raise MammobenchError(f"--merge: the shards built the cache for size {', '.join(sizes)} ({', '.join(built)}) but "
+                              f"this merge asks for size {size_label(cache.settings.size)} ({cache.folder.name}): give "
+                              "--merge the same --size and preprocessing options as the shards (else every image would "
+                              "be decoded again on this one machine)")
     return (f"cache built by {n} shards: {sum(r['built'] for r in reports)} images decoded, "
             f"{sum(len(r['failed']) for r in reports)} failed")

@@ -20,6 +20,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import shutil
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +38,7 @@ from mammobench.runtime import (
     MammobenchError,
     atomic_path,
     atomic_write_json,
+    current_umask,
     environment_info,
     sha256_file,
     utc_now,
@@ -225,17 +229,60 @@ def export_bundle(
         sign: an Ed25519 private key (PEM): also write ``bundle.sig``.
 
     Raises:
-        RunError: unfinished run; BundleError: ONNX disagreeing with PyTorch beyond the tolerance.
+        RunError: unfinished run; SignatureError: ``sign`` is not an Ed25519 private key; BundleError: a bad
+            threshold method, ``out`` an existing folder that is not a bundle, ONNX disagreeing with PyTorch beyond
+            the tolerance. Each is raised before ``out`` changes: an existing bundle there stays as it was.
     """
+    run_dir, out = Path(run_dir), Path(out)
+    # Every input is checked before anything is written; the bundle is built beside ``out`` and swapped in whole,
+    # so a failure (a public key given to --sign, an ONNX export that disagrees) leaves a working bundle intact.
+    require_finished(run_dir)
+    if threshold_method not in ("youden", "sensitivity"):
+        raise BundleError(f"threshold method {threshold_method!r}: expected youden or sensitivity")
+    if sign is not None:
+        from mammobench.serving.signing import check_private_key
+
+        check_private_key(sign)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / BUNDLE_JSON).is_file())):
+        raise BundleError(f"{out} exists and is not a bundle folder: choose another --out (nothing of yours is replaced)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
+    try:
+        _write_bundle(run_dir, staging, onnx=onnx, threshold_method=threshold_method,
+                      parity_tolerance=parity_tolerance, parity_samples=parity_samples, sign=sign)
+        os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp's 0700 -> a folder's usual mode
+        _swap_in(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    """Replace ``out`` by ``staging`` with two renames (the old bundle is removed only once the new one is there)."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+    try:
+        staging.rename(out)
+    except OSError:
+        if old is not None:
+            old.rename(out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_bundle(run_dir: Path, out: Path, *, onnx: bool, threshold_method: str, parity_tolerance: float,
+                  parity_samples: int, sign: str | Path | None) -> None:
+    """Write a bundle's files into the (empty) folder ``out`` (:func:`export_bundle`)."""
     from safetensors.torch import save_file
 
     from mammobench.evaluation.inference import load_run_model
 
-    run_dir, out = Path(run_dir), Path(out)
-    require_finished(run_dir)
     info = read_model_info(run_dir)
     model, _ = load_run_model(run_dir)
-    out.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_path(out / MODEL_FILE) as tmp:
         save_file(weights, str(tmp), metadata={"architecture": info.architecture})
@@ -280,9 +327,6 @@ def export_bundle(
         from mammobench.serving.signing import sign_bundle
 
         sign_bundle(out, sign)
-    else:
-        (out / "bundle.sig").unlink(missing_ok=True)  # a signature of an earlier export would no longer verify
-    return out
 
 
 def _real_inputs(run_dir: Path, info: ModelInfo, n: int) -> tuple[torch.Tensor, str, torch.Tensor | None]:

@@ -41,6 +41,9 @@ def generate_keypair(out: str | Path, name: str = "mammobench_ed25519") -> tuple
     """
     serialization, ed25519 = _crypto()
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SignatureError(f"--out {out} is a file: --out takes the folder that will hold the key pair "
+                             f"({name}.pem and {name}.pub.pem); a key is never overwritten")
     private_path, public_path = out / f"{name}.pem", out / f"{name}.pub.pem"
     for path in (private_path, public_path):
         if path.exists():
@@ -49,9 +52,12 @@ def generate_keypair(out: str | Path, name: str = "mammobench_ed25519") -> tuple
     private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
     public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    atomic_write_bytes(private_path, private)
-    os.chmod(private_path, 0o600)
-    atomic_write_bytes(public_path, public)
+    try:
+        atomic_write_bytes(private_path, private)
+        os.chmod(private_path, 0o600)
+        atomic_write_bytes(public_path, public)
+    except OSError as exc:
+        raise SignatureError(f"cannot write the key pair into {out}: {exc.strerror or exc}") from None
     return private_path, public_path
 
 
@@ -66,12 +72,23 @@ def _read_key(path: str | Path, *, private: bool):  # type: ignore[no-untyped-de
                else serialization.load_pem_public_key(data))
     except (ValueError, TypeError) as exc:
         kind = "private" if private else "public"
-        raise SignatureError(f"{path} is not a PEM {kind} key ({exc})") from None
+        hint = ""
+        if private and b"PUBLIC KEY" in data:
+            hint = ": it is a public key; signing needs the private one (mammobench_ed25519.pem, not .pub.pem)"
+        elif not private and b"PRIVATE KEY" in data:
+            hint = ": it is a private key; give its public half (.pub.pem) and keep this one secret"
+        raise SignatureError(f"{path} is not a PEM {kind} key{hint or f' ({exc})'}") from None
     wanted = ed25519.Ed25519PrivateKey if private else ed25519.Ed25519PublicKey
     if not isinstance(key, wanted):
         raise SignatureError(f"{path} holds a {type(key).__name__}; bundles are signed with Ed25519 keys "
                              "(mammobench keygen makes a pair)")
     return key
+
+
+def check_private_key(path: str | Path) -> None:
+    """Raise :class:`SignatureError` unless ``path`` holds an Ed25519 private key (a public key given by mistake,
+    a missing file, another key type), before anything is written."""
+    _read_key(path, private=True)
 
 
 def sign_bundle(folder: str | Path, private_key: str | Path) -> Path:

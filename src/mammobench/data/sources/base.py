@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import pandas as pd
+
+from mammobench.runtime import MammobenchError
+
+E = TypeVar("E", bound=MammobenchError)
 
 RECORD_COLUMNS: tuple[str, ...] = (
     "sample_id", "dataset", "patient_id", "image_path", "roi", "raw_label", "lesion_type",
@@ -37,3 +42,11 @@ class SourceResult:
         missing = [c for c in RECORD_COLUMNS if c not in self.records.columns]
         if missing:  # a programming error in a source, not user input
             raise AssertionError(f"source records lack columns {missing}")
+
+
+def nothing_usable(error: type[E], message: str, skipped: list[Skipped]) -> E:
+    """The error a source raises when it skipped every row: it carries the skips (``.skipped``), so that ``prepare``
+    still writes ``skipped.csv``, which is when the user needs it most."""
+    exc = error(message)
+    exc.skipped = list(skipped)  # type: ignore[attr-defined]
+    return exc

@@ -30,7 +30,7 @@ from mammobench.data.dicom import ImageReadError, index_dicom_tree
 from mammobench.data.images import image_size, read_image
 from mammobench.data.labels import worst
 from mammobench.data.manifest import format_roi
-from mammobench.data.sources.base import Skipped, SourceResult
+from mammobench.data.sources.base import Skipped, SourceResult, nothing_usable
 from mammobench.runtime import MammobenchError, format_list, progress
 
 logger = logging.getLogger(__name__)
@@ -390,10 +390,8 @@ def load_cbis_ddsm(
             notes.append("crop vs mask told apart by " + ", ".join(f"{k}: {v}" for k, v in sorted(how_counts.items())))
     frame = pd.DataFrame(records)
     if frame.empty:
-        raise CbisDdsmError(
-            f"no image of any of the {len(cases)} CSV rows was found under {root} (layout {layout}); "
-            f"first problem: {skipped[0].reason if skipped else 'none'}"
-        )
+        raise nothing_usable(CbisDdsmError, f"no image of any of the {len(cases)} CSV rows was found under {root} "
+                             f"(layout {layout}); first problem: {skipped[0].reason if skipped else 'none'}", skipped)
     # A sample id can repeat only if the CSVs repeat a row; keep the ids unique and say so.
     dup = frame["sample_id"].duplicated(keep=False)
     if dup.any():

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mammobench.data.sources.base import Skipped, SourceResult
+from mammobench.data.sources.base import Skipped, SourceResult, nothing_usable
 from mammobench.data.sources.table import read_text_table
 from mammobench.data.views import normalise_laterality, normalise_view
 from mammobench.runtime import MammobenchError, format_list, progress
@@ -178,7 +178,8 @@ def load_cmmd(root: str | Path, *, mode: str = "full", clinical: str | Path | No
                      "cannot place them)")
     frame = pd.DataFrame(records)
     if frame.empty:
-        raise CmmdError(f"no labelled image under {tree} ({len(skipped)} skipped: {format_list([s.reason for s in skipped[:3]])})")
+        raise nothing_usable(CmmdError, f"no labelled image under {tree} ({len(skipped)} skipped: "
+                             f"{format_list([s.reason for s in skipped[:3]])})", skipped)
     unmatched = sorted(set(table["patient_id"]) - set(frame["patient_id"]))
     if unmatched:
         notes.append(f"{len(unmatched)} patient(s) of the clinical table have no image on disk "

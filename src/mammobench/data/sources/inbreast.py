@@ -29,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from mammobench.data.dicom import equipment_columns
-from mammobench.data.sources.base import Skipped, SourceResult
+from mammobench.data.sources.base import Skipped, SourceResult, nothing_usable
 from mammobench.data.views import normalise_laterality, normalise_view
 from mammobench.runtime import MammobenchError
 
@@ -138,7 +138,7 @@ def load_inbreast(root: str | Path, *, mode: str = "full") -> SourceResult:
             records.append({**base, "sample_id": f"inbreast_{number}_roi{k}", "roi": " ".join(map(str, box)),
                             "lesion_type": kind.lower(), "image_type": "full"})
     if not records:
-        raise InbreastError(f"no usable image in {root} ({len(skipped)} skipped)")
+        raise nothing_usable(InbreastError, f"no usable image in {root} ({len(skipped)} skipped)", skipped)
     notes = ["INbreast labels are BI-RADS assessments mapped 1 -> NORMAL, 2-3 -> BENIGN, 4a-6 -> MALIGNANT "
              "(--labels maps them otherwise; the BI-RADS value is kept in the birads column)"]
     return SourceResult(pd.DataFrame(records), skipped, notes)

@@ -22,7 +22,7 @@ from mammobench.data.dicom import ImageReadError
 from mammobench.data.images import image_size
 from mammobench.data.labels import BENIGN, MALIGNANT, NORMAL, worst
 from mammobench.data.manifest import format_roi
-from mammobench.data.sources.base import Skipped, SourceResult
+from mammobench.data.sources.base import Skipped, SourceResult, nothing_usable
 from mammobench.runtime import MammobenchError
 
 DATASET = "mias"
@@ -202,7 +202,7 @@ def load_mias(
                             "raw_label": _SEVERITY[f.severity or "B"], "lesion_type": LESION_TYPES[f.abnormality],
                             "abnormality_id": str(k), "source": ref_line})
     if not records:
-        raise MiasError(f"no usable mini-MIAS sample in {root} ({len(skipped)} skipped; first: "
-                        f"{skipped[0].reason if skipped else 'none'})")
+        raise nothing_usable(MiasError, f"no usable mini-MIAS sample in {root} ({len(skipped)} skipped; first: "
+                                        f"{skipped[0].reason if skipped else 'none'})", skipped)
     notes = [f"{len(by_ref)} images in Info.txt, {len(by_ref) - len(missing)} found; y axis flipped (origin bottom-left)"]
     return SourceResult(pd.DataFrame(records), skipped, notes)

@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from mammobench.data.dicom import equipment_columns
-from mammobench.data.sources.base import Skipped, SourceResult
+from mammobench.data.sources.base import Skipped, SourceResult, nothing_usable
 from mammobench.data.sources.table import read_text_table
 from mammobench.data.views import normalise_laterality, normalise_view
 from mammobench.runtime import MammobenchError
@@ -78,6 +78,7 @@ def load_rsna(root: str | Path, *, mode: str = "full") -> SourceResult:
             **{new: str(r.get(old, "")).strip() for old, new in KEPT.items()}, **equipment_columns(path),
         })
     if not records:
-        raise RsnaError(f"no image of train.csv was found under {images} ({len(skipped)} missing)")
+        raise nothing_usable(RsnaError, f"no image of train.csv was found under {images} ({len(skipped)} missing)",
+                             skipped)
     notes.append("labels: cancer 1 = MALIGNANT, 0 = NORMAL (a negative screen); --labels binary gives cancer vs not")
     return SourceResult(pd.DataFrame(records), skipped, notes)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from mammobench.data.manifest import parse_roi
-from mammobench.data.sources.base import Skipped, SourceResult
+from mammobench.data.sources.base import Skipped, SourceResult, nothing_usable
 from mammobench.runtime import MammobenchError
 
 REQUIRED = ("path", "label", "patient_id")
@@ -109,7 +109,8 @@ def load_table(path: str | Path, *, dataset: str = DATASET) -> SourceResult:
             "source": ref,
         })
     if not records:
-        raise TableError(f"{path}: none of the {len(table)} images exist (first missing: {skipped[0].path})")
+        raise nothing_usable(TableError, f"{path}: none of the {len(table)} images exist (first missing: "
+                                         f"{skipped[0].path})", skipped)
     frame = pd.DataFrame(records)
     dup = frame["sample_id"][frame["sample_id"].duplicated()].tolist()
     if dup:

@@ -33,7 +33,7 @@ from pathlib import Path
 import pandas as pd
 
 from mammobench.data.dicom import equipment_columns
-from mammobench.data.sources.base import Skipped, SourceResult
+from mammobench.data.sources.base import Skipped, SourceResult, nothing_usable
 from mammobench.data.sources.table import read_text_table
 from mammobench.data.views import normalise_laterality, normalise_view
 from mammobench.runtime import MammobenchError
@@ -133,7 +133,7 @@ def load_vindr(root: str | Path, *, mode: str = "full", label_set: str = "suspic
                                    str(meta[key]["side"]), b, " ".join(map(str, box)), _label(birads, label_set), birads,
                                    density, official, where, lesion_type=";".join(c.lower() for c in categories)))
     if not records:
-        raise VindrError(f"no usable image under {root / 'images'} ({len(skipped)} skipped)")
+        raise nothing_usable(VindrError, f"no usable image under {root / 'images'} ({len(skipped)} skipped)", skipped)
     notes = ["VinDr-Mammo has no biopsy labels: " + (
         "BI-RADS 4-5 are labelled MALIGNANT and 1-3 BENIGN (the usual malignancy proxy), not pathology" if label_set == "suspicious"
         else "the five classes are radiologists' BI-RADS assessments")]
