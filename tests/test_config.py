@@ -55,3 +55,12 @@ def test_zero_epochs_and_missing_preset():
         load_config("resnet18", ["stages.head_epochs=0", "stages.finetune_epochs=0"])
     with pytest.raises(ConfigError, match="not a preset"):
         load_config("no_such_preset")
+
+
+def test_whole_image_and_two_view_presets():
+    whole = load_config("resnet50_whole", ["data.manifest=prepared/cbis_full"])
+    assert whole.data.image_size == (1152, 896) and whole.model.grad_checkpointing and whole.trainer.accumulate > 1
+    assert whole.model.views is None
+    two = load_config("resnet50_two_view")
+    assert two.model.views is not None and two.model.views.views == ["CC", "MLO"] and two.data.image_size == (1152, 896)
+    assert two.data.batch_size * two.trainer.accumulate == 16 and two.model.grad_checkpointing

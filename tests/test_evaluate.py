@@ -75,15 +75,20 @@ def test_explain_files_and_bad_image(trained_runs, tmp_path, demo_prepared):
     assert gradcam(model, x, [0]).shape == (1, 64, 64)
 
 
-def test_compare_writes_a_report_with_the_metrics(trained_runs, demo_prepared, tmp_path):
-    # Reuse: copy the finished runs where compare will look for them.
+def _compare_trained(trained_runs, demo_prepared, tmp_path):
+    """compare() over the session's two trained runs, copied where compare looks for them (nothing retrained)."""
     for key in ("cnn", "vit"):
         shutil.copytree(trained_runs[key], tmp_path / "runs" / trained_runs[key].name)
         cfg = (tmp_path / "runs" / trained_runs[key].name / "config.yaml")
         cfg.write_text(cfg.read_text().replace(str(trained_runs[key].parent), str(tmp_path / "runs")))
-    result = compare(["demo_cnn", "demo_vit"], tmp_path, n_boot=100, gallery=2,
-                     overrides=[f"data.manifest={demo_prepared.out}", "output.tensorboard=false",
-                                "stages.finetune_epochs=6", "data.batch_size=16"])
+    return compare(["demo_cnn", "demo_vit"], tmp_path, n_boot=100, gallery=2,
+                   overrides=[f"data.manifest={demo_prepared.out}", "output.tensorboard=false",
+                              "stages.finetune_epochs=6", "data.batch_size=16"])
+
+
+def test_compare_writes_a_report_with_the_metrics(trained_runs, demo_prepared, tmp_path):
+    # Reuse: copy the finished runs where compare will look for them.
+    result = _compare_trained(trained_runs, demo_prepared, tmp_path)
     results = json.loads((tmp_path / "results.json").read_text())
     html = result.html.read_text()
     md = result.markdown.read_text()
@@ -98,6 +103,18 @@ def test_compare_writes_a_report_with_the_metrics(trained_runs, demo_prepared, t
     assert len(results["paired"]) == 1 and "p_value" in results["paired"][0]["auc_macro"]
     assert (tmp_path / "roc_macro.png").is_file() and (tmp_path / "results.csv").is_file()
     assert any(g["kind"] in ("correct", "wrong") for g in results["models"]["demo_cnn"]["gallery"])
+
+
+def test_the_report_says_what_it_shows(trained_runs, demo_prepared, tmp_path):
+    """No stage-2 band promised for single-stage runs; calibration said even when no temperature was fitted; the
+    ViT's maps titled as attention rollout; no class name broken mid-word in a table header."""
+    result = _compare_trained(trained_runs, demo_prepared, tmp_path)
+    md, html = result.markdown.read_text(), result.html.read_text()
+    assert "stage 2" not in md and "grey band" not in md
+    assert "demo_cnn: no temperature was fitted (" in md or "demo_cnn: temperature" in md
+    assert "## Attention rollout: demo_vit" in md and "## Grad-CAM: demo_cnn" in md
+    assert "Grad-CAM: demo_vit" not in md
+    assert "overflow-wrap:anywhere" not in html
 
 
 def test_compare_refuses_different_data_and_labels(trained_runs, demo_prepared, tmp_path):

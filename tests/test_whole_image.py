@@ -346,6 +346,7 @@ def test_predict_exam_from_the_command_line(two_view_bundle, full_prepared, tmp_
     assert sorted(breasts["laterality"]) == ["L", "R"] and len(images) == 3
     assert set(breasts.loc[breasts["laterality"] == "L", "views"]) == {"CC+MLO"}
     assert len(list((tmp_path / "cams" / "exam1").glob("*_gradcam.png"))) == 3
+    assert "P(MALIGNANT)" in result.output, "the console shows each breast's probabilities beside its decision"
     bad = tmp_path / "exam2"
     bad.mkdir()
     for name in ("L_CC.png", "L-CC.png"):

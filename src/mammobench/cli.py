@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -54,6 +55,14 @@ def _setup_logging(verbose: bool) -> None:
                         force=True)
     for noisy in ("PIL", "matplotlib", "urllib3", "httpx", "fsspec", "onnxscript", "onnx_ir"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not verbose:
+        # A Python warning is one line like every other message, not "file:line: Category: text" and the source line.
+        warnings.showwarning = _one_line_warning
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      file: object = None, line: str | None = None) -> None:
+    logging.getLogger("mammobench").warning("%s", message)
 
 
 _VERBOSE = False
@@ -67,9 +76,11 @@ def _quiet_lightning() -> None:
     """
     if _VERBOSE:
         return
+    import huggingface_hub.utils.logging  # noqa: F401  (adds its own stderr handler on import)
     import lightning  # noqa: F401  (configures its loggers on import)
 
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning_fabric"):
+    # Their own handlers would print each message a second time beside ours (a hub retry warning twice).
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "lightning_fabric", "huggingface_hub"):
         log = logging.getLogger(name)
         log.handlers.clear()
         log.propagate = True
@@ -443,7 +454,7 @@ def explain(
     target: Annotated[str | None, typer.Option("--class", help="Class to explain (default: the predicted one).")] = None,
     roi: Annotated[tuple[int, int, int, int] | None, typer.Option(help="Lesion box x0 y0 x1 y1 in a full image.")] = None,
 ) -> None:
-    """Grad-CAM (CNN) / token Grad-CAM (ViT) overlays on the preprocessed images."""
+    """Grad-CAM (CNN) / gradient-weighted attention rollout (ViT) overlays on the preprocessed images."""
     from mammobench.evaluation.explain import explain_files
     from mammobench.evaluation.inference import load_run_model
 
@@ -607,8 +618,12 @@ def _predict_exams(predictor, folders: list[Path], out: Path, aggregate: str, ca
     rows = [b for e in exams for b in e.breasts]
     import pandas as pd
 
-    console.print(_frame_table(pd.DataFrame([{"exam": b.exam, "side": b.laterality, "views": "+".join(b.views) or "-",
-                                          "decision": b.decision or b.error, "how": b.how} for b in rows]), "Breasts"))
+    table = pd.DataFrame([{"exam": b.exam, "side": b.laterality, "views": "+".join(b.views) or "-",
+                           **{f"P({label})": b.probabilities.get(label, float("nan")) for label in predictor.labels},
+                           "decision": b.decision or b.error, "how": b.how} for b in rows])
+    console.print(_frame_table(table, "Breasts (probabilities" + (", calibrated" if predictor.temperature else "")
+                               + (f"; {predictor.positive} when P >= {predictor.threshold:.3f})" if predictor.threshold
+                                  is not None else ")")))
     console.print(f"{len(rows)} breast(s) of {len(exams)} exam(s) -> [bold]{breasts_csv}[/] (images: {images_csv})")
 
 

@@ -70,6 +70,11 @@ def explanation_method(model: nn.Module) -> str:
     return "attention rollout (gradient-weighted)" if is_vit(model) else "Grad-CAM"
 
 
+def explanation_title(model: nn.Module) -> str:
+    """How pages and reports title a model's maps: ``Grad-CAM`` (CNNs) or ``Attention rollout`` (ViTs)."""
+    return "Attention rollout" if is_vit(model) else "Grad-CAM"
+
+
 def attention_rollout(model: nn.Module, inputs: torch.Tensor, targets: Sequence[int]) -> np.ndarray:
     """Gradient-weighted attention rollout (Chefer et al. 2021) of a timm ViT.
 

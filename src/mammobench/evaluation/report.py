@@ -146,20 +146,27 @@ def build_sections(results: dict[str, Any], table: pd.DataFrame, split: pd.DataF
                         "each lesion type.")
         sections.append(Section("By lesion type (test)", text, tables=[("Per lesion type", pd.DataFrame(lesion_rows))]))
 
+    evaluation = f"test{'_tta' if results.get('tta') else ''}"
     for title, file, width in (("Confusion matrices (test)", "confusion.png", 560),
                                ("Calibration (test)", "reliability.png", 360),
                                ("Training curves", "curves.png", 980)):
         imgs = []
         for name, m in models.items():
-            path = Path(m["run_dir"]) / "evaluation" / f"test{'_tta' if results.get('tta') else ''}" / file
-            if path.is_file():
-                imgs.append((name, path))
-        text = ["Expected calibration error (ECE) is in the results table; bars on the diagonal are perfectly "
-                "calibrated."] if file == "reliability.png" else []
+            folder = Path(m["run_dir"]) / "evaluation" / evaluation
+            if (folder / file).is_file():
+                imgs.append((name if file != "reliability.png" else f"{name}: as trained", folder / file))
+            calibrated = folder / "reliability_calibrated.png"
+            if file == "reliability.png" and calibrated.is_file():
+                imgs.append((f"{name}: after temperature scaling", calibrated))
+        text: list[str] = []
+        if file == "reliability.png":
+            text = ["Expected calibration error (ECE) is in the results table; bars on the diagonal are perfectly "
+                    "calibrated."] + [_calibration_note(name, m["test"].get("calibration") or {}) for name, m in models.items()]
         if file == "curves.png":
+            stage = ("the grey band is stage 2 (fine-tuning the last blocks), " if any(m.get("two_stage") for m in
+                                                                                      models.values()) else "")
             text = ["Loss and accuracy per epoch on training and validation data, validation AUC, and learning "
-                    "rate; the grey band is stage 2 (fine-tuning the last blocks), the dashed line the epoch whose "
-                    "weights were kept."]
+                    f"rate; {stage}the dashed line the epoch whose weights were kept."]
         sections.append(Section(title, text, images=imgs, image_width=width))
 
     first_gallery = True
@@ -168,15 +175,17 @@ def build_sections(results: dict[str, Any], table: pd.DataFrame, split: pd.DataF
             items = [g for g in m.get("gallery", []) if g["kind"] == kind]
             if not items:
                 continue
+            method = items[0].get("method", "Grad-CAM")
             text = []
             if first_gallery:
-                text = ["The most confident correct (✓) and wrong (✗) test predictions of each model, with the "
-                        "Grad-CAM map of the predicted class over the model's input. Heat shows what drove the "
-                        "prediction, not where the lesion is."]
+                text = ["The most confident correct (✓) and wrong (✗) test predictions of each model, with the map of "
+                        "the predicted class over the model's input (Grad-CAM for CNNs, gradient-weighted attention "
+                        "rollout for Vision Transformers). Heat shows what drove the prediction, not where the lesion "
+                        "is."]
                 first_gallery = False
             imgs = [(f"{mark} {g['sample_id']}: true {_short(g['true'])}, predicted {_short(g['predicted'])} "
                      f"({g['confidence']:.2f})", Path(g["image"])) for g in items]
-            sections.append(Section(f"Grad-CAM: {name}, {kind} predictions", text, images=imgs, image_width=192))
+            sections.append(Section(f"{method}: {name}, {kind} predictions", text, images=imgs, image_width=192))
 
     machine = results.get("machine", {})
     repro = [f"Made by mammobench {results['mammobench_version']} on {results['created']} "
@@ -189,6 +198,17 @@ def build_sections(results: dict[str, Any], table: pd.DataFrame, split: pd.DataF
         sections.append(matrix_section(results["matrix"], matrix_table(results["matrix"])))
     sections.append(Section("Reproduce", repro))
     return sections
+
+
+def _calibration_note(name: str, calibration: dict[str, Any]) -> str:
+    """Whether a model's probabilities were temperature-scaled, and if not, why not."""
+    t = calibration.get("temperature")
+    if t:
+        after = calibration.get("ece_after")
+        return (f"{name}: temperature {t:.2f} fitted on the validation split; ECE {calibration.get('ece_before', 0):.3f} "
+                f"as trained" + (f", {after:.3f} after scaling." if after is not None else "."))
+    reason = calibration.get("reason") or "none was fitted"
+    return f"{name}: no temperature was fitted ({reason}); the diagram shows the probabilities as trained."
 
 
 def _md_table(frame: pd.DataFrame) -> str:
@@ -224,7 +244,8 @@ h1{font-size:26px;margin:8px 0 4px}h2{font-size:19px;margin-top:36px;border-bott
 font-weight:600;margin:16px 0}p{line-height:1.5;font-size:14px}
 table{border-collapse:collapse;font-size:12.5px;margin:6px 0 18px;display:block;overflow-x:auto;max-width:100%}
 th,td{border:1px solid #d9dde4;padding:5px 8px;text-align:right;white-space:nowrap}
-th{background:#eef1f5;text-align:center;white-space:normal;max-width:130px;overflow-wrap:anywhere}td:first-child,th:first-child{text-align:left}
+th{background:#eef1f5;text-align:center;white-space:normal;max-width:130px;overflow-wrap:normal;word-break:normal}
+td:first-child,th:first-child{text-align:left}
 tr:nth-child(even) td{background:#fafbfc}.caption{font-weight:600;font-size:13px;margin-top:10px}
 .figs{display:flex;flex-wrap:wrap;gap:14px}figure{margin:0}figure img{max-width:100%;border:1px solid #e3e6ec}
 figcaption{font-size:11.5px;color:#5b6474;max-width:100%}

@@ -24,7 +24,7 @@ from mammobench.config import Config, load_config
 from mammobench.data.cache import ImageCache, cache_request
 from mammobench.data.demo import DEMO_DATASET, SYNTHETIC_NOTICE
 from mammobench.evaluation.evaluate import EvaluationResult, cache_root, evaluate, has_split, split_rows
-from mammobench.evaluation.explain import explain_arrays, overlay
+from mammobench.evaluation.explain import explain_arrays, explanation_title, overlay
 from mammobench.evaluation.inference import load_run_model
 from mammobench.evaluation.metrics import paired_auc_difference
 from mammobench.evaluation.plots import plot_roc_overlay
@@ -231,6 +231,7 @@ def _gallery(m: ModelResult, out: Path, per_kind: int) -> list[dict[str, Any]]:
     if not chosen:
         return []
     model, info = load_run_model(m.run_dir)
+    method = explanation_title(model)
     rows = split_rows(m.run_dir, "test").set_index("sample_id")
     cache = ImageCache(cache_root(m.run_dir), info.preprocess)
     images = [cache.get(cache_request(rows.loc[preds.iloc[i]["sample_id"]])) for _, i in chosen]
@@ -245,7 +246,7 @@ def _gallery(m: ModelResult, out: Path, per_kind: int) -> list[dict[str, Any]]:
         with atomic_path(path) as tmp:
             cv2.imwrite(str(tmp), big[:, :, ::-1])
         items.append({"kind": kind, "sample_id": row["sample_id"], "true": row["label"], "predicted": labels[pred],
-                      "confidence": float(p[labels[pred]]), "image": str(path)})
+                      "confidence": float(p[labels[pred]]), "image": str(path), "method": method})
     return items
 
 
@@ -356,7 +357,8 @@ def compare(
         "bootstrap": {"unit": "patient", "n": n_boot}, "machine": environment_info(),
         "models": {m.name: {"run_dir": str(m.run_dir), "architecture": m.config.model.name, "run": m.run_info,
                             "test": m.test.metrics, "val": m.val.metrics if m.val else None, "gallery": m.gallery,
-                            "run_warnings": m.run_info.get("warnings", [])} for m in models},
+                            "run_warnings": m.run_info.get("warnings", []),
+                            "two_stage": m.config.stages.head_epochs > 0} for m in models},
         "paired": paired, "n_common_test": len(common), "paired_level": level, "matrix": matrix,
     }
     atomic_write_json(out / "results.json", results)

@@ -137,9 +137,9 @@ def create_app(predictor: Predictor, *, max_file_mb: int = 100, upload_dir: Path
     if upload_dir is not None:
         os.environ["GRADIO_TEMP_DIR"] = str(upload_dir)  # read by Gradio when the app is built
     gr = _gradio()
-    from mammobench.evaluation.explain import explanation_method
+    from mammobench.evaluation.explain import explanation_title
 
-    method = explanation_method(predictor.model).split(" (")[0].replace("attention", "Attention")
+    method = explanation_title(predictor.model)
     with gr.Blocks(title="mammobench") as app:
         gr.Markdown("# mammobench: one mammogram")
         gr.Markdown(NOTICE, elem_id="notice")

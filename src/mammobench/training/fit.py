@@ -81,6 +81,16 @@ for _message in (".*smaller than the logging interval.*", ".*LeafSpec.*is deprec
     warnings.filterwarnings("ignore", message=_message)
 
 
+def _no_advertising(record: logging.LogRecord) -> bool:
+    """Drop Lightning's "Tip: ... install litlogger" (an advertisement, printed by every Trainer)."""
+    return "litlogger" not in record.getMessage()
+
+
+# On the logger the tip comes from, so that neither Lightning's own handler (a notebook, the Python API) nor any
+# handler a user configured prints it.
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_advertising)
+
+
 @dataclass
 class RunResult:
     run_dir: Path
@@ -484,8 +494,13 @@ def fit(
             "initial_loss": first_loss.first_loss, "uniform_loss": first_loss.uniform_loss, "warnings": warned,
         })
         _settle_replaced(backup, run_dir, finished=status == "finished", started_training=True)
-        logger.info("run %s %s: best %s = %s at epoch %s", run_dir, status, monitor,
-                    "n/a" if best_score is None else f"{best_score:.4g}", "n/a" if best_epoch is None else best_epoch)
+        if monitor is None:
+            logger.info("run %s %s: no validation split, the last epoch (%s) kept", run_dir, status, kept_epoch)
+        elif best_score is None:
+            logger.info("run %s %s: %s was undefined in every epoch, the last epoch (%s) kept", run_dir, status,
+                        monitor, kept_epoch)
+        else:
+            logger.info("run %s %s: best %s = %.4g at epoch %s", run_dir, status, monitor, best_score, best_epoch)
         return RunResult(run_dir, status, monitor, best_score, best_epoch, hist, seconds)
 
 

@@ -126,7 +126,10 @@ class LesionClassifier(pl.LightningModule):
         trainable = apply_stage(self.model, self.plan, stage=self.stage, unfreeze_blocks=unfreeze)
         if self.current_epoch in (0, self.stages.head_epochs):
             n = sum(p.numel() for name, p in self.model.named_parameters() if name in trainable)
-            logger.info("epoch %d: stage %d, %d trainable parameters", self.current_epoch + 1, self.stage, n)
+            if self.stages.head_epochs:  # two stages: say which one starts
+                logger.info("epoch %d: stage %d, %d trainable parameters", self.current_epoch + 1, self.stage, n)
+            else:
+                logger.info("epoch %d: %d trainable parameters", self.current_epoch + 1, n)
         self._train_sums = torch.zeros(3, device=self.device)
         self._epoch_started = time.perf_counter()
 
