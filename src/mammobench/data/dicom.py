@@ -92,10 +92,13 @@ def read_dicom(path: str | Path) -> np.ndarray:
         # An image's header without its pixels: the file was cut short (pydicom drops a dataset whose encapsulated
         # pixel data ends early, so the header is read again without the pixels).
         header = ds if "Rows" in ds else pydicom.dcmread(str(path), stop_before_pixels=True)
+        size = Path(path).stat().st_size
         if "Rows" in header and "Columns" in header:
-            raise ImageReadError(path, f"truncated: the file ({Path(path).stat().st_size} bytes) ends before the pixel "
-                                       f"data of its {header.Rows} x {header.Columns} image is complete (an interrupted "
-                                       "download or copy?)")
+            native = int(header.Rows) * int(header.Columns) * int(header.get("BitsAllocated", 8) or 8) // 8
+            if "Rows" not in ds or size < native:  # pydicom dropped what it read, or the pixels cannot fit
+                raise ImageReadError(path, f"truncated: the file ({size} bytes) ends before the pixel data of its "
+                                           f"{header.Rows} x {header.Columns} image is complete (an interrupted "
+                                           "download or copy?)")
         raise ImageReadError(path, "DICOM has no pixel data (a header-only or structured-report file?)")
     intent = str(ds.get("PresentationIntentType", "")).strip().upper()
     if intent == "FOR PROCESSING" or str(ds.get("SOPClassUID", "")) in FOR_PROCESSING_SOP_CLASSES:

@@ -329,6 +329,10 @@ class Predictor:
                 per_image.append(probs)
                 result = self._result(vid.path, probs)
                 result.note = f"{side} {view} (from the {vid.source})"
+                unlike = self.info.input_stats.outside(float(pre.mean()), float(pre.std())) if self.info.input_stats else ""
+                if unlike:
+                    result.note += f"; {unlike}"
+                    logger.warning("%s: %s", vid.path, unlike)
                 images.append(result)
                 if cams:
                     heat[vid.path] = geometry.to_original(self.explain(pre, view=view))
