@@ -44,7 +44,7 @@ def test_evaluate_prints_clean_lines_and_labels_whose_warnings_they_are(trained_
     assert res.returncode == 0, out[-2000:]
     assert "UndefinedMetricWarning" not in out and "warnings.warn" not in out and "select_threshold(" not in out
     assert "threshold: fallback 0.5" in " ".join(out.split())  # said once, by the CLI, with its reason
-    assert "warning (the training run" in out and "the test split holds only" in " ".join(out.split())
+    assert "warning (the training run" in out and "the test split of demo_cnn holds only" in " ".join(out.split())
 
 
 def test_a_fit_through_the_python_api_says_what_happened_in_plain_words(demo_prepared, tmp_path, caplog, capfd):

@@ -450,7 +450,8 @@ def evaluate(
     # Undefined metrics are NaN; say so once each, not per resample. A class absent from a lesion-type
     # subgroup is expected (BENIGN_WITHOUT_CALLBACK among masses): those go to the debug log and metrics.json.
     undefined = sorted({str(w.message) for w in caught if issubclass(w.category, UndefinedMetricWarning)})
-    about = f"the external set {data} ({split} rows)" if data is not None else f"the {split} split"
+    about = (f"the external set {data} ({split} rows, model {run_dir.name})" if data is not None
+             else f"the {split} split of {run_dir.name}")
     for message in undefined:
         level = logging.DEBUG if message.startswith(("lesion_type ", "dataset ")) else logging.WARNING
         logger.log(level, "%s: %s (reported as NaN)", about, message)

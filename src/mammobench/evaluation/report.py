@@ -158,7 +158,7 @@ def build_sections(results: dict[str, Any], table: pd.DataFrame, split: pd.DataF
             calibrated = folder / "reliability_calibrated.png"
             if file == "reliability.png" and calibrated.is_file():
                 imgs.append((f"{name}: after temperature scaling", calibrated))
-        text: list[str] = []
+        text = []
         if file == "reliability.png":
             text = ["Expected calibration error (ECE) is in the results table; bars on the diagonal are perfectly "
                     "calibrated."] + [_calibration_note(name, m["test"].get("calibration") or {}) for name, m in models.items()]
@@ -176,16 +176,16 @@ def build_sections(results: dict[str, Any], table: pd.DataFrame, split: pd.DataF
             if not items:
                 continue
             method = items[0].get("method", "Grad-CAM")
-            text = []
+            intro: list[str] = []
             if first_gallery:
-                text = ["The most confident correct (✓) and wrong (✗) test predictions of each model, with the map of "
+                intro = ["The most confident correct (✓) and wrong (✗) test predictions of each model, with the map of "
                         "the predicted class over the model's input (Grad-CAM for CNNs, gradient-weighted attention "
                         "rollout for Vision Transformers). Heat shows what drove the prediction, not where the lesion "
                         "is."]
                 first_gallery = False
             imgs = [(f"{mark} {g['sample_id']}: true {_short(g['true'])}, predicted {_short(g['predicted'])} "
                      f"({g['confidence']:.2f})", Path(g["image"])) for g in items]
-            sections.append(Section(f"{method}: {name}, {kind} predictions", text, images=imgs, image_width=192))
+            sections.append(Section(f"{method}: {name}, {kind} predictions", intro, images=imgs, image_width=192))
 
     machine = results.get("machine", {})
     repro = [f"Made by mammobench {results['mammobench_version']} on {results['created']} "
