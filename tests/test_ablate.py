@@ -16,9 +16,11 @@ import numpy as np
 import pytest
 import yaml
 
-from mammobench.experiments.ablate import ablate, default_storage, open_storage, run_worker, setup
+from mammobench.experiments.ablate import ablate
 from mammobench.experiments.stats import corrected_mean
+from mammobench.experiments.storage import default_storage, open_storage
 from mammobench.experiments.study import StudyError, cell_of, load_study
+from mammobench.experiments.workers import run_worker, setup
 
 TINY = ["output.tensorboard=false", "stages.head_epochs=0", "stages.finetune_epochs=1", "data.batch_size=16",
         "trainer.limit_train_batches=2", "trainer.early_stopping_patience=null"]

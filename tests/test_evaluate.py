@@ -13,9 +13,8 @@ import torch
 from mammobench.data.dicom import ImageReadError
 from mammobench.evaluation.evaluate import evaluate
 from mammobench.evaluation.explain import explain_arrays, explain_files, gradcam
-from mammobench.evaluation.inference import load_run_model
 from mammobench.experiments.compare import CompareError, compare
-from mammobench.training.rundir import RunError
+from mammobench.runs import RunError, load_run_model
 
 from .conftest import write_png
 

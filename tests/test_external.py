@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mammobench.evaluation.evaluate import evaluate, match_labels
+from mammobench.evaluation.evaluate import evaluate
+from mammobench.evaluation.predictions import match_labels
 from mammobench.runtime import MammobenchError
 
 THREE = ["BENIGN", "MALIGNANT", "BENIGN_WITHOUT_CALLBACK"]

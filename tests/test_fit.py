@@ -12,10 +12,10 @@ from safetensors.torch import load_file
 
 from mammobench.config import ConfigError, load_config
 from mammobench.models.factory import ModelError
+from mammobench.runs import RunError, read_model_info, require_finished
 from mammobench.runtime import MammobenchError
 from mammobench.training.fit import fit, resume
 from mammobench.training.module import NonFiniteLossError
-from mammobench.training.rundir import RunError, read_model_info, require_finished
 
 
 def tiny(manifest, out, *extra):

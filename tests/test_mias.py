@@ -59,7 +59,7 @@ def test_normal_films_are_not_benign_and_the_tissue_is_kept_as_density(tmp_path)
     from mammobench.data.manifest import read_manifest
     from mammobench.data.prepare import prepare
     from mammobench.data.preprocess import PreprocessSettings
-    from mammobench.evaluation.evaluate import subgroup_column
+    from mammobench.evaluation.breakdowns import subgroup_column
 
     small = PreprocessSettings(size=32)
     result = prepare("mias", MIAS, tmp_path / "binary", mode="full", labels="binary", include_normal=True,

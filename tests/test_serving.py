@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from mammobench.cli import app
 from mammobench.data.images import read_image
-from mammobench.evaluation.inference import load_run_model
+from mammobench.runs import load_run_model
 from mammobench.serving.bundle import BundleError, export_bundle, load_bundle, read_bundle_meta
 from mammobench.serving.predictor import Predictor, write_predictions
 
@@ -165,7 +165,7 @@ def test_a_crop_file_is_prepared_like_its_region_of_the_mammogram(trained_runs):
     """A lesion crop file and the same region given with --roi on its mammogram reach the model alike where they
     can (bit depth, the flip to the training side); what a crop file cannot carry (the breast's window) is said."""
     from mammobench.evaluation.inference import CROP_FILE_NOTE, SIDE_UNKNOWN_NOTE, model_input
-    from mammobench.training.rundir import read_model_info
+    from mammobench.runs import read_model_info
 
     info = read_model_info(trained_runs["cnn"])
     assert info.lesions_from == "image" and info.hflip == 0.5 and info.input_stats is not None

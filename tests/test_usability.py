@@ -279,7 +279,7 @@ def test_serve_is_quiet_about_public_links_and_cleans_up(plain_bundle, capfd):
 def test_vit_maps_are_not_flat_and_cnn_maps_still_work(trained_runs, demo_prepared):
     from mammobench.data.cache import ImageCache, cache_request
     from mammobench.evaluation.explain import explain_arrays, explanation_method
-    from mammobench.evaluation.inference import load_run_model
+    from mammobench.runs import load_run_model
 
     frame = pd.read_csv(Path(trained_runs["vit"]) / "split.csv", dtype=str, keep_default_na=False)
     rows = frame[frame["split"] == "test"].head(4)

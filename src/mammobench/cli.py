@@ -239,7 +239,7 @@ def train(
     except MammobenchError as exc:
         _fail(exc)
     score = "n/a" if result.best_score is None else f"{result.best_score:.4f}"
-    from mammobench.training.rundir import read_run_info
+    from mammobench.runs import read_run_info
 
     info = read_run_info(result.run_dir)
     kept = info.get("kept_epoch")
@@ -456,7 +456,7 @@ def explain(
 ) -> None:
     """Grad-CAM (CNN) / gradient-weighted attention rollout (ViT) overlays on the preprocessed images."""
     from mammobench.evaluation.explain import explain_files
-    from mammobench.evaluation.inference import load_run_model
+    from mammobench.runs import load_run_model
 
     try:
         model, info = load_run_model(run)
@@ -474,7 +474,7 @@ def demo(
 ) -> None:
     """The built-in SYNTHETIC demo: prepare, train a small CNN and ViT, compare, write the report."""
     _quiet_lightning()
-    from mammobench.demo import run_demo
+    from mammobench.experiments.demo import run_demo
 
     console.print("[bold yellow]SYNTHETIC DEMO DATA[/] - generated images, not patients; the numbers say nothing about real mammograms.")
     try:

@@ -180,6 +180,19 @@ class Config(_Strict):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
+def config_differences(a: Config, b: Config) -> list[str]:
+    """The dotted keys in which two configs differ (empty when they are the same run)."""
+
+    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    old, new = flat(a.model_dump(mode="json")), flat(b.model_dump(mode="json"))
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
 def list_presets() -> list[tuple[str, str]]:
     """``(name, one-line description)`` of every packaged preset (its first comment line)."""
     out = []

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import sys
@@ -78,6 +79,15 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(_nan_to_none(obj), indent=2, sort_keys=False, default=str) + "\n")
 
 
+def atomic_write_csv(path: str | os.PathLike[str], frame: Any, *, index: bool = False) -> Path:
+    """Write a pandas DataFrame as CSV (UTF-8) atomically."""
+    import io
+
+    buf = io.StringIO()
+    frame.to_csv(buf, index=index)
+    return atomic_write_text(path, buf.getvalue())
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path to write to (by any library); it is renamed onto ``path`` on success."""
@@ -95,7 +105,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 def _nan_to_none(obj: Any) -> Any:
-    if isinstance(obj, float) and obj != obj:  # NaN
+    if isinstance(obj, float) and math.isnan(obj):
         return None
     if isinstance(obj, dict):
         return {k: _nan_to_none(v) for k, v in obj.items()}

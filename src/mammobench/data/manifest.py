@@ -90,6 +90,22 @@ def format_roi(box: tuple[int, int, int, int] | None) -> str:
     return "" if box is None else " ".join(str(int(v)) for v in box)
 
 
+def manifest_folder(manifest: str | Path) -> Path:
+    """The folder of a manifest given as its ``manifest.csv`` or as the folder itself."""
+    path = Path(manifest)
+    return path if path.is_dir() or path.suffix.lower() != ".csv" else path.parent
+
+
+def cache_folder(manifest: str | Path | None, cache_dir: str | Path | None = None) -> Path:
+    """Where the preprocessed-image cache of a manifest lives: ``cache_dir`` when given, else ``<its folder>/cache``
+    (the one rule for ``prepare``, training, evaluation and studies)."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    if manifest is None:
+        raise ManifestError("no manifest, so no cache folder: set data.manifest (or data.cache_dir)")
+    return manifest_folder(manifest) / "cache"
+
+
 def patient_key(frame: pd.DataFrame) -> pd.Series:
     """The grouping key for splits: patient ids are only unique within a dataset."""
     return frame["dataset"].astype(str) + "/" + frame["patient_id"].astype(str)

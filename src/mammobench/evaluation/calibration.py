@@ -21,7 +21,6 @@ from mammobench.runtime import atomic_write_json, utc_now
 
 logger = logging.getLogger(__name__)
 
-CALIBRATION_FILE = "calibration.json"
 #: Fewer validation samples than this, or fewer than ``MIN_CALIBRATION_CLASS`` of a class: no temperature is
 #: fitted (it would be noise).
 MIN_CALIBRATION_SAMPLES = 50
@@ -72,15 +71,16 @@ def calibrate(probs: np.ndarray, y: np.ndarray) -> dict[str, Any]:
 
 def run_calibration(run_dir: str | Path, *, refit: bool = False) -> dict[str, Any]:
     """The run's temperature (``calibration.json``), fitted on its validation split the first time."""
-    from mammobench.evaluation.evaluate import _targets, has_split, run_predictions
+    from mammobench.evaluation.predictions import run_predictions, targets
+    from mammobench.runs import RunDir
 
-    run_dir = Path(run_dir)
-    path = run_dir / CALIBRATION_FILE
+    run = RunDir(run_dir)
+    path = run.calibration_path
     if path.is_file() and not refit:
         return dict(json.loads(path.read_text()))
-    if has_split(run_dir, "val"):
-        rows, probs, info, _ = run_predictions(run_dir, "val")
-        result = calibrate(probs, _targets(rows, info.labels, run_dir))
+    if run.has_split("val"):
+        val = run_predictions(run.path, "val")
+        result = calibrate(val.probs, targets(val.rows, val.info.labels, f"split.csv of {run.path}"))
     else:
         result = {"temperature": None, "reason": "the run has no validation split to fit a temperature on"}
     result["created"] = utc_now()

@@ -28,8 +28,8 @@ from torch import nn
 
 from mammobench.data.images import read_image
 from mammobench.figures import pyplot, save_png
+from mammobench.runs import ModelInfo
 from mammobench.runtime import MammobenchError
-from mammobench.training.rundir import ModelInfo
 
 logger = logging.getLogger(__name__)
 

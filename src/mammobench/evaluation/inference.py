@@ -1,4 +1,6 @@
-"""Load a finished run's model and predict probabilities for manifest rows (optionally with flip TTA)."""
+"""A model's input as training prepared it, and its probabilities for manifest rows (optionally with flip TTA).
+
+A run's model is loaded by :meth:`mammobench.runs.RunDir.load_model`."""
 
 from __future__ import annotations
 
@@ -15,10 +17,8 @@ from mammobench.data.cache import ImageCache
 from mammobench.data.dataset import BreastDataset, MammoDataset
 from mammobench.data.transforms import AugmentSettings, create_transform
 from mammobench.data.views import breast_table
-from mammobench.models.factory import create_model, prefers_channels_last
-from mammobench.models.views import MultiViewClassifier
-from mammobench.runtime import sha256_file
-from mammobench.training.rundir import MODEL_FILE, ModelInfo, RunError, read_model_info
+from mammobench.models.factory import prefers_channels_last
+from mammobench.runs import ModelInfo
 
 logger = logging.getLogger(__name__)
 
@@ -77,35 +77,6 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def build_model(info: ModelInfo, weights: dict[str, torch.Tensor]) -> nn.Module:
-    """Rebuild the architecture of ``info`` (no download) and load ``weights`` strictly."""
-    model, _ = create_model(info.architecture, num_classes=len(info.labels), pretrained="none",
-                            in_chans=info.in_chans, img_size=info.img_size, fusion=info.fusion,
-                            num_views=len(info.views or []) or 2)
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise RunError(f"weights do not fit {info.architecture}: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    if prefers_channels_last(model):
-        model = model.to(memory_format=torch.channels_last)  # inputs follow (NCHW inputs work too)
-        if isinstance(model, MultiViewClassifier):
-            model.channels_last = True
-    return model.eval()
-
-
-def load_run_model(run_dir: str | Path) -> tuple[nn.Module, ModelInfo]:
-    """The best model of a finished run (weights checked against the SHA-256 in ``model.json``)."""
-    from safetensors.torch import load_file
-
-    run_dir = Path(run_dir)
-    info = read_model_info(run_dir)
-    path = run_dir / MODEL_FILE
-    if not path.is_file():
-        raise RunError(f"run {run_dir} has no {MODEL_FILE}")
-    if sha256_file(path) != info.weights_sha256:
-        raise RunError(f"{path} does not match the checksum in model.json: the weights were changed or damaged")
-    return build_model(info, load_file(str(path))), info
 
 
 @torch.no_grad()

@@ -1,5 +1,10 @@
 """``compare``: train (or reuse) several models on the identical split, evaluate them, write a report.
 
+The steps: check the configs and every ``--external`` set before anything trains; train or reuse each run
+(:func:`~mammobench.training.reuse.train_or_reuse`); evaluate each on the same test set (and on the external
+sets: a train-set x test-set matrix); pair the models on the same patients; write ``results.json``,
+``results.csv`` and the report (:mod:`~mammobench.experiments.compare_report`).
+
 Example:
     >>> result = compare(["resnet18", "efficientnet_b0", "vit_base_patch16_384"], "comparison",
     ...                  overrides=["data.manifest=prepared/cbis"])                 # doctest: +SKIP
@@ -8,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import io
 import itertools
 import logging
 from collections.abc import Mapping, Sequence
@@ -23,22 +27,24 @@ import mammobench
 from mammobench.config import Config, load_config
 from mammobench.data.cache import ImageCache, cache_request
 from mammobench.data.demo import DEMO_DATASET, SYNTHETIC_NOTICE
-from mammobench.evaluation.evaluate import EvaluationResult, cache_root, evaluate, has_split, split_rows
+from mammobench.data.manifest import manifest_folder, patient_key
+from mammobench.evaluation.evaluate import EvaluationResult, evaluate
 from mammobench.evaluation.explain import explain_arrays, explanation_title, overlay
-from mammobench.evaluation.inference import load_run_model
 from mammobench.evaluation.metrics import paired_auc_difference
 from mammobench.evaluation.plots import plot_roc_overlay
-from mammobench.evaluation.report import write_report
+from mammobench.experiments.compare_report import matrix_section, matrix_table, write_report
+from mammobench.experiments.document import write_document
+from mammobench.formatting import format_estimate, format_metric
+from mammobench.runs import RunDir
 from mammobench.runtime import (
     MammobenchError,
     atomic_path,
+    atomic_write_csv,
     atomic_write_json,
-    atomic_write_text,
     environment_info,
     utc_now,
 )
-from mammobench.training.fit import fit
-from mammobench.training.rundir import RUN_INFO, read_model_info, read_run_info
+from mammobench.training.reuse import train_or_reuse
 
 logger = logging.getLogger(__name__)
 
@@ -66,188 +72,6 @@ class CompareResult:
     table: pd.DataFrame
     models: list[ModelResult]
     paired: list[dict[str, Any]]
-
-
-def _train_or_reuse(cfg: Config, *, show_progress: bool) -> Path:
-    run_dir = cfg.output.dir / cfg.run_name()
-    if (run_dir / RUN_INFO).is_file():
-        status = read_run_info(run_dir).get("status")
-        saved = load_config(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
-        same = saved is not None and saved.model_dump(mode="json") == cfg.model_dump(mode="json")
-        if status == "finished" and same:
-            logger.info("reusing finished run %s", run_dir)
-            return run_dir
-        if status != "finished" and same and (run_dir / "checkpoints" / "last.ckpt").is_file():
-            logger.info("resuming unfinished run %s", run_dir)
-            return fit(cfg, resume=True, show_progress=show_progress).run_dir
-        logger.info("run %s exists with %s; training it again", run_dir, "another config" if not same else f"status {status}")
-    return fit(cfg, overwrite=True, show_progress=show_progress).run_dir
-
-
-def _data_keys(cfgs: list[Config]) -> int:
-    return len({(str(Path(c.data.manifest).resolve()) if c.data.manifest else None, c.data.fold) for c in cfgs})
-
-
-def _own_folder(cfg: Config) -> Path:
-    own = Path(cfg.data.manifest or "").resolve()
-    return own if own.is_dir() else own.parent
-
-
-def check_external(cfgs: list[Config], external: Mapping[str, str | Path], split: str, *,
-                   allow_overlap: bool = False) -> None:
-    """Every ``--external`` set, before anything trains: a readable manifest with ``split`` rows, labels each model
-    can stand for, and no image or patient of a model's training data (unless ``allow_overlap``).
-
-    Raises:
-        MammobenchError (OverlapError): the first problem, naming the set as given.
-    """
-    from mammobench.data.manifest import read_manifest, read_manifest_info
-    from mammobench.data.splits import resolve_fold
-    from mammobench.evaluation.evaluate import match_labels
-    from mammobench.evaluation.overlap import OverlapError, find_overlap
-
-    for name, path in external.items():
-        where = f"--external {name}={path}"
-        try:
-            frame = read_manifest(path)
-            data_labels = read_manifest_info(path).labels
-        except MammobenchError as exc:
-            raise CompareError(f"{where}: {exc}") from None
-        rows = frame if split == "all" else frame[frame["split"] == split]
-        if rows.empty:
-            raise CompareError(f"{where}: no {split!r} rows (splits: {', '.join(sorted(set(frame['split'])))}); "
-                               "use --external-split all")
-        folder = Path(path).resolve()
-        for cfg in cfgs:
-            if cfg.data.manifest is None or (folder if folder.is_dir() else folder.parent) == _own_folder(cfg):
-                continue  # the model's own dataset: its test split is shown, never its training rows
-            try:
-                match_labels(read_manifest_info(cfg.data.manifest).labels, data_labels, where=where)
-            except MammobenchError as exc:
-                raise CompareError(f"{cfg.name}: {exc}") from None
-            training = read_manifest(cfg.data.manifest)
-            if cfg.data.fold is not None and (training["split"] == "cv").any():
-                training = resolve_fold(training, cfg.data.fold, val_fraction=0)
-            found = find_overlap(rows.reset_index(drop=True), training[training["split"].isin(["train", "val"])])
-            if found.rows and not allow_overlap:
-                raise OverlapError(f"{found.describe(where, f'{cfg.name} ({cfg.data.manifest})')}. An external set must "
-                                   "not hold the images or women a model is trained on: prepare it without them, or "
-                                   "pass --allow-overlap to drop those rows and score the rest")
-
-
-def _dataset_matrix(models: list[ModelResult], external: Mapping[str, str | Path], split: str, *, tta: bool,
-                    n_boot: int, allow_overlap: bool = False) -> dict[str, Any]:
-    """Each model's AUC (with its interval) on its own test split and on every external dataset."""
-    if not external:
-        return {}
-    out: dict[str, Any] = {"datasets": ["own test", *external], "split": split, "models": {}}
-    for m in models:
-        row: dict[str, Any] = {"trained_on": str(m.config.data.manifest), "own test": _headline(m.test.metrics)}
-        own = _own_folder(m.config)
-        for name, path in external.items():
-            folder = Path(path).resolve()
-            if (folder if folder.is_dir() else folder.parent) == own:
-                row[name] = {**row["own test"], "label_matching": "",
-                             "note": "the model's own dataset: its test split is shown, never its training rows"}
-                continue
-            ev = evaluate(m.run_dir, data=path, split=split, tta=tta, n_boot=n_boot, allow_overlap=allow_overlap)
-            row[name] = {**_headline(ev.metrics), "label_matching": ev.metrics.get("label_matching", ""),
-                         "overlap": (ev.metrics.get("overlap") or {}).get("note", "")}
-        out["models"][m.name] = row
-    return out
-
-
-def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
-    m = metrics["metrics"]
-    key = "auc_malignant" if "auc_malignant" in m else "auc_macro"
-    return {"metric": key, "value": m[key]["value"], "ci": m[key]["ci"], "n": metrics["n"], "patients": metrics["patients"]}
-
-
-def _matrix_only(models: list[ModelResult], matrix: dict[str, Any], out: Path, *, tta: bool, n_boot: int) -> CompareResult:
-    """Models trained on different data: no paired test on one test set; the dataset matrix compares them."""
-    from mammobench.evaluation.report import matrix_section, matrix_table, render_html, render_markdown
-
-    table = matrix_table(matrix)
-    results = {"created": utc_now(), "mammobench_version": mammobench.__version__, "tta": tta, "matrix": matrix,
-               "bootstrap": {"unit": "patient", "n": n_boot}, "machine": environment_info(), "paired": [],
-               "models": {m.name: {"run_dir": str(m.run_dir), "test": m.test.metrics} for m in models}}
-    atomic_write_json(out / "results.json", results)
-    sections = [matrix_section(matrix, table)]
-    title = "mammobench: models across datasets"
-    md, page = out / "report.md", out / "report.html"
-    atomic_write_text(md, render_markdown(sections, title=title, notice="", out=out))
-    atomic_write_text(page, render_html(sections, title=title, notice="", meta=f"{results['created']} · {len(models)} models"))
-    return CompareResult(out, md, page, table, models, [])
-
-
-def _same_data(cfgs: list[Config]) -> None:
-    keys = {(str(Path(c.data.manifest).resolve()) if c.data.manifest else None, c.data.fold) for c in cfgs}
-    if len(keys) > 1:
-        detail = "; ".join(f"{c.name}: manifest={c.data.manifest}, fold={c.data.fold}" for c in cfgs)
-        raise CompareError(f"the configs use different data, so their splits differ: {detail}")
-
-
-def _check_runs(models: list[ModelResult]) -> None:
-    first = models[0]
-    labels = read_model_info(first.run_dir).labels
-    split = pd.read_csv(first.run_dir / "split.csv", dtype=str)[["sample_id", "split"]].sort_values("sample_id")
-    for m in models[1:]:
-        other = read_model_info(m.run_dir).labels
-        if other != labels:
-            raise CompareError(f"runs {first.run_dir} and {m.run_dir} predict different label sets: {labels} vs {other}")
-        s = pd.read_csv(m.run_dir / "split.csv", dtype=str)[["sample_id", "split"]].sort_values("sample_id")
-        if not s.reset_index(drop=True).equals(split.reset_index(drop=True)):
-            raise CompareError(f"runs {first.run_dir} and {m.run_dir} were trained on different splits")
-
-
-def _across_classes(true: np.ndarray, score: np.ndarray, k: int) -> list[int]:
-    """Up to ``k`` indices with ``score >= 0``, the most confident first, taking the true classes in turn."""
-    queues = {lab: [i for i in np.argsort(-score) if true[i] == lab and score[i] >= 0] for lab in dict.fromkeys(true)}
-    out: list[int] = []
-    while len(out) < k and any(queues.values()):
-        for lab in list(queues):
-            if queues[lab] and len(out) < k:
-                out.append(int(queues[lab].pop(0)))
-    return out
-
-
-def _gallery(m: ModelResult, out: Path, per_kind: int) -> list[dict[str, Any]]:
-    """Grad-CAM overlays of the most confident correct and wrong test predictions."""
-    if per_kind <= 0:
-        return []
-    if read_model_info(m.run_dir).views:
-        logger.info("%s is a two-view model: no single-image gallery (mammobench predict --exam --cams explains "
-                    "each view of an exam)", m.name)
-        return []
-    import cv2
-
-    preds = m.test.predictions
-    labels = m.test.metrics["labels"]
-    probs = preds[[f"prob_{lab}" for lab in labels]].to_numpy()
-    conf = probs.max(1)
-    correct = (preds["predicted"] == preds["label"]).to_numpy()
-    chosen = [("correct", i) for i in _across_classes(preds["label"].to_numpy(), np.where(correct, conf, -1.0), per_kind)]
-    chosen += [("wrong", i) for i in _across_classes(preds["label"].to_numpy(), np.where(~correct, conf, -1.0), per_kind)]
-    if not chosen:
-        return []
-    model, info = load_run_model(m.run_dir)
-    method = explanation_title(model)
-    rows = split_rows(m.run_dir, "test").set_index("sample_id")
-    cache = ImageCache(cache_root(m.run_dir), info.preprocess)
-    images = [cache.get(cache_request(rows.loc[preds.iloc[i]["sample_id"]])) for _, i in chosen]
-    explained = explain_arrays(model, info, images)
-    items = []
-    for (kind, i), image, (p, pred, _, cam) in zip(chosen, images, explained, strict=True):
-        row = preds.iloc[i]
-        path = out / "gallery" / m.name / f"{kind}_{row['sample_id']}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        shown = overlay(image, cam)
-        big = cv2.resize(shown, (max(1, round(192 * shown.shape[1] / shown.shape[0])), 192), interpolation=cv2.INTER_NEAREST)
-        with atomic_path(path) as tmp:
-            cv2.imwrite(str(tmp), big[:, :, ::-1])
-        items.append({"kind": kind, "sample_id": row["sample_id"], "true": row["label"], "predicted": labels[pred],
-                      "confidence": float(p[labels[pred]]), "image": str(path), "method": method})
-    return items
 
 
 def compare(
@@ -283,6 +107,29 @@ def compare(
         CompareError: different data or label sets, duplicate names.
     """
     out = Path(out)
+    cfgs = _configs(configs, overrides, out)
+    same_data = len({_data_key(c) for c in cfgs}) == 1
+    if not external:
+        _same_data(cfgs)
+    check_external(cfgs, external or {}, external_split, allow_overlap=allow_overlap)
+    models = []
+    for cfg in cfgs:
+        run_dir = train_or_reuse(cfg, show_progress=show_progress)
+        models.append(ModelResult(cfg.run_name(), run_dir, cfg, RunDir(run_dir).read_info(), None, None))  # type: ignore[arg-type]
+    if same_data:
+        _check_runs(models)
+    for m in models:
+        m.test = evaluate(m.run_dir, split="test", tta=tta, n_boot=n_boot)
+        m.val = evaluate(m.run_dir, split="val", tta=tta, n_boot=n_boot) if RunDir(m.run_dir).has_split("val") else None
+        m.gallery = _gallery(m, out, gallery)
+    matrix = _dataset_matrix(models, external or {}, external_split, tta=tta, n_boot=n_boot, allow_overlap=allow_overlap)
+    if not same_data:
+        return _matrix_only(models, matrix, out, tta=tta, n_boot=n_boot)
+    return _report(models, matrix, out, tta=tta, n_boot=n_boot)
+
+
+def _configs(configs: Sequence[str | Path | Config], overrides: list[str] | None, out: Path) -> list[Config]:
+    """The validated configs, each writing its run under ``out/runs``; two runs of one name are refused."""
     if len(configs) < 1:
         raise CompareError("compare needs at least one config")
     cfgs = [c if isinstance(c, Config) else load_config(c, overrides) for c in configs]
@@ -291,112 +138,257 @@ def compare(
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise CompareError(f"two configs would write the same run {dup}; give them different names (name: ...)")
-    same_data = _data_keys(cfgs) == 1
-    if not external:
-        _same_data(cfgs)
-    check_external(cfgs, external or {}, external_split, allow_overlap=allow_overlap)
-    models: list[ModelResult] = []
-    for cfg in cfgs:
-        run_dir = _train_or_reuse(cfg, show_progress=show_progress)
-        models.append(ModelResult(cfg.run_name(), run_dir, cfg, read_run_info(run_dir), None, None))  # type: ignore[arg-type]
-    if same_data:
-        _check_runs(models)
-    for m in models:
-        m.test = evaluate(m.run_dir, split="test", tta=tta, n_boot=n_boot)
-        m.val = evaluate(m.run_dir, split="val", tta=tta, n_boot=n_boot) if has_split(m.run_dir, "val") else None
-        m.gallery = _gallery(m, out, gallery)
-    matrix = _dataset_matrix(models, external or {}, external_split, tta=tta, n_boot=n_boot, allow_overlap=allow_overlap)
-    if not same_data:
-        return _matrix_only(models, matrix, out, tta=tta, n_boot=n_boot)
+    return cfgs
 
-    labels = models[0].test.metrics["labels"]
-    positive = models[0].test.metrics["positive_label"]
-    # Two-view models predict breasts: then every model is compared on the same breasts (an image model's
-    # breast prediction is the mean over that breast's images).
-    level = "breast" if any(read_model_info(m.run_dir).views for m in models) else "image"
+
+def _data_key(cfg: Config) -> tuple[str | None, int | None]:
+    return (str(Path(cfg.data.manifest).resolve()) if cfg.data.manifest else None, cfg.data.fold)
+
+
+def _same_data(cfgs: list[Config]) -> None:
+    if len({_data_key(c) for c in cfgs}) > 1:
+        detail = "; ".join(f"{c.name}: manifest={c.data.manifest}, fold={c.data.fold}" for c in cfgs)
+        raise CompareError(f"the configs use different data, so their splits differ: {detail}")
+
+
+def _check_runs(models: list[ModelResult]) -> None:
+    first = RunDir(models[0].run_dir)
+    labels = first.read_model_info().labels
+    split = first.read_split(columns=["sample_id", "split"]).sort_values("sample_id").reset_index(drop=True)
+    for m in models[1:]:
+        run = RunDir(m.run_dir)
+        other = run.read_model_info().labels
+        if other != labels:
+            raise CompareError(f"runs {first.path} and {run.path} predict different label sets: {labels} vs {other}")
+        if not run.read_split(columns=["sample_id", "split"]).sort_values("sample_id").reset_index(drop=True).equals(split):
+            raise CompareError(f"runs {first.path} and {run.path} were trained on different splits")
+
+
+# --------------------------------------------------------------------------- external sets
+
+
+def check_external(cfgs: list[Config], external: Mapping[str, str | Path], split: str, *,
+                   allow_overlap: bool = False) -> None:
+    """Every ``--external`` set, before anything trains: a readable manifest with ``split`` rows, labels each model
+    can stand for, and no image or patient of a model's training data (unless ``allow_overlap``).
+
+    Raises:
+        MammobenchError (OverlapError): the first problem, naming the set as given.
+    """
+    from mammobench.data.manifest import read_manifest, read_manifest_info
+    from mammobench.data.splits import resolve_fold
+    from mammobench.evaluation.overlap import OverlapError, find_overlap
+    from mammobench.evaluation.predictions import match_labels
+
+    for name, path in external.items():
+        where = f"--external {name}={path}"
+        try:
+            frame, data_labels = read_manifest(path), read_manifest_info(path).labels
+        except MammobenchError as exc:
+            raise CompareError(f"{where}: {exc}") from None
+        rows = (frame if split == "all" else frame[frame["split"] == split]).reset_index(drop=True)
+        if rows.empty:
+            raise CompareError(f"{where}: no {split!r} rows (splits: {', '.join(sorted(set(frame['split'])))}); "
+                               "use --external-split all")
+        for cfg in cfgs:
+            if cfg.data.manifest is None or manifest_folder(Path(path).resolve()) == manifest_folder(Path(cfg.data.manifest).resolve()):
+                continue  # the model's own dataset: its test split is shown, never its training rows
+            try:
+                match_labels(read_manifest_info(cfg.data.manifest).labels, data_labels, where=where)
+            except MammobenchError as exc:
+                raise CompareError(f"{cfg.name}: {exc}") from None
+            training = read_manifest(cfg.data.manifest)
+            if cfg.data.fold is not None and (training["split"] == "cv").any():
+                training = resolve_fold(training, cfg.data.fold, val_fraction=0)
+            found = find_overlap(rows, training[training["split"].isin(["train", "val"])])
+            if found.rows and not allow_overlap:
+                raise OverlapError(f"{found.describe(where, f'{cfg.name} ({cfg.data.manifest})')}. An external set must "
+                                   "not hold the images or women a model is trained on: prepare it without them, or "
+                                   "pass --allow-overlap to drop those rows and score the rest")
+
+
+def _headline(report: dict[str, Any]) -> dict[str, Any]:
+    m = report["metrics"]
+    key = "auc_malignant" if "auc_malignant" in m else "auc_macro"
+    return {"metric": key, "value": m[key]["value"], "ci": m[key]["ci"], "n": report["n"], "patients": report["patients"]}
+
+
+def _dataset_matrix(models: list[ModelResult], external: Mapping[str, str | Path], split: str, *, tta: bool,
+                    n_boot: int, allow_overlap: bool = False) -> dict[str, Any]:
+    """Each model's AUC (with its interval) on its own test split and on every external dataset."""
+    if not external:
+        return {}
+    out: dict[str, Any] = {"datasets": ["own test", *external], "split": split, "models": {}}
+    for m in models:
+        row: dict[str, Any] = {"trained_on": str(m.config.data.manifest), "own test": _headline(m.test.report)}
+        own = manifest_folder(Path(m.config.data.manifest or "").resolve())
+        for name, path in external.items():
+            if manifest_folder(Path(path).resolve()) == own:
+                row[name] = {**row["own test"], "label_matching": "",
+                             "note": "the model's own dataset: its test split is shown, never its training rows"}
+                continue
+            ev = evaluate(m.run_dir, data=path, split=split, tta=tta, n_boot=n_boot, allow_overlap=allow_overlap)
+            row[name] = {**_headline(ev.report), "label_matching": ev.report.get("label_matching", ""),
+                         "overlap": (ev.report.get("overlap") or {}).get("note", "")}
+        out["models"][m.name] = row
+    return out
+
+
+def _matrix_only(models: list[ModelResult], matrix: dict[str, Any], out: Path, *, tta: bool, n_boot: int) -> CompareResult:
+    """Models trained on different data: no paired test on one test set; the dataset matrix compares them."""
+    table = matrix_table(matrix)
+    results = {"created": utc_now(), "mammobench_version": mammobench.__version__, "tta": tta, "matrix": matrix,
+               "bootstrap": {"unit": "patient", "n": n_boot}, "machine": environment_info(), "paired": [],
+               "models": {m.name: {"run_dir": str(m.run_dir), "test": m.test.report} for m in models}}
+    atomic_write_json(out / "results.json", results)
+    md, page = write_document(out, [matrix_section(matrix, table)], title="mammobench: models across datasets",
+                              meta=f"{results['created']} · {len(models)} models")
+    return CompareResult(out, md, page, table, models, [])
+
+
+# --------------------------------------------------------------------------- pairing and the report
+
+
+def _aligned(models: list[ModelResult]) -> tuple[str, dict[str, pd.DataFrame]]:
+    """Each model's test predictions by sample, per image or (with a two-view model among them) per breast: an
+    image model's breast prediction is the mean over that breast's images."""
+    level = "breast" if any(RunDir(m.run_dir).read_model_info().views for m in models) else "image"
     aligned = {}
     for m in models:
-        if level == "breast" and not read_model_info(m.run_dir).views:
+        if level == "breast" and not RunDir(m.run_dir).read_model_info().views:
             if "breast" not in (m.test.levels or {}):
                 raise CompareError(f"{m.name} cannot be compared per breast with the two-view models: "
-                                   f"{'; '.join(m.test.metrics.get('level_notes', [])) or 'no breast level'}")
+                                   f"{'; '.join(m.test.report.get('level_notes', [])) or 'no breast level'}")
             preds = (m.test.levels or {})["breast"].rename(columns={"breast_id": "sample_id"}).set_index("sample_id")
         else:
             preds = m.test.predictions.set_index("sample_id")
         aligned[m.name] = preds
+    return level, aligned
+
+
+def _paired(models: list[ModelResult], labels: list[str], positive: str | None, n_boot: int
+            ) -> tuple[list[dict[str, Any]], dict[str, tuple[np.ndarray, np.ndarray]], str, int]:
+    """Every pair of models on the same test samples (paired patient bootstrap of their AUC difference), the curves'
+    data, the level compared at and how many samples the models share."""
+    level, aligned = _aligned(models)
     common = sorted(set.intersection(*[set(p.index) for p in aligned.values()]))
     if not common:
         raise CompareError("the models' test predictions share no sample: they cannot be paired")
-    y = aligned[models[0].name].loc[common, "label"].map({lab: i for i, lab in enumerate(labels)}).to_numpy()
-    groups = (aligned[models[0].name].loc[common, "dataset"] + "/" + aligned[models[0].name].loc[common, "patient_id"]).to_numpy()
+    first = aligned[models[0].name].loc[common]
+    y = first["label"].map({lab: i for i, lab in enumerate(labels)}).to_numpy()
+    groups = patient_key(first).to_numpy()
     probs = {n: p.loc[common, [f"prob_{lab}" for lab in labels]].to_numpy() for n, p in aligned.items()}
     paired = []
     for a, b in itertools.combinations([m.name for m in models], 2):
-        entry: dict[str, Any] = {"a": a, "b": b}
-        entry["auc_macro"] = paired_auc_difference(y, probs[a], probs[b], groups, n_boot=n_boot)
+        entry: dict[str, Any] = {"a": a, "b": b,
+                                 "auc_macro": paired_auc_difference(y, probs[a], probs[b], groups, n_boot=n_boot)}
         if positive in labels:
             entry["auc_malignant"] = paired_auc_difference(y, probs[a], probs[b], groups, column=labels.index(positive),
                                                            n_boot=n_boot)
         paired.append(entry)
-    split = pd.read_csv(models[0].run_dir / "split.csv", dtype=str, keep_default_na=False)
+    return paired, {n: (y, p) for n, p in probs.items()}, level, len(common)
+
+
+def _report(models: list[ModelResult], matrix: dict[str, Any], out: Path, *, tta: bool, n_boot: int) -> CompareResult:
+    labels, positive = models[0].test.report["labels"], models[0].test.report["positive_label"]
+    paired, curves, level, n_common = _paired(models, labels, positive, n_boot)
+    split = RunDir(models[0].run_dir).read_split()
     synthetic = bool((split["dataset"] == DEMO_DATASET).any())
     mark = " (SYNTHETIC DEMO DATA)" if synthetic else ""
-    curves = {n: (y, p) for n, p in probs.items()}
     figures = {"roc_macro": plot_roc_overlay(curves, out / "roc_macro.png", column=None, label="macro one-vs-rest",
                                              title=f"ROC: macro one-vs-rest{mark}")}
     if positive in labels:
         figures["roc_malignant"] = plot_roc_overlay(curves, out / "roc_malignant.png", column=labels.index(positive),
                                                     label=f"{positive} vs rest", title=f"ROC: {positive} vs rest{mark}")
     table = results_table(models)
-    buf = io.StringIO()
-    table.to_csv(buf, index=False)
-    atomic_write_text(out / "results.csv", buf.getvalue())
+    atomic_write_csv(out / "results.csv", table)
     results = {
         "created": utc_now(), "mammobench_version": mammobench.__version__, "synthetic": synthetic,
         "notice": SYNTHETIC_NOTICE if synthetic else "", "labels": labels, "positive_label": positive, "tta": tta,
         "bootstrap": {"unit": "patient", "n": n_boot}, "machine": environment_info(),
         "models": {m.name: {"run_dir": str(m.run_dir), "architecture": m.config.model.name, "run": m.run_info,
-                            "test": m.test.metrics, "val": m.val.metrics if m.val else None, "gallery": m.gallery,
+                            "test": m.test.report, "val": m.val.report if m.val else None, "gallery": m.gallery,
                             "run_warnings": m.run_info.get("warnings", []),
                             "two_stage": m.config.stages.head_epochs > 0} for m in models},
-        "paired": paired, "n_common_test": len(common), "paired_level": level, "matrix": matrix,
+        "paired": paired, "n_common_test": n_common, "paired_level": level, "matrix": matrix,
     }
     atomic_write_json(out / "results.json", results)
     md, html = write_report(out, results, table, split, figures)
     return CompareResult(out, md, html, table, models, paired)
 
 
-def _fmt(metric: dict[str, Any] | None, pct: bool = False) -> str:
-    if not metric or metric.get("value") is None or metric["value"] != metric["value"]:
-        return "n/a"
-    scale, suffix = (100.0, "") if pct else (1.0, "")
-    v = metric["value"] * scale
-    lo, hi = (c * scale if c is not None and c == c else float("nan") for c in metric.get("ci", [None, None]))
-    digits = 1 if pct else 3
-    ci = f" [{lo:.{digits}f}, {hi:.{digits}f}]" if lo == lo and hi == hi else ""
-    return f"{v:.{digits}f}{suffix}{ci}"
-
-
 def results_table(models: list[ModelResult]) -> pd.DataFrame:
     """The notebook's comparison table, with 95 % patient-bootstrap intervals."""
     rows = []
     for m in models:
-        t, v = m.test.metrics["metrics"], (m.val.metrics["metrics"] if m.val else {})
+        t, v = m.test.report["metrics"], (m.val.report["metrics"] if m.val else {})
         rows.append({
             "model": m.name,
             "architecture": m.config.model.name,
             "parameters (M)": f"{m.run_info.get('parameters', 0) / 1e6:.2f}",
-            "val accuracy %": _fmt(v.get("accuracy"), pct=True),
-            "test accuracy %": _fmt(t["accuracy"], pct=True),
-            "test majority %": f"{t['majority_accuracy']['value'] * 100:.1f}",
-            "test balanced accuracy %": _fmt(t["balanced_accuracy"], pct=True),
-            "test macro AUC": _fmt(t["auc_macro"]),
-            "test malignant AUC": _fmt(t.get("auc_malignant")),
-            "sensitivity %": _fmt(t.get("sensitivity"), pct=True),
-            "specificity %": _fmt(t.get("specificity"), pct=True),
-            "ECE": _fmt(t["ece"]),
-            "train time (s)": f"{m.run_info.get('train_seconds', float('nan')):.0f}",
-            "train images/s": f"{m.run_info.get('train_images_per_s') or float('nan'):.1f}",
+            "val accuracy %": format_metric(v.get("accuracy"), digits=1, scale=100),
+            "test accuracy %": format_metric(t["accuracy"], digits=1, scale=100),
+            "test majority %": format_estimate(t["majority_accuracy"]["value"], digits=1, scale=100),
+            "test balanced accuracy %": format_metric(t["balanced_accuracy"], digits=1, scale=100),
+            "test macro AUC": format_metric(t["auc_macro"]),
+            "test malignant AUC": format_metric(t.get("auc_malignant")),
+            "sensitivity %": format_metric(t.get("sensitivity"), digits=1, scale=100),
+            "specificity %": format_metric(t.get("specificity"), digits=1, scale=100),
+            "ECE": format_metric(t["ece"]),
+            "train time (s)": format_estimate(m.run_info.get("train_seconds"), digits=0),
+            "train images/s": format_estimate(m.run_info.get("train_images_per_s"), digits=1),
         })
     return pd.DataFrame(rows)
 
+
+# --------------------------------------------------------------------------- explanation gallery
+
+
+def _across_classes(true: np.ndarray, score: np.ndarray, k: int) -> list[int]:
+    """Up to ``k`` indices with ``score >= 0``, the most confident first, taking the true classes in turn."""
+    queues = {lab: [i for i in np.argsort(-score) if true[i] == lab and score[i] >= 0] for lab in dict.fromkeys(true)}
+    out: list[int] = []
+    while len(out) < k and any(queues.values()):
+        for lab in list(queues):
+            if queues[lab] and len(out) < k:
+                out.append(int(queues[lab].pop(0)))
+    return out
+
+
+def _gallery(m: ModelResult, out: Path, per_kind: int) -> list[dict[str, Any]]:
+    """Explanation overlays (Grad-CAM / attention rollout) of the most confident correct and wrong test
+    predictions, drawn on the model's own input."""
+    run = RunDir(m.run_dir)
+    if per_kind <= 0:
+        return []
+    if run.read_model_info().views:
+        logger.info("%s is a two-view model: no single-image gallery (mammobench predict --exam --cams explains "
+                    "each view of an exam)", m.name)
+        return []
+    import cv2
+
+    preds = m.test.predictions
+    labels = m.test.report["labels"]
+    conf = preds[[f"prob_{lab}" for lab in labels]].to_numpy().max(1)
+    correct = (preds["predicted"] == preds["label"]).to_numpy()
+    true = preds["label"].to_numpy()
+    chosen = [("correct", i) for i in _across_classes(true, np.where(correct, conf, -1.0), per_kind)]
+    chosen += [("wrong", i) for i in _across_classes(true, np.where(~correct, conf, -1.0), per_kind)]
+    if not chosen:
+        return []
+    model, info = run.load_model()
+    rows = run.split_rows("test").set_index("sample_id")
+    cache = ImageCache(run.cache_root(), info.preprocess)
+    images = [cache.get(cache_request(rows.loc[preds.iloc[i]["sample_id"]])) for _, i in chosen]
+    items = []
+    for (kind, i), image, (p, pred, _, cam) in zip(chosen, images, explain_arrays(model, info, images), strict=True):
+        row = preds.iloc[i]
+        path = out / "gallery" / m.name / f"{kind}_{row['sample_id']}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shown = overlay(image, cam)
+        big = cv2.resize(shown, (max(1, round(192 * shown.shape[1] / shown.shape[0])), 192), interpolation=cv2.INTER_NEAREST)
+        with atomic_path(path) as tmp:
+            cv2.imwrite(str(tmp), big[:, :, ::-1])
+        items.append({"kind": kind, "sample_id": row["sample_id"], "true": row["label"], "predicted": labels[pred],
+                      "confidence": float(p[labels[pred]]), "image": str(path), "method": explanation_title(model)})
+    return items

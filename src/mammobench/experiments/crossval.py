@@ -11,7 +11,6 @@ Writes ``<output.dir>/<name>_cv/``: ``folds.csv``, ``out_of_fold_predictions.csv
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,8 @@ from mammobench.config import Config, load_config
 from mammobench.data.manifest import read_manifest
 from mammobench.evaluation.evaluate import evaluate
 from mammobench.evaluation.metrics import PatientBootstrap, safe_auc, too_few_patients
-from mammobench.runtime import MammobenchError, atomic_write_json, atomic_write_text, utc_now
+from mammobench.formatting import format_estimate, format_metric
+from mammobench.runtime import MammobenchError, atomic_write_csv, atomic_write_json, utc_now
 from mammobench.training.fit import fit
 
 FOLD_METRICS = ("auc_macro", "auc_malignant", "accuracy", "balanced_accuracy")
@@ -65,19 +65,17 @@ def crossval(
         fold_cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"fold": k})})
         run = fit(fold_cfg, overwrite=overwrite, show_progress=show_progress)
         ev = evaluate(run.run_dir, split="test", n_boot=n_boot, tta=tta)
-        m = ev.metrics["metrics"]
-        rows.append({"fold": k, "n": ev.metrics["n"], "patients": ev.metrics["patients"],
+        m = ev.report["metrics"]
+        rows.append({"fold": k, "n": ev.report["n"], "patients": ev.report["patients"],
                      **{name: m[name]["value"] for name in FOLD_METRICS if name in m}, "run_dir": str(run.run_dir)})
         oof.append(ev.predictions.assign(fold=k))
-        evaluations.append(ev.metrics)
+        evaluations.append(ev.report)
     table = pd.DataFrame(rows)
     pooled = pd.concat(oof, ignore_index=True)
     summary = summarise(cfg, folds, table, pooled, evaluations, n_boot=n_boot)
     out = cfg.output.dir / f"{cfg.run_name()}_cv"
-    for name, data in (("folds.csv", table), ("out_of_fold_predictions.csv", pooled)):
-        buf = io.StringIO()
-        data.to_csv(buf, index=False)
-        atomic_write_text(out / name, buf.getvalue())
+    atomic_write_csv(out / "folds.csv", table)
+    atomic_write_csv(out / "out_of_fold_predictions.csv", pooled)
     atomic_write_json(out / "summary.json", summary)
     md, html = write_report(out, summary, table)
     return CrossValResult(out, table, summary, md, html)
@@ -116,17 +114,9 @@ def summarise(cfg: Config, folds: list[int], table: pd.DataFrame, pooled: pd.Dat
     return summary
 
 
-def _fmt(value: float, ci: list[float] | tuple[float, float] | None = None) -> str:
-    if value is None or value != value:
-        return "n/a"
-    if ci is None or ci[0] is None or ci[0] != ci[0]:
-        return f"{value:.3f}"
-    return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
-
-
 def write_report(out: Path, summary: dict[str, Any], table: pd.DataFrame) -> tuple[Path, Path]:
     """``report.md`` and the self-contained ``report.html`` of a cross-validation."""
-    from mammobench.evaluation.report import Section, render_html, render_markdown
+    from mammobench.experiments.document import Section, write_document
 
     cfg = summary["config"]
     sections = [Section("Design", text=[
@@ -138,22 +128,18 @@ def write_report(out: Path, summary: dict[str, Any], table: pd.DataFrame) -> tup
     lines = [f"{name}: mean {s['mean']:.3f}, SD {s['sd']:.3f} (min {s['min']:.3f}, max {s['max']:.3f})"
              for name, s in ((n, summary[n]) for n in FOLD_METRICS if n in summary)]
     if pooled:
-        lines.insert(0, f"Pooled out-of-fold malignant AUC: {_fmt(pooled['value'], pooled['ci'])} over {pooled['n']} "
+        lines.insert(0, f"Pooled out-of-fold malignant AUC: {format_metric(pooled)} over {pooled['n']} "
                         f"samples of {pooled['patients']} patients (95 % patient-bootstrap interval"
                         + (f"; {pooled['interval_note']})" if pooled.get("interval_note") else ")"))
     shown = table.drop(columns=["run_dir"]).copy()
     for col in FOLD_METRICS:
         if col in shown:
-            shown[col] = shown[col].map(lambda v: "n/a" if v != v else f"{v:.3f}")
+            shown[col] = shown[col].map(format_estimate)
     sections.append(Section("Results", text=lines, tables=[("Test metrics per fold", shown)]))
     notes = [f"fold {n['fold']}: threshold {n['rule']} ({n['reason']})" for n in summary.get("threshold_notes", [])]
     notes += [f"fold {w['fold']}: {w['warning']}" for w in summary.get("run_warnings", [])]
     if notes:
         sections.append(Section("Warnings from the runs", text=notes))
     sections.append(Section("Reproduce", text=[f"Every fold's run folder: {', '.join(f'`{p}`' for p in table['run_dir'])}."]))
-    title = f"mammobench cross-validation: {cfg['name']}"
-    md, page = out / "report.md", out / "report.html"
-    atomic_write_text(md, render_markdown(sections, title=title, notice="", out=out))
-    atomic_write_text(page, render_html(sections, title=title, notice="",
-                                        meta=f"{summary['created']} · mammobench {summary['mammobench_version']}"))
-    return md, page
+    return write_document(out, sections, title=f"mammobench cross-validation: {cfg['name']}",
+                          meta=f"{summary['created']} · mammobench {summary['mammobench_version']}")

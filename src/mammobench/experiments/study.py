@@ -133,13 +133,13 @@ class StudySpec(_Strict):
             out = {self.baseline: []}
             keys = list(self.grid)
             for combo in itertools.product(*(self.grid[k] for k in keys)):
-                items = [f"{k}={_yaml_value(v)}" for k, v in zip(keys, combo, strict=True)]
+                items = [f"{k}={yaml_value(v)}" for k, v in zip(keys, combo, strict=True)]
                 out[",".join(items)] = items
             return out
         return {}
 
 
-def _yaml_value(value: Any) -> str:
+def yaml_value(value: Any) -> str:
     text = yaml.safe_dump(value, default_flow_style=True).strip()
     return text.removesuffix("\n...").strip()
 
@@ -258,7 +258,7 @@ def _check_key(spec: StudySpec, key: str, value: Any, *, where: str) -> None:
         ann = fields[part].annotation
         node = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
     try:
-        _check_model(study_config(spec, [f"{key}={_yaml_value(value)}"]))
+        _check_model(study_config(spec, [f"{key}={yaml_value(value)}"]))
     except MammobenchError as exc:
         raise StudyError(f"{where}: {exc}") from None
 

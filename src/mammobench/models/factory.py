@@ -110,7 +110,7 @@ def create_model(
         head_init: ``small`` re-initialises a new classification head (see :func:`init_head`), ``timm``
             keeps the architecture's own initialisation (EfficientNet / MobileNet heads then start with
             logits of about +-7 on pretrained features).
-        fusion: build a breast-level :class:`~mammobench.models.views.MultiViewClassifier` over
+        fusion: build a breast-level :class:`~mammobench.models.multiview.MultiViewClassifier` over
             ``num_views`` views with this fusion (``mean``, ``max``, ``concat``, ``attention``); ``None``
             = an image classifier.
 
@@ -127,7 +127,7 @@ def create_model(
     """
     check_model_name(name)
     if fusion is not None:
-        from mammobench.models.views import MultiViewClassifier
+        from mammobench.models.multiview import MultiViewClassifier
 
         backbone, report = create_model(name, num_classes=0, pretrained=pretrained, in_chans=in_chans,
                                         drop_path_rate=drop_path_rate, img_size=img_size)

@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
 import mammobench
-from mammobench.config import load_config
+from mammobench.runs import MODEL_FILE, ModelInfo, RunDir
 from mammobench.runtime import (
     MammobenchError,
     atomic_path,
@@ -43,7 +43,6 @@ from mammobench.runtime import (
     sha256_file,
     utc_now,
 )
-from mammobench.training.rundir import MODEL_FILE, ModelInfo, read_model_info, read_run_info, require_finished
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +166,7 @@ def load_bundle(path: str | Path, *, trusted_key: str | Path | None = None) -> B
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from mammobench.evaluation.inference import build_model
+    from mammobench.runs import build_model
 
     folder = Path(path)
     if not folder.is_dir():
@@ -189,24 +188,24 @@ def load_bundle(path: str | Path, *, trusted_key: str | Path | None = None) -> B
     return Bundle(folder, meta, model)
 
 
-def _val_threshold(run_dir: Path, info: ModelInfo, method: str, temperature: float | None = None) -> dict[str, Threshold]:
+def _val_threshold(run: RunDir, info: ModelInfo, method: str, temperature: float | None = None) -> dict[str, Threshold]:
     if info.positive_label is None:
         return {}
-    from mammobench.evaluation.evaluate import has_split, validation_threshold
+    from mammobench.evaluation.thresholds import validation_threshold
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the fallback is recorded in the bundle and printed by the CLI
-        choice = validation_threshold(run_dir, info.labels, info.positive_label, method=method, temperature=temperature)
+        choice = validation_threshold(run.path, info.labels, info.positive_label, method=method, temperature=temperature)
     if choice.reason:
         logger.warning("decision threshold for %s: %s (%s)", info.positive_label, choice.rule, choice.reason)
-    chosen_on = "val" if has_split(run_dir, "val") else "none (no validation split)"
+    chosen_on = "val" if run.has_split("val") else "none (no validation split)"
     return {info.positive_label: Threshold(value=choice.value, method=method, chosen_on=chosen_on, rule=choice.rule,
                                            reason=choice.reason)}
 
 
-def _test_summary(run_dir: Path) -> dict[str, Any]:
+def _test_summary(run: RunDir) -> dict[str, Any]:
     summary: dict[str, Any] = {}
-    for folder in sorted((run_dir / "evaluation").glob("*/metrics.json")):
+    for folder in sorted((run.path / "evaluation").glob("*/metrics.json")):
         data = json.loads(folder.read_text())
         summary[folder.parent.name] = {k: data["metrics"][k] for k in ("accuracy", "majority_accuracy", "auc_macro",
                                                                         "auc_malignant") if k in data["metrics"]}
@@ -236,7 +235,7 @@ def export_bundle(
     run_dir, out = Path(run_dir), Path(out)
     # Every input is checked before anything is written; the bundle is built beside ``out`` and swapped in whole,
     # so a failure (a public key given to --sign, an ONNX export that disagrees) leaves a working bundle intact.
-    require_finished(run_dir)
+    RunDir(run_dir).require_finished()
     if threshold_method not in ("youden", "sensitivity"):
         raise BundleError(f"threshold method {threshold_method!r}: expected youden or sensitivity")
     if sign is not None:
@@ -276,50 +275,24 @@ def _swap_in(staging: Path, out: Path) -> None:
 
 def _write_bundle(run_dir: Path, out: Path, *, onnx: bool, threshold_method: str, parity_tolerance: float,
                   parity_samples: int, sign: str | Path | None) -> None:
-    """Write a bundle's files into the (empty) folder ``out`` (:func:`export_bundle`)."""
+    """Write a bundle's files into the (empty) folder ``out`` (:func:`export_bundle`): the weights, the description
+    with thresholds, temperature and provenance, optionally the ONNX model checked against PyTorch, the signature."""
     from safetensors.torch import save_file
 
-    from mammobench.evaluation.inference import load_run_model
+    from mammobench.evaluation.calibration import run_calibration
 
-    info = read_model_info(run_dir)
-    model, _ = load_run_model(run_dir)
+    run = RunDir(run_dir)
+    model, info = run.load_model()
     weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_path(out / MODEL_FILE) as tmp:
         save_file(weights, str(tmp), metadata={"architecture": info.architecture})
-    cfg = load_config(run_dir / "config.yaml")
-    run_info = read_run_info(run_dir)
-    split = (run_dir / "split.csv").read_text().splitlines()
     digest = sha256_file(out / MODEL_FILE)
-    from mammobench.evaluation.calibration import run_calibration
-
-    temperature = run_calibration(run_dir).get("temperature")
-    meta = BundleMeta(
-        model=info.model_copy(update={"weights_sha256": digest}),
-        thresholds=_val_threshold(run_dir, info, threshold_method, temperature), temperature=temperature,
-        weights=FileEntry(file=MODEL_FILE, sha256=digest),
-        provenance={
-            "run": str(run_dir.resolve()), "run_name": run_info.get("name"), "exported": utc_now(),
-            "mammobench_version": mammobench.__version__, "trained_with": run_info.get("mammobench_version"),
-            "environment": environment_info()["versions"], "config": cfg.model_dump(mode="json"),
-            "best_epoch": run_info.get("best_epoch"), "best_validation": {run_info.get("monitor"): run_info.get("best_score")},
-            "counts": run_info.get("counts"), "evaluation": _test_summary(run_dir), "split_rows": len(split) - 1,
-            "synthetic": "demo-synthetic" in (run_dir / "split.csv").read_text(),
-        },
-    )
+    temperature = run_calibration(run.path).get("temperature")
+    meta = BundleMeta(model=info.model_copy(update={"weights_sha256": digest}),
+                      thresholds=_val_threshold(run, info, threshold_method, temperature), temperature=temperature,
+                      weights=FileEntry(file=MODEL_FILE, sha256=digest), provenance=_provenance(run))
     if onnx:
-        from mammobench.serving.onnx import OnnxRunner, export_onnx, max_probability_difference
-
-        onnx_path = export_onnx(model, info.input_size, out / ONNX_FILE, views=len(info.views) if info.views else None)
-        inputs, what, masks = _real_inputs(run_dir, info, parity_samples)
-        diff = max_probability_difference(model, OnnxRunner(onnx_path), inputs, masks=masks)
-        if diff > parity_tolerance:
-            onnx_path.unlink()
-            raise BundleError(f"ONNX export disagrees with PyTorch by {diff:.2e} (> {parity_tolerance:.0e}) on "
-                              f"{what}; not written")
-        meta.onnx = FileEntry(file=ONNX_FILE, sha256=sha256_file(onnx_path))
-        meta.onnx_max_abs_difference = diff
-        meta.onnx_check = what
-        logger.info("ONNX export matches PyTorch to %.2e on %s", diff, what)
+        _add_onnx(meta, model, run, out, parity_tolerance=parity_tolerance, parity_samples=parity_samples)
     data = meta.model_dump(mode="json")
     data["description_sha256"] = description_digest(data)
     atomic_write_json(out / BUNDLE_JSON, data)
@@ -329,15 +302,47 @@ def _write_bundle(run_dir: Path, out: Path, *, onnx: bool, threshold_method: str
         sign_bundle(out, sign)
 
 
-def _real_inputs(run_dir: Path, info: ModelInfo, n: int) -> tuple[torch.Tensor, str, torch.Tensor | None]:
+def _provenance(run: RunDir) -> dict[str, Any]:
+    """Where a bundle's model came from: its run, versions, config, best epoch, counts and test metrics."""
+    info = run.read_info()
+    split = run.read_split()
+    return {
+        "run": str(run.path.resolve()), "run_name": info.get("name"), "exported": utc_now(),
+        "mammobench_version": mammobench.__version__, "trained_with": info.get("mammobench_version"),
+        "environment": environment_info()["versions"], "config": run.read_config().model_dump(mode="json"),
+        "best_epoch": info.get("best_epoch"), "best_validation": {info.get("monitor"): info.get("best_score")},
+        "counts": info.get("counts"), "evaluation": _test_summary(run), "split_rows": len(split),
+        "synthetic": bool((split["dataset"] == "demo-synthetic").any()),
+    }
+
+
+def _add_onnx(meta: BundleMeta, model: nn.Module, run: RunDir, out: Path, *, parity_tolerance: float,
+              parity_samples: int) -> None:
+    """Export ``model.onnx`` and keep it only if it matches PyTorch on the run's own validation/test images."""
+    from mammobench.serving.onnx import OnnxRunner, export_onnx, max_probability_difference
+
+    info = meta.model
+    onnx_path = export_onnx(model, info.input_size, out / ONNX_FILE, views=len(info.views) if info.views else None)
+    inputs, what, masks = _real_inputs(run, info, parity_samples)
+    diff = max_probability_difference(model, OnnxRunner(onnx_path), inputs, masks=masks)
+    if diff > parity_tolerance:
+        onnx_path.unlink()
+        raise BundleError(f"ONNX export disagrees with PyTorch by {diff:.2e} (> {parity_tolerance:.0e}) on "
+                          f"{what}; not written")
+    meta.onnx = FileEntry(file=ONNX_FILE, sha256=sha256_file(onnx_path))
+    meta.onnx_max_abs_difference = diff
+    meta.onnx_check = what
+    logger.info("ONNX export matches PyTorch to %.2e on %s", diff, what)
+
+
+def _real_inputs(run: RunDir, info: ModelInfo, n: int) -> tuple[torch.Tensor, str, torch.Tensor | None]:
     """Normalised model inputs of up to ``n`` validation (then test) images of the run, which they are, and
     (a breast-level model) the breasts' view masks."""
     import pandas as pd
 
     from mammobench.data.cache import ImageCache, cache_request
-    from mammobench.evaluation.evaluate import cache_root
 
-    split = pd.read_csv(run_dir / "split.csv", dtype=str, keep_default_na=False)
+    split = run.read_split()
     rows = pd.concat([split[split["split"] == "val"], split[split["split"] == "test"]])
     if info.views:
         from mammobench.data.dataset import BreastDataset
@@ -345,12 +350,12 @@ def _real_inputs(run_dir: Path, info: ModelInfo, n: int) -> tuple[torch.Tensor, 
 
         transform = create_transform(train=False, augment=AugmentSettings(enabled=False), mean=info.mean, std=info.std)
         ds = BreastDataset(rows.assign(label=info.labels[0]), info.labels,
-                           ImageCache(cache_root(run_dir), info.preprocess), transform, views=info.views)
+                           ImageCache(run.cache_root(), info.preprocess), transform, views=info.views)
         items = [ds[i] for i in range(min(n, len(ds)))]
         return (torch.stack([it["image"] for it in items]).float(), f"{len(items)} validation/test breasts",  # type: ignore[misc]
                 torch.stack([it["view_mask"] for it in items]))  # type: ignore[misc]
     rows = rows.head(n)
-    cache = ImageCache(cache_root(run_dir), info.preprocess)
+    cache = ImageCache(run.cache_root(), info.preprocess)
     images = [cache.get(cache_request(r)) for _, r in rows.iterrows()]
     counts = rows["split"].value_counts()
     what = " and ".join(f"{int(counts[s])} {name} image{'s' if counts[s] != 1 else ''}"

@@ -363,7 +363,7 @@ class Predictor:
 
         model = self.model
         if self.breast_model:
-            from mammobench.models.views import SingleView
+            from mammobench.models.multiview import SingleView
 
             views = self.info.views or []
             model = SingleView(self.model, views.index(view) if view in views else 0)  # type: ignore[arg-type]

@@ -20,7 +20,7 @@ from torchmetrics.functional.classification import binary_auroc
 
 from mammobench.config import OptimConfig, StagesConfig
 from mammobench.models.finetune import ParameterPlan, apply_stage
-from mammobench.models.views import MultiViewClassifier
+from mammobench.models.multiview import MultiViewClassifier
 from mammobench.runtime import MammobenchError
 from mammobench.training.optim import WarmupCosine, create_optimizer, param_groups
 

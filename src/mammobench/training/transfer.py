@@ -16,8 +16,8 @@ from pathlib import Path
 from torch import nn
 
 from mammobench.models.factory import LoadReport, ModelError, load_state
+from mammobench.runs import RunDir, RunError
 from mammobench.runtime import sha256_file
-from mammobench.training.rundir import MODEL_FILE, RunError, read_model_info, require_finished
 
 logger = logging.getLogger(__name__)
 
@@ -32,15 +32,15 @@ def init_from_run(model: nn.Module, run_dir: str | Path, architecture: str) -> L
         RunError: the folder is not a finished run, or its weights do not match their checksum.
         ModelError: the run is of another architecture, or its tensors do not fit this model.
     """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise RunError(f"model.init_from={run_dir} does not exist (expected a finished mammobench run folder)")
-    require_finished(run_dir)
-    info = read_model_info(run_dir)
+    run = RunDir(run_dir)
+    if not run.path.is_dir():
+        raise RunError(f"model.init_from={run.path} does not exist (expected a finished mammobench run folder)")
+    run.require_finished()
+    info = run.read_model_info()
     if info.architecture != architecture:
-        raise ModelError(f"model.init_from={run_dir} is a {info.architecture} run but this run builds {architecture}: "
+        raise ModelError(f"model.init_from={run.path} is a {info.architecture} run but this run builds {architecture}: "
                          "weights transfer within one architecture only (train the crops model with the same model.name)")
-    path = run_dir / MODEL_FILE
+    path = run.weights_path
     if sha256_file(path) != info.weights_sha256:
         raise RunError(f"{path} does not match the checksum in its model.json: the weights were changed or damaged")
     from safetensors.torch import load_file
@@ -52,8 +52,8 @@ def init_from_run(model: nn.Module, run_dir: str | Path, architecture: str) -> L
     try:
         report = load_state(target, state, LoadReport("run", path=str(path)), new_head=True)
     except ModelError as exc:
-        raise ModelError(f"model.init_from={run_dir}: {exc}") from None
+        raise ModelError(f"model.init_from={run.path}: {exc}") from None
     if target is not model:
         report.reinitialised = [n for n, _ in model.named_parameters() if not n.startswith("backbone.")]
-    logger.info("initialised from run %s: %s", run_dir, report.summary())
+    logger.info("initialised from run %s: %s", run.path, report.summary())
     return report

@@ -12,11 +12,12 @@ import pandas as pd
 
 import mammobench
 from mammobench.evaluation.metrics import safe_auc
-from mammobench.evaluation.report import Section, render_html, render_markdown
+from mammobench.experiments.document import Section, write_document
 from mammobench.experiments.stats import DIFFERENCE_RANGE, METRIC_RANGE, CorrectedMean, corrected_mean
 from mammobench.experiments.study import StudySpec, cell_of, identical_variants
 from mammobench.figures import pyplot, save_png
-from mammobench.runtime import atomic_write_text, utc_now
+from mammobench.formatting import format_estimate, format_p
+from mammobench.runtime import utc_now
 
 #: Metrics summarised per variant (the study's own metric first).
 SUMMARY_METRICS = ("auc_malignant", "auc_macro", "balanced_accuracy", "accuracy")
@@ -64,16 +65,7 @@ def _pooled_auc(cells: pd.DataFrame, positive: str | None) -> dict[int, float]:
 
 
 def _fmt(c: CorrectedMean, digits: int = 3, signed: bool = False) -> str:
-    if c.n == 0 or c.mean != c.mean:
-        return "n/a"
-    sign = "+" if signed else ""
-    if c.ci[0] != c.ci[0]:
-        return f"{c.mean:{sign}.{digits}f}"
-    return f"{c.mean:{sign}.{digits}f} [{c.ci[0]:{sign}.{digits}f}, {c.ci[1]:{sign}.{digits}f}]"
-
-
-def _p(p: float) -> str:
-    return "n/a" if p != p else ("< 0.001" if p < 0.001 else f"{p:.3f}")
+    return format_estimate(c.mean if c.n else None, c.ci, digits=digits, signed=signed)
 
 
 def summarise(spec: StudySpec, study: Any, out: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
@@ -143,7 +135,7 @@ def summarise(spec: StudySpec, study: Any, out: Path) -> tuple[pd.DataFrame, pd.
             "balanced acc.": _fmt(mean_of(mine["balanced_accuracy"])) if "balanced_accuracy" in mine else "n/a",
             f"difference vs {spec.baseline} [95% CI]": ("same config" if identical else
                                                         "-" if diff is None else _fmt(diff, signed=True)),
-            "p": "-" if diff is None else _p(diff.p),
+            "p": "-" if diff is None else format_p(diff.p),
         })
     return cells, pd.DataFrame(rows), summary
 
@@ -263,9 +255,5 @@ def write_ablation_report(spec: StudySpec, out: Path, cells: pd.DataFrame, table
                                     tables=[("", cells[cols].round(4))]))
     folds = Section("Folds and seeds", text=[f"folds/repeat{r}/manifest.csv: fold seed {cv.seed + r}" for r in range(cv.repeats)])
     sections.append(folds)
-    title = f"mammobench ablation: {spec.name}"
-    meta = f"{summary['created']} · mammobench {summary['mammobench_version']} · {spec.design}"
-    md, html = out / "report.md", out / "report.html"
-    atomic_write_text(md, render_markdown(sections, title=title, notice="", out=out))
-    atomic_write_text(html, render_html(sections, title=title, notice="", meta=meta))
-    return md, html
+    return write_document(out, sections, title=f"mammobench ablation: {spec.name}",
+                          meta=f"{summary['created']} · mammobench {summary['mammobench_version']} · {spec.design}")

@@ -3,7 +3,7 @@
 No download, CPU only, a few minutes on two cores. Everything it writes says the data is synthetic.
 
 Example:
-    >>> from mammobench.demo import run_demo
+    >>> from mammobench.experiments.demo import run_demo
     >>> result = run_demo("demo_output")          # doctest: +SKIP
     >>> result.html                               # doctest: +SKIP
 """

@@ -1,0 +1,134 @@
+"""Metrics within parts of a set: lesion types and datasets, subgroups (``--by``), and the breast and patient
+levels a screening decision is made at. Pure functions of rows, labels and probabilities."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mammobench.data.manifest import patient_key
+from mammobench.evaluation.metrics import UndefinedMetricWarning, metrics_with_ci
+from mammobench.runtime import MammobenchError
+
+AGE_BANDS = ((0, 40, "<40"), (40, 50, "40-49"), (50, 60, "50-59"), (60, 70, "60-69"), (70, 200, "70+"))
+
+
+def by_lesion_type_and_dataset(report: dict[str, Any], rows: pd.DataFrame, y: np.ndarray, probs: np.ndarray,
+                               labels: list[str], groups: np.ndarray, positive: str | None, threshold: float | None,
+                               n_boot: int, seed: int, breakdown_min: int) -> None:
+    """Metrics per lesion type and per dataset (``report["by_lesion_type"]``, ``["by_dataset"]``), when the set holds
+    more than one of them; a class absent from a part is warned about as ``UndefinedMetricWarning``."""
+    for column, key in (("lesion_type", "by_lesion_type"), ("dataset", "by_dataset")):
+        values = [v for v in rows[column].unique() if v] if column in rows else []
+        if len(values) <= 1:
+            continue
+        report[key] = {}
+        for value in sorted(values):
+            sel = (rows[column] == value).to_numpy()
+            if sel.sum() < breakdown_min:
+                continue
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", UndefinedMetricWarning)
+                report[key][value] = {"n": int(sel.sum()), **metrics_with_ci(
+                    y[sel], probs[sel], labels, groups[sel], positive=positive, threshold=threshold,
+                    n_boot=max(200, n_boot // 2), seed=seed)}
+            for message in sorted({str(w.message) for w in caught}):
+                warnings.warn(f"{column} {value}: {message}", UndefinedMetricWarning, stacklevel=2)
+
+
+def subgroup_column(rows: pd.DataFrame, name: str) -> pd.Series:
+    """A manifest column for subgroups; ``age_band`` bins ``age`` (<40, 40-49, ..., 70+).
+
+    Raises:
+        MammobenchError: a column the rows do not have, naming the ones they do.
+    """
+    if name == "age_band":
+        age = pd.to_numeric(rows["age"], errors="coerce") if "age" in rows else None
+        if age is None or age.isna().all():
+            raise MammobenchError("--by age_band needs an 'age' column with numbers (CMMD, RSNA and VinDr manifests have one)")
+        bands = pd.Series("", index=rows.index)
+        for lo, hi, label in AGE_BANDS:
+            bands[(age >= lo) & (age < hi)] = label
+        return bands
+    if name not in rows.columns:
+        raise MammobenchError(f"--by {name}: the manifest has no such column (it has {', '.join(map(str, rows.columns))})")
+    return rows[name].astype(str).str.strip()
+
+
+def subgroups(rows: pd.DataFrame, y: np.ndarray, probs: np.ndarray, labels: list[str], groups: np.ndarray,
+              positive: str | None, threshold: float | None, by: Sequence[str], n_boot: int, seed: int) -> dict[str, Any]:
+    """AUC, sensitivity and specificity with intervals and counts for every value of every ``by`` column."""
+    out: dict[str, Any] = {}
+    for column in by:
+        values = subgroup_column(rows, column)
+        out[column] = {}
+        for value in sorted(v for v in values.unique() if v):
+            sel = (values == value).to_numpy()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UndefinedMetricWarning)
+                m = metrics_with_ci(y[sel], probs[sel], labels, groups[sel], positive=positive, threshold=threshold,
+                                    n_boot=max(200, n_boot // 2), seed=seed)
+            entry: dict[str, Any] = {"n": int(sel.sum()), "patients": int(len(np.unique(groups[sel]))),
+                                     "counts": {lab: int((y[sel] == i).sum()) for i, lab in enumerate(labels)}}
+            entry.update({key: m[key] for key in ("auc_malignant", "auc_macro", "sensitivity", "specificity") if key in m})
+            out[column][value] = entry
+    return out
+
+
+def _combine(p: np.ndarray, how: str, k: int | None) -> np.ndarray:
+    """One prediction from several (a breast's images, a patient's breasts)."""
+    if how == "max" and k is not None:
+        return p[int(np.argmax(p[:, k]))]
+    if how == "max":
+        return p.max(0) / p.max(0).sum()
+    return p.mean(0)
+
+
+def aggregate_levels(rows: pd.DataFrame, probs: np.ndarray, labels: list[str], positive: str | None, *,
+                     unit: str = "image", how: str = "mean") -> tuple[dict[str, tuple[pd.DataFrame, np.ndarray]],
+                                                                       dict[str, Any]]:
+    """Predictions combined per breast and per patient (the levels a screening decision is made at).
+
+    ``how``: ``mean`` averages the probabilities of a breast's images (or a patient's breasts); ``max`` takes
+    the image with the highest positive-class probability (the most suspicious view). A breast's label is
+    its worst finding (:func:`~mammobench.data.views.worst_label`).
+
+    Returns:
+        ``({level: (rows, probs)}, {level: prediction table, "_notes": [...]})``; a level that cannot be
+        formed (rows without laterality) is left out with a note.
+    """
+    from mammobench.data.views import ViewError, breast_ids, worst_label
+
+    if how not in ("mean", "max"):
+        raise ValueError(f"unknown aggregate {how!r}; expected mean or max")
+    out: dict[str, tuple[pd.DataFrame, np.ndarray]] = {}
+    tables: dict[str, Any] = {"_notes": []}
+    k = labels.index(positive) if positive in labels else None
+    keys: dict[str, pd.Series] = {}
+    if unit == "image":
+        try:
+            keys["breast"] = breast_ids(rows)
+        except ViewError as exc:
+            tables["_notes"].append(f"no breast level: {exc}")
+    keys["patient"] = patient_key(rows)
+    for level, key in keys.items():
+        key = key.reset_index(drop=True)
+        grouped, combined = [], []
+        for name, idx in key.groupby(key).groups.items():
+            idx = np.asarray(list(idx))
+            combined.append(_combine(probs[idx], how, k))
+            first = rows.iloc[int(idx[0])]
+            grouped.append({"sample_id": name, "dataset": first["dataset"], "patient_id": first["patient_id"],
+                            "label": worst_label(rows["label"].iloc[idx].tolist(), labels, positive), "n_images": len(idx)})
+        lrows = pd.DataFrame(grouped)
+        lprobs = np.asarray(combined, dtype=np.float64).reshape(len(lrows), len(labels))
+        out[level] = (lrows, lprobs)
+        table = lrows.rename(columns={"sample_id": f"{level}_id"})
+        for i, lab in enumerate(labels):
+            table[f"prob_{lab}"] = lprobs[:, i]
+        tables[level] = table
+    return out, tables

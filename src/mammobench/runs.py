@@ -1,0 +1,308 @@
+"""What a run is: the folder :func:`~mammobench.training.fit.fit` writes, its files by name, and how every later
+step (evaluation, experiments, serving) reads it back safely. The run format lives here and nowhere else.
+
+::
+
+    runs/<name>/
+      config.yaml        the resolved config (re-run or resume from it)
+      split.csv          the split used: sample_id, patient_id, label, split, ...
+      environment.json   library versions, machine, seed
+      run.json           status (running / finished / failed / interrupted), timings, best epoch, warnings
+      history.csv        one row per epoch (the curves' data)
+      skipped.csv        images that could not be read (if any)
+      model.safetensors  the kept weights (EMA weights when EMA is on) - never pickled
+      model.json         what is needed to rebuild and feed the model: timm name, labels, input, preprocessing
+      curves.png         loss / accuracy / AUC / learning rate per epoch
+      calibration.json   the temperature fitted on the validation split (or why none was)
+      fingerprints.csv   content fingerprints of the training files (the external-overlap check)
+      checkpoints/       Lightning checkpoints (last.ckpt, best.ckpt) to resume this run - local use only
+      logs/              CSV and TensorBoard logs
+      evaluation/<split>[_tta]/, evaluation/external_<data>_<split>[_tta]/   what evaluate() wrote
+
+Example:
+    >>> run = RunDir("runs/resnet18")                       # doctest: +SKIP
+    >>> run.require_finished(); model, info = run.load_model()   # doctest: +SKIP
+    >>> run.split_rows("test").head()                        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from mammobench.data.options import IntensityStats
+from mammobench.data.preprocess import PreprocessSettings
+from mammobench.runtime import MammobenchError, sha256_file
+
+if TYPE_CHECKING:  # heavy imports only where a model is built
+    import pandas as pd
+    import torch
+    from torch import nn
+
+    from mammobench.config import Config
+
+RUN_FORMAT = 1
+MODEL_FILE = "model.safetensors"
+MODEL_INFO = "model.json"
+RUN_INFO = "run.json"
+
+
+class RunError(MammobenchError):
+    """A run directory that is missing files, unfinished, or from an incompatible version."""
+
+
+class ModelInfo(BaseModel):
+    """``model.json``: everything needed to rebuild the network and prepare its input."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: int = RUN_FORMAT
+    architecture: str
+    labels: list[str]
+    positive_label: str | None
+    in_chans: int = 1
+    input_size: int | tuple[int, int]  # a side, or (height, width)
+    mean: float
+    std: float
+    img_size: int | tuple[int, int] | None = None
+    preprocess: PreprocessSettings
+    weights_sha256: str
+    ema: bool = False
+    mode: str = "roi"  # what the model was trained on: "roi" (lesion crops) or "full" (whole mammograms)
+    views: list[str] | None = None  # a breast-level model: its views in input order (None: an image model)
+    fusion: str | None = None  # how a breast-level model combines its views
+    #: a lesion model's training lesions: cut from whole images ("image", with --roi), crop files ("crop"), or both
+    lesions_from: str | None = None
+    hflip: float | None = None  # horizontal-flip probability of its training augmentation
+    input_stats: IntensityStats | None = None  # what its training inputs looked like (None: runs made before 0.2)
+
+
+def read_json(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object from a run's file; a clear :class:`RunError` when it is missing or malformed."""
+    if not path.is_file():
+        raise RunError(f"{path.parent} has no {path.name} ({what}); is it a mammobench run directory?")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise RunError(f"{path} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise RunError(f"{path} must hold a JSON object")
+    return data
+
+
+class RunDir:
+    """One run folder: its files by name, their readers, and its model.
+
+    Args:
+        path: the run folder (``<output.dir>/<name>``).
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    # ----------------------------------------------------------------- the files
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def split_path(self) -> Path:
+        return self.path / "split.csv"
+
+    @property
+    def environment_path(self) -> Path:
+        return self.path / "environment.json"
+
+    @property
+    def info_path(self) -> Path:
+        return self.path / RUN_INFO
+
+    @property
+    def history_path(self) -> Path:
+        return self.path / "history.csv"
+
+    @property
+    def skipped_path(self) -> Path:
+        return self.path / "skipped.csv"
+
+    @property
+    def weights_path(self) -> Path:
+        return self.path / MODEL_FILE
+
+    @property
+    def model_info_path(self) -> Path:
+        return self.path / MODEL_INFO
+
+    @property
+    def curves_path(self) -> Path:
+        return self.path / "curves.png"
+
+    @property
+    def calibration_path(self) -> Path:
+        return self.path / "calibration.json"
+
+    @property
+    def fingerprints_path(self) -> Path:
+        return self.path / "fingerprints.csv"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints / "last.ckpt"
+
+    def evaluation_dir(self, name: str, *, tta: bool = False) -> Path:
+        """Where :func:`~mammobench.evaluation.evaluate.evaluate` writes one evaluation (``name``: a split, or
+        :func:`external_name`)."""
+        return self.path / "evaluation" / f"{name}{'_tta' if tta else ''}"
+
+    @staticmethod
+    def external_name(data: str | Path, split: str) -> str:
+        """The evaluation name of another prepared dataset's ``split`` rows."""
+        return f"external_{Path(data).resolve().name}_{split}"
+
+    # ----------------------------------------------------------------- readers
+    def exists(self) -> bool:
+        """Whether a run was started here (its ``run.json`` exists)."""
+        return self.info_path.is_file()
+
+    def read_info(self) -> dict[str, Any]:
+        """``run.json``: status, timings, counts, warnings."""
+        return read_json(self.info_path, "the run's status")
+
+    def status(self) -> str | None:
+        """The run's status, or ``None`` when no run was started here."""
+        return self.read_info().get("status") if self.exists() else None
+
+    def read_model_info(self) -> ModelInfo:
+        """Validate and return ``model.json``; a file from another format version is refused by name."""
+        data = read_json(self.model_info_path, "written when training finishes")
+        if data.get("format") != RUN_FORMAT:
+            raise RunError(
+                f"{self.model_info_path} has format {data.get('format')!r}; this mammobench reads format {RUN_FORMAT}. "
+                "Re-train with this version, or use the mammobench version that made it."
+            )
+        try:
+            return ModelInfo.model_validate(data)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise RunError(f"{self.model_info_path} is malformed: {err['loc']}: {err['msg']}") from None
+
+    def read_config(self) -> Config:
+        from mammobench.config import load_config
+
+        return load_config(self.config_path)
+
+    def require_finished(self) -> dict[str, Any]:
+        """The run's ``run.json`` if it finished with every file a later step reads; a clear error otherwise."""
+        if not self.path.is_dir():
+            raise RunError(f"run directory {self.path} does not exist")
+        info = self.read_info()
+        status = info.get("status")
+        if status != "finished":
+            hint = (" Resume it with `mammobench train --resume RUN_DIR`."
+                    if status in ("interrupted", "failed", "running") else "")
+            raise RunError(f"run {self.path} is not finished (status: {status}).{hint}")
+        for path in (self.weights_path, self.model_info_path, self.split_path, self.config_path):
+            if not path.is_file():
+                raise RunError(f"run {self.path} is missing {path.name}")
+        return info
+
+    def read_split(self, *, columns: list[str] | None = None) -> pd.DataFrame:
+        """``split.csv`` as strings (every row, or only ``columns``)."""
+        import pandas as pd
+
+        return pd.read_csv(self.split_path, dtype=str, keep_default_na=False, usecols=columns)
+
+    def split_rows(self, split: str) -> pd.DataFrame:
+        """The rows of one split; a clear error when it is empty."""
+        frame = self.read_split()
+        rows = frame[frame["split"] == split].reset_index(drop=True)
+        if rows.empty:
+            raise RunError(f"the {split} split of run {self.path} is empty (splits: {sorted(set(frame['split']))})")
+        return rows
+
+    def has_split(self, split: str) -> bool:
+        """Whether ``split.csv`` holds any row of ``split`` (runs on small k-fold sets may have no ``val``)."""
+        return bool((self.read_split(columns=["split"])["split"] == split).any())
+
+    def training_rows(self) -> pd.DataFrame:
+        """The rows the model learnt from: its training and validation splits."""
+        frame = self.read_split()
+        return frame[frame["split"].isin(["train", "val"])]
+
+    def cache_root(self) -> Path:
+        """The cache the run trained from (its config's ``data.cache_dir``, else its manifest's folder)."""
+        from mammobench.data.manifest import cache_folder
+
+        cfg = self.read_config()
+        manifest = Path(cfg.data.manifest) if cfg.data.manifest else None
+        if cfg.data.cache_dir is None and (manifest is None or not manifest.exists()):
+            return self.path / "cache"
+        return cache_folder(manifest, cfg.data.cache_dir)
+
+    # ----------------------------------------------------------------- the model
+    def load_model(self) -> tuple[nn.Module, ModelInfo]:
+        """The kept model (weights checked against the SHA-256 in ``model.json``) and its info."""
+        from safetensors.torch import load_file
+
+        info = self.read_model_info()
+        if not self.weights_path.is_file():
+            raise RunError(f"run {self.path} has no {MODEL_FILE}")
+        if sha256_file(self.weights_path) != info.weights_sha256:
+            raise RunError(f"{self.weights_path} does not match the checksum in model.json: the weights were changed "
+                           "or damaged")
+        return build_model(info, load_file(str(self.weights_path))), info
+
+
+def build_model(info: ModelInfo, weights: dict[str, torch.Tensor]) -> nn.Module:
+    """Rebuild the architecture of ``info`` (no download) and load ``weights`` strictly; eval mode."""
+    import torch
+
+    from mammobench.models.factory import create_model, prefers_channels_last
+    from mammobench.models.multiview import MultiViewClassifier
+
+    model, _ = create_model(info.architecture, num_classes=len(info.labels), pretrained="none",
+                            in_chans=info.in_chans, img_size=info.img_size, fusion=info.fusion,
+                            num_views=len(info.views or []) or 2)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise RunError(f"weights do not fit {info.architecture}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    if prefers_channels_last(model):
+        model = model.to(memory_format=torch.channels_last)  # inputs follow (NCHW inputs work too)
+        if isinstance(model, MultiViewClassifier):
+            model.channels_last = True
+    return model.eval()
+
+
+# The same readers as functions, for notebooks and callers that hold a path.
+def read_model_info(run_dir: str | Path) -> ModelInfo:
+    """:meth:`RunDir.read_model_info` of ``run_dir``."""
+    return RunDir(run_dir).read_model_info()
+
+
+def read_run_info(run_dir: str | Path) -> dict[str, Any]:
+    """:meth:`RunDir.read_info` of ``run_dir``."""
+    return RunDir(run_dir).read_info()
+
+
+def require_finished(run_dir: str | Path) -> dict[str, Any]:
+    """:meth:`RunDir.require_finished` of ``run_dir``."""
+    return RunDir(run_dir).require_finished()
+
+
+def load_run_model(run_dir: str | Path) -> tuple[nn.Module, ModelInfo]:
+    """:meth:`RunDir.load_model` of ``run_dir``."""
+    return RunDir(run_dir).load_model()
