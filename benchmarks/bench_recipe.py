@@ -37,6 +37,7 @@ from mammobench.config import load_config
 from mammobench.data.manifest import parse_roi, read_manifest, read_manifest_info, write_manifest
 from mammobench.data.prepare import prepare
 from mammobench.data.preprocess import PreprocessSettings
+from mammobench.data.sources import SourceOptions
 from mammobench.data.splits import resolve_fold, split_kfold
 from mammobench.evaluation.evaluate import evaluate
 from mammobench.evaluation.metrics import safe_auc
@@ -100,7 +101,7 @@ def main() -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.time()
     prepared = prepare("mias", mias, args.out / "prepared", mode="roi", labels="binary", split="kfold", folds=args.folds,
-                       roi_margin=0.5, preprocess=PreprocessSettings(size=224), preview=False)
+                       source=SourceOptions(roi_margin=0.5), preprocess=PreprocessSettings(size=224), preview=False)
     frame = read_manifest(prepared.out).drop(columns=["fold"]).assign(split="cv")
     rows, oof = [], {"plain": [], "mammobench": []}
     for r in range(args.repeats):

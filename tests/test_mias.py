@@ -59,10 +59,11 @@ def test_normal_films_are_not_benign_and_the_tissue_is_kept_as_density(tmp_path)
     from mammobench.data.manifest import read_manifest
     from mammobench.data.prepare import prepare
     from mammobench.data.preprocess import PreprocessSettings
+    from mammobench.data.sources import SourceOptions
     from mammobench.evaluation.breakdowns import subgroup_column
 
     small = PreprocessSettings(size=32)
-    result = prepare("mias", MIAS, tmp_path / "binary", mode="full", labels="binary", include_normal=True,
+    result = prepare("mias", MIAS, tmp_path / "binary", mode="full", labels="binary", source=SourceOptions(include_normal=True),
                      preprocess=small, workers=2, preview=False)
     frame = read_manifest(result.out)
     assert frame["label"].value_counts().to_dict() == {"NORMAL": 65, "BENIGN": 22, "MALIGNANT": 17}
@@ -70,7 +71,7 @@ def test_normal_films_are_not_benign_and_the_tissue_is_kept_as_density(tmp_path)
     assert "NORMAL -> NORMAL (65; kept as its own class: normal is not benign" in summary
     assert set(frame["density"]) == {"fatty", "fatty-glandular", "dense-glandular"}
     assert set(subgroup_column(frame, "density")) == set(frame["density"])  # evaluate --by density
-    rest = prepare("mias", MIAS, tmp_path / "rest", mode="full", labels="binary-with-normal", include_normal=True,
+    rest = prepare("mias", MIAS, tmp_path / "rest", mode="full", labels="binary-with-normal", source=SourceOptions(include_normal=True),
                    preprocess=small, workers=2, preview=False)
     assert set(read_manifest(rest.out)["label"]) == {"MALIGNANT", "NON_MALIGNANT"}
     assert "NORMAL -> NON_MALIGNANT (65)" in (rest.out / "summary.md").read_text()

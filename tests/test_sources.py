@@ -11,6 +11,7 @@ from mammobench.data.images import read_image
 from mammobench.data.manifest import read_manifest
 from mammobench.data.prepare import prepare
 from mammobench.data.preprocess import PreprocessSettings
+from mammobench.data.sources import SourceOptions
 from mammobench.data.sources.rsna import RsnaError, load_rsna
 from mammobench.data.sources.vindr import VindrError, load_vindr
 
@@ -124,7 +125,7 @@ def test_vindr_suspicious_and_birads_label_sets_and_official_split(tmp_path):
     assert any("no biopsy labels" in n for n in result.info.notes)
     assert set(frame["density"]) == {"C"} and frame["breast_id"].str.startswith("vindr/").all()
     assert set(frame["manufacturer"]) == {"HOLOGIC, Inc."}
-    five = prepare("vindr", tmp_path, tmp_path / "out5", mode="full", split="official", label_set="birads",
+    five = prepare("vindr", tmp_path, tmp_path / "out5", mode="full", split="official", source=SourceOptions(label_set="birads"),
                    preprocess=PreprocessSettings(size=(64, 48)), workers=1, preview=False)
     assert set(read_manifest(five.out)["label"]) <= {f"BIRADS_{k}" for k in range(1, 6)}
     assert five.info.positive_label is None

@@ -185,3 +185,20 @@ def test_prepare_on_a_missing_folder_says_no_such_folder(tmp_path):
 
     r = CliRunner().invoke(app, ["prepare", "cmmd", str(tmp_path / "missing" / "folder"), "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "no such folder" in r.output and "no DICOM" not in r.output
+
+
+def test_an_option_the_source_does_not_read_is_an_error_naming_both(tmp_path):
+    from typer.testing import CliRunner
+
+    from mammobench.cli import app
+    from mammobench.data.sources import SourceOptions, load_source
+    from mammobench.runtime import MammobenchError
+
+    with pytest.raises(MammobenchError, match=r"--csv-dir: the mias source does not read this option \(it reads "
+                                              r"--roi-margin, --include-normal\)"):
+        load_source("mias", tmp_path, options=SourceOptions(csv_dir=tmp_path))
+    r = CliRunner().invoke(app, ["prepare", "demo", "--out", str(tmp_path / "o"), "--roi-margin", "0.5"])
+    assert r.exit_code == 2 and "--roi-margin: the demo source does not read this option" in r.output
+    assert not (tmp_path / "o").exists(), "refused before anything was written"
+    r = CliRunner().invoke(app, ["prepare", "vindr", str(tmp_path), "--label-set", "cancer"])
+    assert r.exit_code == 2 and "--label-set 'cancer'" in r.output

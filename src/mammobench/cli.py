@@ -130,8 +130,8 @@ def prepare(
     val_fraction: Annotated[float, typer.Option(help="Validation share carved from train, by patient.")] = 0.1,
     seed: Annotated[int, typer.Option(help="Seed of the split.")] = 42,
     leak_rule: Annotated[str, typer.Option(help="Official split: drop-train | move-test for patients on both sides.")] = "drop-train",
-    roi_source: Annotated[str, typer.Option(help="CBIS-DDSM ROI: crop (dataset crops) | mask (mask box on the full image).")] = "crop",
-    roi_margin: Annotated[float, typer.Option(help="Context around a lesion box, as a fraction of its size.")] = 0.25,
+    roi_source: Annotated[str | None, typer.Option(help="CBIS-DDSM ROI: crop (dataset crops, the default) | mask (mask box on the full image).")] = None,
+    roi_margin: Annotated[float | None, typer.Option(help="CBIS-DDSM masks, mini-MIAS: context around a lesion box, as a fraction of its size (default 0.25).")] = None,
     include_normal: Annotated[bool, typer.Option(help="mini-MIAS full mode: keep normal images.")] = False,
     csv_dir: Annotated[Path | None, typer.Option(help="CBIS-DDSM: folder of the case-description CSVs.")] = None,
     clinical: Annotated[Path | None, typer.Option(help="CMMD: the clinical table (default: found under ROOT).")] = None,
@@ -148,23 +148,29 @@ def prepare(
 
     Large sets: run `--shard i/n` for i = 0..n-1 (e.g. a SLURM array), then once with `--merge`.
     """
+    from pydantic import ValidationError
+
     from mammobench.data.prepare import prepare as run_prepare
     from mammobench.data.prepare import prepare_shard
     from mammobench.data.preprocess import PreprocessSettings
+    from mammobench.data.sources import SourceOptions
 
     try:
         settings = PreprocessSettings(size=_parse_size(size), clahe=clahe)
-    except ValueError as exc:  # pydantic's ValidationError: a side outside [16, 4096]
-        _fail(MammobenchError(f"--size {size}: {exc.errors()[0]['msg'] if hasattr(exc, 'errors') else exc}"))
+        # only what was given: an option the dataset's source does not read is then an error, not ignored
+        source = SourceOptions(roi_source=roi_source, roi_margin=roi_margin, include_normal=include_normal or None,  # type: ignore[arg-type]
+                               csv_dir=csv_dir, clinical=clinical, label_set=label_set)  # type: ignore[arg-type]
+    except ValidationError as exc:  # a side outside [16, 4096], an unknown --roi-source / --label-set
+        err = exc.errors()[0]
+        _fail(MammobenchError(f"--{str(err['loc'][0]).replace('_', '-')} {err.get('input')!r}: {err['msg']}"))
     if shard is not None:
         index, sep, count = shard.partition("/")
         if not sep or not index.strip().isdigit() or not count.strip().isdigit():
             _fail(MammobenchError(f"--shard {shard!r}: expected i/n, e.g. 3/16"))
         try:
             part = prepare_shard(dataset, root, out, (int(index), int(count)), mode=mode, labels=labels,  # type: ignore[arg-type]
-                                 roi_source=roi_source, roi_margin=roi_margin, include_normal=include_normal,  # type: ignore[arg-type]
-                                 csv_dir=csv_dir, clinical=clinical, label_set=label_set, preprocess=settings,
-                                 workers=workers, show_progress=True, processes=processes)
+                                 source=source, preprocess=settings, workers=workers, show_progress=True,
+                                 processes=processes)
         except MammobenchError as exc:
             _fail(exc)
         console.print(f"shard {part.shard}/{part.of}: {part.rows} images, {part.built} decoded, {part.reused} already "
@@ -174,8 +180,7 @@ def prepare(
         result = run_prepare(
             dataset, root, out, mode=mode, labels=labels, split=split, folds=folds,  # type: ignore[arg-type]
             test_fraction=test_fraction, val_fraction=val_fraction, seed=seed, leak_rule=leak_rule,  # type: ignore[arg-type]
-            roi_source=roi_source, roi_margin=roi_margin, include_normal=include_normal, csv_dir=csv_dir, clinical=clinical, label_set=label_set,  # type: ignore[arg-type]
-            preprocess=settings, build_cache=cache, workers=workers,
+            source=source, preprocess=settings, build_cache=cache, workers=workers,
             show_progress=True, merge=merge, processes=processes,
         )
     except MammobenchError as exc:
@@ -257,13 +262,9 @@ def train(
 
 
 def _metric_line(name: str, m: dict, *, percent: bool = False) -> str:  # type: ignore[type-arg]
-    v, (lo, hi) = m["value"], m["ci"]
-    if v is None or v != v:
-        return f"{name}: n/a"
-    if percent:
-        v, lo, hi = v * 100, (lo * 100 if lo is not None else lo), (hi * 100 if hi is not None else hi)
-        return f"{name}: {v:.1f} % [{lo:.1f}, {hi:.1f}]" if lo is not None and lo == lo else f"{name}: {v:.1f} %"
-    return f"{name}: {v:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None and lo == lo else f"{name}: {v:.3f}"
+    from mammobench.formatting import format_metric
+
+    return f"{name}: " + (format_metric(m, digits=1, scale=100, unit=" %") if percent else format_metric(m))
 
 
 @app.command()
@@ -585,66 +586,24 @@ def predict(
 
 
 def _predict_exams(predictor, folders: list[Path], out: Path, aggregate: str, cams: Path | None) -> None:  # type: ignore[no-untyped-def]
-    from mammobench.serving.predictor import (
-        BreastPrediction,
-        ExamPrediction,
-        collect_images,
-        write_exam_predictions,
-    )
-
-    exams, failed = [], []
-    for folder in folders:
-        try:
-            if not folder.is_dir():
-                raise MammobenchError(f"{folder} is not a folder (give one folder per exam, holding up to four views)")
-            files = collect_images([folder])
-            if not files:
-                raise MammobenchError(f"no image in {folder}")
-            if len(files) > 4:
-                raise MammobenchError(f"{folder} holds {len(files)} images; an exam has at most four (CC and MLO per side)")
-            result = predictor.predict_exam(files, exam=str(folder), aggregate=aggregate, cams=cams is not None)
-        except MammobenchError as exc:  # one bad exam is reported; the others are still predicted
-            failed.append(f"{folder}: {exc}")
-            exams.append(ExamPrediction(str(folder), [BreastPrediction(str(folder), "", [], [], error=str(exc))], []))
-            continue
-        exams.append(result)
-        if cams is not None:
-            _write_cams(result, folder, cams)
-    if len(failed) == len(folders):
-        raise MammobenchError("--exam: " + "; ".join(failed))
-    for message in failed:
-        err_console.print(f"[yellow]exam not predicted:[/] {message}")
-    breasts_csv, images_csv = write_exam_predictions(exams, out, labels=predictor.labels)
-    rows = [b for e in exams for b in e.breasts]
     import pandas as pd
 
+    from mammobench.serving.exams import predict_exam_folders, write_exam_predictions
+
+    batch = predict_exam_folders(predictor, folders, aggregate=aggregate, cams=cams)
+    for message in batch.failed:
+        err_console.print(f"[yellow]exam not predicted:[/] {message}")
+    breasts_csv, images_csv = write_exam_predictions(batch.exams, out, labels=predictor.labels)
+    rows = [b for e in batch.exams for b in e.breasts]
     table = pd.DataFrame([{"exam": b.exam, "side": b.laterality, "views": "+".join(b.views) or "-",
                            **{f"P({label})": b.probabilities.get(label, float("nan")) for label in predictor.labels},
                            "decision": b.decision or b.error, "how": b.how} for b in rows])
     console.print(_frame_table(table, "Breasts (probabilities" + (", calibrated" if predictor.temperature else "")
                                + (f"; {predictor.positive} when P >= {predictor.threshold:.3f})" if predictor.threshold
                                   is not None else ")")))
-    console.print(f"{len(rows)} breast(s) of {len(exams)} exam(s) -> [bold]{breasts_csv}[/] (images: {images_csv})")
-
-
-def _write_cams(result, folder: Path, cams: Path) -> None:  # type: ignore[no-untyped-def]
-    import cv2
-    import numpy as np
-
-    from mammobench.evaluation.explain import overlay
-    from mammobench.runtime import atomic_write_bytes
-
-    target = cams / folder.name
-    target.mkdir(parents=True, exist_ok=True)
-    for path, cam in result.cams.items():
-        stem = Path(path).stem
-        # drawn on the image with the model's window: a raw 12-bit image would show no anatomy under the heat
-        shown = overlay(result.shown[path], np.asarray(cam))[:, :, ::-1]  # RGB -> OpenCV's BGR
-        for name, array in ((f"{stem}_gradcam.png", shown), (f"{stem}_heatmap.png", np.round(np.asarray(cam) * 255).astype(np.uint8))):
-            ok, encoded = cv2.imencode(".png", array)
-            if ok:
-                atomic_write_bytes(target / name, encoded.tobytes())
-    console.print(f"Grad-CAM at full resolution: {target} (<image>_gradcam.png overlay, <image>_heatmap.png map)")
+    console.print(f"{len(rows)} breast(s) of {len(batch.exams)} exam(s) -> [bold]{breasts_csv}[/] (images: {images_csv})")
+    if cams is not None:
+        console.print(f"Grad-CAM at full resolution: {cams}/<exam> (<image>_gradcam.png overlay, <image>_heatmap.png map)")
 
 
 @app.command()

@@ -16,7 +16,6 @@ Size, contrast, density and position vary, so the classes overlap a little and r
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import cv2
@@ -24,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from mammobench.data.labels import BENIGN, BENIGN_WITHOUT_CALLBACK, MALIGNANT
-from mammobench.runtime import atomic_write_bytes, atomic_write_text
+from mammobench.runtime import atomic_write_bytes, atomic_write_csv, atomic_write_text
 
 DEMO_DATASET = "demo-synthetic"
 SYNTHETIC_NOTICE = "SYNTHETIC DEMO DATA - generated images, not patients; results say nothing about real mammograms."
@@ -148,8 +147,6 @@ def generate_demo_dataset(out: str | Path, *, n_patients: int = 160, seed: int =
                 "dataset": DEMO_DATASET,
             })
     table = out / "demo.csv"
-    buf = io.StringIO()
-    pd.DataFrame(rows).to_csv(buf, index=False)
-    atomic_write_text(table, buf.getvalue())
+    atomic_write_csv(table, pd.DataFrame(rows))
     atomic_write_text(out / "README.txt", SYNTHETIC_NOTICE + "\nMade by mammobench.data.demo.generate_demo_dataset.\n")
     return table

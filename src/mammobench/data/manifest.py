@@ -22,7 +22,6 @@ A ``manifest.json`` beside it records the label set and how the manifest was mad
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from mammobench.data.labels import order_labels
-from mammobench.runtime import MammobenchError, atomic_write_json, atomic_write_text, format_list
+from mammobench.runtime import MammobenchError, atomic_write_csv, atomic_write_json, format_list
 
 REQUIRED_COLUMNS: tuple[str, ...] = (
     "sample_id", "dataset", "patient_id", "image_path", "roi", "label",
@@ -206,8 +205,6 @@ def write_manifest(frame: pd.DataFrame, folder: str | Path, info: ManifestInfo) 
         out["mask_path"] = [rel(p) for p in out["mask_path"]]
     columns = list(REQUIRED_COLUMNS) + [c for c in OPTIONAL_COLUMNS if c in out.columns]
     columns += [c for c in out.columns if c not in columns]
-    buf = io.StringIO()
-    out[columns].to_csv(buf, index=False)
-    atomic_write_text(folder / "manifest.csv", buf.getvalue())
+    atomic_write_csv(folder / "manifest.csv", out[columns])
     atomic_write_json(folder / "manifest.json", info.to_dict())
     return folder / "manifest.csv"

@@ -9,7 +9,6 @@ Example:
 
 from __future__ import annotations
 
-import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,19 +27,26 @@ from mammobench.data.labels import (
     parse_label_spec,
     positive_label,
 )
-from mammobench.data.manifest import ManifestInfo, validate_manifest, write_manifest
+from mammobench.data.manifest import ManifestInfo, cache_folder, validate_manifest, write_manifest
 from mammobench.data.options import size_label
 from mammobench.data.preprocess import PreprocessSettings
-from mammobench.data.sources.base import Skipped, SourceResult
+from mammobench.data.sources import SOURCES, SourceOptions, check_options, load_source
+from mammobench.data.sources.base import Skipped
 from mammobench.data.splits import SplitReport, check_no_leakage, split_kfold, split_official, split_random
 from mammobench.data.summary import count_table, majority_accuracy, preview_grid
-from mammobench.data.views import normalise_laterality, normalise_view
-from mammobench.runtime import MammobenchError, atomic_write_json, atomic_write_text, utc_now
+from mammobench.data.views import breast_key, normalise_view
+from mammobench.runtime import (
+    MammobenchError,
+    atomic_write_csv,
+    atomic_write_json,
+    atomic_write_text,
+    utc_now,
+)
 
 logger = logging.getLogger(__name__)
 
 DatasetName = Literal["cbis-ddsm", "mias", "cmmd", "vindr", "rsna", "inbreast", "csv", "demo"]
-DATASETS: tuple[str, ...] = ("cbis-ddsm", "mias", "cmmd", "vindr", "rsna", "inbreast", "csv", "demo")
+DATASETS: tuple[str, ...] = tuple(SOURCES)
 
 
 @dataclass
@@ -59,66 +65,28 @@ class PrepareResult:
     notes: list[str] = field(default_factory=list)
 
 
-def load_source(
-    dataset: str,
-    root: str | Path,
-    *,
-    mode: Literal["roi", "full"] = "roi",
-    roi_source: Literal["crop", "mask"] = "crop",
-    roi_margin: float = 0.25,
-    include_normal: bool = False,
-    csv_dir: str | Path | None = None,
-    clinical: str | Path | None = None,
-    label_set: str | None = None,
-    show_progress: bool = False,
-) -> SourceResult:
-    """Dispatch to the dataset's source reader (see :mod:`mammobench.data.sources`)."""
-    if dataset == "cbis-ddsm":
-        from mammobench.data.sources.cbis_ddsm import load_cbis_ddsm
+@dataclass
+class Records:
+    """A source's records with mapped labels, before decoding: the rows, what was skipped and why, notes."""
 
-        return load_cbis_ddsm(root, mode=mode, roi_source=roi_source, roi_margin=roi_margin, csv_dir=csv_dir,
-                              show_progress=show_progress)
-    if dataset == "mias":
-        from mammobench.data.sources.mias import load_mias
-
-        return load_mias(root, mode=mode, roi_margin=roi_margin, include_normal=include_normal)
-    if dataset == "cmmd":
-        from mammobench.data.sources.cmmd import load_cmmd
-
-        return load_cmmd(root, mode=mode, clinical=clinical, show_progress=show_progress)
-    if dataset == "vindr":
-        from mammobench.data.sources.vindr import load_vindr
-
-        return load_vindr(root, mode=mode, label_set=label_set or "suspicious")
-    if dataset == "rsna":
-        from mammobench.data.sources.rsna import load_rsna
-
-        return load_rsna(root, mode=mode)
-    if dataset == "inbreast":
-        from mammobench.data.sources.inbreast import load_inbreast
-
-        return load_inbreast(root, mode=mode)
-    if dataset in ("csv", "demo"):
-        from mammobench.data.sources.table import load_table
-
-        result = load_table(root, dataset=DEMO_DATASET if dataset == "demo" else "csv")
-        if mode == "full":  # a table's ROI columns describe lesions; full mode uses the whole image
-            result.records["roi"] = ""
-            result.records["image_type"] = result.records["image_type"].replace("crop", "full")
-        return result
-    raise MammobenchError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
+    frame: pd.DataFrame
+    skipped: list[Skipped]
+    notes: list[str]
+    mapping: LabelMapping
+    root: Path
 
 
-def _load_records(
-    dataset: str, root: str | Path | None, out: Path, *, labels: str, mode: Literal["roi", "full"], roi_source: Literal["crop", "mask"],
-    roi_margin: float, include_normal: bool, csv_dir: str | Path | None, clinical: str | Path | None,
-    label_set: str | None, show_progress: bool,
-) -> tuple[pd.DataFrame, list[Skipped], list[str], LabelMapping, Path]:
-    """The source's records with mapped labels, normalised views and breast ids (before any decoding)."""
+def read_records(dataset: str, root: str | Path | None, out: Path, *, labels: str, mode: Literal["roi", "full"],
+                 source: SourceOptions | None = None, show_progress: bool = False) -> Records:
+    """The source's records with mapped labels, normalised views and breast ids (before any decoding).
+
+    When the source skipped every row, ``skipped.csv`` is still written (that is when it is needed most).
+    """
     notes: list[str] = []
+    source = source or SourceOptions()
+    check_options(dataset, source)  # before anything is written
     if dataset == "demo":
-        demo_root = Path(root) if root else out / "demo_images"
-        root = generate_demo_dataset(demo_root)
+        root = generate_demo_dataset(Path(root) if root else out / "demo_images")
         notes.append(SYNTHETIC_NOTICE)
     if root is None:
         raise MammobenchError(f"prepare {dataset} needs the dataset's folder (ROOT)")
@@ -126,23 +94,18 @@ def _load_records(
         raise MammobenchError(f"no such {'file' if dataset == 'csv' else 'folder'}: {root}")
     mapping = parse_label_spec(labels)
     try:
-        source = load_source(dataset, root, mode=mode, roi_source=roi_source, roi_margin=roi_margin,
-                             include_normal=include_normal, csv_dir=csv_dir, clinical=clinical, label_set=label_set,
-                             show_progress=show_progress)
+        result = load_source(dataset, root, mode=mode, options=source, show_progress=show_progress)
     except MammobenchError as exc:
         skipped = getattr(exc, "skipped", None)
         if skipped is None:
             raise
-        _write_skipped(out / "skipped.csv", skipped)  # every row was skipped: that is when the list is needed most
+        _write_skipped(out / "skipped.csv", skipped)
         raise type(exc)(f"{exc}; every skipped row with its reason: {out / 'skipped.csv'}") from None
-    if dataset == "vindr" and (label_set or "suspicious") == "birads":
-        from mammobench.data.labels import LabelMapping
+    if dataset == "vindr" and source.label_set == "birads":
         from mammobench.data.sources.vindr import BIRADS_LABELS
 
         mapping = LabelMapping(mapping.name, {**{b: b for b in BIRADS_LABELS}, **dict(mapping.mapping)})
-    frame = source.records.copy()
-    skipped = list(source.skipped)
-    notes += source.notes
+    frame = result.records.copy()
     mapped = []
     for raw, where in zip(frame["raw_label"], frame["source"], strict=True):
         try:
@@ -156,11 +119,8 @@ def _load_records(
     if "exam_id" not in frame.columns:
         frame["exam_id"] = ""
     if "breast_id" not in frame.columns:
-        side = frame["laterality"].map(normalise_laterality)
-        exam = frame["exam_id"].astype(str).map(lambda e: f"{e}/" if e else "")
-        frame["breast_id"] = (frame["dataset"].astype(str) + "/" + frame["patient_id"].astype(str) + "/" + exam + side).where(side != "", "")
-
-    return frame, skipped, notes, mapping, Path(root)
+        frame["breast_id"] = breast_key(frame)
+    return Records(frame, list(result.skipped), notes + result.notes, mapping, Path(root))
 
 
 def prepare(
@@ -176,12 +136,7 @@ def prepare(
     val_fraction: float = 0.1,
     seed: int = 42,
     leak_rule: Literal["drop-train", "move-test"] = "drop-train",
-    roi_source: Literal["crop", "mask"] = "crop",
-    roi_margin: float = 0.25,
-    include_normal: bool = False,
-    csv_dir: str | Path | None = None,
-    clinical: str | Path | None = None,
-    label_set: str | None = None,
+    source: SourceOptions | None = None,
     preprocess: PreprocessSettings | None = None,
     cache_dir: str | Path | None = None,
     build_cache: bool = True,
@@ -194,15 +149,17 @@ def prepare(
     """Read a dataset, map labels, drop unreadable images, split by patient, write the manifest.
 
     Args:
-        dataset: ``cbis-ddsm``, ``mias``, ``cmmd``, ``vindr``, ``rsna``, ``inbreast``, ``csv`` (your own table) or ``demo`` (built-in synthetic data,
-            generated into ``root`` or ``out/demo_images``).
+        dataset: ``cbis-ddsm``, ``mias``, ``cmmd``, ``vindr``, ``rsna``, ``inbreast``, ``csv`` (your own table) or
+            ``demo`` (built-in synthetic data, generated into ``root`` or ``out/demo_images``).
         root: the dataset folder (for ``csv``, the table file).
         out: folder for ``manifest.csv``, ``manifest.json``, ``skipped.csv``, ``summary.md``, ``preview.png``.
         mode: ``roi`` (lesion crops) or ``full`` (whole images labelled by their worst finding).
-        labels: ``3class``, ``binary`` (BENIGN_WITHOUT_CALLBACK merged into BENIGN) or a mapping
-            ``RAW=CLASS,...`` / mapping file.
+        labels: ``3class``, ``binary`` (BENIGN_WITHOUT_CALLBACK merged into BENIGN), ``binary-with-normal``
+            or a mapping ``RAW=CLASS,...`` / mapping file.
         split: ``random`` (patient-grouped, stratified 80/20 + validation), ``official`` (de-leaked
             dataset split) or ``kfold`` (``folds`` patient-grouped folds).
+        source: what the dataset's source is told beyond its folder (:class:`SourceOptions`: ROI margin, CBIS-DDSM's
+            CSV folder, ...); an option the source does not read is an error.
         preprocess: settings of the cache built now (default 224 px); images that fail to decode are
             reported in ``skipped.csv`` and left out.
         build_cache: decode and cache every image now (also finds unreadable files early).
@@ -215,71 +172,80 @@ def prepare(
         MammobenchError (or a subclass): bad input, naming the file, row or value.
     """
     out = Path(out)
-    frame, skipped, notes, mapping, root = _load_records(
-        dataset, root, out, labels=labels, mode=mode, roi_source=roi_source, roi_margin=roi_margin,
-        include_normal=include_normal, csv_dir=csv_dir, clinical=clinical, label_set=label_set, show_progress=show_progress)
+    records = read_records(dataset, root, out, labels=labels, mode=mode, source=source, show_progress=show_progress)
     settings = preprocess or PreprocessSettings()
-    cache = ImageCache(Path(cache_dir) if cache_dir else out / "cache", settings)
+    cache = ImageCache(cache_folder(out, cache_dir), settings)
     if merge:
-        notes.append(_check_shards(out, cache))
+        records.notes.append(_check_shards(out, cache))
     if build_cache:
-        requests = [cache_request(r) for _, r in frame.iterrows()]
-        report = cache.build(requests, workers=workers, show_progress=show_progress, processes=processes)
-        if report.failed:
-            bad_rows = [i for i, _, _ in report.failed]
-            for i, path, reason in report.failed:
-                skipped.append(Skipped(str(frame.iloc[i]["source"]), path, f"unreadable image: {reason}"))
-            frame = frame.drop(frame.index[bad_rows])
-        notes.append(f"cache {cache.folder}: {report.built} built, {report.reused} reused, {len(report.failed)} failed")
-    if frame.empty:
-        _write_skipped(out / "skipped.csv", skipped)
-        raise MammobenchError(f"no readable image left in {root} ({len(skipped)} skipped; every one with its reason in "
-                              f"{out / 'skipped.csv'})")
-    frame = frame.reset_index(drop=True)
-
-    if split == "random":
-        frame, split_report = split_random(frame, test_fraction=test_fraction, val_fraction=val_fraction, seed=seed)
-    elif split == "official":
-        frame, split_report = split_official(frame, val_fraction=val_fraction, seed=seed, rule=leak_rule)
-    elif split == "kfold":
-        frame, split_report = split_kfold(frame, k=folds, seed=seed)
-    else:
-        raise MammobenchError(f"unknown split {split!r}; expected random, official or kfold")
-    check_no_leakage(frame)
-    if split_report.leaking_patients:
-        what = (f"dropped their {split_report.dropped_rows} training rows" if split_report.rule == "drop-train"
-                else f"moved their {split_report.moved_rows} training rows to test")
-        notes.append(f"{len(split_report.leaking_patients)} patients were in both official train and test: {what}")
-    frame = validate_manifest(frame, where="prepared manifest")
-
-    classes = order_labels(frame["label"])
-    synthetic = bool((frame["dataset"] == DEMO_DATASET).any())
-    if synthetic and dataset != "demo":
-        notes.insert(0, SYNTHETIC_NOTICE)
-    applied = mapping_summary(frame["raw_label"], frame["label"], mapping)
-    info = ManifestInfo(
-        dataset=DEMO_DATASET if synthetic else dataset, mode=mode, labels=classes,
-        label_mapping={**mapping.to_dict(), "applied": applied}, positive_label=positive_label(classes),
-        split=split_report.to_dict(),
-        synthetic=synthetic, source_root=str(Path(root).resolve()), created=utc_now(),
-        mammobench_version=mammobench.__version__, notes=notes,
-    )
+        _decode(records, cache, workers=workers, processes=processes, show_progress=show_progress)
+    if records.frame.empty:
+        _write_skipped(out / "skipped.csv", records.skipped)
+        raise MammobenchError(f"no readable image left in {records.root} ({len(records.skipped)} skipped; every one "
+                              f"with its reason in {out / 'skipped.csv'})")
+    frame, split_report = _split(records, split=split, folds=folds, test_fraction=test_fraction,
+                                 val_fraction=val_fraction, seed=seed, leak_rule=leak_rule)
+    info = _manifest_info(dataset, mode, frame, records, split_report)
     manifest_path = write_manifest(frame, out, info)
-    _write_skipped(out / "skipped.csv", skipped)
-    counts = count_table(frame, classes)
-    majority = majority_accuracy(frame)
+    _write_skipped(out / "skipped.csv", records.skipped)
+    counts, majority = count_table(frame, info.labels), majority_accuracy(frame)
     preview_path = None
     if preview and build_cache:
         title = f"{info.dataset} ({mode}, {size_label(settings.size)}px)" + (" - SYNTHETIC DEMO DATA" if info.synthetic else "")
-        preview_path = preview_grid(frame, cache, out / "preview.png", labels=classes, seed=seed, title=title)
-    atomic_write_text(out / "summary.md", render_summary(info, counts, majority, skipped, notes))
-    return PrepareResult(out, manifest_path, frame, info, skipped, counts, majority, split_report, preview_path, notes)
+        preview_path = preview_grid(frame, cache, out / "preview.png", labels=info.labels, seed=seed, title=title)
+    atomic_write_text(out / "summary.md", render_summary(info, counts, majority, records.skipped, records.notes))
+    return PrepareResult(out, manifest_path, frame, info, records.skipped, counts, majority, split_report,
+                         preview_path, records.notes)
+
+
+def _decode(records: Records, cache: ImageCache, *, workers: int, processes: bool | None, show_progress: bool) -> None:
+    """Decode every image into the cache; those that cannot be read move from the records to the skipped."""
+    frame = records.frame
+    report = cache.build([cache_request(r) for _, r in frame.iterrows()], workers=workers, show_progress=show_progress,
+                         processes=processes)
+    for i, path, reason in report.failed:
+        records.skipped.append(Skipped(str(frame.iloc[i]["source"]), path, f"unreadable image: {reason}"))
+    records.frame = frame.drop(frame.index[[i for i, _, _ in report.failed]]).reset_index(drop=True)
+    records.notes.append(f"cache {cache.folder}: {report.built} built, {report.reused} reused, {len(report.failed)} failed")
+
+
+def _split(records: Records, *, split: str, folds: int, test_fraction: float, val_fraction: float, seed: int,
+           leak_rule: Literal["drop-train", "move-test"]) -> tuple[pd.DataFrame, SplitReport]:
+    """The patient-grouped split of the records, checked for leaks; what the official split dropped is noted."""
+    frame = records.frame.reset_index(drop=True)
+    if split == "random":
+        frame, report = split_random(frame, test_fraction=test_fraction, val_fraction=val_fraction, seed=seed)
+    elif split == "official":
+        frame, report = split_official(frame, val_fraction=val_fraction, seed=seed, rule=leak_rule)
+    elif split == "kfold":
+        frame, report = split_kfold(frame, k=folds, seed=seed)
+    else:
+        raise MammobenchError(f"unknown split {split!r}; expected random, official or kfold")
+    check_no_leakage(frame)
+    if report.leaking_patients:
+        what = (f"dropped their {report.dropped_rows} training rows" if report.rule == "drop-train"
+                else f"moved their {report.moved_rows} training rows to test")
+        records.notes.append(f"{len(report.leaking_patients)} patients were in both official train and test: {what}")
+    return validate_manifest(frame, where="prepared manifest"), report
+
+
+def _manifest_info(dataset: str, mode: str, frame: pd.DataFrame, records: Records, report: SplitReport) -> ManifestInfo:
+    """``manifest.json``: the label set and what was mapped to what, the split, where the data came from."""
+    classes = order_labels(frame["label"])
+    synthetic = bool((frame["dataset"] == DEMO_DATASET).any())
+    if synthetic and dataset != "demo":
+        records.notes.insert(0, SYNTHETIC_NOTICE)
+    applied = mapping_summary(frame["raw_label"], frame["label"], records.mapping)
+    return ManifestInfo(
+        dataset=DEMO_DATASET if synthetic else dataset, mode=mode, labels=classes,
+        label_mapping={**records.mapping.to_dict(), "applied": applied}, positive_label=positive_label(classes),
+        split=report.to_dict(), synthetic=synthetic, source_root=str(Path(records.root).resolve()), created=utc_now(),
+        mammobench_version=mammobench.__version__, notes=records.notes,
+    )
 
 
 def _write_skipped(path: Path, skipped: list[Skipped]) -> None:
-    buf = io.StringIO()
-    pd.DataFrame([s.__dict__ for s in skipped], columns=["reference", "path", "reason"]).to_csv(buf, index=False)
-    atomic_write_text(path, buf.getvalue())
+    atomic_write_csv(path, pd.DataFrame([s.__dict__ for s in skipped], columns=["reference", "path", "reason"]))
 
 
 def render_summary(
@@ -331,10 +297,9 @@ class ShardResult:
 
 def prepare_shard(
     dataset: DatasetName, root: str | Path | None, out: str | Path, shard: tuple[int, int], *,
-    mode: Literal["roi", "full"] = "roi", labels: str = "3class", roi_source: Literal["crop", "mask"] = "crop",
-    roi_margin: float = 0.25, include_normal: bool = False, csv_dir: str | Path | None = None,
-    clinical: str | Path | None = None, label_set: str | None = None, preprocess: PreprocessSettings | None = None,
-    cache_dir: str | Path | None = None, workers: int = 0, show_progress: bool = False, processes: bool | None = None,
+    mode: Literal["roi", "full"] = "roi", labels: str = "3class", source: SourceOptions | None = None,
+    preprocess: PreprocessSettings | None = None, cache_dir: str | Path | None = None, workers: int = 0,
+    show_progress: bool = False, processes: bool | None = None,
 ) -> ShardResult:
     """Decode and cache one part (rows ``i, i + n, i + 2n, ...``) of a dataset; write ``shards/shard-i-of-n.json``.
 
@@ -342,11 +307,9 @@ def prepare_shard(
     :func:`prepare` once with ``merge=True``. Options as :func:`prepare` (the same ones for every shard).
     """
     out = Path(out)
-    frame, _, _, _, _ = _load_records(
-        dataset, root, out, labels=labels, mode=mode, roi_source=roi_source, roi_margin=roi_margin,
-        include_normal=include_normal, csv_dir=csv_dir, clinical=clinical, label_set=label_set, show_progress=show_progress)
-    return _build_shard(frame, out, shard, preprocess or PreprocessSettings(), cache_dir=cache_dir, workers=workers,
-                        show_progress=show_progress, processes=processes)
+    records = read_records(dataset, root, out, labels=labels, mode=mode, source=source, show_progress=show_progress)
+    return _build_shard(records.frame, out, shard, preprocess or PreprocessSettings(), cache_dir=cache_dir,
+                        workers=workers, show_progress=show_progress, processes=processes)
 
 
 def _build_shard(frame: pd.DataFrame, out: Path, shard: tuple[int, int], settings: PreprocessSettings, *,
@@ -361,7 +324,7 @@ def _build_shard(frame: pd.DataFrame, out: Path, shard: tuple[int, int], setting
     if n < 1 or not 0 <= i < n:
         raise MammobenchError(f"--shard {i}/{n}: expected i/n with 0 <= i < n (e.g. 3/16; SLURM_ARRAY_TASK_ID/16)")
     mine = frame.iloc[i::n]
-    cache = ImageCache(Path(cache_dir) if cache_dir else out / "cache", settings)
+    cache = ImageCache(cache_folder(out, cache_dir), settings)
     report = cache.build([cache_request(r) for _, r in mine.iterrows()], workers=workers, show_progress=show_progress,
                          processes=processes)
     path = out / "shards" / f"shard-{i}-of-{n}.json"

@@ -9,6 +9,7 @@ import pandas as pd
 
 from mammobench.data.cache import ImageCache, cache_request
 from mammobench.data.dicom import ImageReadError
+from mammobench.data.manifest import patient_key
 from mammobench.figures import pyplot, save_png
 
 
@@ -25,7 +26,7 @@ def count_table(frame: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
     table = pd.crosstab([data["_split"], data["_lesion"]], data["label"]).reindex(columns=labels, fill_value=0)
     table["total"] = table.sum(axis=1)
     table["patients"] = data.groupby(["_split", "_lesion"]).apply(
-        lambda g: (g["dataset"] + "/" + g["patient_id"]).nunique(), include_groups=False
+        lambda g: patient_key(g).nunique(), include_groups=False
     )
     table.index.names = ["split", "lesion_type"]
     table = table.reset_index()

@@ -50,6 +50,13 @@ def normalise_laterality(value: object) -> str:
     return _SIDE_ALIASES.get(str(value or "").strip().upper(), "")
 
 
+def breast_key(frame: pd.DataFrame) -> pd.Series:
+    """Each row's breast as ``dataset/patient[/exam]/side``; empty where the side is unknown."""
+    side = frame["laterality"].map(normalise_laterality) if "laterality" in frame.columns else pd.Series("", index=frame.index)
+    exam = frame["exam_id"].astype(str).map(lambda e: f"{e}/" if e else "") if "exam_id" in frame.columns else ""
+    return (frame["dataset"].astype(str) + "/" + frame["patient_id"].astype(str) + "/" + exam + side).where(side != "", "")
+
+
 def breast_ids(frame: pd.DataFrame) -> pd.Series:
     """Each row's breast: its ``breast_id`` when the manifest has one, else dataset/patient[/exam]/laterality.
 
@@ -62,13 +69,12 @@ def breast_ids(frame: pd.DataFrame) -> pd.Series:
         empty = frame.loc[frame["breast_id"].astype(str).str.strip() == ""]
         missing = empty["sample_id"].tolist() if "sample_id" in empty.columns else list(empty.index)
         raise ViewError(f"{len(missing)} image(s) have no breast_id (no laterality): {format_list([str(m) for m in missing])}")
-    side = frame["laterality"].map(normalise_laterality) if "laterality" in frame.columns else pd.Series("", index=frame.index)
-    unknown = frame.loc[side == "", "sample_id"].tolist() if "sample_id" in frame.columns else list(frame.index[side == ""])
+    keys = breast_key(frame)
+    unknown = frame.loc[keys == "", "sample_id"].tolist() if "sample_id" in frame.columns else list(frame.index[keys == ""])
     if unknown:
         raise ViewError(f"{len(unknown)} image(s) have no laterality (L/R), so their breast is unknown: "
                         f"{format_list([str(u) for u in unknown])}; add a laterality column or a breast_id")
-    exam = frame["exam_id"].astype(str).map(lambda e: f"{e}/" if e else "") if "exam_id" in frame.columns else ""
-    return frame["dataset"].astype(str) + "/" + frame["patient_id"].astype(str) + "/" + exam + side
+    return keys
 
 
 def worst_label(present: Sequence[str], labels: Sequence[str], positive: str | None) -> str:

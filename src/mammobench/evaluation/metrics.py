@@ -189,7 +189,7 @@ def compute_metrics(
     k = len(labels)
     pred = probs.argmax(1)
     aucs = auc_per_class(y, probs, labels, warn=warn)
-    defined = [v for v in aucs.values() if v == v]
+    defined = [v for v in aucs.values() if not np.isnan(v)]
     # From the confusion matrix (as scikit-learn defines them, without its per-call validation cost).
     cm = np.bincount(y * k + pred, minlength=k * k).reshape(k, k).astype(float)
     support, predicted, tp = cm.sum(1), cm.sum(0), np.diag(cm)
@@ -328,7 +328,7 @@ def paired_auc_difference(
         if column is not None:
             return safe_auc(yy == column, probs[idx, column], warn=False)
         vals = [safe_auc(yy == k, probs[idx, k], warn=False) for k in range(probs.shape[1])]
-        vals = [v for v in vals if v == v]
+        vals = [v for v in vals if not np.isnan(v)]
         return float(np.mean(vals)) if vals else float("nan")
 
     all_idx = np.arange(len(y))

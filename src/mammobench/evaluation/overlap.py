@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mammobench.runtime import MammobenchError, format_list
+from mammobench.runtime import MammobenchError, atomic_write_csv, format_list
 
 #: Bytes read from each end of a file for its fingerprint.
 FINGERPRINT_BYTES = 1 << 20
@@ -58,8 +58,6 @@ def file_fingerprint(path: str | Path, chunk: int = FINGERPRINT_BYTES) -> str:
 def fingerprints(paths: list[str], *, store: Path | None = None) -> list[str]:
     """Fingerprints of ``paths``; with ``store`` (a CSV), reused for files whose size and modification time are
     unchanged, and the store updated atomically."""
-    from mammobench.runtime import atomic_write_text
-
     known: dict[tuple[str, int, int], str] = {}
     if store is not None and store.is_file():
         table = pd.read_csv(store, dtype={"path": str, "fingerprint": str}, keep_default_na=False)
@@ -76,11 +74,7 @@ def fingerprints(paths: list[str], *, store: Path | None = None) -> list[str]:
         out.append(fp)
         rows.append((*key, fp))
     if store is not None and rows:
-        import io
-
-        buf = io.StringIO()
-        pd.DataFrame(rows, columns=["path", "size", "mtime_ns", "fingerprint"]).drop_duplicates("path").to_csv(buf, index=False)
-        atomic_write_text(store, buf.getvalue())
+        atomic_write_csv(store, pd.DataFrame(rows, columns=["path", "size", "mtime_ns", "fingerprint"]).drop_duplicates("path"))
     return out
 
 

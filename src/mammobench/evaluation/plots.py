@@ -3,6 +3,7 @@ and the ROC overlay of several models. All written atomically as PNG."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -128,9 +129,9 @@ def plot_subgroups(subgroups: Mapping[str, Mapping[str, Any]], path: str | Path,
             rows.append((f"{column} = {value} (n={m['n']})", metric.get("value"), *(metric.get("ci") or [None, None])))
     fig, ax = _plt().subplots(figsize=(6.4, 0.4 * len(rows) + 1.2))
     for i, (_name, v, lo, hi) in enumerate(rows):
-        if v is None or v != v:
+        if v is None or math.isnan(v):
             continue
-        if lo is not None and lo == lo:
+        if lo is not None and not math.isnan(lo):
             ax.plot([lo, hi], [i, i], color="0.3")
         ax.plot([v], [i], "s", color="C0")
     ax.set_yticks(range(len(rows)), [r[0] for r in rows], fontsize=8)

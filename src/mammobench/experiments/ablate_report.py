@@ -177,7 +177,7 @@ def _summarise_search(spec: StudySpec, study: Any, summary: dict[str, Any]) -> t
         table = table.sort_values(f"mean {spec.metric}", ascending=False, na_position="last").reset_index(drop=True)
     done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     if done:
-        best = max(done, key=lambda t: t.value if t.value == t.value else -np.inf)
+        best = max(done, key=lambda t: -np.inf if t.value is None or np.isnan(t.value) else t.value)
         summary["best"] = {"trial": best.number, "params": best.params, "value": best.value,
                            "overrides": best.user_attrs.get("overrides", [])}
     summary["trials"] = table.to_dict("records")
@@ -187,14 +187,14 @@ def _summarise_search(spec: StudySpec, study: Any, summary: dict[str, Any]) -> t
 def plot_forest(summary: dict[str, Any], path: Path) -> Path | None:
     """Differences to the baseline with their corrected 95 % intervals, one line per variant."""
     items = [(name, v["difference"]) for name, v in summary.get("variants", {}).items() if "difference" in v]
-    items = [(n, d) for n, d in items if d["mean"] is not None and d["mean"] == d["mean"]]
+    items = [(n, d) for n, d in items if d["mean"] is not None and not np.isnan(d["mean"])]
     if not items:
         return None
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(items) + 1.4))
     for i, (_name, d) in enumerate(reversed(items)):
         lo, hi = d["ci"]
-        if lo is not None and lo == lo:
+        if lo is not None and not np.isnan(lo):
             ax.plot([lo, hi], [i, i], color="#3465a4", lw=2)
         ax.plot([d["mean"]], [i], "o", color="#204a87")
     ax.axvline(0, color="#888", lw=1, ls="--")

@@ -8,7 +8,6 @@ Example:
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from collections.abc import Iterable, Sequence
@@ -26,7 +25,7 @@ from mammobench.data.images import IMAGE_SUFFIXES, is_dicom, read_image
 from mammobench.data.views import laterality_of
 from mammobench.evaluation.inference import model_input, resolve_device
 from mammobench.models.factory import prefers_channels_last
-from mammobench.runtime import MammobenchError, atomic_write_text, progress
+from mammobench.runtime import MammobenchError, atomic_write_csv, atomic_write_text, progress
 from mammobench.serving.bundle import Bundle, BundleError, load_bundle, verified_file
 
 logger = logging.getLogger(__name__)
@@ -383,21 +382,6 @@ def write_predictions(predictions: Sequence[Prediction], path: str | Path, *, la
     if path.suffix.lower() == ".json":
         atomic_write_text(path, json.dumps([asdict(p) for p in predictions], indent=2) + "\n")
     else:
-        buf = io.StringIO()
         columns = list(Prediction("").row(labels))
-        pd.DataFrame([p.row(labels) for p in predictions], columns=columns).to_csv(buf, index=False)
-        atomic_write_text(path, buf.getvalue())
+        atomic_write_csv(path, pd.DataFrame([p.row(labels) for p in predictions], columns=columns))
     return path
-
-
-def write_exam_predictions(exams: Sequence[ExamPrediction], path: str | Path, *, labels: Sequence[str]) -> tuple[Path, Path]:
-    """``path``: one row per breast; ``<stem>_images.csv``: one row per image. Returns both paths."""
-    path = Path(path)
-    breasts = pd.DataFrame([b.row(labels) for e in exams for b in e.breasts])
-    images = pd.DataFrame([{"exam": e.exam, **p.row(labels)} for e in exams for p in e.images])
-    image_path = path.with_name(f"{path.stem}_images.csv")
-    for frame, target in ((breasts, path), (images, image_path)):
-        buf = io.StringIO()
-        frame.to_csv(buf, index=False)
-        atomic_write_text(target, buf.getvalue())
-    return path, image_path

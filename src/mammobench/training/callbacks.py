@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import random
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mammobench.runtime import atomic_write_text
+from mammobench.runtime import atomic_write_csv
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -69,9 +68,7 @@ class History(pl.Callback):
         return pd.DataFrame(self.rows)
 
     def write(self) -> None:
-        buf = io.StringIO()
-        self.frame().to_csv(buf, index=False)
-        atomic_write_text(self.path, buf.getvalue())
+        atomic_write_csv(self.path, self.frame())
 
     def state_dict(self) -> dict[str, Any]:
         return {"rows": self.rows}

@@ -8,6 +8,7 @@ monitor macro AUC. Training-set loss and accuracy are accumulated per epoch for 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any
 
@@ -177,7 +178,7 @@ class LesionClassifier(pl.LightningModule):
         k = len(self.labels)
         recalls = [float((pred[targets == c] == c).float().mean()) for c in range(k) if (targets == c).any()]
         aucs = auc_per_class(probs, targets, k)
-        defined = [a for a in aucs if a == a]
+        defined = [a for a in aucs if not math.isnan(a)]
         metrics = {
             "val/loss": loss,
             "val/acc": float((pred == targets).float().mean()),

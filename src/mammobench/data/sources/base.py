@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TypeVar
+from pathlib import Path
+from typing import Literal, TypeVar
 
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
 
 from mammobench.runtime import MammobenchError
 
@@ -15,6 +17,33 @@ RECORD_COLUMNS: tuple[str, ...] = (
     "sample_id", "dataset", "patient_id", "image_path", "roi", "raw_label", "lesion_type",
     "laterality", "view", "image_type",
 )
+
+
+class SourceOptions(BaseModel):
+    """What a dataset source can be told beyond its folder (each read by some sources only; giving one to a source
+    that does not read it is an error, never silently dropped). ``None``: the source's own default.
+
+    Attributes:
+        roi_source: CBIS-DDSM lesion boxes from the dataset's ``crop`` files or the ``mask`` box on the full image.
+        roi_margin: context kept around a lesion box, as a fraction of its size (CBIS-DDSM masks, mini-MIAS).
+        include_normal: mini-MIAS whole images: keep the normal films (label NORMAL).
+        csv_dir: CBIS-DDSM: the folder of the case-description CSVs.
+        clinical: CMMD: the clinical table (default: found under the root).
+        label_set: VinDr-Mammo: ``suspicious`` (BI-RADS 4-5 vs 1-3) or ``birads`` (five classes).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    roi_source: Literal["crop", "mask"] | None = None
+    roi_margin: float | None = Field(None, ge=0)
+    include_normal: bool | None = None
+    csv_dir: Path | None = None
+    clinical: Path | None = None
+    label_set: Literal["suspicious", "birads"] | None = None
+
+    def given(self) -> set[str]:
+        """The options set to something (not left to the source's default)."""
+        return {name for name in type(self).model_fields if getattr(self, name) is not None}
 
 
 @dataclass(frozen=True)
