@@ -41,7 +41,7 @@ from mammobench.data.sources import SourceOptions
 from mammobench.data.splits import resolve_fold, split_kfold
 from mammobench.evaluation.evaluate import evaluate
 from mammobench.evaluation.metrics import safe_auc
-from mammobench.experiments.stats import corrected_mean
+from mammobench.experiments.stats import DIFFERENCE_RANGE, METRIC_RANGE, corrected_mean
 from mammobench.training.fit import fit
 
 
@@ -85,6 +85,65 @@ def plain_loop(train: pd.DataFrame, test: pd.DataFrame, weights: Path, seed: int
         return model(x_test).softmax(-1)[:, 1].numpy()
 
 
+def _mammobench_arm(folded: pd.DataFrame, folder: Path, prepared: Path, weights: Path, out: Path, r: int,
+                    k: int) -> pd.DataFrame:
+    """The shipped recipe on one cell: its test rows' labels and malignant probabilities."""
+    cfg = load_config("efficientnet_lite0_local", [
+        f"data.manifest={folder}", f"data.fold={k}", f"data.cache_dir={prepared / 'cache'}",
+        f"model.pretrained={weights}", f"seed={42 + r}", f"output.dir={out / 'runs'}",
+        f"output.name=r{r}_f{k}", "output.tensorboard=false"])
+    run = fit(cfg, overwrite=True).run_dir
+    preds = evaluate(run, split="test", n_boot=0).predictions[["label", "prob_MALIGNANT"]]
+    test = folded[folded["fold"] == k]
+    assert sorted(resolve_fold(folded, k, seed=42 + r).query("split == 'test'")["sample_id"]) == sorted(test["sample_id"])
+    return preds
+
+
+def _cell(folded: pd.DataFrame, folder: Path, prepared: Path, weights: Path, args: argparse.Namespace, r: int,
+          k: int, oof: dict[str, list[pd.DataFrame]]) -> dict[str, float]:
+    """Both arms on one (repeat, fold) cell, in alternating order; their test-fold AUCs and times."""
+    test = folded[folded["fold"] == k]
+    result: dict[str, float] = {"repeat": r, "fold": k, "n_test": len(test), "n_train": int((folded["fold"] != k).sum())}
+    arms = ["plain", "mammobench"] if (r * args.folds + k) % 2 == 0 else ["mammobench", "plain"]
+    for arm in arms:
+        t = time.time()
+        if arm == "plain":
+            probs = plain_loop(folded[folded["fold"] != k], test, weights, seed=100 * r + k, epochs=args.epochs)
+            preds = pd.DataFrame({"label": test["label"].to_numpy(), "prob_MALIGNANT": probs})
+        else:
+            preds = _mammobench_arm(folded, folder, prepared, weights, args.out, r, k)
+        result[arm] = safe_auc((preds["label"] == "MALIGNANT").to_numpy(), preds["prob_MALIGNANT"].to_numpy(), warn=False)
+        result[f"{arm}_seconds"] = time.time() - t
+        oof[arm].append(preds.assign(repeat=r))
+    return result
+
+
+def _report(cells: pd.DataFrame, oof: dict[str, list[pd.DataFrame]], frame: pd.DataFrame, args: argparse.Namespace,
+            seconds: float) -> None:
+    """The Markdown table, the paired difference, and cells.csv + summary.json in ``args.out``."""
+    ratio = float((cells["n_test"] / cells["n_train"]).mean())
+    print(f"\n# default recipe vs plain loop - {time.strftime('%Y-%m-%d')} - {platform.processor() or platform.machine()}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {seconds:.0f} s")
+    print(f"{len(frame)} lesions ({(frame['label'] == 'MALIGNANT').sum()} malignant), {frame['patient_id'].nunique()} women; "
+          f"{args.repeats} x {args.folds}-fold CV, {args.epochs} epochs")
+    print("| arm | mean test-fold AUC [corrected 95 % CI] | pooled out-of-fold AUC per repeat | s per fit |")
+    print("|---|---|---|---|")
+    summary = {}
+    for arm in ("plain", "mammobench"):
+        c = corrected_mean(cells[arm].to_numpy(), test_train_ratio=ratio, bounds=METRIC_RANGE)
+        pooled = [safe_auc((p["label"] == "MALIGNANT").to_numpy(), p["prob_MALIGNANT"].to_numpy(), warn=False)
+                  for _, p in pd.concat(oof[arm]).groupby("repeat")]
+        summary[arm] = {"mean": c.mean, "ci": c.ci, "pooled": pooled}
+        print(f"| {arm} | {c.mean:.3f} [{c.ci[0]:.3f}, {c.ci[1]:.3f}] | {', '.join(f'{v:.3f}' for v in pooled)} | "
+              f"{cells[f'{arm}_seconds'].mean():.0f} |")
+    d = corrected_mean((cells["mammobench"] - cells["plain"]).to_numpy(), test_train_ratio=ratio, bounds=DIFFERENCE_RANGE)
+    print(f"\nmammobench - plain: {d.mean:+.3f} [{d.ci[0]:+.3f}, {d.ci[1]:+.3f}], corrected resampled t-test p = {d.p:.3f} "
+          f"({d.n} paired cells)")
+    summary["difference"] = {"mean": d.mean, "ci": d.ci, "p": d.p, "n": d.n}
+    cells.to_csv(args.out / "cells.csv", index=False)
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+
+
 def main() -> None:
     here = Path(__file__).resolve().parents[1]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -109,50 +168,10 @@ def main() -> None:
         folder = args.out / f"repeat{r}"
         write_manifest(folded, folder, read_manifest_info(prepared.out))
         for k in range(args.folds):
-            test = folded[folded["fold"] == k]
-            result = {"repeat": r, "fold": k, "n_test": len(test), "n_train": int((folded["fold"] != k).sum())}
-            arms = ["plain", "mammobench"] if (r * args.folds + k) % 2 == 0 else ["mammobench", "plain"]
-            for arm in arms:
-                t = time.time()
-                if arm == "plain":
-                    probs = plain_loop(folded[folded["fold"] != k], test, weights, seed=100 * r + k, epochs=args.epochs)
-                    preds = pd.DataFrame({"label": test["label"].to_numpy(), "prob_MALIGNANT": probs})
-                else:
-                    cfg = load_config("efficientnet_lite0_local", [
-                        f"data.manifest={folder}", f"data.fold={k}", f"data.cache_dir={prepared.out / 'cache'}",
-                        f"model.pretrained={weights}", f"seed={42 + r}", f"output.dir={args.out / 'runs'}",
-                        f"output.name=r{r}_f{k}", "output.tensorboard=false"])
-                    run = fit(cfg, overwrite=True).run_dir
-                    ev = evaluate(run, split="test", n_boot=0)
-                    preds = ev.predictions[["label", "prob_MALIGNANT"]]
-                    assert sorted(resolve_fold(folded, k, seed=42 + r).query("split == 'test'")["sample_id"]) == sorted(test["sample_id"])
-                result[arm] = safe_auc((preds["label"] == "MALIGNANT").to_numpy(), preds["prob_MALIGNANT"].to_numpy(), warn=False)
-                result[f"{arm}_seconds"] = time.time() - t
-                oof[arm].append(preds.assign(repeat=r))
+            result = _cell(folded, folder, prepared.out, weights, args, r, k, oof)
             rows.append(result)
             print(f"repeat {r} fold {k}: plain {result['plain']:.3f}  mammobench {result['mammobench']:.3f}", flush=True)
-    cells = pd.DataFrame(rows)
-    ratio = float((cells["n_test"] / cells["n_train"]).mean())
-    print(f"\n# default recipe vs plain loop - {time.strftime('%Y-%m-%d')} - {platform.processor() or platform.machine()}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {time.time() - t0:.0f} s")
-    print(f"{len(frame)} lesions ({(frame['label'] == 'MALIGNANT').sum()} malignant), {frame['patient_id'].nunique()} women; "
-          f"{args.repeats} x {args.folds}-fold CV, {args.epochs} epochs")
-    print("| arm | mean test-fold AUC [corrected 95 % CI] | pooled out-of-fold AUC per repeat | s per fit |")
-    print("|---|---|---|---|")
-    summary = {}
-    for arm in ("plain", "mammobench"):
-        c = corrected_mean(cells[arm].to_numpy(), test_train_ratio=ratio)
-        pooled = [safe_auc((p["label"] == "MALIGNANT").to_numpy(), p["prob_MALIGNANT"].to_numpy(), warn=False)
-                  for _, p in pd.concat(oof[arm]).groupby("repeat")]
-        summary[arm] = {"mean": c.mean, "ci": c.ci, "pooled": pooled}
-        print(f"| {arm} | {c.mean:.3f} [{c.ci[0]:.3f}, {c.ci[1]:.3f}] | {', '.join(f'{v:.3f}' for v in pooled)} | "
-              f"{cells[f'{arm}_seconds'].mean():.0f} |")
-    d = corrected_mean((cells["mammobench"] - cells["plain"]).to_numpy(), test_train_ratio=ratio)
-    print(f"\nmammobench - plain: {d.mean:+.3f} [{d.ci[0]:+.3f}, {d.ci[1]:+.3f}], corrected resampled t-test p = {d.p:.3f} "
-          f"({d.n} paired cells)")
-    summary["difference"] = {"mean": d.mean, "ci": d.ci, "p": d.p, "n": d.n}
-    cells.to_csv(args.out / "cells.csv", index=False)
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    _report(pd.DataFrame(rows), oof, frame, args, time.time() - t0)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,13 @@ requires_shared = pytest.mark.skipif(
 )
 
 
+def pytest_collection_modifyitems(items):
+    """A test that needs the session's trained runs (two models, six epochs) is slow: ``make test-fast`` skips it."""
+    for item in items:
+        if "trained_runs" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def _quiet_threads(monkeypatch):
     # Two cores on CI: keep torch from oversubscribing them inside one test.
@@ -75,3 +82,11 @@ def trained_runs(demo_prepared, tmp_path_factory):
                                    "stages.finetune_epochs=6", "data.batch_size=16"])
         runs[key] = fit(cfg).run_dir
     return runs
+
+
+@pytest.fixture(scope="session")
+def plain_bundle(trained_runs, tmp_path_factory):
+    """A bundle of the small CNN, without ONNX."""
+    from mammobench.serving.bundle import export_bundle
+
+    return export_bundle(trained_runs["cnn"], tmp_path_factory.mktemp("ux") / "bundle")

@@ -340,3 +340,65 @@ def test_crossval_reports_the_pooled_auc_with_its_interval_and_the_warnings(tmp_
     md = (out / "report.md").read_text()
     assert "Pooled out-of-fold malignant AUC" in md and "Test metrics per fold" in md
     assert "threshold fallback 0.5" in md and (out / "report.html").is_file()
+
+
+def test_a_cell_is_placed_on_its_fold_seed_and_folder(tmp_path, demo_prepared):
+    from mammobench.experiments.cells import cell_overrides
+    from mammobench.experiments.folds import make_folds
+    from mammobench.experiments.study import study_config
+
+    spec = load_study(study_file(tmp_path, demo_prepared.out))
+    base = study_config(spec, [])
+    folders = make_folds(spec, base, tmp_path / "s")
+    assert [f.name for f in folders] == ["repeat0", "repeat1"] and (folders[0] / "folds.json").is_file()
+    over = cell_overrides(spec, base, tmp_path / "s", "ce", 1, 0)
+    assert f"data.manifest={tmp_path / 's' / 'folds' / 'repeat1'}" in over and "data.fold=0" in over
+    assert f"seed={base.seed + 1}" in over and "output.name=r1_f0" in over
+    assert f"output.dir={tmp_path / 's' / 'runs' / 'ce'}" in over
+    assert any(o.startswith("data.cache_dir=") and o.endswith("cache") for o in over)
+    # the folds of a study never change under it: another manifest for the same folder is refused
+    changed = spec.model_copy(update={"cv": spec.cv.model_copy(update={"seed": 9})})
+    with pytest.raises(StudyError, match="folds must not change mid-study"):
+        make_folds(changed, base, tmp_path / "s")
+
+
+def test_run_warnings_are_grouped_across_cells(tmp_path):
+    import json
+
+    import pandas as pd
+
+    from mammobench.experiments.ablate_report import plot_forest, run_warnings
+
+    dirs = []
+    for i, n in enumerate((3, 4, 4)):
+        run = tmp_path / f"r{i}"
+        (run / "evaluation" / "test").mkdir(parents=True)
+        (run / "run.json").write_text(json.dumps({"warnings": [f"the val split holds only {n} MALIGNANT"]}))
+        (run / "evaluation" / "test" / "metrics.json").write_text(json.dumps(
+            {"threshold": {"rule": "fallback 0.5", "reason": "there is no validation split to choose it on"}}))
+        dirs.append(str(run))
+    grouped = run_warnings(pd.DataFrame({"run_dir": dirs}))
+    assert [(g["cells"], g["example"][:24]) for g in grouped] == [(3, "the val split holds only"),
+                                                                    (3, "decision threshold fallb")]
+    assert plot_forest({"variants": {}, "metric": "auc", "baseline": "b", "study": "s"}, tmp_path / "f.png") is None
+
+
+def test_crossval_summary_pools_the_folds_predictions():
+    import pandas as pd
+
+    from mammobench.config import load_config
+    from mammobench.experiments.crossval import summarise
+
+    rng = np.random.default_rng(0)
+    pooled = pd.DataFrame({"dataset": "d", "patient_id": [f"p{i}" for i in range(60)],
+                           "label": ["MALIGNANT"] * 30 + ["BENIGN"] * 30})
+    pooled["prob_MALIGNANT"] = np.r_[rng.uniform(0.4, 1, 30), rng.uniform(0, 0.6, 30)]
+    table = pd.DataFrame({"fold": [0, 1], "auc_malignant": [0.7, 0.9], "run_dir": ["a", "b"]})
+    evaluations = [{"labels": ["BENIGN", "MALIGNANT"], "positive_label": "MALIGNANT", "run_warnings": ["w"],
+                    "threshold": {"rule": "fallback 0.5", "reason": "why"}}] * 2
+    summary = summarise(load_config("demo_cnn"), [0, 1], table, pooled, evaluations, n_boot=200)
+    assert summary["auc_malignant"]["mean"] == pytest.approx(0.8)
+    auc = summary["pooled_out_of_fold_auc_malignant"]
+    assert 0.8 < auc["value"] <= 1 and auc["ci"][0] < auc["value"] <= auc["ci"][1] and auc["patients"] == 60
+    assert summary["run_warnings"] == [{"fold": 0, "warning": "w"}, {"fold": 1, "warning": "w"}]
+    assert len(summary["threshold_notes"]) == 2

@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import re
+import shlex
+import subprocess
+import sys
+
 import pytest
 from typer.testing import CliRunner
 
-from mammobench.cli import app
+from mammobench.cli import app, expand_set_args
+from mammobench.config import ConfigError, load_config
 
-COMMANDS = ["prepare", "train", "evaluate", "compare", "crossval", "explain", "demo", "export", "predict", "serve"]
+from .conftest import REPO
+
+runner = CliRunner()
+
+COMMANDS = ["prepare", "presets", "train", "evaluate", "compare", "crossval", "ablate", "explain", "demo", "export",
+            "keygen", "predict", "serve"]
+
+
+def test_the_command_list_is_every_command():
+    import typer.main
+
+    assert sorted(typer.main.get_command(app).commands) == sorted(COMMANDS)
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -79,3 +96,92 @@ def test_library_loggers_that_bring_their_own_handler_print_once(capfd):
     logging.getLogger("huggingface_hub.utils._http").warning("Retrying in 1s [Retry 1/5].")
     err = capfd.readouterr().err
     assert err.count("Retrying in 1s") == 1
+
+
+def test_help_does_not_import_the_training_stack():
+    code = ("import sys; from mammobench.cli import main\n"
+            "for argv in (['--help'], ['train', '--help'], ['ablate', '--help'], ['presets']):\n"
+            "    try: main(argv)\n"
+            "    except SystemExit: pass\n"
+            "print('HEAVY', sorted(m for m in ('lightning', 'torch', 'timm', 'optuna', 'gradio') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
+    assert "HEAVY []" in out, out[-500:]
+
+
+def test_one_set_takes_several_values_and_errors_name_the_override():
+    assert expand_set_args(["train", "--set", "a=1", "b=2", "-s", "c=3", "--overwrite"]) == [
+        "train", "--set", "a=1", "--set", "b=2", "-s", "c=3", "--overwrite"]
+    assert expand_set_args(["compare", "resnet18", "--set", "a=1", "--out", "x"]) == [
+        "compare", "resnet18", "--set", "a=1", "--out", "x"]
+    with pytest.raises(ConfigError, match=r"--set optim\.lrr=1: optim\.lrr: unknown key") as err:
+        load_config("resnet18", ["data.manifest=x", "optim.lrr=1"])
+    assert "resnet18.yaml" not in str(err.value)
+    code = ("from mammobench.cli import main\n"
+            "main(['train', '--config', 'demo_cnn', '--set', 'output.tensorboard=false', 'optim.lrr=1'])")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "--set optim.lrr=1" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_version_presets_and_resume_of_a_non_run(tmp_path):
+    import mammobench
+
+    assert runner.invoke(app, ["--version"]).output.strip() == f"mammobench {mammobench.__version__}"
+    res = runner.invoke(app, ["presets"])
+    assert res.exit_code == 0
+    for name in ("resnet18", "vit_base_patch16_384", "efficientnet_lite0_local", "demo_cnn"):
+        assert re.search(rf"{name}\s+│\s+\S", res.output), name
+    assert "trains on a laptop CPU in about a minute" in res.output  # wide: not cut at 80 columns
+    (tmp_path / "notarun").mkdir()
+    res = runner.invoke(app, ["train", "--resume", str(tmp_path / "notarun")])
+    assert res.exit_code == 2 and "is not a mammobench run folder" in res.output
+
+
+def _readme_commands() -> list[list[str]]:
+    text = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    commands = []
+    for block in blocks:
+        joined = re.sub(r"\\\n\s*", " ", block)
+        for line in joined.splitlines():
+            line = line.split(" #")[0].strip()
+            for part in re.split(r"\s*(?:&&|;)\s*", line):
+                words = shlex.split(part)
+                if words[:1] == ["srun"] or words[:1] == ["torchrun"]:
+                    words = words[words.index("mammobench.cli") + 1:] if "mammobench.cli" in words else words[1:]
+                    words = ["mammobench", *words] if words[:1] != ["mammobench"] else words
+                if words[:1] == ["mammobench"]:
+                    commands.append(words[1:])
+    return commands
+
+
+def test_every_readme_command_line_parses():
+    import click
+    import typer.main
+
+    commands = _readme_commands()
+    assert len(commands) >= 15
+    group = typer.main.get_command(app)
+    for words in commands:
+        args = expand_set_args(words)
+        ctx = group.make_context("mammobench", list(args), resilient_parsing=False)
+        pending = [*getattr(ctx, "_protected_args", []), *ctx.args]  # the sub-command and its words
+        if not pending:
+            continue
+        name, rest = pending[0], pending[1:]
+        sub = group.get_command(ctx, name)
+        assert sub is not None, f"README: unknown command {name!r} in: mammobench {' '.join(words)}"
+        try:
+            sub.make_context(name, list(rest), parent=ctx)
+        except click.UsageError as exc:
+            raise AssertionError(f"README line does not parse: mammobench {' '.join(words)}: {exc}") from None
+
+
+def test_training_from_the_cli_is_free_of_lightning_chatter(demo_prepared, tmp_path):
+    code = ("from mammobench.cli import main\n"
+            f"main(['train', '--config', 'demo_cnn', '--set', 'data.manifest={demo_prepared.out}', 'output.dir={tmp_path}',"
+            " 'stages.finetune_epochs=1', 'trainer.limit_train_batches=1', 'output.tensorboard=false'])")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-2000:]
+    assert "finished after 1 epochs" in " ".join(out.split())
+    assert "GPU available" not in out and "Tip:" not in out and "stepping batches" not in out

@@ -16,8 +16,6 @@ from mammobench.evaluation.explain import explain_arrays, explain_files, gradcam
 from mammobench.experiments.compare import CompareError, compare
 from mammobench.runs import RunError, load_run_model
 
-from .conftest import write_png
-
 
 def test_evaluate_writes_metrics_and_plots(trained_runs):
     result = evaluate(trained_runs["cnn"], split="test", n_boot=200)
@@ -157,4 +155,33 @@ def test_run_directory_problems_are_named(trained_runs, tmp_path):
         evaluate(broken)
     with pytest.raises(RunError, match="does not exist"):
         evaluate(tmp_path / "nowhere")
-    write_png(tmp_path / "x.png", np.zeros((4, 4), np.uint8))
+
+
+def test_report_documents_render_sections_without_stray_marks(tmp_path):
+    from mammobench.experiments.document import Section, render_html, render_markdown, write_document
+    from mammobench.figures import pyplot, save_png
+
+    fig, _ = pyplot().subplots()
+    image = save_png(fig, tmp_path / "fig.png")
+    sections = [Section("Numbers", ["A <b>bold</b> claim."], tables=[("", pd.DataFrame({"a": [1]})),
+                                                                       ("Caption", pd.DataFrame({"b|c": [2]}))],
+                        images=[("a figure", image)])]
+    md = render_markdown(sections, title="T", notice="SYNTHETIC", out=tmp_path)
+    assert "****" not in md and "**Caption**" in md and "| b/c |" in md and "![a figure](fig.png)" in md
+    assert "> **SYNTHETIC**" in md
+    page = render_html(sections, title="T", notice="", meta="m")
+    assert "&lt;b&gt;bold&lt;/b&gt;" in page and "data:image/png;base64," in page and page.count('class="caption"') == 1
+    md_path, html_path = write_document(tmp_path / "out", sections, title="T", meta="m")
+    assert md_path.is_file() and html_path.is_file()
+
+
+def test_the_dataset_matrix_and_calibration_notes_read_plainly():
+    from mammobench.experiments.compare_report import _calibration_note, matrix_table
+
+    matrix = {"datasets": ["own test", "cmmd"], "split": "all", "models": {"m": {
+        "trained_on": "/p/cbis", "own test": {"metric": "auc_malignant", "value": 0.8, "ci": [0.7, 0.9], "n": 100},
+        "cmmd": {"metric": "auc_malignant", "value": 0.6, "ci": [float("nan"), float("nan")], "n": 8}}}}
+    row = matrix_table(matrix).iloc[0]
+    assert row["own test"] == "0.800 [0.700, 0.900] (n=100)" and row["cmmd"] == "0.600 (n=8)"
+    assert "no temperature was fitted (too few)" in _calibration_note("m", {"temperature": None, "reason": "too few"})
+    assert "temperature 1.50" in _calibration_note("m", {"temperature": 1.5, "ece_before": 0.2, "ece_after": 0.1})

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import json
+import re
 
 import lightning.pytorch as pl
 import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
+from typer.testing import CliRunner
 
+from mammobench.cli import app
 from mammobench.config import ConfigError, load_config
 from mammobench.models.factory import ModelError
 from mammobench.runs import RunError, read_model_info, require_finished
 from mammobench.runtime import MammobenchError
 from mammobench.training.fit import fit, resume
 from mammobench.training.module import NonFiniteLossError
+
+runner = CliRunner()
 
 
 def tiny(manifest, out, *extra):
@@ -189,3 +194,114 @@ def test_two_process_ddp_on_cpu(demo_prepared, tmp_path):
     info = json.loads((tmp_path / "demo_cnn" / "run.json").read_text())
     assert info["status"] == "finished" and info["epochs_run"] == 2
 
+
+
+def test_overwrite_keeps_the_old_run_until_the_new_one_works(demo_prepared, tmp_path):
+    from mammobench.models.factory import ModelError
+    from mammobench.training.fit import fit
+
+    base = [f"data.manifest={demo_prepared.out}", f"output.dir={tmp_path}", "output.tensorboard=false",
+            "stages.finetune_epochs=1", "trainer.limit_train_batches=1", "output.name=keep"]
+    run = fit(load_config("demo_cnn", base)).run_dir
+    before = (run / "model.safetensors").read_bytes()
+    with pytest.raises(ModelError):
+        fit(load_config("demo_cnn", [*base, "model.name=test_resnett"]), overwrite=True)
+    assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "model.safetensors").read_bytes() == before
+    again = fit(load_config("demo_cnn", [*base, "seed=3"]), overwrite=True).run_dir
+    assert again == run and not (tmp_path / ".keep.replaced").exists()
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"
+
+
+def test_curves_numbering_and_stages(demo_prepared, tmp_path):
+    from mammobench.training.curves import stage2_span
+
+    assert stage2_span(pd.DataFrame({"epoch": [1, 2, 3], "stage": [2, 2, 2]})) is None
+    assert stage2_span(pd.DataFrame({"epoch": [1, 2, 3], "stage": [1, 2, 2]})) == (2.0, 3.0)
+    res = runner.invoke(app, ["train", "--config", "demo_cnn", "--set", f"data.manifest={demo_prepared.out}",
+                              "--set", f"output.dir={tmp_path}", "--set", "stages.finetune_epochs=2",
+                              "--set", "trainer.limit_train_batches=1", "--set", "trainer.weights=last",
+                              "--set", "output.tensorboard=false"])
+    assert res.exit_code == 0, res.output
+    run = tmp_path / "demo_cnn"
+    history = pd.read_csv(run / "history.csv")
+    info = json.loads((run / "run.json").read_text())
+    assert history["epoch"].tolist() == [1, 2] and info["kept_epoch"] == 2 == info["epochs_run"]
+    assert "weights kept from epoch 2" in " ".join(res.output.split())
+    assert re.search(r"best val/loss = \d\.\d{4} ", " ".join(res.output.split()))
+
+
+def test_epoch_seeds_and_history_files(tmp_path):
+    from mammobench.training.callbacks import History, epoch_seed
+
+    assert epoch_seed(42, 3) == epoch_seed(42, 3) and epoch_seed(42, 3) != epoch_seed(42, 4) != epoch_seed(43, 4)
+    history = History(tmp_path / "history.csv")
+    history.rows = [{"epoch": 1, "train/loss": 0.7}, {"epoch": 2, "train/loss": 0.5}]
+    history.write()
+    assert (tmp_path / "history.csv").read_text().splitlines() == ["epoch,train/loss", "1,0.7", "2,0.5"]
+
+
+def test_optimiser_groups_and_schedule():
+    from torch import nn
+
+    from mammobench.training.optim import WarmupCosine, create_optimizer, param_groups
+
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
+    groups = param_groups(model, head={"3.weight", "3.bias"}, lr=1e-3, backbone_lr_mult=0.1, weight_decay=0.05)
+    by_name = {g["name"]: g for g in groups}
+    assert set(by_name) == {"head", "head_no_decay", "backbone", "backbone_no_decay"}
+    assert by_name["backbone"]["lr"] == pytest.approx(1e-4) and by_name["backbone_no_decay"]["weight_decay"] == 0.0
+    assert len(by_name["backbone_no_decay"]["params"]) == 3  # the conv bias and both BatchNorm tensors
+    assert isinstance(create_optimizer(groups), torch.optim.AdamW)
+    two_stages = WarmupCosine([4, 10], [0, 2], min_ratio=0.1)
+    assert two_stages(0) == pytest.approx(1.0) and two_stages(4) == pytest.approx(0.5)  # stage 2 warms up again
+    assert two_stages(13) > 0.1 and two_stages(99) == pytest.approx(0.1)
+
+
+def test_a_run_folder_is_never_overwritten_or_resumed_by_accident(tmp_path):
+    import json
+
+    from mammobench.runs import RunDir, RunError
+    from mammobench.training.replacing import check_run_dir, set_aside, settle_replaced
+
+    run = RunDir(tmp_path / "r")
+    with pytest.raises(RunError, match="nothing to resume"):
+        check_run_dir(run, resume=True, overwrite=False)
+    run.path.mkdir()
+    run.info_path.write_text(json.dumps({"status": "finished"}))
+    with pytest.raises(RunError, match="already exists and finished"):
+        check_run_dir(run, resume=False, overwrite=False)
+    check_run_dir(run, resume=False, overwrite=True)
+    run.info_path.write_text(json.dumps({"status": "interrupted"}))
+    with pytest.raises(RunError, match="did not finish .* --resume"):
+        check_run_dir(run, resume=False, overwrite=False)
+    with pytest.raises(RunError, match="no checkpoints/last.ckpt"):
+        check_run_dir(run, resume=True, overwrite=False)
+    backup = set_aside(run.path)
+    run.path.mkdir()
+    settle_replaced(backup, run.path, finished=False, started_training=False)  # the new run never began
+    assert json.loads(run.info_path.read_text())["status"] == "interrupted" and not backup.exists()
+
+
+def test_the_trainer_follows_the_hardware_and_the_stages():
+    from mammobench.config import load_config
+    from mammobench.training.trainer import resolve_hardware, strategy
+
+    cfg = load_config("demo_cnn", ["trainer.devices=2", "stages.head_epochs=1", "stages.unfreeze_blocks=1"])
+    assert strategy(cfg) == "ddp_find_unused_parameters_true", "frozen blocks under DDP: unused parameters"
+    assert strategy(load_config("demo_cnn", ["trainer.devices=2"])) == "auto"
+    model = torch.nn.Conv2d(1, 1, 3)
+    precision, channels_last = resolve_hardware(load_config("demo_cnn", ["trainer.accelerator=cpu"]), model)
+    assert precision == "32-true" and channels_last  # a convolution on the CPU: fp32, NHWC
+
+
+def test_train_or_reuse_reuses_refuses_or_retrains(demo_prepared, tmp_path):
+    from mammobench.training.reuse import ConfigChanged, train_or_reuse
+
+    cfg = tiny(demo_prepared.out, tmp_path, "trainer.limit_train_batches=1", "stages.head_epochs=0")
+    run_dir = train_or_reuse(cfg)
+    stamp = (run_dir / "model.safetensors").stat().st_mtime_ns
+    assert train_or_reuse(cfg) == run_dir and (run_dir / "model.safetensors").stat().st_mtime_ns == stamp  # reused
+    changed = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"lr": 0.01})})
+    with pytest.raises(ConfigChanged, match="optim.lr differ"):
+        train_or_reuse(changed, on_change="refuse")
+    assert train_or_reuse(changed) == run_dir and (run_dir / "model.safetensors").stat().st_mtime_ns != stamp

@@ -138,3 +138,29 @@ def test_probabilistic_f1_matches_the_rsna_definition():
     assert probabilistic_f1(y, p) == pytest.approx(2 * precision * recall / (precision + recall))
     assert probabilistic_f1(y, y.astype(float)) == 1.0
     assert np.isnan(probabilistic_f1(np.zeros(3), np.ones(3)))
+
+
+def test_external_thresholds_are_scored_not_chosen_on_the_set():
+    from mammobench.evaluation.thresholds import external_threshold
+
+    y = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1] * 2)
+    score = np.tile(np.array([0.1, 0.2, 0.3, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8, 0.9]), 2)
+    probs = np.stack([1 - score, score], 1)
+    ext = external_threshold(y, probs, ["BENIGN", "MALIGNANT"], "MALIGNANT", 0.75, "youden", 0.9)
+    assert ext["training"]["threshold"] == 0.75 and ext["training"]["sensitivity"] == 0.4
+    assert ext["training"]["specificity"] == 1.0
+    assert ext["this_set"]["sensitivity"] == 1.0 and "flatters itself" in ext["warning"]
+
+
+def test_plots_are_written_and_skip_undefined_values(tmp_path):
+    from mammobench.evaluation.plots import plot_roc, plot_subgroups
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 40)
+    probs = np.stack([1 - rng.random(40), rng.random(40)], 1)
+    probs /= probs.sum(1, keepdims=True)
+    path = plot_roc(y, probs, ["BENIGN", "MALIGNANT"], tmp_path / "roc.png", title="ROC")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    groups = {"density": {"A": {"n": 5, "auc_malignant": {"value": float("nan"), "ci": [None, None]}},
+                          "B": {"n": 30, "auc_malignant": {"value": 0.7, "ci": [0.5, 0.9]}}}}
+    assert plot_subgroups(groups, tmp_path / "sub.png", title="Subgroups").is_file()

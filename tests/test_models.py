@@ -95,3 +95,20 @@ def test_real_imagenet_weights(name, file, mean):
     with torch.no_grad():
         out = model(torch.rand(1, 1, 224, 224))
     assert torch.isfinite(out).all()
+
+
+def test_one_view_of_a_breast_model_is_the_breast_with_that_view_alone():
+    from mammobench.models.factory import create_model
+    from mammobench.models.multiview import MultiViewClassifier, SingleView
+
+    torch.manual_seed(0)
+    model, _ = create_model("test_resnet", num_classes=2, fusion="concat")
+    assert isinstance(model, MultiViewClassifier)
+    model.eval()
+    image = torch.randn(3, 1, 64, 48)
+    breast = torch.stack([torch.zeros_like(image), image], 1)  # the MLO slot holds the image, CC is missing
+    mask = torch.tensor([[False, True]] * 3)
+    with torch.no_grad():
+        assert torch.allclose(SingleView(model, 1)(image), model(breast, mask), atol=1e-5)
+    with pytest.raises(ValueError, match="view slot 2 outside 0..1"):
+        SingleView(model, 2)

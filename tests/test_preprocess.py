@@ -149,3 +149,16 @@ def test_stored_bits():
     from mammobench.data.images import stored_bits
 
     assert [stored_bits(v) for v in (0, 255, 1023, 4095, 3000, 16383, 65535)] == [8, 8, 10, 12, 12, 14, 16]
+
+
+def test_preprocessing_options_and_intensity_statistics():
+    from mammobench.data.options import IntensityStats, PreprocessOptions
+
+    with pytest.raises(ValidationError, match="window percentiles"):
+        PreprocessOptions(window=(50, 10))
+    settings = PreprocessOptions(clahe=True).with_size((96, 64))
+    assert settings.hw == (96, 64) and settings.clahe
+    stats = IntensityStats(n=100, mean=(0.3, 0.5, 0.7), std=(0.10, 0.15, 0.20))
+    assert stats.outside(0.5, 0.15) == "" and stats.outside(0.12, 0.15) == ""  # within the widened range
+    assert "mean intensity 0.020" in stats.outside(0.02, 0.15)
+    assert "contrast (SD) 0.002" in stats.outside(0.5, 0.002)

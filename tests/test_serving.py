@@ -4,20 +4,34 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from mammobench.cli import app
 from mammobench.data.images import read_image
+from mammobench.data.preprocess import input_mismatch
 from mammobench.runs import load_run_model
-from mammobench.serving.bundle import BundleError, export_bundle, load_bundle, read_bundle_meta
-from mammobench.serving.predictor import Predictor, write_predictions
+from mammobench.serving.bundle import (
+    BundleError,
+    description_digest,
+    export_bundle,
+    load_bundle,
+    read_bundle_meta,
+)
+from mammobench.serving.predictor import Prediction, Predictor, write_predictions
+from mammobench.serving.signing import SignatureError, generate_keypair
 
-from .conftest import write_png
+from .conftest import fake_mammogram, write_png
 from .test_images import make_dicom
+
+runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
@@ -208,3 +222,139 @@ def test_a_16_bit_crop_reaches_the_model_as_bright_as_the_image_and_an_odd_one_i
     assert "outside the training images'" in results[str(dark)].note, results[str(dark)].note
     meta = read_bundle_meta(bundle)
     assert meta.model.input_stats is not None and meta.model.input_stats.n > 10
+
+
+def test_an_edited_description_is_refused(plain_bundle, tmp_path):
+    import shutil
+
+    for edit in ("labels", "threshold", "size"):
+        copy = tmp_path / edit
+        shutil.copytree(plain_bundle, copy)
+        data = json.loads((copy / "bundle.json").read_text())
+        if edit == "labels":
+            data["model"]["labels"] = list(reversed(data["model"]["labels"]))
+        elif edit == "threshold":
+            data["thresholds"]["MALIGNANT"]["value"] = 0.01
+        else:
+            data["model"]["preprocess"]["size"] = 128
+        (copy / "bundle.json").write_text(json.dumps(data))
+        with pytest.raises(BundleError, match="changed after export"):
+            load_bundle(copy)
+    assert load_bundle(plain_bundle).info.labels[0] == "BENIGN"
+
+
+def test_signed_bundles(trained_runs, tmp_path):
+    private, public = generate_keypair(tmp_path / "keys")
+    assert oct(private.stat().st_mode & 0o777) == "0o600"
+    with pytest.raises(SignatureError, match="never overwritten"):
+        generate_keypair(tmp_path / "keys")
+    other_private, other_public = generate_keypair(tmp_path / "other")
+    res = runner.invoke(app, ["export", str(trained_runs["cnn"]), "--out", str(tmp_path / "signed"), "--sign", str(private)])
+    assert res.exit_code == 0, res.output
+    signed = tmp_path / "signed"
+    assert (signed / "bundle.sig").is_file()
+    assert Predictor.from_bundle(signed, trusted_key=public).labels
+    with pytest.raises(SignatureError, match="does not verify"):
+        load_bundle(signed, trusted_key=other_public)
+    # A careful forger rewrites the description AND its checksum: only the signature catches that.
+    data = json.loads((signed / "bundle.json").read_text())
+    data["model"]["labels"] = list(reversed(data["model"]["labels"]))
+    data["description_sha256"] = description_digest(data)
+    (signed / "bundle.json").write_text(json.dumps(data, indent=2))
+    assert load_bundle(signed).info.labels[0] == "BENIGN_WITHOUT_CALLBACK"  # the checksum alone cannot tell
+    with pytest.raises(SignatureError, match="changed after it was signed"):
+        load_bundle(signed, trusted_key=public)
+    unsigned = export_bundle(trained_runs["cnn"], tmp_path / "unsigned")
+    res = runner.invoke(app, ["predict", str(unsigned), str(tmp_path), "--trusted-key", str(public)])
+    assert res.exit_code == 2 and "is not signed" in res.output
+    with pytest.raises(SignatureError, match="not a PEM public key"):
+        load_bundle(signed, trusted_key=private)
+
+
+def test_onnx_export_is_quiet_and_counts_its_check_images(trained_runs, tmp_path):
+    code = ("from mammobench.cli import main\n"
+            f"main(['export', {str(trained_runs['cnn'])!r}, '--out', {str(tmp_path / 'b')!r}, '--onnx'])")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    text = res.stdout + res.stderr
+    assert text.count("\n") < 15, text
+    split = pd.read_csv(Path(trained_runs["cnn"]) / "split.csv")
+    n_val = int((split["split"] == "val").sum())
+    n_test = min(64 - n_val, int((split["split"] == "test").sum()))
+    assert f"on {n_val} validation images and {n_test} test images" in " ".join(text.split())
+
+
+def test_prediction_columns_are_fixed(plain_bundle, tmp_path):
+    good = write_png(tmp_path / "b.png", np.full((40, 40), 90, np.uint8))
+    bad = tmp_path / "a.png"
+    bad.write_text("not an image")
+    predictor = Predictor.from_bundle(plain_bundle)
+    results = predictor.predict_paths([bad, good])
+    assert results[0].error
+    out = write_predictions(results, tmp_path / "p.csv", labels=predictor.labels)
+    cols = pd.read_csv(out).columns.tolist()
+    assert cols == ["path", "prob_BENIGN", "prob_MALIGNANT", "prob_BENIGN_WITHOUT_CALLBACK", "predicted", "decision",
+                    "threshold", "error", "note"]
+    assert list(Prediction("x").row(["A"])) == ["path", "prob_A", "predicted", "decision", "threshold", "error", "note"]
+
+
+def test_a_whole_mammogram_given_to_a_lesion_model_is_flagged(plain_bundle, tmp_path):
+    whole = fake_mammogram(1200, 800).astype(np.float32) / 255
+    assert "looks like a whole mammogram" in input_mismatch(whole, mode="roi", roi=None)
+    assert input_mismatch(whole, mode="roi", roi=(10, 10, 100, 100)) == ""
+    assert input_mismatch(whole, mode="full", roi=None) == ""
+    assert input_mismatch(np.full((90, 90), 0.5, np.float32), mode="roi", roi=None) == ""
+    path = write_png(tmp_path / "whole.png", fake_mammogram(1200, 800))
+    res = runner.invoke(app, ["predict", str(plain_bundle), str(path), "--out", str(tmp_path / "p.csv")])
+    assert res.exit_code == 0 and "do not look like the model's training inputs" in res.output
+    assert "--roi" in pd.read_csv(tmp_path / "p.csv")["note"][0]
+
+
+def test_keygen_onto_an_existing_key_file_is_a_clean_error(tmp_path):
+    from typer.testing import CliRunner
+
+    from mammobench.cli import app
+
+    keys = tmp_path / "keys"
+    assert CliRunner().invoke(app, ["keygen", "--out", str(keys)]).exit_code == 0
+    private = keys / "mammobench_ed25519.pem"
+    before = private.read_bytes()
+    r = CliRunner().invoke(app, ["keygen", "--out", str(private)])
+    assert r.exit_code == 2 and "is a file" in r.output and "Traceback" not in r.output
+    assert private.read_bytes() == before
+
+
+def test_export_with_a_public_key_leaves_the_signed_bundle_working(trained_runs, tmp_path):
+    from typer.testing import CliRunner
+
+    from mammobench.cli import app
+    from mammobench.serving.bundle import load_bundle
+
+    keys = tmp_path / "keys"
+    CliRunner().invoke(app, ["keygen", "--out", str(keys)])
+    bundle = tmp_path / "mybundle"
+    r = CliRunner().invoke(app, ["export", str(trained_runs["cnn"]), "--out", str(bundle), "--sign",
+                                 str(keys / "mammobench_ed25519.pem")])
+    assert r.exit_code == 0, r.output
+    files = {p.name: p.read_bytes() for p in bundle.iterdir()}
+    r = CliRunner().invoke(app, ["export", str(trained_runs["cnn"]), "--out", str(bundle), "--sign",
+                                 str(keys / "mammobench_ed25519.pub.pem")])
+    assert r.exit_code == 2 and "it is a public key" in r.output
+    assert {p.name: p.read_bytes() for p in bundle.iterdir()} == files, "the signed bundle is untouched"
+    load_bundle(bundle, trusted_key=keys / "mammobench_ed25519.pub.pem")  # still verifies
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".mybundle")], "no half-made bundle left"
+
+
+def test_onnx_export_matches_pytorch_and_takes_any_batch(tmp_path):
+    from mammobench.models.factory import create_model
+    from mammobench.serving.onnx import OnnxRunner, export_onnx, max_probability_difference
+
+    torch_model, _ = create_model("test_resnet", num_classes=3)
+    torch_model.eval()
+    path = export_onnx(torch_model, (48, 32), tmp_path / "m.onnx")
+    runner = OnnxRunner(path)
+    for batch in (1, 5):
+        x = torch.randn(batch, 1, 48, 32)
+        probs = runner(x.numpy())
+        assert probs.shape == (batch, 3) and np.allclose(probs.sum(1), 1, atol=1e-5)
+        assert max_probability_difference(torch_model, runner, x) < 1e-4

@@ -15,7 +15,7 @@ from mammobench.data.sources import SourceOptions
 from mammobench.data.sources.rsna import RsnaError, load_rsna
 from mammobench.data.sources.vindr import VindrError, load_vindr
 
-from .conftest import fake_mammogram
+from .conftest import fake_mammogram, write_png
 from .test_images import make_dicom
 
 
@@ -275,3 +275,15 @@ def test_a_missing_decoder_says_what_to_install(tmp_path, monkeypatch):
     with pytest.raises(ImageReadError, match="no decoder for transfer syntax JPEG 2000 .* pip install pylibjpeg "
                                              "pylibjpeg-openjpeg"):
         read_image(path)
+
+
+def test_a_mias_coordinate_typo_is_named_with_its_line(tmp_path):
+    from mammobench.data.sources.mias import load_mias
+
+    write_png(tmp_path / "mdb001.png", np.full((64, 64), 100, np.uint8))
+    write_png(tmp_path / "mdb002.png", np.full((64, 64), 100, np.uint8))
+    (tmp_path / "Info.txt").write_text("mdb001 G CIRC B 30 4O 10\nmdb002 G CIRC M 30 30 10\n")
+    result = load_mias(tmp_path)
+    reasons = [s.reason for s in result.skipped]
+    assert any("cannot parse '30 4O 10' on line 1" in r for r in reasons), reasons
+    assert len(result.records) == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -202,3 +203,59 @@ def test_an_option_the_source_does_not_read_is_an_error_naming_both(tmp_path):
     assert not (tmp_path / "o").exists(), "refused before anything was written"
     r = CliRunner().invoke(app, ["prepare", "vindr", str(tmp_path), "--label-set", "cancer"])
     assert r.exit_code == 2 and "--label-set 'cancer'" in r.output
+
+
+def test_excel_cp1252_tables_are_read_with_a_note(tmp_path):
+    from mammobench.data.sources.table import TableError, load_table
+
+    img = write_png(tmp_path / "a.png", np.full((32, 32), 120, np.uint8))
+    table = tmp_path / "t.csv"
+    table.write_bytes(b"path,label,patient_id,lesion_type\n" + f"{img.name},BENIGN,Zoë,mass\n".encode("cp1252"))
+    result = load_table(table)
+    assert result.records["patient_id"].tolist() == ["Zoë"]
+    assert any("Windows-1252" in n and "line 2" in n for n in result.notes)
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(b"\xef\xbb\xbf" + f"path,label,patient_id\n{img.name},BENIGN,Zoë\n".encode())
+    assert load_table(bom).records["patient_id"].tolist() == ["Zoë"]
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(b"path,label,patient_id\n\x81\x81,BENIGN,x\n")
+    with pytest.raises(TableError, match="byte 0x81 at offset 22"):
+        load_table(bad)
+
+
+def test_summary_tables_count_patients_and_the_majority():
+    from mammobench.data.summary import count_table, majority_accuracy
+
+    frame = pd.DataFrame({"dataset": "d", "patient_id": ["a", "a", "b", "c", "d"], "label": ["B", "M", "M", "M", "B"],
+                          "split": ["train", "train", "train", "test", "test"], "lesion_type": ["mass"] * 5})
+    counts = count_table(frame, ["B", "M"]).set_index("split")
+    assert counts.loc["train", "M"] == 2 and counts.loc["train", "patients"] == 2 and counts.loc["test", "total"] == 2
+    majority = majority_accuracy(frame).set_index("split")
+    assert majority.loc["train", "majority_label"] == "M" and majority.loc["train", "majority_accuracy"] == 2 / 3
+
+
+def test_a_source_that_skips_everything_hands_its_skips_on():
+    from mammobench.data.sources.base import Skipped, SourceOptions, nothing_usable
+    from mammobench.data.sources.mias import MiasError
+
+    skips = [Skipped("Info.txt:3", "", "finding has no centre")]
+    exc = nothing_usable(MiasError, "no usable sample", skips)
+    assert isinstance(exc, MiasError) and exc.skipped == skips and str(exc) == "no usable sample"  # type: ignore[attr-defined]
+    assert SourceOptions(roi_margin=0.5, csv_dir=None).given() == {"roi_margin"}
+
+
+def test_the_demo_prepares_synthetic_data_and_compares_the_two_demo_models(tmp_path, monkeypatch):
+    from mammobench.experiments import demo
+
+    seen = {}
+
+    def fake_compare(configs, out, *, overrides, n_boot, show_progress):
+        seen.update(configs=configs, out=out, overrides=overrides, n_boot=n_boot)
+        return "result"
+
+    monkeypatch.setattr(demo, "compare", fake_compare)
+    assert demo.run_demo(tmp_path, n_boot=7) == "result"
+    assert seen["configs"] == ["demo_cnn", "demo_vit"] and seen["n_boot"] == 7 and seen["out"] == tmp_path
+    prepared = tmp_path / "data"
+    assert seen["overrides"] == [f"data.manifest={prepared}"]
+    assert read_manifest_info(prepared).synthetic and read_manifest(prepared)["dataset"].eq("demo-synthetic").all()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -168,3 +169,44 @@ def test_the_served_page_keeps_no_file_of_an_upload_after_sigterm(whole_image_bu
         if server.poll() is None:
             server.kill()
     assert files() == [] and not list(tmp.glob("mammobench-uploads-*")), files()
+
+
+def test_uploads_are_deleted_and_judged_by_content(plain_bundle, tmp_path, caplog):
+    from mammobench.serving.web import analyse
+
+    from .test_images import make_dicom
+
+    predictor = Predictor.from_bundle(plain_bundle)
+    uploads = tmp_path / "uploads"
+    (uploads / "abc123").mkdir(parents=True)
+    dicom = make_dicom(uploads / "abc123" / "IMG0001", np.full((48, 48), 900, np.uint16))
+    assert dicom.suffix == ""
+    probs, text, cam = analyse(predictor, str(dicom), upload_dir=uploads)
+    assert probs is not None and "Decision" in text
+    assert not dicom.exists() and not (uploads / "abc123").exists() and uploads.is_dir()
+    junk = uploads / "junk.png"
+    junk.write_text("not an image")
+    with caplog.at_level(logging.WARNING):
+        probs, text, _ = analyse(predictor, str(junk), upload_dir=uploads)
+    assert probs is None and "Could not read" in text and not junk.exists()
+    lines = [r for r in caplog.records if "junk.png" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].exc_info is None
+    mine = write_png(tmp_path / "mine.png", np.full((40, 40), 90, np.uint8))
+    analyse(predictor, str(mine), upload_dir=uploads)
+    assert mine.exists()  # a file outside the upload folder is never deleted
+
+
+def test_serve_is_quiet_about_public_links_and_cleans_up(plain_bundle, capfd):
+    import socket
+
+    from mammobench.serving.web import serve, stop
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app_ = serve(plain_bundle, port=port, block=False)
+    folder = app_.mammobench_upload_dir
+    assert folder.is_dir()
+    stop(app_)
+    out = capfd.readouterr()
+    assert "share=True" not in out.out + out.err and not folder.exists()

@@ -61,13 +61,20 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     torch.manual_seed(0)
     model, _ = create_model("test_resnet", num_classes=2)
     x = torch.randn(2, 1, 64, 48)
-    grads = []
+    calls = {"n": 0}
+    # a pre-hook: a recomputation stops as soon as it has every saved tensor, before a block returns
+    model.layer2[0].register_forward_pre_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
+    grads, forwards = [], []
     for on in (False, True):
         model.zero_grad()
         model.set_grad_checkpointing(on)
+        calls["n"] = 0
         model(x).sum().backward()
+        forwards.append(calls["n"])
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     assert torch.allclose(grads[0], grads[1], atol=1e-5)
+    # checkpointing really trades memory for compute: the block's activations are recomputed in the backward pass
+    assert forwards == [1, 2]
 
 
 def test_preprocess_fits_a_whole_breast_into_height_by_width():
@@ -426,7 +433,10 @@ def test_the_web_page_predicts_an_exam_and_forgets_the_uploads(two_view_bundle, 
         shutil.copy(tmp_path / "exam1" / "L_CC.png", dup / name)
     message = analyse_exam(predictor, [str(p) for p in sorted(dup.iterdir())])[0]
     assert "two images of the left CC view" in message and str(dup) not in message
-    assert create_app(predictor) is not None
+    app = create_app(predictor)
+    props = {c["props"].get("elem_id"): c["props"] for c in app.config["components"] if c["props"].get("elem_id")}
+    assert {"upload", "predict", "exam_upload", "exam_predict", "exam_gradcam", "decision"} <= set(props)
+    assert props["roi"]["visible"] is False, "a whole-image model takes no lesion box"
 
 
 def test_compare_sets_single_view_and_two_view_models_side_by_side_on_the_same_breasts(full_prepared, tmp_path):
@@ -441,3 +451,40 @@ def test_compare_sets_single_view_and_two_view_models_side_by_side_on_the_same_b
     test = read_manifest(full_prepared.out).query("split == 'test'")
     assert data["paired_level"] == "breast" and data["n_common_test"] == test.groupby(["patient_id", "laterality"]).ngroups
     assert result.paired and "Compared per breast" in result.markdown.read_text()
+
+
+def test_exam_folders_are_checked_and_their_tables_written(tmp_path):
+    import pandas as pd
+
+    from mammobench.runtime import MammobenchError
+    from mammobench.serving.exams import exam_files, write_exam_predictions
+    from mammobench.serving.predictor import BreastPrediction, ExamPrediction, Prediction
+
+    with pytest.raises(MammobenchError, match="is not a folder"):
+        exam_files(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MammobenchError, match="no image in"):
+        exam_files(tmp_path / "empty")
+    five = tmp_path / "five"
+    five.mkdir()
+    for i in range(5):
+        (five / f"{i}.png").write_bytes(b"x")
+    with pytest.raises(MammobenchError, match="holds 5 images; an exam has at most four"):
+        exam_files(five)
+    exam = ExamPrediction("e1", [BreastPrediction("e1", "L", ["CC"], ["a.png"], {"BENIGN": 0.3, "MALIGNANT": 0.7},
+                                                  "MALIGNANT", "MALIGNANT", 0.5, "mean of 1 image prediction")],
+                          [Prediction("a.png", {"BENIGN": 0.3, "MALIGNANT": 0.7}, "MALIGNANT", "MALIGNANT", 0.5)])
+    breasts, images = write_exam_predictions([exam], tmp_path / "out.csv", labels=["BENIGN", "MALIGNANT"])
+    assert pd.read_csv(breasts).loc[0, "prob_MALIGNANT"] == 0.7 and pd.read_csv(images).loc[0, "exam"] == "e1"
+
+
+def test_init_from_run_checks_the_architecture_directly(crops_run):
+    from mammobench.models.factory import create_model
+    from mammobench.training.transfer import init_from_run
+
+    other, _ = create_model("resnet18", num_classes=2)
+    with pytest.raises(ModelError, match="is a test_resnet run but this run builds resnet18"):
+        init_from_run(other, crops_run, "resnet18")
+    same, _ = create_model("test_resnet", num_classes=2)
+    report = init_from_run(same, crops_run, "test_resnet")
+    assert report.source == "run" and report.loaded > 0 and report.reinitialised

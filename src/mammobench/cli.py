@@ -294,22 +294,29 @@ def evaluate(
                               by=[b.strip() for b in by.split(",") if b.strip()], allow_overlap=allow_overlap)
     except MammobenchError as exc:
         _fail(exc)
-    r = result.metrics
+    _print_evaluation(result.report, split)
+    extra = ", predictions_breast.csv" if "breast" in (result.levels or {}) else ""
+    console.print(f"Written to {result.out_dir} (metrics.json, predictions.csv{extra}, roc/pr/confusion/reliability plots)")
+
+
+def _print_evaluation(r: dict, split: str) -> None:  # type: ignore[type-arg]
+    """An evaluation's report on the console: metrics with intervals, levels, calibration, external thresholds,
+    subgroups, and the training run's warnings (this set's own were logged as they arose, naming the set)."""
     if r["synthetic"]:
         console.print(f"[bold yellow]{r['notice']}[/]")
     m = r["metrics"]
+    key = "auc_malignant" if "auc_malignant" in m else "auc_macro"
     console.print(f"[bold]{r['architecture']}[/] on {split} ({r['n']} samples, {r['patients']} patients), 95 % CI by patient bootstrap:")
     # Proportions in %, areas and calibration error as fractions: one way each, every time.
-    for key in ("accuracy", "balanced_accuracy", "sensitivity", "specificity"):
-        if key in m:
-            extra = f" (always-majority {m['majority_accuracy']['value'] * 100:.1f} %)" if key == "accuracy" else ""
-            console.print("  " + _metric_line(key, m[key], percent=True) + extra)
-    for key in ("auc_macro", "auc_malignant", "f1_macro", "ece"):
-        if key in m:
-            console.print("  " + _metric_line(key, m[key]))
+    for name in ("accuracy", "balanced_accuracy", "sensitivity", "specificity"):
+        if name in m:
+            extra = f" (always-majority {m['majority_accuracy']['value'] * 100:.1f} %)" if name == "accuracy" else ""
+            console.print("  " + _metric_line(name, m[name], percent=True) + extra)
+    for name in ("auc_macro", "auc_malignant", "f1_macro", "ece"):
+        if name in m:
+            console.print("  " + _metric_line(name, m[name]))
     levels = r.get("levels", {})
     if len(levels) > 1:
-        key = "auc_malignant" if "auc_malignant" in m else "auc_macro"
         parts = [f"{name} ({lv['n']}): {_metric_line(key, lv['metrics'][key]).split(' ', 1)[-1].strip()}"
                  for name, lv in levels.items() if key in lv["metrics"]]
         console.print(f"  {key} by level ({r.get('aggregate', 'mean')} over images): " + "; ".join(parts))
@@ -321,15 +328,8 @@ def evaluate(
                       f"{cal['ece_before']:.3f} -> {cal['ece_after']:.3f}")
     if r.get("label_matching"):
         console.print(f"[yellow]labels:[/] {r['label_matching']}")
-    ext = r.get("threshold", {}).get("external")
-    if ext:
-        tr, own = ext["training"], ext["this_set"]
-        console.print(f"  training threshold {tr['threshold']:.3f}: sensitivity {tr['sensitivity'] * 100:.1f} %, "
-                      f"specificity {tr['specificity'] * 100:.1f} %; this set's own {own['threshold']:.3f} would give "
-                      f"{own['sensitivity'] * 100:.1f} % / {own['specificity'] * 100:.1f} %")
-        console.print(f"[yellow]warning:[/] {ext['warning']}")
+    _print_external_threshold(r.get("threshold", {}).get("external"))
     for column, values in r.get("subgroups", {}).items():
-        key = "auc_malignant" if "auc_malignant" in m else "auc_macro"
         console.print(f"  by {column}: " + "; ".join(
             f"{v} (n={g['n']}) {_metric_line(key, g[key]).split(': ', 1)[-1]}" for v, g in values.items() if key in g))
     t = r.get("threshold", {})
@@ -337,11 +337,18 @@ def evaluate(
         console.print(f"[yellow]threshold:[/] {t['rule']} ({t['reason']})")
     if r.get("overlap"):
         console.print(f"[yellow]overlap:[/] {r['overlap']['note']}")
-    # this set's own warnings were logged above, each naming the set; the training run's are labelled as such
     for w in r.get("run_warnings", []):
         console.print(f"[yellow]warning ({r.get('run_warnings_about', 'the training run')}):[/] {w}")
-    extra = ", predictions_breast.csv" if "breast" in (result.levels or {}) else ""
-    console.print(f"Written to {result.out_dir} (metrics.json, predictions.csv{extra}, roc/pr/confusion/reliability plots)")
+
+
+def _print_external_threshold(ext: dict | None) -> None:  # type: ignore[type-arg]
+    if not ext:
+        return
+    tr, own = ext["training"], ext["this_set"]
+    console.print(f"  training threshold {tr['threshold']:.3f}: sensitivity {tr['sensitivity'] * 100:.1f} %, "
+                  f"specificity {tr['specificity'] * 100:.1f} %; this set's own {own['threshold']:.3f} would give "
+                  f"{own['sensitivity'] * 100:.1f} % / {own['specificity'] * 100:.1f} %")
+    console.print(f"[yellow]warning:[/] {ext['warning']}")
 
 
 @app.command()

@@ -80,7 +80,6 @@ def read_dicom(path: str | Path) -> np.ndarray:
     """
     pydicom = _pydicom()
     from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     try:
         ds = pydicom.dcmread(str(path))
@@ -118,23 +117,29 @@ def read_dicom(path: str | Path) -> np.ndarray:
         raise ImageReadError(path, f"expected a grayscale mammogram, got PhotometricInterpretation {photometric}")
     if arr.ndim != 2:
         raise ImageReadError(path, f"expected a single 2-D frame, got pixel array of shape {arr.shape}")
-    has_rescale = "RescaleSlope" in ds or "RescaleIntercept" in ds
-    has_voi = "VOILUTSequence" in ds or "WindowCenter" in ds
+    data = _presented(arr, ds)
+    return 1.0 - data if photometric == "MONOCHROME1" else data
+
+
+def _presented(arr: np.ndarray, ds: object) -> np.ndarray:
+    """Stored pixels -> [0, 1] as presented: the Modality LUT, the VOI LUT or window when present (then the
+    result's own range), else the bits the data holds (BitsStored: a 12-bit image by 4095)."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    has_rescale = "RescaleSlope" in ds or "RescaleIntercept" in ds  # type: ignore[operator]
+    has_voi = "VOILUTSequence" in ds or "WindowCenter" in ds  # type: ignore[operator]
     data = arr.astype(np.float32)
     if has_rescale:
-        data = np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)
+        data = np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)  # type: ignore[arg-type]
     if has_voi:
-        data = np.asarray(apply_voi_lut(data, ds), dtype=np.float32)
+        data = np.asarray(apply_voi_lut(data, ds), dtype=np.float32)  # type: ignore[arg-type]
     if has_rescale or has_voi or arr.dtype.kind == "i":
         lo, hi = float(data.min()), float(data.max())
         data = (data - lo) / (hi - lo) if hi > lo else np.zeros_like(data)
     else:
-        bits = int(ds.get("BitsStored", arr.dtype.itemsize * 8))
+        bits = int(ds.get("BitsStored", arr.dtype.itemsize * 8))  # type: ignore[attr-defined]
         data /= float(2**bits - 1)
-    data = np.clip(data, 0.0, 1.0)
-    if photometric == "MONOCHROME1":
-        data = 1.0 - data
-    return data
+    return np.clip(data, 0.0, 1.0)
 
 
 #: What to install for each family of compressed transfer syntaxes (pylibjpeg's plugins).

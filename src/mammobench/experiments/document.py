@@ -24,7 +24,7 @@ class Section:
 
 
 def _md_table(frame: pd.DataFrame) -> str:
-    cols = [str(c) for c in frame.columns]
+    cols = [str(c).replace("|", "/") for c in frame.columns]  # a "|" would end the cell
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(v).replace("|", "/") for v in row) + " |" for row in frame.itertuples(index=False)]
     return "\n".join(lines)

@@ -136,25 +136,9 @@ def create_model(
         if head_init == "small":
             init_head(wrapped)
         return wrapped, report
-    kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_chans, "drop_rate": drop_rate}
-    if drop_path_rate is not None:
-        kwargs["drop_path_rate"] = drop_path_rate
-    if img_size is not None:
-        kwargs["img_size"] = img_size
     source = "hub" if pretrained == "hub" else ("none" if pretrained in ("none", "", None) else "file")
-    try:
-        model = timm.create_model(name, pretrained=source == "hub", **kwargs)
-    except TypeError as exc:
-        if "img_size" in kwargs and "img_size" in str(exc):
-            raise ModelError(f"{name} has no fixed input size; leave model.img_size unset") from None
-        raise
-    except (OSError, RuntimeError, ValueError) as exc:
-        if source == "hub":
-            raise ModelError(
-                f"could not fetch pretrained weights for {name} from the hub ({type(exc).__name__}: {exc}). "
-                "Offline? Set model.pretrained to a local .safetensors file, or to none."
-            ) from None
-        raise ModelError(f"cannot create {name}: {exc}") from None
+    model = _timm_model(name, hub=source == "hub", num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate,
+                        drop_path_rate=drop_path_rate, img_size=img_size)
     if source == "hub":
         report = LoadReport("hub", loaded=len(model.state_dict()))
         new_head = (getattr(model, "pretrained_cfg", {}) or {}).get("num_classes") != num_classes
@@ -168,6 +152,29 @@ def create_model(
         init_head(model)
     return model, report
 
+
+
+def _timm_model(name: str, *, hub: bool, num_classes: int, in_chans: int, drop_rate: float,
+                drop_path_rate: float | None, img_size: int | tuple[int, int] | None) -> nn.Module:
+    """``timm.create_model`` with ImageNet weights from the hub (``hub``) or none; failures said in plain words."""
+    kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_chans, "drop_rate": drop_rate}
+    if drop_path_rate is not None:
+        kwargs["drop_path_rate"] = drop_path_rate
+    if img_size is not None:
+        kwargs["img_size"] = img_size
+    try:
+        return timm.create_model(name, pretrained=hub, **kwargs)
+    except TypeError as exc:
+        if "img_size" in kwargs and "img_size" in str(exc):
+            raise ModelError(f"{name} has no fixed input size; leave model.img_size unset") from None
+        raise
+    except (OSError, RuntimeError, ValueError) as exc:
+        if hub:
+            raise ModelError(
+                f"could not fetch pretrained weights for {name} from the hub ({type(exc).__name__}: {exc}). "
+                "Offline? Set model.pretrained to a local .safetensors file, or to none."
+            ) from None
+        raise ModelError(f"cannot create {name}: {exc}") from None
 
 
 def init_head(model: nn.Module, std: float = 0.01) -> list[str]:

@@ -22,7 +22,7 @@ import torch
 
 from mammobench.data.dicom import ImageReadError
 from mammobench.data.images import IMAGE_SUFFIXES, is_dicom, read_image
-from mammobench.data.views import laterality_of
+from mammobench.data.views import ViewId, laterality_of
 from mammobench.evaluation.inference import model_input, resolve_device
 from mammobench.models.factory import prefers_channels_last
 from mammobench.runtime import MammobenchError, atomic_write_csv, atomic_write_text, progress
@@ -294,63 +294,66 @@ class Predictor:
         Raises:
             ViewError: a file whose side or view cannot be told, or one view of one side twice (both named).
         """
-        from mammobench.data.preprocess import preprocess_with_geometry
         from mammobench.data.views import exam_views
 
         if aggregate not in ("mean", "max"):
             raise MammobenchError(f"unknown aggregate {aggregate!r}; expected mean or max")
         layout = exam_views(paths)
-        exam = exam or (str(Path(paths[0]).parent) if paths else "")
-        images: list[Prediction] = []
-        heat: dict[str, np.ndarray] = {}
-        shown: dict[str, np.ndarray] = {}
-        breasts: list[BreastPrediction] = []
+        result = ExamPrediction(exam or (str(Path(paths[0]).parent) if paths else ""), [], [])
         for side in sorted(layout):
-            loaded: dict[str, np.ndarray] = {}
-            used: list[str] = []
-            per_image: list[np.ndarray] = []
+            loaded: dict[str, np.ndarray] = {}  # view -> model input
+            per_image: dict[str, np.ndarray] = {}  # path -> probabilities
             for view in ("CC", "MLO"):
                 vid = layout[side].get(view)
-                if vid is None:
-                    continue
-                try:
-                    raw = read_image(vid.path)
-                    pre, geometry = preprocess_with_geometry(raw, self.info.preprocess, full_image=True)
-                except ImageReadError as exc:
-                    images.append(Prediction(vid.path, error=exc.reason))
-                    continue
-                except (ValueError, MemoryError) as exc:
-                    images.append(Prediction(vid.path, error=f"{type(exc).__name__}: {exc}"))
-                    continue
-                loaded[view] = pre
-                used.append(vid.path)
-                probs = self.breast_probabilities([{view: pre}])[0] if self.breast_model else self.probabilities([pre])[0]
-                per_image.append(probs)
-                result = self._result(vid.path, probs)
-                result.note = f"{side} {view} (from the {vid.source})"
-                unlike = self.info.input_stats.outside(float(pre.mean()), float(pre.std())) if self.info.input_stats else ""
-                if unlike:
-                    result.note += f"; {unlike}"
-                    logger.warning("%s: %s", vid.path, unlike)
-                images.append(result)
-                if cams:
-                    heat[vid.path] = geometry.to_original(self.explain(pre, view=view))
-                    shown[vid.path] = geometry.display(raw)
-            if not loaded:
-                breasts.append(BreastPrediction(exam, side, [], [], error="no readable image of this breast"))
-                continue
-            if self.breast_model:
-                probs = self.breast_probabilities([loaded])[0]
-                how = "two-view model" + ("" if len(loaded) == len(self.info.views or []) else " (a view missing, masked)")
-            else:
-                stack = np.stack(per_image)
-                k = self.labels.index(self.positive) if self.positive else None
-                probs = stack[int(np.argmax(stack[:, k]))] if aggregate == "max" and k is not None else stack.mean(0)
-                how = f"{aggregate} of {len(per_image)} image prediction{'s' if len(per_image) != 1 else ''}"
-            r = self._result(exam, probs)
-            breasts.append(BreastPrediction(exam, side, list(loaded), used, r.probabilities, r.predicted, r.decision,
-                                            r.threshold, how))
-        return ExamPrediction(exam, breasts, images, heat, shown)
+                if vid is not None:
+                    self._exam_image(vid, side, result, loaded, per_image, cams=cams)
+            result.breasts.append(self._breast(result.exam, side, loaded, per_image, aggregate))
+        return result
+
+    def _exam_image(self, vid: ViewId, side: str, result: ExamPrediction, loaded: dict[str, np.ndarray],
+                    per_image: dict[str, np.ndarray], *, cams: bool) -> None:
+        """Read, preprocess and predict one view of an exam into ``result`` (its error, when it cannot be read)."""
+        from mammobench.data.preprocess import preprocess_with_geometry
+
+        try:
+            raw = read_image(vid.path)
+            pre, geometry = preprocess_with_geometry(raw, self.info.preprocess, full_image=True)
+        except ImageReadError as exc:
+            result.images.append(Prediction(vid.path, error=exc.reason))
+            return
+        except (ValueError, MemoryError) as exc:
+            result.images.append(Prediction(vid.path, error=f"{type(exc).__name__}: {exc}"))
+            return
+        loaded[vid.view] = pre
+        probs = self.breast_probabilities([{vid.view: pre}])[0] if self.breast_model else self.probabilities([pre])[0]
+        per_image[vid.path] = probs
+        image = self._result(vid.path, probs)
+        image.note = f"{side} {vid.view} (from the {vid.source})"
+        unlike = self.info.input_stats.outside(float(pre.mean()), float(pre.std())) if self.info.input_stats else ""
+        if unlike:
+            image.note += f"; {unlike}"
+            logger.warning("%s: %s", vid.path, unlike)
+        result.images.append(image)
+        if cams:
+            result.cams[vid.path] = geometry.to_original(self.explain(pre, view=vid.view))
+            result.shown[vid.path] = geometry.display(raw)
+
+    def _breast(self, exam: str, side: str, loaded: dict[str, np.ndarray], per_image: dict[str, np.ndarray],
+                aggregate: str) -> BreastPrediction:
+        """One breast's prediction: its views together (a two-view model), or the mean / max of its images'."""
+        if not loaded:
+            return BreastPrediction(exam, side, [], [], error="no readable image of this breast")
+        if self.breast_model:
+            probs = self.breast_probabilities([loaded])[0]
+            how = "two-view model" + ("" if len(loaded) == len(self.info.views or []) else " (a view missing, masked)")
+        else:
+            stack = np.stack(list(per_image.values()))
+            k = self.labels.index(self.positive) if self.positive else None
+            probs = stack[int(np.argmax(stack[:, k]))] if aggregate == "max" and k is not None else stack.mean(0)
+            how = f"{aggregate} of {len(stack)} image prediction{'s' if len(stack) != 1 else ''}"
+        r = self._result(exam, probs)
+        return BreastPrediction(exam, side, list(loaded), list(per_image), r.probabilities, r.predicted, r.decision,
+                                r.threshold, how)
 
     def explain(self, image: np.ndarray, *, target: str | None = None, view: str | None = None) -> np.ndarray:
         """Grad-CAM map (``(H, W)`` in [0, 1]) of a preprocessed image, with the PyTorch model.

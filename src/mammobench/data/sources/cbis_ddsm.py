@@ -330,62 +330,15 @@ def load_cbis_ddsm(
     """
     layout = detect_layout(root)
     cases = read_case_descriptions(find_case_descriptions(root, csv_dir))
-    if layout == "kaggle":
-        index, skipped = index_kaggle(root)
-    else:
-        index, skipped = index_tcia(root, show_progress=show_progress)
+    index, skipped = index_kaggle(root) if layout == "kaggle" else index_tcia(root, show_progress=show_progress)
     notes = [f"layout: {layout} ({len(index)} image files indexed)"]
-    by_series = {uid: grp for uid, grp in index.groupby("series_uid")}
-    empty = index.iloc[0:0]
-
-    def full_of(uid: str) -> pd.Series | None:
-        grp = by_series.get(uid, empty)
-        if len(grp) == 0:
-            return None
-        fulls = grp[grp["kind"] == "full"]
-        return (fulls if len(fulls) else grp).iloc[0]
-
-    records: list[dict[str, object]] = []
-    how_counts: dict[str, int] = {}
+    series = _Series(index)
     if mode == "full":
-        for (csv_file, full_uid), grp in cases.groupby(["csv_file", "full_uid"], sort=False):
-            first = grp.iloc[0].to_dict()
-            full = full_of(full_uid)
-            if full is None:
-                skipped.append(
-                    Skipped(f"{csv_file}:{first['csv_row']}", "", f"full image not found (SeriesInstanceUID {full_uid})")
-                )
-                continue
-            label = worst(grp["pathology"])
-            records.append(_record(first, full["path"], "", label, "full", abn=",".join(grp["abnormality_id"])))
+        records = _whole_images(cases, series, skipped)
     else:
-        rows = progress(
-            cases.itertuples(index=False), total=len(cases), description="Matching lesions", enabled=show_progress
-        )
-        for tup in rows:
-            case = tup._asdict()
-            ref = f"{case['csv_file']}:{case['csv_row']}"
-            full = full_of(case["full_uid"])
-            full_size = _size(full) if full is not None else None
-            files = pd.concat([by_series.get(case["crop_uid"], empty), by_series.get(case["mask_uid"], empty)])
-            crop, mask, how = split_crop_and_mask(files, full_size)
-            how_counts[how] = how_counts.get(how, 0) + 1
-            if roi_source == "crop":
-                if crop is None:
-                    skipped.append(Skipped(ref, "", f"lesion crop not found (SeriesInstanceUID {case['crop_uid']})"))
-                    continue
-                records.append(_record(case, crop, "", case["pathology"], "crop", mask=mask or ""))
-                continue
-            if full is None or mask is None:
-                what, uid = ("full image", case["full_uid"]) if full is None else ("ROI mask", case["mask_uid"])
-                skipped.append(Skipped(ref, "", f"{what} not found (SeriesInstanceUID {uid})"))
-                continue
-            try:
-                box = _mask_box(mask, full_size, roi_margin)
-            except (ValueError, ImageReadError) as exc:
-                skipped.append(Skipped(ref, mask, str(exc)))
-                continue
-            records.append(_record(case, full["path"], format_roi(box), case["pathology"], "full", mask=mask))
+        rows = progress(cases.itertuples(index=False), total=len(cases), description="Matching lesions",
+                        enabled=show_progress)
+        records, how_counts = _lesions(rows, series, skipped, roi_source=roi_source, roi_margin=roi_margin)
         if how_counts:
             notes.append("crop vs mask told apart by " + ", ".join(f"{k}: {v}" for k, v in sorted(how_counts.items())))
     frame = pd.DataFrame(records)
@@ -398,6 +351,69 @@ def load_cbis_ddsm(
         notes.append(f"{int(dup.sum())} rows share a sample id; suffixed with their CSV row")
         frame.loc[dup, "sample_id"] = frame.loc[dup, "sample_id"] + "_r" + frame.loc[dup, "source"].str.split(":").str[-1]
     return SourceResult(frame, skipped, notes)
+
+
+class _Series:
+    """The indexed image files by SeriesInstanceUID (how CBIS-DDSM's CSV rows are matched to files)."""
+
+    def __init__(self, index: pd.DataFrame):
+        self.by_uid = {uid: grp for uid, grp in index.groupby("series_uid")}
+        self.empty = index.iloc[0:0]
+
+    def files(self, *uids: str) -> pd.DataFrame:
+        return pd.concat([self.by_uid.get(uid, self.empty) for uid in uids])
+
+    def full(self, uid: str) -> pd.Series | None:
+        grp = self.by_uid.get(uid, self.empty)
+        if len(grp) == 0:
+            return None
+        fulls = grp[grp["kind"] == "full"]
+        return (fulls if len(fulls) else grp).iloc[0]
+
+
+def _whole_images(cases: pd.DataFrame, series: _Series, skipped: list[Skipped]) -> list[dict[str, object]]:
+    """One record per full mammogram, labelled by its worst finding; images not found are skipped."""
+    records = []
+    for (csv_file, full_uid), grp in cases.groupby(["csv_file", "full_uid"], sort=False):
+        first = grp.iloc[0].to_dict()
+        full = series.full(full_uid)
+        if full is None:
+            skipped.append(Skipped(f"{csv_file}:{first['csv_row']}", "", f"full image not found (SeriesInstanceUID {full_uid})"))
+            continue
+        records.append(_record(first, full["path"], "", worst(grp["pathology"]), "full", abn=",".join(grp["abnormality_id"])))
+    return records
+
+
+def _lesions(rows: Any, series: _Series, skipped: list[Skipped], *, roi_source: str,
+             roi_margin: float) -> tuple[list[dict[str, object]], dict[str, int]]:
+    """One record per abnormality: the dataset's crop, or the mask's box (grown by ``roi_margin``) on the full image;
+    and how crops and masks were told apart."""
+    records: list[dict[str, object]] = []
+    how_counts: dict[str, int] = {}
+    for tup in rows:
+        case = tup._asdict()
+        ref = f"{case['csv_file']}:{case['csv_row']}"
+        full = series.full(case["full_uid"])
+        full_size = _size(full) if full is not None else None
+        crop, mask, how = split_crop_and_mask(series.files(case["crop_uid"], case["mask_uid"]), full_size)
+        how_counts[how] = how_counts.get(how, 0) + 1
+        if roi_source == "crop":
+            if crop is None:
+                skipped.append(Skipped(ref, "", f"lesion crop not found (SeriesInstanceUID {case['crop_uid']})"))
+                continue
+            records.append(_record(case, crop, "", case["pathology"], "crop", mask=mask or ""))
+            continue
+        if full is None or mask is None:
+            what, uid = ("full image", case["full_uid"]) if full is None else ("ROI mask", case["mask_uid"])
+            skipped.append(Skipped(ref, "", f"{what} not found (SeriesInstanceUID {uid})"))
+            continue
+        try:
+            box = _mask_box(mask, full_size, roi_margin)
+        except (ValueError, ImageReadError) as exc:
+            skipped.append(Skipped(ref, mask, str(exc)))
+            continue
+        records.append(_record(case, full["path"], format_roi(box), case["pathology"], "full", mask=mask))
+    return records, how_counts
 
 
 def _sample_id(case: Mapping[str, Any], with_abnormality: bool) -> str:

@@ -117,6 +117,54 @@ def roi_box(x: int, y: int, radius: int, height: int, width: int, margin: float,
     return x0, y0, x1, y1
 
 
+def _image_columns(ref: str, path: Path, tissue: str) -> dict[str, object]:
+    """The columns every sample of image ``ref`` shares: its woman (``mdb2k-1`` and ``mdb2k`` are one), side, file."""
+    number = int(ref[3:])
+    return {"dataset": DATASET, "patient_id": f"mias_{(number + 1) // 2:03d}", "image_path": str(path),
+            "laterality": "L" if number % 2 == 0 else "R", "view": "MLO", "image_type": "full",
+            "density": TISSUE[tissue]}
+
+
+def _whole_image(ref: str, path: Path, items: list[MiasFinding], include_normal: bool) -> dict[str, object] | Skipped:
+    """One whole-image record labelled by its worst finding (NORMAL without one), or why it is left out."""
+    lesions = [f for f in items if f.abnormality != "NORM"]
+    if not lesions and not include_normal:
+        return Skipped(f"Info.txt:{items[0].line}", str(path), "normal image (pass --include-normal to keep)")
+    label = worst(_SEVERITY[f.severity] for f in lesions if f.severity) if lesions else NORMAL
+    kinds = sorted({LESION_TYPES[f.abnormality] for f in lesions})
+    return {**_image_columns(ref, path, items[0].tissue), "sample_id": ref, "roi": "", "raw_label": label,
+            "lesion_type": "+".join(kinds) if kinds else "normal", "abnormality_id": str(len(lesions)),
+            "source": f"Info.txt:{items[0].line}"}
+
+
+def _lesions(ref: str, path: Path, items: list[MiasFinding], roi_margin: float) -> list[dict[str, object] | Skipped]:
+    """One lesion record per finding with a centre (its box grown by ``roi_margin``), or why a finding is left out."""
+    out: list[dict[str, object] | Skipped] = []
+    size: tuple[int, int] | None = None
+    for k, f in enumerate((f for f in items if f.abnormality != "NORM"), start=1):
+        where = f"Info.txt:{f.line}"
+        if f.unparsed:
+            out.append(Skipped(where, str(path), f"cannot parse {f.unparsed!r} on line {f.line} of Info.txt: expected "
+                               "'x y radius' as three whole numbers (a typo?)"))
+            continue
+        if f.x is None or f.y is None or f.radius is None:
+            out.append(Skipped(where, str(path), "finding has no centre/radius in Info.txt (e.g. *NOTE 3*): no ROI"))
+            continue
+        try:
+            size = size or image_size(path)
+            box = roi_box(f.x, f.y, f.radius, size[0], size[1], roi_margin)
+        except ImageReadError as exc:
+            out.append(Skipped(where, str(path), exc.reason))
+            continue
+        except ValueError as exc:
+            out.append(Skipped(where, str(path), str(exc)))
+            continue
+        out.append({**_image_columns(ref, path, f.tissue), "sample_id": f"{ref}_{k}", "roi": format_roi(box),
+                    "raw_label": _SEVERITY[f.severity or "B"], "lesion_type": LESION_TYPES[f.abnormality],
+                    "abnormality_id": str(k), "source": where})
+    return out
+
+
 def load_mias(
     root: str | Path,
     *,
@@ -136,73 +184,23 @@ def load_mias(
     info = next((p for p in (root / "Info.txt", root / "info.txt") if p.is_file()), None)
     if info is None:
         raise MiasError(f"no Info.txt in {root}: expected the mini-MIAS folder (Info.txt and mdbNNN.pgm files)")
-    findings = parse_info(info)
+    by_ref: dict[str, list[MiasFinding]] = {}
+    for f in parse_info(info):
+        by_ref.setdefault(f.ref, []).append(f)
     skipped: list[Skipped] = []
     records: list[dict[str, object]] = []
-    sizes: dict[str, tuple[int, int]] = {}
-    images: dict[str, Path | None] = {}
-    for f in findings:
-        if f.ref not in images:
-            images[f.ref] = find_image(root, f.ref)
-    missing = sorted(r for r, p in images.items() if p is None)
-    for ref in missing:
-        skipped.append(Skipped(f"Info.txt:{ref}", "", f"image {ref}.pgm/.png not found in {root}"))
-
-    def base(ref: str) -> dict[str, object]:
-        number = int(ref[3:])
-        return {
-            "dataset": DATASET,
-            "patient_id": f"mias_{(number + 1) // 2:03d}",
-            "image_path": str(images[ref]),
-            "laterality": "L" if number % 2 == 0 else "R",
-            "view": "MLO",
-            "image_type": "full",
-            "density": TISSUE[by_ref[ref][0].tissue],
-        }
-
-    by_ref: dict[str, list[MiasFinding]] = {}
-    for f in findings:
-        by_ref.setdefault(f.ref, []).append(f)
+    found = 0
     for ref, items in by_ref.items():
-        if images[ref] is None:
+        path = find_image(root, ref)
+        if path is None:
+            skipped.append(Skipped(f"Info.txt:{ref}", "", f"image {ref}.pgm/.png not found in {root}"))
             continue
-        lesions = [f for f in items if f.abnormality != "NORM"]
-        if mode == "full":
-            if not lesions and not include_normal:
-                skipped.append(Skipped(f"Info.txt:{items[0].line}", str(images[ref]), "normal image (pass --include-normal to keep)"))
-                continue
-            label = worst(_SEVERITY[f.severity] for f in lesions if f.severity) if lesions else NORMAL
-            kinds = sorted({LESION_TYPES[f.abnormality] for f in lesions})
-            records.append({**base(ref), "sample_id": ref, "roi": "", "raw_label": label,
-                            "lesion_type": "+".join(kinds) if kinds else "normal", "abnormality_id": str(len(lesions)),
-                            "source": f"Info.txt:{items[0].line}"})
-            continue
-        for k, f in enumerate(lesions, start=1):
-            ref_line = f"Info.txt:{f.line}"
-            if f.unparsed:
-                skipped.append(Skipped(ref_line, str(images[ref]), f"cannot parse {f.unparsed!r} on line {f.line} of "
-                                       "Info.txt: expected 'x y radius' as three whole numbers (a typo?)"))
-                continue
-            if f.x is None or f.y is None or f.radius is None:
-                skipped.append(Skipped(ref_line, str(images[ref]), "finding has no centre/radius in Info.txt (e.g. *NOTE 3*): no ROI"))
-                continue
-            if ref not in sizes:
-                try:
-                    sizes[ref] = image_size(images[ref])  # type: ignore[arg-type]
-                except ImageReadError as exc:
-                    skipped.append(Skipped(ref_line, str(images[ref]), exc.reason))
-                    continue
-            h, w = sizes[ref]
-            try:
-                box = roi_box(f.x, f.y, f.radius, h, w, roi_margin)
-            except ValueError as exc:
-                skipped.append(Skipped(ref_line, str(images[ref]), str(exc)))
-                continue
-            records.append({**base(ref), "sample_id": f"{ref}_{k}", "roi": format_roi(box),
-                            "raw_label": _SEVERITY[f.severity or "B"], "lesion_type": LESION_TYPES[f.abnormality],
-                            "abnormality_id": str(k), "source": ref_line})
+        found += 1
+        made = [_whole_image(ref, path, items, include_normal)] if mode == "full" else _lesions(ref, path, items, roi_margin)
+        skipped += [m for m in made if isinstance(m, Skipped)]
+        records += [m for m in made if not isinstance(m, Skipped)]
     if not records:
         raise nothing_usable(MiasError, f"no usable mini-MIAS sample in {root} ({len(skipped)} skipped; first: "
                                         f"{skipped[0].reason if skipped else 'none'})", skipped)
-    notes = [f"{len(by_ref)} images in Info.txt, {len(by_ref) - len(missing)} found; y axis flipped (origin bottom-left)"]
+    notes = [f"{len(by_ref)} images in Info.txt, {found} found; y axis flipped (origin bottom-left)"]
     return SourceResult(pd.DataFrame(records), skipped, notes)
