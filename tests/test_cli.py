@@ -18,7 +18,7 @@ from .conftest import REPO
 runner = CliRunner()
 
 COMMANDS = ["prepare", "presets", "train", "evaluate", "compare", "crossval", "ablate", "explain", "demo", "export",
-            "keygen", "predict", "serve"]
+            "keygen", "predict", "serve", "weights"]
 
 
 def test_the_command_list_is_every_command():

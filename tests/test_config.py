@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from mammobench.config import PACKAGED_CONFIGS, ConfigError, load_config
-from mammobench.models.factory import check_model_name
+from mammobench.models.loading import check_model_name
 
 PRESETS = sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml"))
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from mammobench.cli import app
 from mammobench.config import ConfigError, load_config
-from mammobench.models.factory import ModelError
+from mammobench.models.loading import ModelError
 from mammobench.runs import RunError, read_model_info, require_finished
 from mammobench.runtime import MammobenchError
 from mammobench.training.fit import fit, resume
@@ -197,7 +197,7 @@ def test_two_process_ddp_on_cpu(demo_prepared, tmp_path):
 
 
 def test_overwrite_keeps_the_old_run_until_the_new_one_works(demo_prepared, tmp_path):
-    from mammobench.models.factory import ModelError
+    from mammobench.models.loading import ModelError
     from mammobench.training.fit import fit
 
     base = [f"data.manifest={demo_prepared.out}", f"output.dir={tmp_path}", "output.tensorboard=false",

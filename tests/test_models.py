@@ -8,8 +8,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mammobench.models.factory import ModelError, create_model, load_weights_file, resolve_input_config
+from mammobench.models.factory import create_model, resolve_input_config
 from mammobench.models.finetune import apply_stage, parameter_plan
+from mammobench.models.loading import ModelError, load_weights_file
 
 from .conftest import WEIGHTS, requires_shared
 
@@ -79,7 +80,7 @@ class _Evil:
 def test_pickled_code_is_refused(tmp_path):
     with open(tmp_path / "evil.pth", "wb") as fh:
         pickle.dump({"x": _Evil()}, fh)
-    with pytest.raises(ModelError, match="could not be loaded as a plain state dict"):
+    with pytest.raises(ModelError, match=r"asks to call builtins\.print while loading.*nothing in it was imported or run"):
         load_weights_file(create_model("test_resnet", num_classes=2)[0], tmp_path / "evil.pth")
 
 

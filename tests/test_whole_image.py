@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from mammobench.config import ConfigError, load_config
 from mammobench.data.manifest import read_manifest
-from mammobench.models.factory import ModelError
+from mammobench.models.loading import ModelError
 from mammobench.runs import RunError, read_model_info
 from mammobench.training.fit import fit
 

@@ -250,12 +250,19 @@ def train(
     kept = info.get("kept_epoch")
     best = (f"best {result.monitor} = {score} (epoch {result.best_epoch})" if result.monitor
             else "no validation split")
-    console.print(f"Run [bold]{result.run_dir}[/] {result.status} after {info.get('epochs_run')} epochs, "
-                  f"{result.train_seconds:.0f} s: {best}; "
-                  f"weights kept from epoch {kept} ({'last' if kept == info.get('epochs_run') else 'best'})")
+    if info.get("probe"):
+        from mammobench.training.probe import probe_summary
+
+        console.print(f"Run [bold]{result.run_dir}[/] {result.status} in {result.train_seconds:.1f} s: "
+                      f"{probe_summary(info)}")
+    else:
+        console.print(f"Run [bold]{result.run_dir}[/] {result.status} after {info.get('epochs_run')} epochs, "
+                      f"{result.train_seconds:.0f} s: {best}; "
+                      f"weights kept from epoch {kept} ({'last' if kept == info.get('epochs_run') else 'best'})")
     if info.get("warnings"):  # each was logged as it arose
         console.print(f"[yellow]{len(info['warnings'])} warning(s)[/] about this run's numbers (above; kept in run.json)")
-    console.print(f"Curves: {result.run_dir / 'curves.png'}   next: mammobench evaluate {result.run_dir}")
+    curves = f"Curves: {result.run_dir / 'curves.png'}   " if (result.run_dir / "curves.png").is_file() else ""
+    console.print(f"{curves}next: mammobench evaluate {result.run_dir}")
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -491,6 +498,57 @@ def demo(
         _fail(exc)
     _print_compare(result)
     console.print(f"Open {result.html} in a browser. Next: mammobench prepare cbis-ddsm /path/to/CBIS-DDSM --out prepared/cbis")
+
+
+# --------------------------------------------------------------------------- pretrained weights
+
+weights_app = typer.Typer(help="Mammography-pretrained encoders: list the catalogue, convert a checkpoint once.",
+                          no_args_is_help=True)
+app.add_typer(weights_app, name="weights")
+
+
+@weights_app.command("list")
+def weights_list() -> None:
+    """The encoders model.pretrained can name: what each is, its input, licence and citation."""
+    from mammobench.encoders import ENCODERS
+
+    table = Table(title="Pretrained encoders (model.pretrained: NAME, or {source: NAME, file: PATH})", show_lines=True)
+    for column in ("name", "architecture", "input (h x w)\nmean / std"):
+        table.add_column(column, no_wrap=True)
+    for column in ("what it learnt from", "licence", "weights", "cite"):
+        table.add_column(column, overflow="fold")
+    for spec in ENCODERS.values():
+        where = f"hub {spec.hub_repo}: {spec.hub_file}" if spec.hub_repo else f"local file: {spec.download}"
+        h, w = spec.input_size
+        table.add_row(spec.name, spec.architecture, f"{h} x {w}\n{spec.mean:.4f} / {spec.std:.4f}", spec.trained_on,
+                      spec.licence, where, spec.citation)
+    console.print(table)
+
+
+@weights_app.command("convert")
+def weights_convert(
+    src: Annotated[Path, typer.Argument(help="The original checkpoint (.tar, .pth, ...): read without executing it.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The .safetensors file to write (+ a .json sidecar).")],
+    source: Annotated[str | None, typer.Option(help="The catalogue encoder it is (mammobench weights list).")] = None,
+    arch: Annotated[str | None, typer.Option(help="The timm architecture, for a file that is no catalogue encoder.")] = None,
+    key: Annotated[str | None, typer.Option(help="The entry holding the state dict (default: the source's).")] = None,
+    strip_prefix: Annotated[str | None, typer.Option(help="Keep only tensors under this prefix, without it.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out.")] = False,
+) -> None:
+    """Write an encoder once as safetensors (timm's names) with a sidecar: source, SHA-256, preprocessing, licence."""
+    from mammobench.models.pretrained import convert_weights
+
+    try:
+        result = convert_weights(src, out, source=source, arch=arch, key=key, strip_prefix=strip_prefix,
+                                 overwrite=overwrite)
+    except MammobenchError as exc:
+        _fail(exc)
+    info = result.info
+    console.print(f"Wrote [bold]{result.out}[/] ({info['architecture']}, {info['tensors']} tensors; "
+                  f"{info['left_out']} of the checkpoint's tensors left out) and {result.sidecar}")
+    if info["placeholders"]:
+        console.print(f"  stored classes never imported: {', '.join(info['placeholders'])}")
+    console.print(f"  use it: --set model.pretrained={result.out} model.name={info['architecture']}")
 
 
 # --------------------------------------------------------------------------- serving

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mammobench.data.options import AugmentSettings, PreprocessOptions, check_size
+from mammobench.encoders import ENCODERS, EncoderError, EncoderSpec, encoder_named_by, get_encoder
 from mammobench.runtime import MammobenchError
 
 PACKAGED_CONFIGS = Path(__file__).parent / "configs"
@@ -67,9 +68,49 @@ class ViewsConfig(_Strict):
     views: list[Literal["CC", "MLO"]] = Field(["CC", "MLO"], min_length=1, description="the views, in input order")
 
 
+#: ``model.pretrained`` strings that are not a weights file or a catalogue encoder.
+PRETRAINED_WORDS = ("hub", "none", "")
+#: Suffixes that make a ``model.pretrained`` string a file path.
+WEIGHTS_SUFFIXES = (".safetensors", ".pth", ".pt", ".tar", ".bin", ".ckpt", ".p", ".pkl")
+
+
+class PretrainedWeights(_Strict):
+    """``model.pretrained`` as a mapping: a catalogue encoder, a local file, or both (``{source, file}``)."""
+
+    source: str | None = Field(None, description="a catalogue encoder: " + ", ".join(ENCODERS) +
+                               " (mammobench weights list); without file it is downloaded from the Hugging Face hub")
+    file: Path | None = Field(None, description="a local weights file: .safetensors, or a pickled checkpoint "
+                              "(.pth/.pt/.tar/...) read without executing it")
+    arch: str | None = Field(None, description="the timm architecture the file holds (model.name must be it)")
+    key: str | None = Field(None, description="the checkpoint entry holding the state dict (default: the source's, "
+                            "else state_dict / model / model_state_dict)")
+    strip_prefix: str | None = Field(None, description="keep only the tensors under this prefix, without it "
+                                     "(default: the source's, else a module. every key carries)")
+
+    @model_validator(mode="after")
+    def _source_or_file(self) -> PretrainedWeights:
+        if self.source is None and self.file is None:
+            raise ValueError("give source (a catalogue encoder: " + ", ".join(ENCODERS) + ") or file (a local weights "
+                             "file), or both")
+        if self.source is not None:
+            try:
+                spec = get_encoder(self.source)
+            except EncoderError as exc:
+                raise ValueError(str(exc)) from None
+            if self.file is None and spec.hub_repo is None:
+                raise ValueError(f"{spec.name} is not on the Hugging Face hub: get the file ({spec.download}) and set "
+                                 f"model.pretrained: {{source: {spec.name}, file: /path/to/it}}")
+        return self
+
+
 class ModelConfig(_Strict):
     name: str = "resnet18"
-    pretrained: str = Field("hub", description="hub | none | path to .safetensors / state dict")
+    pretrained: str | PretrainedWeights = Field(
+        "hub", description="hub (timm's ImageNet weights) | none | a catalogue encoder (" + ", ".join(ENCODERS) +
+        ") | a weights file | {source, file, arch, key, strip_prefix}")
+    freeze: Literal["none", "all"] = Field(
+        "none", description="all = the encoder never trains (its BatchNorm statistics stay the pretrained ones), "
+        "only the head learns: by gradient descent (trainer.mode finetune) or in closed form (linear_probe)")
     drop_rate: float = Field(0.0, ge=0, lt=1)
     drop_path_rate: float | None = Field(None, ge=0, lt=1)
     img_size: int | tuple[int, int] | None = Field(
@@ -87,6 +128,42 @@ class ModelConfig(_Strict):
     init_from: Path | None = Field(
         None, description="a finished run of the same architecture (e.g. lesion crops) whose backbone starts this one "
         "(patch-to-whole-image transfer, Shen et al. 2019); its head is not taken")
+
+    @field_validator("pretrained", mode="before")
+    @classmethod
+    def _mapping_as_weights(cls, v: Any) -> Any:
+        if not isinstance(v, dict):
+            return v
+        try:  # validated here so that an error names the mapping's problem, not every branch of the union
+            return PretrainedWeights.model_validate(v)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            if err["type"] == "extra_forbidden":
+                raise ValueError(f"unknown key {where} (allowed: {', '.join(PretrainedWeights.model_fields)})") from None
+            raise ValueError((f"{where}: " if where else "") + err["msg"].removeprefix("Value error, ")) from None
+
+    @field_validator("pretrained")
+    @classmethod
+    def _known_pretrained(cls, v: str | PretrainedWeights) -> str | PretrainedWeights:
+        if isinstance(v, PretrainedWeights) or v in PRETRAINED_WORDS or v in ENCODERS:
+            return v
+        if "/" in v or "\\" in v or v.endswith(WEIGHTS_SUFFIXES) or Path(v).exists():
+            return v  # a file: read (and checked) when the model is built
+        raise ValueError(f"{v!r} is neither a catalogue encoder ({', '.join(ENCODERS)}; mammobench weights list) nor "
+                         "hub, none or a weights file (.safetensors, .pth, .tar, ...)")
+
+    @model_validator(mode="after")
+    def _architecture_fits_weights(self) -> ModelConfig:
+        spec = encoder_named_by(self.pretrained)
+        arch = self.pretrained.arch if isinstance(self.pretrained, PretrainedWeights) else None
+        if spec is not None and arch is not None and arch != spec.architecture:
+            raise ValueError(f"model.pretrained.arch {arch} contradicts {spec.name}, a {spec.architecture} encoder")
+        expected = spec.architecture if spec is not None else arch
+        if expected is not None and self.name != expected:
+            what = f"{spec.name} is a {expected} encoder" if spec is not None else f"the file holds a {expected}"
+            raise ValueError(f"{what}, but model.name is {self.name}: set model.name: {expected}")
+        return self
 
 
 class LossConfig(_Strict):
@@ -130,6 +207,10 @@ class StagesConfig(_Strict):
 
 
 class TrainerConfig(_Strict):
+    mode: Literal["finetune", "linear_probe"] = Field(
+        "finetune", description="finetune = gradient descent (Lightning); linear_probe = encode every image once "
+        "(cached) with the frozen encoder (model.freeze: all), then a logistic regression with its regularisation "
+        "chosen by inner cross-validation on the training split (seconds on a CPU)")
     accelerator: str = "auto"
     devices: int | str = "auto"
     strategy: str = "auto"
@@ -171,6 +252,20 @@ class Config(_Strict):
     stages: StagesConfig = StagesConfig()
     trainer: TrainerConfig = TrainerConfig()
     output: OutputConfig = OutputConfig()
+
+    @model_validator(mode="after")
+    def _probe_needs_a_frozen_image_model(self) -> Config:
+        if self.trainer.mode == "linear_probe":
+            if self.model.freeze != "all":
+                raise ValueError("trainer.mode linear_probe keeps the encoder frozen: set model.freeze: all")
+            if self.model.views is not None:
+                raise ValueError("trainer.mode linear_probe fits one image's features; unset model.views (a two-view "
+                                 "model fuses its views with learnt weights: fine-tune it, with model.freeze: all)")
+        return self
+
+    def encoder(self) -> EncoderSpec | None:
+        """The catalogue encoder ``model.pretrained`` names (directly, as ``source``, or by a converted file)."""
+        return encoder_named_by(self.model.pretrained)
 
     def run_name(self) -> str:
         base = self.output.name or self.name
@@ -267,7 +362,7 @@ def config_from_dict(data: dict[str, Any], *, where: str = "config",
             them names the override, not the file the user never edited.
     """
     try:
-        return Config.model_validate(data)
+        return Config.model_validate(with_encoder_preprocessing(data))
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
@@ -278,10 +373,54 @@ def config_from_dict(data: dict[str, Any], *, where: str = "config",
                 allowed = ", ".join(section.model_fields) if section else "?"
                 lines.append(f"{source}: {loc}: unknown key (allowed here: {allowed})")
             else:
-                lines.append(f"{source}: {loc}: {err['msg']} (got {err.get('input')!r})")
+                msg = err["msg"].removeprefix("Value error, ")
+                got = "" if isinstance(err.get("input"), dict) else f" (got {err.get('input')!r})"
+                lines.append(f"{source}: {loc}: {msg}{got}" if loc else msg)  # a rule across sections
         if len(lines) == 1:
             raise ConfigError(f"invalid config: {lines[0]}") from None
         raise ConfigError("invalid config:\n  " + "\n  ".join(lines)) from None
+
+
+def with_encoder_preprocessing(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with the preprocessing of the encoder ``model.pretrained`` names filled in where the config
+    leaves a value unset (absent or null): input size, mean/std, the intensity window and resizing. The saved
+    ``config.yaml`` then holds them, so a resumed or copied run preprocesses the same way."""
+    import copy
+
+    model = data.get("model")
+    try:
+        spec = encoder_named_by(model.get("pretrained")) if isinstance(model, dict) else None
+    except (TypeError, ValueError):
+        spec = None  # a malformed value: validation names it
+    if spec is None:
+        return data
+    out = copy.deepcopy(data)
+    for dotted, value in spec.config_values().items():
+        node, keys = out, dotted.split(".")
+        for k in keys[:-1]:
+            node = node.setdefault(k, {}) if isinstance(node, dict) else None
+        if isinstance(node, dict) and node.get(keys[-1]) is None:
+            node[keys[-1]] = value
+    return out
+
+
+def encoder_settings(config: Config) -> dict[str, Any] | None:
+    """What ``run.json`` says about the encoder's preprocessing: each value the config took from it, and each one
+    it overrode (with the encoder's own); ``None`` when ``model.pretrained`` names no catalogue encoder."""
+    spec = config.encoder()
+    if spec is None:
+        return None
+    dumped = config.model_dump(mode="json")
+    taken, overridden = [], []
+    for dotted, value in spec.config_values().items():
+        node: Any = dumped
+        for k in dotted.split("."):
+            node = node.get(k) if isinstance(node, dict) else None
+        if node == value:
+            taken.append(dotted)
+        else:
+            overridden.append(f"{dotted}: {node} (the encoder's: {value})")
+    return {"name": spec.name, "from_encoder": taken, "overridden": overridden}
 
 
 def _source(loc: str, overrides: dict[str, str], where: str) -> str:

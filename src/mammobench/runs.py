@@ -7,16 +7,17 @@ step (evaluation, experiments, serving) reads it back safely. The run format liv
       config.yaml        the resolved config (re-run or resume from it)
       split.csv          the split used: sample_id, patient_id, label, split, ...
       environment.json   library versions, machine, seed
-      run.json           status (running / finished / failed / interrupted), timings, best epoch, warnings
-      history.csv        one row per epoch (the curves' data)
+      run.json           status (running / finished / failed / interrupted), timings, best epoch, warnings, the
+                         starting weights (file, SHA-256, encoder), a linear probe's fit (C, inner CV)
+      history.csv        one row per epoch (the curves' data; fine-tunes only)
       skipped.csv        images that could not be read (if any)
       model.safetensors  the kept weights (EMA weights when EMA is on) - never pickled
       model.json         what is needed to rebuild and feed the model: timm name, labels, input, preprocessing
-      curves.png         loss / accuracy / AUC / learning rate per epoch
+      curves.png         loss / accuracy / AUC / learning rate per epoch (fine-tunes only)
       calibration.json   the temperature fitted on the validation split (or why none was)
       fingerprints.csv   content fingerprints of the training files (the external-overlap check)
-      checkpoints/       Lightning checkpoints (last.ckpt, best.ckpt) to resume this run - local use only
-      logs/              CSV and TensorBoard logs
+      checkpoints/       Lightning checkpoints (last.ckpt, best.ckpt) to resume this run - local use only (fine-tunes)
+      logs/              CSV and TensorBoard logs (fine-tunes)
       evaluation/<split>[_tta]/, evaluation/external_<data>_<split>[_tta]/   what evaluate() wrote
 
 Example:
@@ -78,6 +79,9 @@ class ModelInfo(BaseModel):
     lesions_from: str | None = None
     hflip: float | None = None  # horizontal-flip probability of its training augmentation
     input_stats: IntensityStats | None = None  # what its training inputs looked like (None: runs made before 0.2)
+    encoder: str | None = None  # the catalogue encoder it started from (mammobench.encoders), if any
+    #: the input side its "same" padding is fixed for (a converted efficientnet-pytorch encoder; models.padding)
+    static_padding: int | None = None
 
 
 def read_json(path: Path, what: str) -> dict[str, Any]:
@@ -276,7 +280,7 @@ def build_model(info: ModelInfo, weights: dict[str, torch.Tensor]) -> nn.Module:
 
     model, _ = create_model(info.architecture, num_classes=len(info.labels), pretrained="none",
                             in_chans=info.in_chans, img_size=info.img_size, fusion=info.fusion,
-                            num_views=len(info.views or []) or 2)
+                            num_views=len(info.views or []) or 2, static_padding=info.static_padding)
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise RunError(f"weights do not fit {info.architecture}: missing {missing[:3]}, unexpected {unexpected[:3]}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -69,6 +70,11 @@ class MammoDataset(_Labelled):
 
     def __len__(self) -> int:
         return len(self.metadata)
+
+    @property
+    def entry_paths(self) -> list[Path]:
+        """Each sample's preprocessed image in the cache, in sample order."""
+        return list(self._entries)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor | int]:
         image = torch.from_numpy(self.cache.get(self._requests[i], self._entries[i]))[None]

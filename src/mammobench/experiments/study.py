@@ -188,7 +188,7 @@ def study_config(spec: StudySpec, overrides: list[str]) -> Config:
 
 def _check_model(cfg: Config) -> None:
     """The model name exists in timm (a typo would otherwise crash every cell of its variant)."""
-    from mammobench.models.factory import check_model_name
+    from mammobench.models.loading import check_model_name
 
     check_model_name(cfg.model.name)
 

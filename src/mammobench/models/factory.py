@@ -1,4 +1,5 @@
-"""``create_model``: any timm backbone, one input channel, a new head, weights from the hub, a file or none.
+"""``create_model``: any timm backbone, one input channel, a new head, weights from the hub, a file, a catalogue
+encoder (:mod:`~mammobench.models.pretrained`) or none.
 
 Pretrained ImageNet weights expect three channels; timm sums the RGB filters of the first convolution
 for a single-channel input, which keeps the pretrained response to a grey image. Input size and
@@ -8,61 +9,24 @@ caller overrides them.
 
 from __future__ import annotations
 
-import difflib
 import logging
-import sys
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 import timm
-import torch
 from torch import nn
 
-from mammobench.runtime import MammobenchError, format_list, size_hw, size_label
+from mammobench.models.loading import LoadReport, ModelError, check_model_name
+from mammobench.runtime import size_hw, size_label
+
+if TYPE_CHECKING:
+    from mammobench.config import PretrainedWeights
 
 logger = logging.getLogger(__name__)
 
 
 #: How a new classification head starts: ``small`` (N(0, 0.01^2), zero bias) or timm's own initialisation.
 HeadInit = Literal["small", "timm"]
-
-
-class ModelError(MammobenchError):
-    """An unknown model name, unreachable hub weights, or a weights file that does not fit."""
-
-
-@dataclass
-class LoadReport:
-    """Where the weights came from and what did not load.
-
-    Attributes:
-        source: ``hub``, ``file``, ``run`` (``model.init_from``) or ``none``.
-        path: the weights file (``file`` only).
-        loaded: tensors loaded.
-        reinitialised: head tensors left at their new initialisation (class count differs).
-        adapted: tensors adapted to the model (first convolution to 1 channel, resized position embeddings).
-        missing, unexpected: keys the model has and the file lacks, and the reverse.
-    """
-
-    source: str
-    path: str = ""
-    loaded: int = 0
-    reinitialised: list[str] = field(default_factory=list)
-    adapted: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-
-    def summary(self) -> str:
-        if self.source == "none":
-            return "random initialisation (no pretrained weights)"
-        what = {"hub": "timm hub", "run": f"the run {Path(self.path).parent}"}.get(self.source, self.path)
-        parts = [f"{self.loaded} tensors from {what}"]
-        if self.adapted:
-            parts.append(f"adapted: {', '.join(self.adapted)}")
-        if self.reinitialised:
-            parts.append(f"new head: {', '.join(self.reinitialised)}")
-        return "; ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -75,20 +39,11 @@ class InputConfig:
     std: float
 
 
-def check_model_name(name: str) -> None:
-    """Raise :class:`ModelError` with suggestions when timm does not know ``name``."""
-    if timm.is_model(name):
-        return
-    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
-    hint = f"; did you mean {', '.join(close)}?" if close else "; list them with timm.list_models('*pattern*')"
-    raise ModelError(f"timm does not know a model named {name!r}{hint}")
-
-
 def create_model(
     name: str,
     *,
     num_classes: int,
-    pretrained: str = "none",
+    pretrained: str | PretrainedWeights = "none",
     in_chans: int = 1,
     drop_rate: float = 0.0,
     drop_path_rate: float | None = None,
@@ -96,14 +51,16 @@ def create_model(
     head_init: HeadInit = "small",
     fusion: str | None = None,
     num_views: int = 2,
+    static_padding: int | None = None,
 ) -> tuple[nn.Module, LoadReport]:
     """Create a timm classifier for ``num_classes`` lesion classes.
 
     Args:
         name: any timm model name (``resnet18``, ``tf_efficientnet_lite0``, ``vit_base_patch16_384`` ...).
         num_classes: size of the new head.
-        pretrained: ``hub`` (timm downloads the default pretrained weights), ``none``, or the path of a
-            ``.safetensors`` file or state dict (``.pth``/``.bin``, loaded with ``weights_only=True``).
+        pretrained: ``hub`` (timm downloads the default pretrained weights), ``none``, a catalogue encoder
+            (``mammo-clip-b2``; :mod:`mammobench.encoders`), the path of a weights file (``.safetensors``, or a
+            pickled checkpoint read without executing it), or a :class:`~mammobench.config.PretrainedWeights`.
         in_chans: input channels (1 for mammograms).
         drop_rate: dropout before the head; ``drop_path_rate``: stochastic depth (models that have it).
         img_size: input size for models built for one (ViTs); ``None`` keeps the model's default.
@@ -113,6 +70,8 @@ def create_model(
         fusion: build a breast-level :class:`~mammobench.models.multiview.MultiViewClassifier` over
             ``num_views`` views with this fusion (``mean``, ``max``, ``concat``, ``attention``); ``None``
             = an image classifier.
+        static_padding: fix "same" padding for inputs of this side (:mod:`~mammobench.models.padding`); a
+            catalogue encoder that needs it sets it itself (``report.static_padding`` says so).
 
     Returns:
         ``(model, report)``.
@@ -125,33 +84,40 @@ def create_model(
         >>> model(torch.zeros(2, 1, 64, 64)).shape
         torch.Size([2, 3])
     """
+    from mammobench.models.pretrained import load_pretrained, weights_request
+
     check_model_name(name)
     if fusion is not None:
         from mammobench.models.multiview import MultiViewClassifier
 
         backbone, report = create_model(name, num_classes=0, pretrained=pretrained, in_chans=in_chans,
-                                        drop_path_rate=drop_path_rate, img_size=img_size)
+                                        drop_path_rate=drop_path_rate, img_size=img_size, static_padding=static_padding)
         wrapped = MultiViewClassifier(backbone, num_classes, fusion=fusion, num_views=num_views,  # type: ignore[arg-type]
                                       drop_rate=drop_rate)
         if head_init == "small":
             init_head(wrapped)
         return wrapped, report
-    source = "hub" if pretrained == "hub" else ("none" if pretrained in ("none", "", None) else "file")
-    model = _timm_model(name, hub=source == "hub", num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate,
-                        drop_path_rate=drop_path_rate, img_size=img_size)
-    if source == "hub":
+    request = weights_request(pretrained)
+    model = _timm_model(name, hub=request.kind == "hub", num_classes=num_classes, in_chans=in_chans,
+                        drop_rate=drop_rate, drop_path_rate=drop_path_rate, img_size=img_size)
+    padding = static_padding or request.static_padding
+    if padding:
+        from mammobench.models.padding import fix_same_padding
+
+        fix_same_padding(model, padding, in_chans=in_chans)
+    if request.kind == "hub":
         report = LoadReport("hub", loaded=len(model.state_dict()))
         new_head = (getattr(model, "pretrained_cfg", {}) or {}).get("num_classes") != num_classes
-    elif source == "none":
+    elif request.kind == "none":
         report, new_head = LoadReport("none"), True
     else:
-        report = load_weights_file(model, pretrained)
+        report = load_pretrained(model, request)
         new_head = bool(report.reinitialised)
         logger.info("%s: %s", name, report.summary())
+    report.static_padding = padding or None
     if new_head and head_init == "small":
         init_head(model)
     return model, report
-
 
 
 def _timm_model(name: str, *, hub: bool, num_classes: int, in_chans: int, drop_rate: float,
@@ -203,103 +169,6 @@ def init_head(model: nn.Module, std: float = 0.01) -> list[str]:
                 nn.init.zeros_(module.bias)
                 touched.append(ids.get(id(module.bias), "bias"))
     return touched
-
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise ModelError(f"weights file {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except Exception as exc:  # safetensors raises its own error types
-            raise ModelError(f"{path} is not a readable safetensors file: {exc}") from None
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle code
-    except Exception as exc:
-        raise ModelError(
-            f"{path} could not be loaded as a plain state dict ({type(exc).__name__}: {exc}); "
-            "convert it to .safetensors"
-        ) from None
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
-            obj = obj[key]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ModelError(f"{path} does not hold a state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
-
-
-def load_weights_file(model: nn.Module, path: str | Path, *, new_head: bool = False) -> LoadReport:
-    """Load pretrained weights from a file into ``model``: :func:`load_state` on the file's tensors."""
-    path = Path(path)
-    return load_state(model, _read_state_dict(path), LoadReport("file", path=str(path)), new_head=new_head)
-
-
-def load_state(model: nn.Module, state: dict[str, torch.Tensor], report: LoadReport, *,
-               new_head: bool = False) -> LoadReport:
-    """Load pretrained weights from a file into ``model``, the way timm's hub loading would.
-
-    Steps: the model family's own ``checkpoint_filter_fn`` (e.g. ViT position-embedding resizing), the
-    first convolution summed to the model's input channels, the classifier dropped when its class count
-    differs. Everything else must match exactly.
-
-    ``new_head``: never take the file's classifier, even when its class count fits (a transfer between tasks).
-    A model built without a classifier (``num_classes=0``, a multi-view backbone) takes none either.
-
-    Raises:
-        ModelError: listing missing, unexpected or mis-shaped tensors when the file does not fit.
-    """
-    path = report.path
-    filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
-    if filter_fn is not None:
-        shapes = {k: tuple(v.shape) for k, v in state.items()}
-        try:
-            state = filter_fn(state, model)
-        except Exception as exc:  # a foreign file confuses the filter: report it below as a mismatch
-            logger.debug("checkpoint_filter_fn failed on %s: %s", path, exc)
-        # e.g. ViT position embeddings resampled to this model's patch grid
-        report.adapted += [f"{k} {shapes[k]} -> {tuple(v.shape)}" for k, v in state.items()
-                           if k in shapes and shapes[k] != tuple(v.shape)]
-    cfg = getattr(model, "pretrained_cfg", {}) or {}
-    own = model.state_dict()
-    first_conv = cfg.get("first_conv")
-    convs = [first_conv] if isinstance(first_conv, str) else list(first_conv or [])
-    from timm.models._manipulate import adapt_input_conv
-
-    for conv in convs:
-        key = f"{conv}.weight"
-        if key in state and key in own and state[key].shape != own[key].shape and state[key].ndim == 4:
-            state[key] = adapt_input_conv(own[key].shape[1], state[key])
-            report.adapted.append(f"{key} {tuple(state[key].shape)}")
-    classifiers = cfg.get("classifier")
-    heads = [classifiers] if isinstance(classifiers, str) else list(classifiers or [])
-    for head in heads:
-        for suffix in (".weight", ".bias"):
-            key = head + suffix
-            if key in state and (key not in own or new_head or state[key].shape != own[key].shape):
-                del state[key]
-                if key in own:
-                    report.reinitialised.append(key)
-    mismatched = [f"{k} {tuple(v.shape)} != {tuple(own[k].shape)}" for k, v in state.items() if k in own and v.shape != own[k].shape]
-    # BatchNorm's step counter is absent from many exported files and unused in eval and training.
-    missing = [k for k in own if k not in state and k not in report.reinitialised and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in own]
-    if mismatched or missing or unexpected:
-        problems = []
-        if missing:
-            problems.append(f"{len(missing)} missing ({format_list(missing, 5)})")
-        if unexpected:
-            problems.append(f"{len(unexpected)} unexpected ({format_list(unexpected, 5)})")
-        if mismatched:
-            problems.append(f"{len(mismatched)} of the wrong shape ({format_list(mismatched, 3)})")
-        raise ModelError(
-            f"weights file {path} does not fit {type(model).__name__} ({getattr(model, 'default_cfg', {}).get('architecture', '?')}): "
-            + "; ".join(problems)
-        )
-    model.load_state_dict(state, strict=False)
-    report.loaded = len(state)
-    return report
 
 
 def resolve_input_config(

@@ -313,6 +313,7 @@ def _provenance(run: RunDir) -> dict[str, Any]:
         "best_epoch": info.get("best_epoch"), "best_validation": {info.get("monitor"): info.get("best_score")},
         "counts": info.get("counts"), "evaluation": _test_summary(run), "split_rows": len(split),
         "synthetic": bool((split["dataset"] == "demo-synthetic").any()),
+        "pretrained": info.get("pretrained"), "linear_probe": info.get("probe"),
     }
 
 

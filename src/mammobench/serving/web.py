@@ -61,6 +61,9 @@ def describe(predictor: Predictor) -> str:
     m = predictor.info
     lines = [f"**Model:** {m.architecture} · classes: {', '.join(m.labels)} · input {size_label(m.input_size)} px "
              f"({'whole mammograms' if m.mode == 'full' else 'lesion crops'})"]
+    if m.encoder:
+        head = "a linear probe on its frozen features" if predictor.meta.provenance.get("linear_probe") else "fine-tuned"
+        lines.append(f"**Encoder:** {m.encoder} (pretrained on mammograms; `mammobench weights list`), {head}")
     if predictor.threshold is not None:
         t = predictor.meta.thresholds.get(m.positive_label or "")
         how = (f"{t.rule}: {t.reason}" if t is not None and t.reason else "threshold chosen on the validation split")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from torch import nn
 
-from mammobench.models.factory import LoadReport, ModelError, load_state
+from mammobench.models.loading import LoadReport, ModelError, load_state
 from mammobench.runs import RunDir, RunError
 from mammobench.runtime import sha256_file
 
