@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -83,3 +84,20 @@ def test_a_linear_probe_end_to_end(mammo_clip_b2, demo_prepared, lesion_images, 
     assert abs(sum(probs.values()) - 1) < 1e-5 and "Decision:" in text and cam is not None
     with pytest.raises(Exception, match="nothing to resume"):
         fit(load_config("mammo_clip_b2_probe", base), resume=True)
+
+
+def test_a_split_the_probe_cannot_fit_is_refused_before_anything_is_written(demo_prepared, tmp_path):
+    from mammobench.data.manifest import read_manifest, read_manifest_info, write_manifest
+    from mammobench.training.fit import fit
+
+    frame = read_manifest(demo_prepared.out)
+    one = frame.loc[frame["split"] == "train", "patient_id"].iloc[0]
+    frame["label"] = np.where(frame["patient_id"] == one, "MALIGNANT", "BENIGN")  # one malignant woman in training
+    info = dataclasses.replace(read_manifest_info(demo_prepared.out), labels=["BENIGN", "MALIGNANT"])
+    write_manifest(frame, tmp_path / "manifest", info)
+    cfg = load_config("demo_cnn", [f"data.manifest={tmp_path / 'manifest'}", f"output.dir={tmp_path / 'runs'}",
+                                   f"data.cache_dir={demo_prepared.out / 'cache'}", "trainer.mode=linear_probe",
+                                   "model.freeze=all"])
+    with pytest.raises(ProbeError, match=r"too few training patients of MALIGNANT \(1 patient\)"):
+        fit(cfg)
+    assert not (tmp_path / "runs").exists()

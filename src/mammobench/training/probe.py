@@ -148,6 +148,25 @@ class ProbeFit:
         return probs
 
 
+def check_probe_data(targets: np.ndarray, groups: np.ndarray, labels: list[str], where: str) -> int:
+    """The number of inner folds a training split allows; a :class:`ProbeError` naming the class that is short.
+
+    Raises:
+        ProbeError: one class only, or a class with fewer than two patients (two inner folds need two).
+    """
+    present = sorted(set(targets.tolist()))
+    if len(present) < 2:
+        only = labels[present[0]] if present else "nothing"
+        raise ProbeError(f"{where}: the training split holds only {only}; a linear probe needs two classes")
+    patients_per_class = {labels[c]: len(set(groups[targets == c])) for c in present}
+    folds = min(5, *patients_per_class.values())
+    if folds < 2:
+        few = ", ".join(f"{k} ({v} patient{'s' if v != 1 else ''})" for k, v in patients_per_class.items() if v < 2)
+        raise ProbeError(f"{where}: too few training patients of {few} for the probe's inner cross-validation "
+                         "(at least 2 per class); merge classes or use a larger split")
+    return folds
+
+
 def fit_logistic(features: np.ndarray, targets: np.ndarray, groups: np.ndarray, labels: list[str], *,
                  seed: int, where: str) -> ProbeFit:
     """A standardised logistic regression, ``C`` chosen by patient-grouped, stratified inner cross-validation.
@@ -161,16 +180,7 @@ def fit_logistic(features: np.ndarray, targets: np.ndarray, groups: np.ndarray, 
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    present = sorted(set(targets.tolist()))
-    if len(present) < 2:
-        only = labels[present[0]] if present else "nothing"
-        raise ProbeError(f"{where}: the training split holds only {only}; a linear probe needs two classes")
-    patients_per_class = {labels[c]: len(set(groups[targets == c])) for c in present}
-    folds = min(5, *patients_per_class.values())
-    if folds < 2:
-        few = ", ".join(f"{k} ({v} patient{'s' if v != 1 else ''})" for k, v in patients_per_class.items() if v < 2)
-        raise ProbeError(f"{where}: too few training patients of {few} for the probe's inner cross-validation "
-                         "(at least 2 per class); merge classes or use a larger split")
+    folds = check_probe_data(targets, groups, labels, where)
     classes = list(range(len(labels)))
     spread, size = features.std(axis=0), np.abs(features).max(axis=0)
     used = spread > MIN_RELATIVE_SPREAD * np.maximum(size, 1e-30)
@@ -260,11 +270,15 @@ def embed_splits(model: nn.Module, training: Training, config: Config) -> Embedd
     return Embedded(train, features, computed, time.perf_counter() - t0, cache.folder)
 
 
+def _where(config: Config) -> str:
+    return f"{config.data.manifest}" + (f" (fold {config.data.fold})" if config.data.fold is not None else "")
+
+
 def fit_into_head(model: nn.Module, embedded: Embedded, labels: list[str], config: Config) -> ProbeFit:
     """Steps 3 and 4: the regression on the training features, folded into ``model``'s head and checked."""
-    where = f"{config.data.manifest}" + (f" (fold {config.data.fold})" if config.data.fold is not None else "")
     groups = patient_key(embedded.train.metadata).to_numpy()
-    probe = fit_logistic(embedded.features, embedded.train.targets, groups, labels, seed=config.seed, where=where)
+    probe = fit_logistic(embedded.features, embedded.train.targets, groups, labels, seed=config.seed,
+                         where=_where(config))
     fold_into_head(model, probe, len(labels))
     gap = check_folded(model, embedded.train, embedded.features, probe)
     if gap > 1e-3:
@@ -297,6 +311,8 @@ def fit_probe(config: Config, *, overwrite: bool = False, show_progress: bool = 
     data = load_split(config)
     model, load_report = build_model(config, data)
     training = build_training(config, data, model, show_progress=show_progress)
+    train = training.dm.dataset("train")  # a split the probe cannot fit is refused before anything is written
+    check_probe_data(train.targets, patient_key(train.metadata).to_numpy(), data.labels, _where(config))
     backup = set_aside(run.path) if overwrite and run.exists() else None
     with replacing(backup, run.path, History(run.history_path)):
         write_reproducibility(run, config, data, training)
@@ -310,9 +326,15 @@ def fit_probe(config: Config, *, overwrite: bool = False, show_progress: bool = 
             logger.warning("%s", w)
         atomic_write_json(run.info_path, {**base, "status": "running"})
         t0 = time.perf_counter()
-        embedded = embed_splits(model, training, config)  # 2. features, through the cache
-        probe = fit_into_head(model, embedded, data.labels, config)  # 3. + 4. the regression, in the head
-        write_model(run, config, data, training, model, load_report)
+        try:
+            embedded = embed_splits(model, training, config)  # 2. features, through the cache
+            probe = fit_into_head(model, embedded, data.labels, config)  # 3. + 4. the regression, in the head
+            write_model(run, config, data, training, model, load_report)
+        except BaseException as exc:  # the folder says how it ended; --overwrite runs it again
+            status = "interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed"
+            atomic_write_json(run.info_path, {**base, "status": status, "error": f"{type(exc).__name__}: {exc}",
+                                              "stopped": utc_now()})
+            raise
         seconds = time.perf_counter() - t0
         atomic_write_json(run.info_path, {**base, "status": "finished", "finished": utc_now(), "train_seconds": seconds,
                                           "epochs_run": 0, "kept_epoch": None, "best_epoch": None, "best_score": None,
