@@ -101,3 +101,20 @@ def test_a_split_the_probe_cannot_fit_is_refused_before_anything_is_written(demo
     with pytest.raises(ProbeError, match=r"too few training patients of MALIGNANT \(1 patient\)"):
         fit(cfg)
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_frozen_encoder_fine_tuned_trains_only_its_head(demo_prepared, tmp_path):
+    """model.freeze: all without a probe: gradient descent on the head alone, the encoder's BatchNorm in eval."""
+    from torch import nn
+
+    from mammobench.models.finetune import apply_stage
+    from mammobench.training.parts import build_model, build_training, load_split
+
+    cfg = load_config("demo_cnn", [f"data.manifest={demo_prepared.out}", "model.freeze=all", f"output.dir={tmp_path}"])
+    data = load_split(cfg)
+    model, _ = build_model(cfg, data)
+    module = build_training(cfg, data, model).module
+    model.train()
+    trainable = apply_stage(model, module.plan, stage=2, unfreeze_blocks=int(module.stages.unfreeze_blocks))
+    assert trainable == set(module.plan.head) and trainable
+    assert all(not m.training for m in model.modules() if isinstance(m, nn.BatchNorm2d))

@@ -205,8 +205,10 @@ def _reproduce_section(results: dict[str, Any], out: Path) -> Section:
     repro = [f"Made by mammobench {results['mammobench_version']} on {results['created']} "
              f"({machine.get('platform', '?')}, Python {machine.get('python', '?')}, torch "
              f"{machine.get('versions', {}).get('torch', '?')})."]
-    repro += [f"{name}: run directory `{m['run_dir']}` (config.yaml, split.csv, environment.json, history.csv, "
-              f"model.safetensors)" for name, m in results["models"].items()]
+    files = ("config.yaml", "split.csv", "environment.json", "history.csv", "model.safetensors")
+    for name, m in results["models"].items():
+        held = [f for f in files if (Path(m["run_dir"]) / f).is_file()] or list(files)
+        repro.append(f"{name}: run directory `{m['run_dir']}` ({', '.join(held)})")
     repro.append(f"All numbers: `{out / 'results.json'}`.")
     return Section("Reproduce", repro)
 

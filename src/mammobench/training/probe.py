@@ -36,6 +36,7 @@ from mammobench.config import Config, encoder_settings
 from mammobench.data.dataset import MammoDataset
 from mammobench.data.manifest import cache_folder, patient_key
 from mammobench.data.transforms import create_transform
+from mammobench.models.factory import count_parameters
 from mammobench.runs import RUN_FORMAT, RunDir
 from mammobench.runtime import MammobenchError, atomic_path, atomic_write_json, utc_now
 from mammobench.training.callbacks import History
@@ -105,9 +106,10 @@ class EmbeddingCache:
     def path(self, image_entry: Path) -> Path:
         return self.folder / image_entry.parent.parent.name / image_entry.name
 
-    def features(self, model: nn.Module, dataset: MammoDataset, *, batch_size: int) -> tuple[np.ndarray, int]:
-        """``(n, d)`` features of every sample of ``dataset`` (cached ones read, the rest computed and written)
-        and how many were computed now."""
+    def features(self, model: nn.Module, dataset: MammoDataset, *, batch_size: int,
+                 device: torch.device | None = None) -> tuple[np.ndarray, int]:
+        """``(n, d)`` features of every sample of ``dataset`` (cached ones read, the rest computed on ``device``
+        in float32 and written) and how many were computed now."""
         paths = [self.path(e) for e in dataset.entry_paths]
         todo = [i for i, p in enumerate(paths) if not p.is_file()]
         if todo:
@@ -116,7 +118,8 @@ class EmbeddingCache:
             with torch.inference_mode():
                 for batch in loader:
                     timm_model: Any = model
-                    feats = timm_model.forward_head(timm_model.forward_features(batch["image"]), pre_logits=True)
+                    images = batch["image"].to(device) if device is not None else batch["image"]
+                    feats = timm_model.forward_head(timm_model.forward_features(images), pre_logits=True)
                     for index, row in zip(batch["index"].tolist(), feats.float().cpu().numpy(), strict=True):
                         paths[index].parent.mkdir(parents=True, exist_ok=True)
                         with atomic_path(paths[index]) as tmp:
@@ -262,11 +265,18 @@ def embed_splits(model: nn.Module, training: Training, config: Config) -> Embedd
     t0 = time.perf_counter()
     cache = EmbeddingCache(cache_folder(config.data.manifest, config.data.cache_dir),
                            encoder_fingerprint(model, mean=training.input_cfg.mean, std=training.input_cfg.std))
-    train = eval_dataset(training.dm, "train")
-    features, computed = cache.features(model, train, batch_size=config.data.batch_size)
-    for split in training.dm.datasets:
-        if split != "train":
-            computed += cache.features(model, eval_dataset(training.dm, split), batch_size=config.data.batch_size)[1]
+    gpu = torch.cuda.is_available() and config.trainer.accelerator in ("auto", "gpu", "cuda")
+    device = torch.device("cuda") if gpu else torch.device("cpu")
+    model.to(device)
+    try:
+        train = eval_dataset(training.dm, "train")
+        features, computed = cache.features(model, train, batch_size=config.data.batch_size, device=device)
+        for split in training.dm.datasets:
+            if split != "train":
+                computed += cache.features(model, eval_dataset(training.dm, split), batch_size=config.data.batch_size,
+                                           device=device)[1]
+    finally:
+        model.to("cpu")
     return Embedded(train, features, computed, time.perf_counter() - t0, cache.folder)
 
 
@@ -320,7 +330,7 @@ def fit_probe(config: Config, *, overwrite: bool = False, show_progress: bool = 
         base = {"format": RUN_FORMAT, "mammobench_version": mammobench.__version__, "name": config.run_name(),
                 "started": utc_now(), "mode": "linear_probe", "labels": data.labels, "weights": load_report.summary(),
                 "pretrained": load_report.provenance(), "encoder": encoder_settings(config),
-                "input_size": training.input_cfg.size, "counts": counts}
+                "parameters": count_parameters(model), "input_size": training.input_cfg.size, "counts": counts}
         warned = split_warnings(counts)
         for w in warned:
             logger.warning("%s", w)
