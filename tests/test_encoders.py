@@ -89,6 +89,9 @@ def test_converted_encoder_loads_without_pickle_and_says_where_it_came_from(mamm
     assert cfg.data.image_size == (1520, 912) and cfg.data.preprocess.window == (0.0, 100.0)
     with pytest.raises(ConfigError, match="mammo-clip-b2 is a tf_efficientnet_b2 encoder, but model.name is resnet18"):
         load_config("resnet18", [f"model.pretrained={result.out}"])
+    with pytest.raises(ModelError, match="was converted from mammo-clip-b2, not mammo-clip-b5"):
+        create_model("tf_efficientnet_b5", num_classes=2,
+                     pretrained=PretrainedWeights(source="mammo-clip-b5", file=result.out))
     with pytest.raises(ModelError, match="exists; choose another --out or pass --overwrite"):
         convert_weights(ckpt, result.out, source="mammo-clip-b2")
     with pytest.raises(ModelError, match="--arch resnet18 contradicts --source mammo-clip-b2"):

@@ -66,8 +66,10 @@ def weights_request(pretrained: str | PretrainedWeights | None) -> WeightsReques
         pretrained = PretrainedWeights(file=Path(pretrained))
     file = Path(pretrained.file) if pretrained.file is not None else None
     converted = _converted_encoder(file)
-    if converted is not None and pretrained.source in (None, converted.name):
-        # written by `mammobench weights convert`: timm's names, no prefix, no pickle
+    if converted is not None:  # written by `mammobench weights convert`: timm's names, no prefix, no pickle
+        if pretrained.source not in (None, converted.name):
+            raise ModelError(f"{file} was converted from {converted.name}, not {pretrained.source}: "
+                             f"set model.pretrained.source to {converted.name} or leave it out")
         return WeightsRequest("encoder", file, converted, pretrained.key, pretrained.strip_prefix)
     if pretrained.source is None:
         return WeightsRequest("file", file, None, pretrained.key, pretrained.strip_prefix)
