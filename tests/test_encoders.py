@@ -169,7 +169,9 @@ def test_timm_keyed_checkpoint_with_arch_key_and_prefix(tmp_path):
         load_config("resnet18", [f"model.pretrained={{file: {spec.file}, arch: convnext_atto}}"])
 
 
-def test_an_unreachable_hub_says_where_to_put_the_file(monkeypatch, tmp_path):
+def test_the_hub_path_offline_uses_the_cache_or_says_where_to_put_the_file(mammo_clip_b2, monkeypatch, tmp_path):
+    import shutil
+
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # as on a machine without internet
@@ -177,6 +179,16 @@ def test_an_unreachable_hub_says_where_to_put_the_file(monkeypatch, tmp_path):
     with pytest.raises(ModelError, match=r"could not download mammo-clip-b2 \(shawn24/Mammo-CLIP.*"
                                          r"model\.pretrained: \{source: mammo-clip-b2, file: /path/to/b2-model-best-epoch-10\.tar\}"):
         create_model("tf_efficientnet_b2", num_classes=2, pretrained="mammo-clip-b2")
+    # once downloaded (here: placed as huggingface_hub's cache holds it), the hub name works without a network
+    repo = tmp_path / "hub" / "models--shawn24--Mammo-CLIP"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0123abcd")
+    cached = repo / "snapshots" / "0123abcd" / "Pre-trained-checkpoints" / "b2-model-best-epoch-10.tar"
+    cached.parent.mkdir(parents=True)
+    shutil.copy(mammo_clip_b2[1], cached)
+    _, report = create_model("tf_efficientnet_b2", num_classes=2, pretrained="mammo-clip-b2")
+    assert report.hub_revision == "0123abcd" and report.path == str(cached) and report.encoder == "mammo-clip-b2"
+    assert report.provenance()["sha256"] and report.provenance()["hub_revision"] == "0123abcd"
 
 
 @pytest.mark.parametrize(("overrides", "message"), [

@@ -99,10 +99,11 @@ def encoder_file(spec: EncoderSpec, file: Path | None) -> tuple[Path, str | None
     if spec.hub_repo is None or spec.hub_file is None:
         raise ModelError(f"{spec.name} is not on the Hugging Face hub: get the file ({spec.download}) and set "
                          f"model.pretrained: {{source: {spec.name}, file: /path/to/it}}")
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
-    try:
-        path = Path(hf_hub_download(spec.hub_repo, spec.hub_file))
+    cached = try_to_load_from_cache(spec.hub_repo, spec.hub_file)
+    try:  # a cached copy needs no network (a cluster node without internet would wait on retries otherwise)
+        path = Path(cached) if isinstance(cached, str) else Path(hf_hub_download(spec.hub_repo, spec.hub_file))
     except Exception as exc:  # offline, no such file, a proxy refusing: every case gets the same way out
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         name = Path(spec.hub_file).name
