@@ -186,6 +186,12 @@ def test_the_hub_path_offline_uses_the_cache_or_says_where_to_put_the_file(mammo
     cached = repo / "snapshots" / "0123abcd" / "Pre-trained-checkpoints" / "b2-model-best-epoch-10.tar"
     cached.parent.mkdir(parents=True)
     shutil.copy(mammo_clip_b2[1], cached)
+
+    def no_network(*args, **kwargs):
+        raise ConnectionError("the network was asked for a file the cache holds")
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # a node that would try the network
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
     _, report = create_model("tf_efficientnet_b2", num_classes=2, pretrained="mammo-clip-b2")
     assert report.hub_revision == "0123abcd" and report.path == str(cached) and report.encoder == "mammo-clip-b2"
     assert report.provenance()["sha256"] and report.provenance()["hub_revision"] == "0123abcd"
