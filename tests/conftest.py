@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -94,60 +92,11 @@ def plain_bundle(trained_runs, tmp_path_factory):
     return export_bundle(trained_runs["cnn"], tmp_path_factory.mktemp("ux") / "bundle")
 
 
-#: A stored class only importable while the checkpoint is written (as Mammo-CLIP's OmegaConf config is to us).
-CONFIG_MODULE = "mammoclip_test_config"
-
-
-def efficientnet_reference(name: str = "efficientnet-b2", seed: int = 0) -> Any:
-    """An ``efficientnet-pytorch`` network (the package Mammo-CLIP was trained with) in eval mode: random weights,
-    random BatchNorm scales and shifts (so nothing cancels out), and BatchNorm statistics measured on noise images
-    normalised as Mammo-CLIP's inputs are, as training leaves them (with the package's unit statistics its features
-    barely vary between images; with statistics from other inputs they explode)."""
-    import torch
-    from efficientnet_pytorch import EfficientNet
-    from torch import nn
-
-    torch.manual_seed(seed)
-    ref = EfficientNet.from_name(name)
-    for module in ref.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.uniform_(-0.2, 0.2)
-            module.momentum = None  # a cumulative average over the calibration batches
-            module.reset_running_stats()
-    ref.train()
-    with torch.no_grad():
-        for _ in range(4):
-            ref((torch.rand(8, 3, 96, 96) - 0.3089) / 0.2505)
-    return ref.eval()
-
-
-def save_mammo_clip_checkpoint(ref: Any, path: Path, workdir: Path) -> Path:
-    """``ref`` saved as Mammo-CLIP saves its CLIP model: ``model`` (image encoder under ``image_encoder.``, a text
-    encoder, projections), ``config`` (an object of a class the loader cannot import), optimiser state, epoch."""
-    import torch
-
-    source = workdir / "confsrc"
-    source.mkdir(exist_ok=True)
-    (source / f"{CONFIG_MODULE}.py").write_text("class DictConfig:\n    def __init__(self, content):\n"
-                                                "        self.content = content\n")
-    sys.path.insert(0, str(source))
-    try:
-        module = __import__(CONFIG_MODULE)
-        state = {f"image_encoder.{k}": v for k, v in ref.state_dict().items()}
-        state.update({"text_encoder.embeddings.word_embeddings.weight": torch.zeros(7, 4),
-                      "image_projection.projection.weight": torch.zeros(512, 8), "logit_scale": torch.tensor(2.6)})
-        torch.save({"model": state, "config": module.DictConfig({"image_encoder": {"name": "tf_efficientnet_b5_ns-detect"}}),
-                    "optimizer": {"state": {}, "param_groups": [{"lr": 5e-5}]}, "epoch": 10}, path)
-    finally:
-        sys.path.remove(str(source))
-        sys.modules.pop(CONFIG_MODULE, None)
-    return path
-
-
 @pytest.fixture(scope="session")
 def mammo_clip_b2(tmp_path_factory):
-    """``(reference network, its checkpoint in Mammo-CLIP's layout)``."""
+    """``(the authors' B2 image encoder, its checkpoint as Mammo-CLIP's trainer.py saves it)`` (tests/replicas.py)."""
+    from .replicas import AuthorsImageEncoder, mammo_clip_checkpoint
+
     work = tmp_path_factory.mktemp("mammoclip")
-    ref = efficientnet_reference()
-    return ref, save_mammo_clip_checkpoint(ref, work / "b2-model-best-epoch-10.tar", work)
+    encoder = AuthorsImageEncoder("efficientnet-b2")
+    return encoder, mammo_clip_checkpoint(encoder, work / "b2-model-best-epoch-10.tar")

@@ -4,6 +4,7 @@ Optuna (SQLite and a real PostgreSQL server), resume, failed cells, the statisti
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 import socket
@@ -12,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import lightning.pytorch as pl
 import numpy as np
 import pytest
 import yaml
@@ -340,6 +342,51 @@ def test_crossval_reports_the_pooled_auc_with_its_interval_and_the_warnings(tmp_
     md = (out / "report.md").read_text()
     assert "Pooled out-of-fold malignant AUC" in md and "Test metrics per fold" in md
     assert "threshold fallback 0.5" in md and (out / "report.html").is_file()
+
+
+class _PowerCut(pl.Callback):
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            raise RuntimeError("simulated power cut")
+
+
+@pytest.mark.slow
+def test_crossval_runs_twice_and_resumes_an_interrupted_fold_each_in_its_own_folder(tmp_path):
+    """The loop a researcher repeats: a cross-validation named by output.name keeps one folder per fold; stopped
+    after its first fold and again mid-way through the second, the same command reuses the finished fold,
+    resumes the interrupted one and writes the report; a third run trains nothing. (Before: a finished fold stopped
+    it, and output.name sent every fold to one folder.)"""
+    from mammobench.config import load_config
+    from mammobench.data.demo import generate_demo_dataset
+    from mammobench.data.prepare import prepare
+    from mammobench.data.preprocess import PreprocessSettings
+    from mammobench.experiments.crossval import crossval
+    from mammobench.training.fit import fit
+
+    table = generate_demo_dataset(tmp_path / "images", n_patients=24, seed=5)
+    prepared = prepare("csv", table, tmp_path / "kfold", split="kfold", folds=2, labels="binary",
+                       preprocess=PreprocessSettings(size=32), workers=1, preview=False).out
+    overrides = [f"data.manifest={prepared}", f"output.dir={tmp_path / 'runs'}", "output.name=my_cv",
+                 *TINY[:2], "stages.finetune_epochs=2", *TINY[3:]]
+    cfg = load_config("demo_cnn", overrides)
+    crossval(cfg, folds=[0], n_boot=20)  # stopped after the first fold
+    fold0 = tmp_path / "runs" / "my_cv_fold0"
+    started = json.loads((fold0 / "run.json").read_text())["started"]
+    fold1_cfg = load_config("demo_cnn", [*overrides, "data.fold=1", "output.name=my_cv_fold1"])
+    with pytest.raises(RuntimeError, match="power cut"):  # ... and again in the second fold's second epoch
+        fit(fold1_cfg, callbacks=[_PowerCut()])
+    assert json.loads((tmp_path / "runs" / "my_cv_fold1" / "run.json").read_text())["status"] == "failed"
+    result = crossval(cfg, n_boot=20)
+    assert list(result.folds["run_dir"]) == [str(fold0), str(tmp_path / "runs" / "my_cv_fold1")]
+    assert json.loads((fold0 / "run.json").read_text())["started"] == started  # reused, not retrained
+    fold1 = json.loads((tmp_path / "runs" / "my_cv_fold1" / "run.json").read_text())
+    assert fold1["status"] == "finished" and fold1["epochs_run"] == 2
+    assert result.out == tmp_path / "runs" / "my_cv_cv" and (result.out / "report.html").is_file()
+    again = crossval(cfg, n_boot=20)  # nothing left to train; the report is rebuilt from the same runs
+    assert json.loads((tmp_path / "runs" / "my_cv_fold1" / "run.json").read_text())["finished"] == fold1["finished"]
+    assert again.summary["pooled_out_of_fold_auc_malignant"]["value"] == result.summary["pooled_out_of_fold_auc_malignant"]["value"]
+    md = (result.out / "report.md").read_text()  # accuracy in %, beside the always-majority accuracy
+    assert "majority_accuracy %" in md and "accuracy: mean" in md and " %, SD" in md
 
 
 def test_a_cell_is_placed_on_its_fold_seed_and_folder(tmp_path, demo_prepared):

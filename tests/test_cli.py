@@ -179,9 +179,31 @@ def test_every_readme_command_line_parses():
 def test_training_from_the_cli_is_free_of_lightning_chatter(demo_prepared, tmp_path):
     code = ("from mammobench.cli import main\n"
             f"main(['train', '--config', 'demo_cnn', '--set', 'data.manifest={demo_prepared.out}', 'output.dir={tmp_path}',"
-            " 'stages.finetune_epochs=1', 'trainer.limit_train_batches=1', 'output.tensorboard=false'])")
+            " 'stages.finetune_epochs=2', 'trainer.limit_train_batches=1', 'output.tensorboard=false'])")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-2000:]
-    assert "finished after 1 epochs" in " ".join(out.split())
+    assert "finished after 2 epochs" in " ".join(out.split())
     assert "GPU available" not in out and "Tip:" not in out and "stepping batches" not in out
+    # written to a log (no terminal): one line per epoch, no redrawn progress bar
+    epochs = [line for line in out.splitlines() if "Epoch " in line]
+    assert [line.split("Epoch ")[1].split(":")[0] for line in epochs] == ["1/2", "2/2"], out[-2000:]
+    assert "val/loss" in epochs[0] and not any("━" in line for line in epochs)
+
+
+def test_what_users_make_is_ignored_by_git_and_the_code_is_not():
+    """Patient-derived outputs at their default places never reach a commit by `git add -A`; code and docs do."""
+    import shutil
+    import subprocess
+
+    from .conftest import REPO
+
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    made = ["prepared/cbis/manifest.csv", "bundles/r18/bundle.json", "bundle/model.onnx", "explanations/a.png",
+            "comparison/report.html", "studies/s/cells.csv", "runs/x/run.json", "demo_output/report.md",
+            "cams/case1/x.png", "predictions.csv", "breasts_images.csv", "keys/mammobench_ed25519.pem"]
+    kept = ["src/mammobench/serving/bundle.py", "docs/studies/encoders.yaml", "keys/mammobench_ed25519.pub.pem",
+            "README.md"]
+    result = subprocess.run(["git", "check-ignore", "--no-index", *made, *kept], cwd=REPO, capture_output=True, text=True)
+    assert sorted(result.stdout.split()) == sorted(made)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import lightning.pytorch as pl
 import pandas as pd
@@ -48,8 +49,10 @@ def test_cnn_smoke_run_writes_a_complete_run_directory(demo_prepared, tmp_path):
     run = result.run_dir
     assert result.status == "finished"
     for name in ("config.yaml", "split.csv", "environment.json", "run.json", "history.csv", "model.safetensors",
-                 "model.json", "curves.png", "checkpoints/last.ckpt", "logs/csv/metrics.csv"):
+                 "model.json", "curves.png", "logs/csv/metrics.csv"):
         assert (run / name).is_file(), name
+    # finished: the kept weights are model.safetensors; no checkpoint with optimiser state is left behind
+    assert not (run / "checkpoints").exists()
     info = require_finished(run)
     assert info["labels"] == ["BENIGN", "MALIGNANT", "BENIGN_WITHOUT_CALLBACK"]
     env = json.loads((run / "environment.json").read_text())
@@ -65,6 +68,27 @@ def test_cnn_smoke_run_writes_a_complete_run_directory(demo_prepared, tmp_path):
     assert "fc.weight" in weights and weights["fc.weight"].shape[0] == 3
     with pytest.raises(RunError, match="already exists and finished"):
         fit(tiny(demo_prepared.out, tmp_path))
+
+
+class _CheckpointSizes(pl.Callback):
+    def __init__(self):
+        self.seen: dict[str, int] = {}
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        folder = Path(trainer.default_root_dir) / "checkpoints"
+        for path in folder.glob("*.ckpt") if folder.is_dir() else []:
+            self.seen[path.name] = path.stat().st_size
+
+
+def test_while_training_best_holds_weights_only_and_a_finished_run_keeps_at_most_last(demo_prepared, tmp_path):
+    """What resume needs while training (last.ckpt, full state; best.ckpt, weights only), and once finished the weights
+    file and, if asked, last.ckpt alone. (Before: best.ckpt and last.ckpt with optimiser state in every run.)"""
+    sizes = _CheckpointSizes()
+    result = fit(tiny(demo_prepared.out, tmp_path, "output.name=kept", "output.keep_checkpoint=last",
+                      "stages.head_epochs=0", "stages.finetune_epochs=3"), callbacks=[sizes])
+    assert set(sizes.seen) == {"best.ckpt", "last.ckpt"} and sizes.seen["best.ckpt"] < 0.7 * sizes.seen["last.ckpt"]
+    assert sorted(p.name for p in (result.run_dir / "checkpoints").iterdir()) == ["last.ckpt"]
+    assert "optimizer_states" in torch.load(result.run_dir / "checkpoints" / "last.ckpt", weights_only=False)
 
 
 def test_fit_leaves_the_callers_determinism_setting_alone(demo_prepared, tmp_path):
@@ -206,7 +230,8 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_works(demo_prepared, tmp_
     before = (run / "model.safetensors").read_bytes()
     with pytest.raises(ModelError):
         fit(load_config("demo_cnn", [*base, "model.name=test_resnett"]), overwrite=True)
-    assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "model.safetensors").read_bytes() == before
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"  # the old run, untouched
+    assert (run / "model.safetensors").read_bytes() == before
     again = fit(load_config("demo_cnn", [*base, "seed=3"]), overwrite=True).run_dir
     assert again == run and not (tmp_path / ".keep.replaced").exists()
     assert json.loads((run / "run.json").read_text())["status"] == "finished"

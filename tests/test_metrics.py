@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 
@@ -164,3 +165,19 @@ def test_plots_are_written_and_skip_undefined_values(tmp_path):
     groups = {"density": {"A": {"n": 5, "auc_malignant": {"value": float("nan"), "ci": [None, None]}},
                           "B": {"n": 30, "auc_malignant": {"value": 0.7, "ci": [0.5, 0.9]}}}}
     assert plot_subgroups(groups, tmp_path / "sub.png", title="Subgroups").is_file()
+
+
+def test_thresholds_keep_their_meaning_at_the_ends_and_small_subgroups_carry_a_caution():
+    from mammobench.evaluation.breakdowns import subgroups
+    from mammobench.formatting import format_probability
+
+    assert format_probability(2.5e-09) == "2.5e-09" and format_probability(0.31249) == "0.312"
+    assert format_probability(1 - 3e-6) == "1 - 3e-06" and format_probability(float("nan")) == "n/a"
+    rng = np.random.default_rng(0)
+    n = 64
+    rows = pd.DataFrame({"site": ["big"] * 60 + ["small"] * 4, "dataset": "d", "patient_id": [f"p{i}" for i in range(n)]})
+    y = np.r_[np.tile([0, 1], 30), [0, 1, 0, 1]]
+    probs = np.c_[1 - (p := rng.random(n)), p]
+    out = subgroups(rows, y, probs, ["BENIGN", "MALIGNANT"], rows["patient_id"].to_numpy(), "MALIGNANT", 0.5,
+                    ["site"], n_boot=50, seed=0)
+    assert "caution" not in out["site"]["big"] and out["site"]["small"]["caution"].startswith("no 95 % intervals")

@@ -265,3 +265,22 @@ def test_a_small_kfold_run_trains_on_every_other_fold_and_says_so(demo_prepared,
     # An explicit share still carves one.
     carved = fit(load_config("demo_cnn", [*common, "output.name=carved", "data.val_fraction=0.2"]))
     assert "val" in set(pd.read_csv(carved.run_dir / "split.csv")["split"])
+
+
+def test_a_real_architecture_from_random_weights_is_warned_about():
+    from mammobench.config import load_config
+    from mammobench.training.checks import pretrained_warnings
+
+    assert pretrained_warnings(load_config("efficientnet_lite0_local"))[0].startswith(
+        "model.pretrained is none: tf_efficientnet_lite0 starts from random weights")
+    assert pretrained_warnings(load_config("demo_cnn", ["model.pretrained=none"])) == []  # a tiny test model
+    assert pretrained_warnings(load_config("efficientnet_lite0_local", ["model.pretrained=w.safetensors"])) == []
+
+
+def test_k_fold_runs_say_each_small_split_once_without_advising_the_cv_they_are_part_of():
+    counts = {"val": {"A": 3, "B": 12}, "test": {"A": 4, "B": 5}}
+    assert [w.split(" split")[0] for w in split_warnings(counts)] == ["the val", "the test"]
+    kfold = split_warnings(counts, kfold=True)
+    assert len(kfold) == 1 and kfold[0].startswith("the val split") and "crossval" not in kfold[0]
+    probe = split_warnings({"val": {"A": 3}}, val_use="decision threshold")
+    assert "its decision threshold is mostly noise" in probe[0] and "early stopping" not in probe[0]

@@ -179,6 +179,30 @@ def test_when_every_row_is_skipped_skipped_csv_is_still_written(tmp_path):
     assert list(skipped["reason"]) == ["image file not found"]
 
 
+def test_a_failed_prepare_into_a_prepared_folder_leaves_its_record_as_it_was(tmp_path):
+    """Running prepare again into the same folder with data that fails: the folder's manifest and skipped.csv
+    stay the record of the manifest; the failed attempt's list goes beside them. (Before: skipped.csv rewritten.)"""
+    from mammobench.data.demo import generate_demo_dataset
+    from mammobench.data.prepare import prepare
+    from mammobench.data.preprocess import PreprocessSettings
+    from mammobench.runtime import MammobenchError
+
+    table = generate_demo_dataset(tmp_path / "images", n_patients=8, seed=2)
+    out = prepare("csv", table, tmp_path / "out", preprocess=PreprocessSettings(size=32), workers=1, preview=False).out
+    before = {name: (out / name).read_bytes() for name in ("manifest.csv", "skipped.csv", "summary.md")}
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    broken = tmp_path / "t.csv"
+    broken.write_text(f"path,label,patient_id\n{bad},BENIGN,p1\n")
+    for data in (broken, tmp_path / "nowhere.csv"):
+        if data.name == "nowhere.csv":
+            data.write_text("path,label,patient_id\nnowhere.png,BENIGN,p1\n")
+        with pytest.raises(MammobenchError, match=r"skipped_failed\.csv"):
+            prepare("csv", data, out, preprocess=PreprocessSettings(size=32), workers=1)
+        assert {name: (out / name).read_bytes() for name in before} == before
+        assert len(pd.read_csv(out / "skipped_failed.csv")) == 1
+
+
 def test_prepare_on_a_missing_folder_says_no_such_folder(tmp_path):
     from typer.testing import CliRunner
 

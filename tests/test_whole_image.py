@@ -488,3 +488,50 @@ def test_init_from_run_checks_the_architecture_directly(crops_run):
     same, _ = create_model("test_resnet", num_classes=2)
     report = init_from_run(same, crops_run, "test_resnet")
     assert report.source == "run" and report.loaded > 0 and report.reinitialised
+
+
+def test_a_lesion_model_is_not_given_whole_mammograms_silently(plain_bundle, trained_runs, full_prepared, tmp_path):
+    """A lesion-crop model refuses an exam (predict --exam: said once) and a whole-image set (evaluate --data); a whole
+    mammogram given to it loose is flagged as a whole mammogram, not called 'a lesion crop file'. (Before: scored.)"""
+    from mammobench.data.images import read_image
+    from mammobench.evaluation.evaluate import evaluate
+    from mammobench.runtime import MammobenchError
+    from mammobench.serving.exams import predict_exam_folders
+    from mammobench.serving.predictor import Predictor
+
+    predictor = Predictor.from_bundle(plain_bundle)
+    folder = _exam_folder(tmp_path, full_prepared)
+    with pytest.raises(MammobenchError, match=r"^this model was trained on lesion crops: an exam's whole mammograms"):
+        predict_exam_folders(predictor, [folder, folder])
+    with pytest.raises(MammobenchError, match=r"holds whole mammograms \(prepared with --mode full\) but the model was "
+                                              r"trained on lesion crops"):
+        evaluate(trained_runs["cnn"], data=full_prepared.out, split="all")
+    whole = np.kron(read_image(sorted(folder.iterdir())[0]), np.ones((8, 8), np.float32))  # a 768 x 512 mammogram
+    note = predictor.predict_array(whole).note
+    assert "looks like a whole mammogram" in note and "lesion crop file" not in note
+
+
+def test_a_two_view_model_needs_breasts_seen_in_both_views(full_prepared, tmp_path):
+    """No training breast with both views: refused, naming the views the manifest holds; few: warned with the count."""
+    from mammobench.config import ConfigError
+
+    frame = read_manifest(full_prepared.out)
+    frame["image_path"] = frame["image_path"].map(lambda p: str(full_prepared.out / p) if not str(p).startswith("/") else p)
+
+    def manifest(edit, name):
+        out = tmp_path / name
+        out.mkdir()
+        edit(frame.copy()).to_csv(out / "manifest.csv", index=False)
+        (out / "manifest.json").write_text((full_prepared.out / "manifest.json").read_text())
+        return out
+
+    mlo_only = manifest(lambda f: f[f["view"] == "MLO"], "mlo_only")
+    with pytest.raises(ConfigError, match=r"model.views CC\+MLO: none of the \d+ training breasts .* has every one of "
+                                          r"these views \(the manifest holds MLO\)"):
+        fit(tiny(mlo_only, tmp_path, "data.image_size=[96, 64]", "model.views={fusion: mean}"))
+    breasts = sorted(frame.loc[frame["split"] == "train", "breast_id"].unique())
+    few = manifest(lambda f: f[(f["view"] == "MLO") | f["breast_id"].isin(breasts[:2])], "few")
+    run = fit(tiny(few, tmp_path, "data.image_size=[96, 64]", "model.views={fusion: mean}", "output.name=few",
+                   "trainer.limit_train_batches=1", "stages.head_epochs=0")).run_dir
+    warnings = json.loads((run / "run.json").read_text())["warnings"]
+    assert any(w.startswith(f"only 2 of {len(breasts)} training breasts have every view (CC+MLO)") for w in warnings)

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
+from mammobench.formatting import format_probability
 from mammobench.runtime import MammobenchError
 
 app = typer.Typer(
@@ -277,7 +278,7 @@ def _metric_line(name: str, m: dict, *, percent: bool = False) -> str:  # type: 
 @app.command()
 def evaluate(
     run: Annotated[Path, typer.Argument(help="A finished run directory.")],
-    split: Annotated[str, typer.Option(help="test | val | train")] = "test",
+    split: Annotated[str, typer.Option(help="test | val | train; with --data also all (every row of that set)")] = "test",
     tta: Annotated[bool, typer.Option(help="Average over horizontal and vertical flips.")] = False,
     n_boot: Annotated[int, typer.Option(help="Patient-bootstrap resamples for the 95 % intervals.")] = 1000,
     threshold: Annotated[str, typer.Option(help="Malignant threshold chosen on validation: youden | sensitivity.")] = "youden",
@@ -338,7 +339,12 @@ def _print_evaluation(r: dict, split: str) -> None:  # type: ignore[type-arg]
     _print_external_threshold(r.get("threshold", {}).get("external"))
     for column, values in r.get("subgroups", {}).items():
         console.print(f"  by {column}: " + "; ".join(
-            f"{v} (n={g['n']}) {_metric_line(key, g[key]).split(': ', 1)[-1]}" for v, g in values.items() if key in g))
+            f"{v} (n={g['n']}) {_metric_line(key, g[key]).split(': ', 1)[-1]}"
+            + (" [yellow](too few to judge)[/]" if g.get("caution") else "") for v, g in values.items() if key in g))
+        cautious = [v for v, g in values.items() if g.get("caution")]
+        if cautious:
+            console.print(f"  [yellow]caution:[/] by {column}, {', '.join(map(str, cautious))}: "
+                          f"{values[cautious[0]]['caution']}")
     t = r.get("threshold", {})
     if t.get("reason"):
         console.print(f"[yellow]threshold:[/] {t['rule']} ({t['reason']})")
@@ -352,8 +358,8 @@ def _print_external_threshold(ext: dict | None) -> None:  # type: ignore[type-ar
     if not ext:
         return
     tr, own = ext["training"], ext["this_set"]
-    console.print(f"  training threshold {tr['threshold']:.3f}: sensitivity {tr['sensitivity'] * 100:.1f} %, "
-                  f"specificity {tr['specificity'] * 100:.1f} %; this set's own {own['threshold']:.3f} would give "
+    console.print(f"  training threshold {format_probability(tr['threshold'])}: sensitivity {tr['sensitivity'] * 100:.1f} %, "
+                  f"specificity {tr['specificity'] * 100:.1f} %; this set's own {format_probability(own['threshold'])} would give "
                   f"{own['sensitivity'] * 100:.1f} % / {own['specificity'] * 100:.1f} %")
     console.print(f"[yellow]warning:[/] {ext['warning']}")
 
@@ -405,21 +411,24 @@ def crossval(
     config: Annotated[str, typer.Option("--config", "-c", help="Config file or preset name.")],
     set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="Override: key=value.")] = None,
     n_boot: Annotated[int, typer.Option(help="Patient-bootstrap resamples.")] = 1000,
-    overwrite: Annotated[bool, typer.Option(help="Retrain folds that already finished.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Retrain folds that already finished (default: reuse them, resume interrupted ones).")] = False,
 ) -> None:
-    """Train and test on every fold of a k-fold manifest; AUC per fold, mean, spread, pooled."""
+    """Train and test on every fold of a k-fold manifest; AUC per fold, mean, spread, pooled.
+
+    Running it again reuses the folds that finished with the same config and resumes an interrupted one.
+    """
     _quiet_lightning()
+    from mammobench.experiments.crossval import FOLD_METRICS, fold_metric_line, fold_table
     from mammobench.experiments.crossval import crossval as run_cv
 
     try:
         result = run_cv(config, overrides=set_, n_boot=n_boot, overwrite=overwrite, show_progress=True)
     except MammobenchError as exc:
         _fail(exc)
-    console.print(_frame_table(result.folds.drop(columns=["run_dir"]), "Test metrics per fold"))
-    for key in ("auc_macro", "auc_malignant"):
+    console.print(_frame_table(fold_table(result.folds), "Test metrics per fold (proportions in %)"))
+    for key in FOLD_METRICS:
         if key in result.summary:
-            s = result.summary[key]
-            console.print(f"{key}: mean {s['mean']:.3f}, sd {s['sd']:.3f} (min {s['min']:.3f}, max {s['max']:.3f})")
+            console.print(fold_metric_line(key, result.summary[key]))
     pooled = result.summary.get("pooled_out_of_fold_auc_malignant")
     if pooled:
         console.print("pooled out-of-fold " + _metric_line("auc_malignant", pooled)
@@ -509,20 +518,18 @@ app.add_typer(weights_app, name="weights")
 
 @weights_app.command("list")
 def weights_list() -> None:
-    """The encoders model.pretrained can name: what each is, its input, licence and citation."""
+    """The encoders model.pretrained can name: what each is, its input, weights, licence and citation."""
     from mammobench.encoders import ENCODERS
 
-    table = Table(title="Pretrained encoders (model.pretrained: NAME, or {source: NAME, file: PATH})", show_lines=True)
-    for column in ("name", "architecture", "input (h x w)\nmean / std"):
-        table.add_column(column, no_wrap=True)
-    for column in ("what it learnt from", "licence", "weights", "cite"):
-        table.add_column(column, overflow="fold")
+    console.print("[bold]Pretrained encoders[/] (model.pretrained: NAME, or {source: NAME, file: PATH})")
     for spec in ENCODERS.values():
-        where = f"hub {spec.hub_repo}: {spec.hub_file}" if spec.hub_repo else f"local file: {spec.download}"
         h, w = spec.input_size
-        table.add_row(spec.name, spec.architecture, f"{h} x {w}\n{spec.mean:.4f} / {spec.std:.4f}", spec.trained_on,
-                      spec.licence, where, spec.citation)
-    console.print(table)
+        where = f"hub {spec.hub_repo}, {spec.download}" if spec.hub_repo else f"a local file: {spec.download}"
+        console.print(f"\n[bold]{spec.name}[/]  {spec.architecture}, {h} x {w}, mean {spec.mean:.4f} / std "
+                      f"{spec.std:.4f}: {spec.title}", soft_wrap=True, highlight=False)
+        for label, text in (("learnt from", spec.trained_on), ("weights", where),
+                            ("licence", spec.licence.summary()), ("cite", spec.citation)):
+            console.print(f"  {label}: {text}", soft_wrap=True, highlight=False)
 
 
 @weights_app.command("convert")
@@ -561,23 +568,27 @@ def export(
     onnx: Annotated[bool, typer.Option(help="Also export model.onnx (dynamic batch), checked against PyTorch.")] = False,
     threshold: Annotated[str, typer.Option(help="Malignant threshold chosen on validation: youden | sensitivity.")] = "youden",
     sign: Annotated[Path | None, typer.Option(help="Ed25519 private key (PEM, from mammobench keygen): write bundle.sig.")] = None,
+    accept_weights_terms: Annotated[str | None, typer.Option(help="Acknowledge, by name, the terms of the pretrained weights the model is built on, where they restrict redistribution (e.g. mammo-fm-weights-licence).")] = None,
 ) -> None:
     """Write a safe model bundle: safetensors weights + bundle.json (+ model.onnx, + bundle.sig)."""
     from mammobench.serving.bundle import export_bundle, read_bundle_meta
 
     try:
-        path = export_bundle(run, out, onnx=onnx, threshold_method=threshold, sign=sign)
+        path = export_bundle(run, out, onnx=onnx, threshold_method=threshold, sign=sign,
+                             accept_weights_terms=accept_weights_terms)
     except MammobenchError as exc:
         _fail(exc)
     meta = read_bundle_meta(path)
     console.print(f"Bundle [bold]{path}[/]: {meta.model.architecture}, classes {', '.join(meta.model.labels)}")
     for label, t in meta.thresholds.items():
         how = f"{t.rule}: {t.reason}" if t.reason else f"{t.method}, chosen on {t.chosen_on}"
-        console.print(f"  decision threshold for {label}: {t.value:.4f} ({how})")
+        console.print(f"  decision threshold for {label}: {format_probability(t.value, digits=4)} ({how})")
     if meta.onnx is not None:
         console.print(f"  ONNX: {meta.onnx.file}, max |p_torch - p_onnx| = {meta.onnx_max_abs_difference:.1e} on {meta.onnx_check}")
     if sign is not None:
         console.print(f"  signed with {sign}: bundle.sig (check with --trusted-key on predict / serve)")
+    for note in meta.weights_terms:
+        console.print(f"[yellow]weights' licence:[/] {note}")
 
 
 @app.command()
@@ -664,7 +675,7 @@ def _predict_exams(predictor, folders: list[Path], out: Path, aggregate: str, ca
                            **{f"P({label})": b.probabilities.get(label, float("nan")) for label in predictor.labels},
                            "decision": b.decision or b.error, "how": b.how} for b in rows])
     console.print(_frame_table(table, "Breasts (probabilities" + (", calibrated" if predictor.temperature else "")
-                               + (f"; {predictor.positive} when P >= {predictor.threshold:.3f})" if predictor.threshold
+                               + (f"; {predictor.positive} when P >= {format_probability(predictor.threshold)})" if predictor.threshold
                                   is not None else ")")))
     console.print(f"{len(rows)} breast(s) of {len(batch.exams)} exam(s) -> [bold]{breasts_csv}[/] (images: {images_csv})")
     if cams is not None:
@@ -679,6 +690,7 @@ def serve(
     backend: Annotated[str, typer.Option(help="torch | onnx")] = "torch",
     max_file_mb: Annotated[int, typer.Option(help="Largest upload accepted.")] = 100,
     trusted_key: Annotated[Path | None, typer.Option(help="Ed25519 public key: refuse a bundle not signed with its pair.")] = None,
+    accept_weights_terms: Annotated[str | None, typer.Option(help="Acknowledge, by name, the terms of the pretrained weights the model is built on, where they restrict serving (e.g. mammo-fm-weights-licence).")] = None,
 ) -> None:
     """A local web page: upload a PNG/JPEG/DICOM, see probabilities, the decision and a Grad-CAM overlay."""
     from mammobench.serving.web import serve as run_serve
@@ -687,7 +699,8 @@ def serve(
         err_console.print(f"[yellow]warning:[/] binding to {host}: other machines can reach this page")
     console.print(f"Serving {bundle} at http://{host}:{port} (research use only; Ctrl+C to stop)")
     try:
-        run_serve(bundle, host=host, port=port, backend=backend, max_file_mb=max_file_mb, trusted_key=trusted_key)
+        run_serve(bundle, host=host, port=port, backend=backend, max_file_mb=max_file_mb, trusted_key=trusted_key,
+                  accept_weights_terms=accept_weights_terms)
     except MammobenchError as exc:
         _fail(exc)
 

@@ -163,6 +163,10 @@ class ModelConfig(_Strict):
         if expected is not None and self.name != expected:
             what = f"{spec.name} is a {expected} encoder" if spec is not None else f"the file holds a {expected}"
             raise ValueError(f"{what}, but model.name is {self.name}: set model.name: {expected}")
+        folded = spec is not None and spec.channel_mean is not None
+        if folded and (self.mean not in (None, spec.mean) or self.std not in (None, spec.std)):  # type: ignore[union-attr]
+            raise ValueError(f"{spec.name} takes its authors' per-channel normalisation in its first convolution: "  # type: ignore[union-attr]
+                             f"model.mean and model.std must stay {spec.mean} and {spec.std} (leave them unset)")  # type: ignore[union-attr]
         return self
 
 
@@ -238,6 +242,10 @@ class OutputConfig(_Strict):
     name: str | None = Field(None, description="run folder name; None = the config's name (+ _foldK)")
     tensorboard: bool = True
     mlflow: bool = Field(False, description="also log to MLflow (needs mlflow installed)")
+    keep_checkpoint: Literal["none", "last"] = Field(
+        "none", description="what stays in checkpoints/ once a run finished: none (model.safetensors holds the kept "
+        "weights) or last (the last epoch with optimiser state, to train on from); while training, last.ckpt (to resume) "
+        "and best.ckpt (weights only) are kept")
 
 
 class Config(_Strict):

@@ -53,3 +53,21 @@ def format_p(p: float | None) -> str:
     if _missing(p):
         return "n/a"
     return "< 0.001" if p < 0.001 else f"{p:.3f}"  # type: ignore[operator]
+
+
+def format_probability(p: float | None, *, digits: int = 3) -> str:
+    """A probability or threshold that keeps its meaning at the ends: ``0.312``, but ``2.5e-09`` rather than
+    ``0.000`` and ``1 - 3e-06`` rather than ``1.000`` (a threshold at the edge of the range says something).
+
+    Examples:
+        >>> format_probability(0.3124), format_probability(2.5e-09), format_probability(0.999997), format_probability(None)
+        ('0.312', '2.5e-09', '1 - 3e-06', 'n/a')
+    """
+    if _missing(p):
+        return "n/a"
+    edge = 0.5 * 10 ** -digits
+    if 0 < p < edge:  # type: ignore[operator]
+        return f"{p:.2g}"
+    if edge > 1 - p > 0:  # type: ignore[operator]
+        return f"1 - {1 - p:.1g}"  # type: ignore[operator]
+    return f"{p:.{digits}f}"

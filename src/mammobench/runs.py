@@ -82,6 +82,7 @@ class ModelInfo(BaseModel):
     encoder: str | None = None  # the catalogue encoder it started from (mammobench.encoders), if any
     #: the input side its "same" padding is fixed for (a converted efficientnet-pytorch encoder; models.padding)
     static_padding: int | None = None
+    global_pool: str | None = None  # timm's pooling when not the architecture's default (an encoder's, e.g. max)
 
 
 def read_json(path: Path, what: str) -> dict[str, Any]:
@@ -280,7 +281,8 @@ def build_model(info: ModelInfo, weights: dict[str, torch.Tensor]) -> nn.Module:
 
     model, _ = create_model(info.architecture, num_classes=len(info.labels), pretrained="none",
                             in_chans=info.in_chans, img_size=info.img_size, fusion=info.fusion,
-                            num_views=len(info.views or []) or 2, static_padding=info.static_padding)
+                            num_views=len(info.views or []) or 2, static_padding=info.static_padding,
+                            global_pool=info.global_pool)
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise RunError(f"weights do not fit {info.architecture}: missing {missing[:3]}, unexpected {unexpected[:3]}")

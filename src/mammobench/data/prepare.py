@@ -99,8 +99,8 @@ def read_records(dataset: str, root: str | Path | None, out: Path, *, labels: st
         skipped = getattr(exc, "skipped", None)
         if skipped is None:
             raise
-        _write_skipped(out / "skipped.csv", skipped)
-        raise type(exc)(f"{exc}; every skipped row with its reason: {out / 'skipped.csv'}") from None
+        where = _write_failed_skipped(out, skipped)
+        raise type(exc)(f"{exc}; every skipped row with its reason: {where}") from None
     if dataset == "vindr" and source.label_set == "birads":
         from mammobench.data.sources.vindr import BIRADS_LABELS
 
@@ -180,9 +180,9 @@ def prepare(
     if build_cache:
         _decode(records, cache, workers=workers, processes=processes, show_progress=show_progress)
     if records.frame.empty:
-        _write_skipped(out / "skipped.csv", records.skipped)
+        where = _write_failed_skipped(out, records.skipped)
         raise MammobenchError(f"no readable image left in {records.root} ({len(records.skipped)} skipped; every one "
-                              f"with its reason in {out / 'skipped.csv'})")
+                              f"with its reason in {where})")
     frame, split_report = _split(records, split=split, folds=folds, test_fraction=test_fraction,
                                  val_fraction=val_fraction, seed=seed, leak_rule=leak_rule)
     info = _manifest_info(dataset, mode, frame, records, split_report)
@@ -242,6 +242,14 @@ def _manifest_info(dataset: str, mode: str, frame: pd.DataFrame, records: Record
         split=report.to_dict(), synthetic=synthetic, source_root=str(Path(records.root).resolve()), created=utc_now(),
         mammobench_version=mammobench.__version__, notes=records.notes,
     )
+
+
+def _write_failed_skipped(out: Path, skipped: list[Skipped]) -> Path:
+    """The skipped rows of a ``prepare`` that failed: ``skipped.csv``, unless ``out`` already holds a prepared
+    manifest, whose own ``skipped.csv`` is part of its record and stays as it was (then ``skipped_failed.csv``)."""
+    path = out / ("skipped_failed.csv" if (out / "manifest.csv").is_file() else "skipped.csv")
+    _write_skipped(path, skipped)
+    return path
 
 
 def _write_skipped(path: Path, skipped: list[Skipped]) -> None:

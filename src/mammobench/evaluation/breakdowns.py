@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from mammobench.data.manifest import patient_key
-from mammobench.evaluation.metrics import UndefinedMetricWarning, metrics_with_ci
+from mammobench.evaluation.metrics import UndefinedMetricWarning, metrics_with_ci, too_few_patients
 from mammobench.runtime import MammobenchError
 
 AGE_BANDS = ((0, 40, "<40"), (40, 50, "40-49"), (50, 60, "50-59"), (60, 70, "60-69"), (70, 200, "70+"))
@@ -75,6 +75,9 @@ def subgroups(rows: pd.DataFrame, y: np.ndarray, probs: np.ndarray, labels: list
             entry: dict[str, Any] = {"n": int(sel.sum()), "patients": int(len(np.unique(groups[sel]))),
                                      "counts": {lab: int((y[sel] == i).sum()) for i, lab in enumerate(labels)}}
             entry.update({key: m[key] for key in ("auc_malignant", "auc_macro", "sensitivity", "specificity") if key in m})
+            reason = too_few_patients(y[sel], groups[sel], labels)
+            if reason:  # a subgroup of a handful: its AUC is printed with this caution, never alone
+                entry["caution"] = reason
             out[column][value] = entry
     return out
 

@@ -51,10 +51,10 @@ def model_input(raw: np.ndarray, info: ModelInfo, *, roi: tuple[int, int, int, i
     notes: list[str] = []
     settings = info.preprocess
     full = (info.mode == "full" or roi is not None) if full_image is None else full_image
-    if full_image is None:
-        mismatch = input_mismatch(raw, mode=info.mode, roi=roi)
-        notes += [mismatch] if mismatch else []
-    if not full and info.mode != "full" and info.lesions_from != "crop":
+    mismatch = input_mismatch(raw, mode=info.mode, roi=roi) if full_image is None else ""
+    notes += [mismatch] if mismatch else []
+    if not full and info.mode != "full" and info.lesions_from != "crop" and not mismatch:
+        # (a whole mammogram given to a lesion model has been flagged as such: it is no lesion crop file)
         # Training cut these lesions out of whole images: flipped with their mammogram, windowed on its breast.
         if settings.canonical_side != "none":
             side = laterality.strip().upper()[:1]

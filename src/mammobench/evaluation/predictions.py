@@ -157,6 +157,19 @@ def merge_classes(probs: np.ndarray, merge: list[list[int]]) -> np.ndarray:
     return np.stack([probs[:, idx].sum(1) for idx in merge], axis=1)
 
 
+INPUT_KINDS = {"roi": "lesion crops", "full": "whole mammograms"}
+
+
+def check_input_kind(model_mode: str, data_mode: str, where: str) -> None:
+    """Refuse a set whose images are another kind than the model's training inputs (lesion crops scored by a
+    whole-image model, or whole mammograms by a lesion model): its numbers would mean nothing."""
+    if model_mode != data_mode:
+        raise MammobenchError(
+            f"{where} holds {INPUT_KINDS.get(data_mode, data_mode)} (prepared with --mode {data_mode}) but the model was "
+            f"trained on {INPUT_KINDS.get(model_mode, model_mode)} (mode {model_mode}): prepare the set with --mode "
+            f"{model_mode}, or evaluate a model trained on {INPUT_KINDS.get(data_mode, data_mode)}")
+
+
 def external_rows(run_dir: str | Path, data: str | Path, split: str, *, allow_overlap: bool = False
                   ) -> tuple[pd.DataFrame, list[str], list[list[int]], str, dict[str, Any] | None]:
     """The rows of another prepared dataset a run may be scored on, checked before any image is decoded.
@@ -178,7 +191,9 @@ def external_rows(run_dir: str | Path, data: str | Path, split: str, *, allow_ov
     if rows.empty:
         raise MammobenchError(f"{data} has no {split!r} rows (splits: {', '.join(sorted(set(frame['split'])))}); "
                               "use --split all to evaluate on every image")
-    labels, merge, relabel, note = match_labels(info.labels, read_manifest_info(data).labels, where=str(data))
+    data_info = read_manifest_info(data)
+    check_input_kind(info.mode, data_info.mode, str(data))
+    labels, merge, relabel, note = match_labels(info.labels, data_info.labels, where=str(data))
     rows = rows.assign(label=rows["label"].replace(relabel)).reset_index(drop=True)
     found = find_overlap(rows, run.training_rows(), store=run.fingerprints_path)
     overlap = None

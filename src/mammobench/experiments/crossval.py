@@ -26,8 +26,11 @@ from mammobench.evaluation.metrics import PatientBootstrap, safe_auc, too_few_pa
 from mammobench.formatting import format_estimate, format_metric
 from mammobench.runtime import MammobenchError, atomic_write_csv, atomic_write_json, utc_now
 from mammobench.training.fit import fit
+from mammobench.training.reuse import train_or_reuse
 
-FOLD_METRICS = ("auc_macro", "auc_malignant", "accuracy", "balanced_accuracy")
+FOLD_METRICS = ("auc_macro", "auc_malignant", "accuracy", "majority_accuracy", "balanced_accuracy")
+#: Metrics that are proportions: shown in % (as every report shows accuracies), the others as fractions.
+PERCENT_METRICS = ("accuracy", "majority_accuracy", "balanced_accuracy")
 
 
 @dataclass
@@ -45,6 +48,11 @@ def crossval(
 ) -> CrossValResult:
     """Train and test ``config`` on every fold of a k-fold manifest.
 
+    Each fold has its own run folder (``<name>_fold<k>``, ``<name>`` being ``output.name`` or the config's name). A
+    fold that already finished with this config is reused and an interrupted one resumed
+    (:func:`~mammobench.training.reuse.train_or_reuse`), so running the same command again completes an interrupted
+    cross-validation and rebuilds its report; ``overwrite`` trains every fold afresh.
+
     Returns:
         Per-fold test metrics, and a summary with mean and standard deviation across folds, the pooled
         out-of-fold AUC with a patient-bootstrap 95 % interval, and the runs' warnings.
@@ -61,19 +69,22 @@ def crossval(
     if unknown:
         raise MammobenchError(f"fold(s) {unknown} do not exist in {cfg.data.manifest} (folds {all_folds})")
     rows, oof, evaluations = [], [], []
+    base = cfg.output.name or cfg.name
     for k in folds:
-        fold_cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"fold": k})})
-        run = fit(fold_cfg, overwrite=overwrite, show_progress=show_progress)
-        ev = evaluate(run.run_dir, split="test", n_boot=n_boot, tta=tta)
+        fold_cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"fold": k}),
+                                          "output": cfg.output.model_copy(update={"name": f"{base}_fold{k}"})})
+        run_dir = (fit(fold_cfg, overwrite=True, show_progress=show_progress).run_dir if overwrite
+                   else train_or_reuse(fold_cfg, show_progress=show_progress))
+        ev = evaluate(run_dir, split="test", n_boot=n_boot, tta=tta)
         m = ev.report["metrics"]
         rows.append({"fold": k, "n": ev.report["n"], "patients": ev.report["patients"],
-                     **{name: m[name]["value"] for name in FOLD_METRICS if name in m}, "run_dir": str(run.run_dir)})
+                     **{name: m[name]["value"] for name in FOLD_METRICS if name in m}, "run_dir": str(run_dir)})
         oof.append(ev.predictions.assign(fold=k))
         evaluations.append(ev.report)
     table = pd.DataFrame(rows)
     pooled = pd.concat(oof, ignore_index=True)
     summary = summarise(cfg, folds, table, pooled, evaluations, n_boot=n_boot)
-    out = cfg.output.dir / f"{cfg.run_name()}_cv"
+    out = cfg.output.dir / f"{base}_cv"
     atomic_write_csv(out / "folds.csv", table)
     atomic_write_csv(out / "out_of_fold_predictions.csv", pooled)
     atomic_write_json(out / "summary.json", summary)
@@ -125,16 +136,12 @@ def write_report(out: Path, summary: dict[str, Any], table: pd.DataFrame) -> tup
         "the pooled out-of-fold AUC scores every patient once. To compare recipes, repeat the folds: `mammobench "
         "ablate`."])]
     pooled = summary.get("pooled_out_of_fold_auc_malignant")
-    lines = [f"{name}: mean {s['mean']:.3f}, SD {s['sd']:.3f} (min {s['min']:.3f}, max {s['max']:.3f})"
-             for name, s in ((n, summary[n]) for n in FOLD_METRICS if n in summary)]
+    lines = [fold_metric_line(name, summary[name]) for name in FOLD_METRICS if name in summary]
     if pooled:
         lines.insert(0, f"Pooled out-of-fold malignant AUC: {format_metric(pooled)} over {pooled['n']} "
                         f"samples of {pooled['patients']} patients (95 % patient-bootstrap interval"
                         + (f"; {pooled['interval_note']})" if pooled.get("interval_note") else ")"))
-    shown = table.drop(columns=["run_dir"]).copy()
-    for col in FOLD_METRICS:
-        if col in shown:
-            shown[col] = shown[col].map(format_estimate)
+    shown = fold_table(table)
     sections.append(Section("Results", text=lines, tables=[("Test metrics per fold", shown)]))
     notes = [f"fold {n['fold']}: threshold {n['rule']} ({n['reason']})" for n in summary.get("threshold_notes", [])]
     notes += [f"fold {w['fold']}: {w['warning']}" for w in summary.get("run_warnings", [])]
@@ -143,3 +150,21 @@ def write_report(out: Path, summary: dict[str, Any], table: pd.DataFrame) -> tup
     sections.append(Section("Reproduce", text=[f"Every fold's run folder: {', '.join(f'`{p}`' for p in table['run_dir'])}."]))
     return write_document(out, sections, title=f"mammobench cross-validation: {cfg['name']}",
                           meta=f"{summary['created']} · mammobench {summary['mammobench_version']}")
+
+
+def fold_metric_line(name: str, s: dict[str, Any]) -> str:
+    """One metric over the folds: mean, SD, range; proportions in % with the always-majority accuracy beside."""
+    if name in PERCENT_METRICS:
+        return (f"{name}: mean {s['mean'] * 100:.1f} %, SD {s['sd'] * 100:.1f} (min {s['min'] * 100:.1f} %, "
+                f"max {s['max'] * 100:.1f} %)")
+    return f"{name}: mean {s['mean']:.3f}, SD {s['sd']:.3f} (min {s['min']:.3f}, max {s['max']:.3f})"
+
+
+def fold_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The per-fold table as reports show it: proportions in % (the majority baseline beside accuracy)."""
+    shown = table.drop(columns=["run_dir"]).copy()
+    for col in FOLD_METRICS:
+        if col in shown:
+            shown[col] = shown[col].map(lambda v: f"{v * 100:.1f}" if v == v else "n/a") if col in PERCENT_METRICS \
+                else shown[col].map(format_estimate)
+    return shown.rename(columns={c: f"{c} %" for c in PERCENT_METRICS})

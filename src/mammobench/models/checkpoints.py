@@ -5,28 +5,39 @@ importable function and have the loader call it, so opening one with plain ``tor
 it holds. mammobench never does that:
 
 - ``.safetensors`` files are plain tensors (and string metadata);
-- a pickled checkpoint is read by torch's restricted unpickler (``torch.load(..., weights_only=True)``),
-  which rebuilds only tensors, storages, containers and numbers. Its other globals are found first by
-  reading the pickle's instructions without running them
-  (``torch.serialization.get_unsafe_globals_in_checkpoint``): a class a checkpoint merely stores (an
-  OmegaConf config, an ``argparse.Namespace``, an optimiser object) becomes an inert :class:`Placeholder`
-  that imports and calls nothing, so it does not block loading; a global that could run code
-  (``os.system``, ``builtins.eval``, ``subprocess.*`` ...) refuses the file before anything is read.
+- a pickled checkpoint is read by torch's restricted unpickler (``torch.load(..., weights_only=True)``). Every
+  global the pickle names is found first by reading its instructions without running them
+  (``torch.serialization.get_unsafe_globals_in_checkpoint``, or :mod:`pickletools` for a legacy file) and sorted
+  by an **allow-list**:
+
+  * *data*: constructors that build plain data and run nothing else (``dict``, ``list``, ``int``, ``typing.Any``
+    stored as a value, ``collections.defaultdict``, ``argparse.Namespace``, dates, paths, NumPy arrays ...) are
+    rebuilt as that data (:data:`DATA_GLOBALS`). Hydra/OmegaConf configs, timm's ``args`` and optimiser state
+    are made of these;
+  * *code*: a name in a module whose functions run code (``os.system``, ``builtins.eval``/``exec``/``getattr``,
+    ``subprocess.*``, ``posix.system``, ``importlib``, ``torch.hub`` ...; :data:`CODE_MODULES`) refuses the whole
+    file before anything is read;
+  * everything else (a class the checkpoint merely stores: an ``omegaconf.DictConfig``, an optimiser or a
+    scheduler object) becomes an inert :class:`Placeholder` that keeps its arguments and state as data and is
+    never imported, never called.
+
+A ``cuda:0`` storage is read onto the CPU (``map_location="cpu"``): a checkpoint saved on a GPU opens on a laptop.
 
 Example:
     >>> contents = read_checkpoint("b2-model-best-epoch-10.tar")              # doctest: +SKIP
     >>> contents.placeholders[:1]                                            # doctest: +SKIP
-    ['omegaconf.dictconfig.DictConfig']
-    >>> state, left_out = state_dict_from(contents, "b2.tar", key="model", strip_prefix="image_encoder.")  # doctest: +SKIP
+    ['omegaconf.base.ContainerMetadata']
+    >>> found = state_dict_from(contents, "b2.tar", key="model", strip_prefix="image_encoder.")  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import functools
 import pickle
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -35,13 +46,17 @@ from mammobench.runtime import MammobenchError, format_list
 #: Suffixes of pickled PyTorch checkpoints (read restricted); ``.safetensors`` needs no pickle at all.
 PICKLE_SUFFIXES = (".pth", ".pt", ".tar", ".bin", ".ckpt", ".p", ".pkl")
 
-#: Modules whose functions a checkpoint has no reason to name: a file that does is refused outright.
-_CODE_MODULES = {
-    "os", "posix", "nt", "subprocess", "sys", "builtins", "__builtin__", "runpy", "importlib", "shutil", "socket",
-    "pty", "code", "codeop", "ctypes", "pickle", "_pickle", "marshal", "types", "webbrowser", "multiprocessing",
-    "threading", "asyncio", "operator", "functools", "pydoc", "platform", "commands", "timeit", "cProfile",
-    "profile", "pdb", "bdb", "signal", "tempfile", "pathlib", "io", "_io", "requests", "urllib", "http",
-}
+#: Modules (and one module's names) that run code: a checkpoint naming anything in them is refused outright.
+#: ``builtins`` is here too: only its data constructors (:data:`DATA_GLOBALS`) are allowed.
+CODE_MODULES = (
+    "os", "posix", "nt", "subprocess", "_posixsubprocess", "sys", "builtins", "__builtin__", "runpy", "importlib",
+    "pkgutil", "zipimport", "shutil", "socket", "pty", "code", "codeop", "ctypes", "pickle", "_pickle", "copyreg",
+    "marshal", "types", "webbrowser", "multiprocessing", "threading", "_thread", "asyncio", "operator", "_operator",
+    "functools", "pydoc", "platform", "commands", "timeit", "cProfile", "profile", "pdb", "bdb", "signal",
+    "tempfile", "io", "_io", "gc", "inspect", "glob", "fileinput", "requests", "urllib", "http", "ftplib", "smtplib",
+    "pip", "setuptools", "distutils", "torch.hub", "torch.jit", "torch._C", "torch.ops", "torch.utils.cpp_extension",
+    "torch.load", "torch.save", "numpy.load", "numpy.testing",
+)
 
 
 class CheckpointError(MammobenchError):
@@ -71,14 +86,81 @@ class Placeholder:
         return f"<placeholder for {self.qualified_name}>"
 
 
+def _plain_dict(*_args: Any) -> dict[Any, Any]:
+    """``collections.defaultdict(factory)`` rebuilt as a plain dict (the factory, a type, is not kept)."""
+    return {}
+
+
+def _plain_list(items: Any = (), *_args: Any) -> list[Any]:
+    """``collections.deque(items, maxlen)`` rebuilt as a plain list."""
+    return list(items)
+
+
+@functools.cache
+def data_globals() -> dict[str, Any]:
+    """The allow-list: ``{global name: what rebuilds it}`` for every constructor of plain data a checkpoint may
+    name. None of them runs code, reads a file or imports anything."""
+    import argparse
+    import collections
+    import datetime
+    import decimal
+    import fractions
+    import pathlib
+    import typing
+    import uuid
+
+    import numpy as np
+
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # NumPy 1.x
+        from numpy.core import multiarray  # type: ignore[no-redef]
+
+    out: dict[str, Any] = {f"builtins.{t.__name__}": t for t in (
+        dict, list, tuple, set, frozenset, int, float, bool, str, bytes, bytearray, complex, slice, range, object)}
+    out["builtins.NoneType"] = type(None)
+    out.update({
+        "collections.OrderedDict": collections.OrderedDict, "collections.Counter": collections.Counter,
+        "collections.defaultdict": _plain_dict, "collections.deque": _plain_list,
+        "argparse.Namespace": argparse.Namespace,
+        "datetime.datetime": datetime.datetime, "datetime.date": datetime.date, "datetime.time": datetime.time,
+        "datetime.timedelta": datetime.timedelta, "datetime.timezone": datetime.timezone,
+        "decimal.Decimal": decimal.Decimal, "fractions.Fraction": fractions.Fraction, "uuid.UUID": uuid.UUID,
+        # paths are names, never opened: rebuilt as pure paths (a WindowsPath cannot be made on Linux)
+        "pathlib.Path": pathlib.PurePath, "pathlib.PosixPath": pathlib.PurePosixPath,
+        "pathlib.WindowsPath": pathlib.PureWindowsPath, "pathlib.PurePath": pathlib.PurePath,
+        "pathlib.PurePosixPath": pathlib.PurePosixPath, "pathlib.PureWindowsPath": pathlib.PureWindowsPath,
+    })
+    # type annotations stored as values (OmegaConf's metadata holds typing.Any as a node's type)
+    for name in ("Any", "Optional", "Union", "List", "Dict", "Tuple", "Set", "FrozenSet", "Sequence", "Mapping", "Type"):
+        out[f"typing.{name}"] = getattr(typing, name)
+    # NumPy arrays and scalars (a metric stored as numpy.float64, a mean as an array)
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        out[f"{module}._reconstruct"] = multiarray._reconstruct  # type: ignore[attr-defined]
+        out[f"{module}.scalar"] = multiarray.scalar  # type: ignore[attr-defined]
+    out["numpy.ndarray"] = np.ndarray
+    out["numpy.dtype"] = np.dtype
+    for code in "?bBhHiIlLqQefdgFDGSUV":
+        dtype_class = type(np.dtype(code))
+        out[f"{dtype_class.__module__}.{dtype_class.__name__}"] = dtype_class
+    return out
+
+
+def _is_code(name: str) -> bool:
+    if name in data_globals():
+        return False
+    return any(name == m or name.startswith(m + ".") for m in CODE_MODULES)
+
+
 @dataclass
 class CheckpointContents:
     """What a weights file held: ``obj`` (a dict of tensors for safetensors), the metadata of a safetensors
-    file, and the classes replaced by :class:`Placeholder`."""
+    file, the classes replaced by :class:`Placeholder` and the data constructors it named."""
 
     obj: Any
     metadata: dict[str, str] = field(default_factory=dict)
     placeholders: list[str] = field(default_factory=list)
+    data: list[str] = field(default_factory=list)
 
 
 def read_checkpoint(path: str | Path) -> CheckpointContents:
@@ -93,15 +175,21 @@ def read_checkpoint(path: str | Path) -> CheckpointContents:
         raise CheckpointError(f"weights file {path} does not exist")
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
-    if not zipfile.is_zipfile(path):  # a legacy (pre-1.6) torch.save file or a bare pickle
-        _refuse_code(path, _pickle_globals(path))
-        return CheckpointContents(_restricted_load(path))
-    unsafe = _unsafe_globals(path)
-    _refuse_code(path, unsafe)
-    stand_ins = [(type(f"Placeholder[{g}]", (Placeholder,), {"qualified_name": g}), g) for g in sorted(unsafe)]
-    with torch.serialization.safe_globals(stand_ins):  # type: ignore[arg-type]
+    names = {_python3_name(g) for g in (_unsafe_globals(path) if zipfile.is_zipfile(path) else _pickle_globals(path))}
+    code = sorted(g for g in names if _is_code(g))
+    if code:
+        raise CheckpointError(
+            f"{path} asks to call {format_list(code, 4)} while loading: that runs code, which no weights file needs. "
+            "Refused; nothing in it was imported or run. Get the weights from their authors' official source.")
+    allowed = data_globals()
+    data = sorted(g for g in names if g in allowed)
+    unknown = sorted(g for g in names if g not in allowed)
+    # every data constructor, not only those named: rebuilding a NumPy scalar also builds its dtype's class
+    safe: list[Any] = [(obj, g) for g, obj in allowed.items()]
+    safe += [(type(f"Placeholder[{g}]", (Placeholder,), {"qualified_name": g}), g) for g in unknown]
+    with torch.serialization.safe_globals(safe):
         obj = _restricted_load(path)
-    return CheckpointContents(obj, placeholders=sorted(unsafe))
+    return CheckpointContents(obj, placeholders=unknown, data=data)
 
 
 def _read_safetensors(path: Path) -> CheckpointContents:
@@ -116,12 +204,13 @@ def _read_safetensors(path: Path) -> CheckpointContents:
         raise CheckpointError(f"{path} is not a readable safetensors file (truncated or damaged?): {exc}") from None
 
 
-def _refuse_code(path: Path, names: set[str]) -> None:
-    code = sorted(g for g in names if g.split(".", 1)[0] in _CODE_MODULES)
-    if code:
-        raise CheckpointError(
-            f"{path} asks to call {format_list(code, 4)} while loading: that runs code, which no weights file needs. "
-            "Refused; nothing in it was imported or run. Get the weights from their authors' official source.")
+def _python3_name(name: str) -> str:
+    """A global as Python 3 names it (protocol 2 pickles write ``__builtin__.dict``, ``copy_reg._reconstructor``)."""
+    import _compat_pickle
+
+    module, _, attr = name.rpartition(".")
+    module, attr = _compat_pickle.NAME_MAPPING.get((module, attr), (module, attr))
+    return f"{_compat_pickle.IMPORT_MAPPING.get(module, module)}.{attr}"
 
 
 def _pickle_globals(path: Path, pickles: int = 4) -> set[str]:
@@ -130,6 +219,12 @@ def _pickle_globals(path: Path, pickles: int = 4) -> set[str]:
     import io
     import pickletools
 
+    try:  # what torch's restricted reader rebuilds itself (tensors, storages, OrderedDict), as its zip scan omits them
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        torch_own = set(_get_allowed_globals())
+    except (ImportError, AttributeError):  # a torch without it: its names are then treated like any other
+        torch_own = set()
     names: set[str] = set()
     with open(path, "rb") as handle:
         stream = io.BytesIO(handle.read(64 << 20))  # the pickles sit before the tensor data
@@ -137,7 +232,7 @@ def _pickle_globals(path: Path, pickles: int = 4) -> set[str]:
         strings: list[str] = []
         try:
             for op, arg, _pos in pickletools.genops(stream):
-                if op.name == "GLOBAL":
+                if op.name in ("GLOBAL", "INST"):
                     names.add(str(arg).replace(" ", "."))
                 elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
                     names.add(f"{strings[-2]}.{strings[-1]}")
@@ -145,11 +240,11 @@ def _pickle_globals(path: Path, pickles: int = 4) -> set[str]:
                     strings.append(arg)
         except Exception:  # not (or no longer) a pickle
             break
-    return names
+    return {n for n in names if _python3_name(n) not in torch_own}
 
 
 def _unsafe_globals(path: Path) -> set[str]:
-    """The globals a zip checkpoint names beyond torch's allowlist, read from its instructions (nothing runs)."""
+    """The globals a zip checkpoint names beyond torch's own allowlist, read from its instructions (nothing runs)."""
     try:
         return set(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
     except Exception as exc:  # damaged archive, a TorchScript file, an instruction torch cannot read statically
@@ -157,11 +252,11 @@ def _unsafe_globals(path: Path) -> set[str]:
 
 
 def _restricted_load(path: Path) -> Any:
-    try:
+    try:  # storages saved on cuda:0 (or any device) land on the CPU
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         text = str(exc).split("\n")[0].split(". ")[0]
-        if isinstance(exc, pickle.UnpicklingError) and "global" in str(exc).lower():
+        if isinstance(exc, pickle.UnpicklingError) and ("global" in str(exc).lower() or "can only" in str(exc).lower()):
             why = "it holds objects the restricted reader does not rebuild"
         else:
             why = "truncated, damaged or not a PyTorch checkpoint"
@@ -169,32 +264,47 @@ def _restricted_load(path: Path) -> Any:
                               "Nothing in it was run.") from None
 
 
+#: Where a checkpoint's state dict usually sits, in the order timm looks (its ``load_state_dict(use_ema=True)``):
+#: the exponential moving average of the weights first, as timm's training script saves it beside the raw ones.
+STATE_DICT_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "model_state_dict", "module")
+#: Wrapper prefixes every key may carry: DataParallel / DDP, torch.compile (timm's ``clean_state_dict``).
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+class StateDict(NamedTuple):
+    """A checkpoint's state dict: its tensors, how many the prefix left out, and the entry they came from
+    (``state_dict_ema``, ``model``, ...; ``None``: the file's top level)."""
+
+    tensors: dict[str, torch.Tensor]
+    left_out: int
+    entry: str | None
+
+
 def state_dict_from(contents: CheckpointContents, path: str | Path, *, key: str | None = None,
-                    strip_prefix: str | None = None) -> tuple[dict[str, torch.Tensor], int]:
-    """The tensors of a checkpoint's state dict, and how many tensors the prefix left out.
+                    strip_prefix: str | None = None) -> StateDict:
+    """The tensors of a checkpoint's state dict.
 
     Args:
         contents: what :func:`read_checkpoint` returned.
         path: the file (for messages).
-        key: the entry holding the state dict (``model``, ``state_dict``, ...); ``None`` tries the usual ones,
-            then the object itself.
-        strip_prefix: keep only keys starting with it, without it (``image_encoder.``, ``module.``); ``None``
-            strips a ``module.`` that every key carries (DataParallel / DDP checkpoints).
+        key: the entry holding the state dict (``model``, ``state_dict``, ...); ``None`` tries
+            :data:`STATE_DICT_KEYS` in order (EMA weights first, as timm does), then the object itself.
+        strip_prefix: keep only keys starting with it, without it (``image_encoder.``); ``None`` strips the
+            wrapper prefixes every key carries (``module.`` of DataParallel / DDP, ``_orig_mod.`` of torch.compile).
 
     Raises:
         CheckpointError: no such key (the keys there are listed), no tensors, or no key with the prefix.
     """
     obj = contents.obj
+    entry = key
     if key is not None:
         if not isinstance(obj, dict) or key not in obj:
             keys = sorted(str(k) for k in obj) if isinstance(obj, dict) else []
             raise CheckpointError(f"{path} has no entry {key!r} (it holds: {format_list(keys, 8) or type(obj).__name__})")
         obj = obj[key]
-    else:
-        for candidate in ("state_dict", "model", "model_state_dict", "state_dict_ema", "module"):
-            if isinstance(obj, dict) and isinstance(obj.get(candidate), dict):
-                obj = obj[candidate]
-                break
+    elif isinstance(obj, dict):
+        entry = next((k for k in STATE_DICT_KEYS if isinstance(obj.get(k), dict) and obj[k]), None)
+        obj = obj[entry] if entry is not None else obj
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} does not hold a state dict (found {type(obj).__name__}); name its entry with key")
     tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
@@ -202,12 +312,12 @@ def state_dict_from(contents: CheckpointContents, path: str | Path, *, key: str 
         raise CheckpointError(f"{path} holds no tensors under {key or 'its top level'} "
                               f"(entries: {format_list(sorted(str(k) for k in obj), 8)}); name the right one with key")
     if strip_prefix is None:
-        if all(k.startswith("module.") for k in tensors):
-            strip_prefix = "module."
-        else:
-            return tensors, 0
+        for prefix in WRAPPER_PREFIXES:
+            if all(k.startswith(prefix) for k in tensors):
+                tensors = {k[len(prefix):]: v for k, v in tensors.items()}
+        return StateDict(tensors, 0, entry)
     kept = {k[len(strip_prefix):]: v for k, v in tensors.items() if k.startswith(strip_prefix)}
     if not kept:
         prefixes = sorted({k.split(".", 1)[0] + "." for k in tensors})
         raise CheckpointError(f"no tensor of {path} starts with {strip_prefix!r} (prefixes there: {format_list(prefixes, 8)})")
-    return kept, len(tensors) - len(kept)
+    return StateDict(kept, len(tensors) - len(kept), entry)

@@ -52,6 +52,7 @@ def create_model(
     fusion: str | None = None,
     num_views: int = 2,
     static_padding: int | None = None,
+    global_pool: str | None = None,
 ) -> tuple[nn.Module, LoadReport]:
     """Create a timm classifier for ``num_classes`` lesion classes.
 
@@ -72,6 +73,8 @@ def create_model(
             = an image classifier.
         static_padding: fix "same" padding for inputs of this side (:mod:`~mammobench.models.padding`); a
             catalogue encoder that needs it sets it itself (``report.static_padding`` says so).
+        global_pool: timm's pooling (``avg``, ``max``, ...); ``None``: the architecture's, or the one a catalogue
+            encoder's authors used (``report.global_pool`` says so).
 
     Returns:
         ``(model, report)``.
@@ -91,15 +94,17 @@ def create_model(
         from mammobench.models.multiview import MultiViewClassifier
 
         backbone, report = create_model(name, num_classes=0, pretrained=pretrained, in_chans=in_chans,
-                                        drop_path_rate=drop_path_rate, img_size=img_size, static_padding=static_padding)
+                                        drop_path_rate=drop_path_rate, img_size=img_size, static_padding=static_padding,
+                                        global_pool=global_pool)
         wrapped = MultiViewClassifier(backbone, num_classes, fusion=fusion, num_views=num_views,  # type: ignore[arg-type]
                                       drop_rate=drop_rate)
         if head_init == "small":
             init_head(wrapped)
         return wrapped, report
     request = weights_request(pretrained)
+    pool = global_pool or request.global_pool
     model = _timm_model(name, hub=request.kind == "hub", num_classes=num_classes, in_chans=in_chans,
-                        drop_rate=drop_rate, drop_path_rate=drop_path_rate, img_size=img_size)
+                        drop_rate=drop_rate, drop_path_rate=drop_path_rate, img_size=img_size, global_pool=pool)
     padding = static_padding or request.static_padding
     if padding:
         from mammobench.models.padding import fix_same_padding
@@ -115,19 +120,25 @@ def create_model(
         new_head = bool(report.reinitialised)
         logger.info("%s: %s", name, report.summary())
     report.static_padding = padding or None
+    report.global_pool = pool
     if new_head and head_init == "small":
         init_head(model)
     return model, report
 
 
 def _timm_model(name: str, *, hub: bool, num_classes: int, in_chans: int, drop_rate: float,
-                drop_path_rate: float | None, img_size: int | tuple[int, int] | None) -> nn.Module:
+                drop_path_rate: float | None, img_size: int | tuple[int, int] | None,
+                global_pool: str | None = None) -> nn.Module:
     """``timm.create_model`` with ImageNet weights from the hub (``hub``) or none; failures said in plain words."""
     kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_chans, "drop_rate": drop_rate}
     if drop_path_rate is not None:
         kwargs["drop_path_rate"] = drop_path_rate
     if img_size is not None:
         kwargs["img_size"] = img_size
+    if global_pool is not None:
+        kwargs["global_pool"] = global_pool
+    if hub:
+        _check_hub_weights(name)
     try:
         return timm.create_model(name, pretrained=hub, **kwargs)
     except TypeError as exc:
@@ -141,6 +152,20 @@ def _timm_model(name: str, *, hub: bool, num_classes: int, in_chans: int, drop_r
                 "Offline? Set model.pretrained to a local .safetensors file, or to none."
             ) from None
         raise ModelError(f"cannot create {name}: {exc}") from None
+
+
+def _check_hub_weights(name: str) -> None:
+    """Offline with timm's weights not cached: say so now (one short request), not after the hub client's retries."""
+    from mammobench.models.hub import hub_offline, timm_weights_cached, timm_weights_url, unreachable
+
+    if timm_weights_cached(name):
+        return
+    url = timm_weights_url(name)
+    reason = "HF_HUB_OFFLINE is set" if hub_offline() else (unreachable(url) if url else None)
+    if reason:
+        raise ModelError(f"could not fetch pretrained weights for {name} ({url}): {reason}. Offline? Set "
+                         "model.pretrained to a local .safetensors file (timm's weights downloaded elsewhere), or to "
+                         "none to train from random weights")
 
 
 def init_head(model: nn.Module, std: float = 0.01) -> list[str]:

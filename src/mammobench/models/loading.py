@@ -43,6 +43,8 @@ class LoadReport:
         left_out: tensors of the file that are not the encoder's (a CLIP text encoder, projections), counted.
         placeholders: classes the checkpoint stored that were replaced by inert placeholders (never imported).
         static_padding: the input side the convolutions' "same" padding was fixed for (``models.padding``).
+        entry: the checkpoint entry the weights came from (``state_dict_ema``: the EMA weights; ``model``).
+        global_pool: the pooling the weights' authors used, when it is not timm's default (``max``).
     """
 
     source: str
@@ -56,6 +58,8 @@ class LoadReport:
     left_out: int = 0
     placeholders: list[str] = field(default_factory=list)
     static_padding: int | None = None
+    entry: str | None = None
+    global_pool: str | None = None
 
     def summary(self) -> str:
         if self.source == "none":
@@ -63,7 +67,7 @@ class LoadReport:
         what = {"hub": "timm hub", "run": f"the run {Path(self.path).parent}"}.get(self.source, self.path)
         if self.encoder:
             what = f"{self.encoder} ({self.path})"
-        parts = [f"{self.loaded} tensors from {what}"]
+        parts = [f"{self.loaded} tensors from {what}" + (f" (entry {self.entry})" if self.entry else "")]
         if self.left_out:
             parts.append(f"{self.left_out} tensors that are not the encoder's left out")
         if self.adapted:
@@ -75,9 +79,16 @@ class LoadReport:
     def provenance(self) -> dict[str, Any]:
         """What ``run.json`` records about the starting weights (file, SHA-256, hub revision, adaptations)."""
         out: dict[str, Any] = {"source": self.source, "summary": self.summary()}
-        for key in ("path", "sha256", "encoder", "hub_revision", "static_padding"):
+        for key in ("path", "sha256", "encoder", "hub_revision", "static_padding", "entry", "global_pool"):
             if getattr(self, key):
                 out[key] = getattr(self, key)
+        if self.entry in ("state_dict_ema", "model_ema"):
+            out["ema"] = f"the exponential moving average of the weights ({self.entry}), as timm loads them"
+        from mammobench.encoders import weights_licence
+
+        licence = weights_licence(self.encoder)
+        if licence is not None:
+            out["licence"] = licence.as_dict()
         if self.placeholders:
             out["placeholders"] = self.placeholders
         if self.left_out:
@@ -107,12 +118,13 @@ def read_state_dict(path: str | Path, *, key: str | None = None, strip_prefix: s
 
     try:
         contents = read_checkpoint(path)
-        state, left_out = state_dict_from(contents, path, key=key, strip_prefix=strip_prefix)
+        state, left_out, entry = state_dict_from(contents, path, key=key, strip_prefix=strip_prefix)
     except CheckpointError as exc:
         raise ModelError(str(exc)) from None
     if report is not None:
         report.sha256 = sha256_file(path)
         report.left_out = left_out
+        report.entry = entry
         report.placeholders = contents.placeholders
         if contents.placeholders:
             logger.info("%s: stored classes replaced by inert placeholders (not imported): %s", path,

@@ -49,10 +49,15 @@ class WeightsRequest:
     key: str | None = None
     strip_prefix: str | None = None
     timm_names: bool = True  # False: the encoder's original layout, renamed on loading
+    fold_normalisation: bool = False  # the authors' per-channel normalisation goes into the first convolution
 
     @property
     def static_padding(self) -> int | None:
         return self.encoder.static_padding if self.encoder is not None else None
+
+    @property
+    def global_pool(self) -> str | None:
+        return self.encoder.global_pool if self.encoder is not None else None
 
 
 def weights_request(pretrained: str | PretrainedWeights | None) -> WeightsRequest:
@@ -61,7 +66,8 @@ def weights_request(pretrained: str | PretrainedWeights | None) -> WeightsReques
         return WeightsRequest("hub" if pretrained == "hub" else "none")
     if isinstance(pretrained, str) and pretrained in ENCODERS:
         spec = ENCODERS[pretrained]
-        return WeightsRequest("encoder", None, spec, spec.key, spec.strip_prefix, timm_names=spec.layout == "timm")
+        return WeightsRequest("encoder", None, spec, spec.key, spec.strip_prefix, timm_names=spec.layout == "timm",
+                              fold_normalisation=spec.channel_mean is not None)
     if isinstance(pretrained, str):
         pretrained = PretrainedWeights(file=Path(pretrained))
     file = Path(pretrained.file) if pretrained.file is not None else None
@@ -76,7 +82,7 @@ def weights_request(pretrained: str | PretrainedWeights | None) -> WeightsReques
     spec = get_encoder(pretrained.source)
     return WeightsRequest("encoder", file, spec, pretrained.key or spec.key,
                           pretrained.strip_prefix if pretrained.strip_prefix is not None else spec.strip_prefix,
-                          timm_names=spec.layout == "timm")
+                          timm_names=spec.layout == "timm", fold_normalisation=spec.channel_mean is not None)
 
 
 def _converted_encoder(file: Path | None) -> EncoderSpec | None:
@@ -101,22 +107,33 @@ def encoder_file(spec: EncoderSpec, file: Path | None) -> tuple[Path, str | None
                          f"model.pretrained: {{source: {spec.name}, file: /path/to/it}}")
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
+    from mammobench.models.hub import hub_file_url, hub_offline, unreachable
+
     cached = try_to_load_from_cache(spec.hub_repo, spec.hub_file)
-    try:  # a cached copy needs no network (a cluster node without internet would wait on retries otherwise)
-        path = Path(cached) if isinstance(cached, str) else Path(hf_hub_download(spec.hub_repo, spec.hub_file))
-    except Exception as exc:  # offline, no such file, a proxy refusing: every case gets the same way out
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        name = Path(spec.hub_file).name
-        raise ModelError(
-            f"could not download {spec.name} ({spec.hub_repo}, {spec.hub_file}) from the Hugging Face hub "
-            f"({type(exc).__name__}{': ' + reason[:200] if reason else ''}). Offline? On a machine that reaches the hub, "
-            f"download {spec.download}, copy it here and set model.pretrained: {{source: {spec.name}, file: "
-            f"/path/to/{name}}}; or convert it once there (mammobench weights convert {name} --source {spec.name} "
-            f"--out {spec.name}.safetensors) and set model.pretrained to that file"
-        ) from None
+    if isinstance(cached, str):  # a cached copy needs no network (a cluster node without internet)
+        path = Path(cached)
+    else:  # one short request first: offline, the answer comes in seconds, not after the hub client's retries
+        reason = "HF_HUB_OFFLINE is set" if hub_offline() else unreachable(hub_file_url(spec.hub_repo, spec.hub_file))
+        try:
+            if reason:
+                raise ConnectionError(reason)
+            path = Path(hf_hub_download(spec.hub_repo, spec.hub_file))
+        except Exception as exc:  # offline, no such file, a proxy refusing: every case gets the same way out
+            raise ModelError(_download_failed(spec, exc)) from None
     parts = path.parts
     revision = parts[parts.index("snapshots") + 1] if "snapshots" in parts[:-1] else None
     return path, revision
+
+
+def _download_failed(spec: EncoderSpec, exc: BaseException) -> str:
+    assert spec.hub_file is not None
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    name = Path(spec.hub_file).name
+    return (f"could not download {spec.name} ({spec.hub_repo}, {spec.hub_file}) from the Hugging Face hub "
+            f"({type(exc).__name__}{': ' + reason[:200] if reason else ''}). Offline? On a machine that reaches the hub, "
+            f"download {spec.download}, copy it here and set model.pretrained: {{source: {spec.name}, file: "
+            f"/path/to/{name}}}; or convert it once there (mammobench weights convert {name} --source {spec.name} "
+            f"--out {spec.name}.safetensors) and set model.pretrained to that file")
 
 
 #: efficientnet-pytorch's module names -> timm's: the stem and head, a block with expansion, one without.
@@ -177,12 +194,58 @@ def efficientnet_pytorch_to_timm(state: dict[str, torch.Tensor], model: nn.Modul
     return out, left_out
 
 
+def fold_input_normalisation(state: dict[str, torch.Tensor], model: nn.Module, spec: EncoderSpec,
+                             path: str | Path) -> dict[str, torch.Tensor]:
+    """Fold the per-channel normalisation ``spec``'s authors applied to three equal channels into the first
+    convolution, so that the grey image in [0, 1], normalised by the scalar ``spec.mean``/``spec.std`` (0 and 1),
+    gives the same features.
+
+    The authors fed ``x_c = (g - m_c) / s_c`` for each channel c of a grey image ``g``: the first convolution then
+    computes ``sum_c W_c * (g - m_c) / s_c + b``. With ``W'_c = W_c / s_c`` and ``b' = b - sum_c m_c / s_c *
+    sum(W_c)`` it computes the same from ``g`` in every channel (summing the channels for one grey input keeps it
+    exact). Exact only where the convolution never pads (a padded border would read 0 where the authors' read
+    ``-m_c / s_c``) and when it has a bias to take the shift: both are checked.
+
+    Raises:
+        ModelError: the first convolution pads, has no bias, or is not in the state dict.
+    """
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    first = cfg.get("first_conv")
+    first = first[0] if isinstance(first, (list, tuple)) else first
+    weight_key, bias_key = f"{first}.weight", f"{first}.bias"
+    conv = model.get_submodule(str(first)) if first else None
+    if conv is None or weight_key not in state:
+        raise ModelError(f"{path}: cannot fold {spec.name}'s per-channel normalisation: no first convolution "
+                         f"{first!r} in the file")
+    if bias_key not in state or any(int(p) for p in getattr(conv, "padding", (0,))):
+        raise ModelError(f"{path}: {spec.name}'s per-channel normalisation cannot be folded exactly into {first} "
+                         "(it pads or has no bias)")
+    assert spec.channel_mean is not None and spec.channel_std is not None
+    weight = state[weight_key].double()
+    mean = torch.tensor(spec.channel_mean, dtype=torch.float64).view(1, -1, 1, 1)
+    std = torch.tensor(spec.channel_std, dtype=torch.float64).view(1, -1, 1, 1)
+    if weight.shape[1] != mean.shape[1]:
+        raise ModelError(f"{path}: {first} takes {weight.shape[1]} channels, {spec.name}'s normalisation has {mean.shape[1]}")
+    # scalar normalisation of the grey input, (g - spec.mean) / spec.std, undone inside the fold
+    scaled = weight / std * spec.std
+    shift = ((spec.mean - mean) / std * weight).sum(dim=(1, 2, 3))
+    out = dict(state)
+    out[weight_key] = scaled.to(state[weight_key].dtype)
+    out[bias_key] = (state[bias_key].double() + shift).to(state[bias_key].dtype)
+    return out
+
+
 def encoder_state(request: WeightsRequest, path: Path, model: nn.Module, report: LoadReport) -> dict[str, torch.Tensor]:
-    """The encoder's tensors from ``path`` in timm's names (nothing executed); ``report`` records the file."""
+    """The encoder's tensors from ``path`` in timm's names (nothing executed); ``report`` records the file, the
+    checkpoint entry taken and what was folded."""
     state = read_state_dict(path, key=request.key, strip_prefix=request.strip_prefix, report=report)
-    if not request.timm_names and request.encoder is not None and request.encoder.layout == "efficientnet_pytorch":
+    spec = request.encoder
+    if not request.timm_names and spec is not None and spec.layout == "efficientnet_pytorch":
         state, head = efficientnet_pytorch_to_timm(state, model, path)
         report.left_out += head
+    if request.fold_normalisation and spec is not None:
+        state = fold_input_normalisation(state, model, spec, path)
+        report.adapted.append(f"{spec.name}'s per-channel mean/std folded into the first convolution")
     return state
 
 
@@ -246,11 +309,13 @@ def convert_weights(src: str | Path, out: str | Path, *, source: str | None = No
         raise ModelError(f"--out {out} is the file being converted")
     import timm
 
-    model = timm.create_model(architecture, pretrained=False, num_classes=0)
+    pool: dict[str, Any] = {"global_pool": spec.global_pool} if spec and spec.global_pool else {}
+    model = timm.create_model(architecture, pretrained=False, num_classes=0, **pool)
     request = WeightsRequest("encoder" if spec else "file", src, spec,
                              key if key is not None else (spec.key if spec else None),
                              strip_prefix if strip_prefix is not None else (spec.strip_prefix if spec else None),
-                             timm_names=spec is None or spec.layout == "timm")
+                             timm_names=spec is None or spec.layout == "timm",
+                             fold_normalisation=spec is not None and spec.channel_mean is not None)
     report = LoadReport("encoder" if spec else "file", path=str(src), encoder=spec.name if spec else None)
     state = encoder_state(request, src, model, report)
     load_state(model, dict(state), report, new_head=True)  # every tensor must fit before anything is written
@@ -260,16 +325,21 @@ def convert_weights(src: str | Path, out: str | Path, *, source: str | None = No
                 "converted_by": f"mammobench {mammobench.__version__}"}
     if spec is not None and spec.static_padding:
         metadata["static_padding"] = str(spec.static_padding)
+    if report.entry:
+        metadata["entry"] = report.entry
+    if request.fold_normalisation:
+        metadata["folded"] = "per-channel input normalisation in the first convolution"
     with atomic_path(out) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     info = {
         "encoder": spec.name if spec else None, "architecture": architecture, "file": out.name,
         "sha256": sha256_file(out), "source_file": str(src), "source_sha256": report.sha256,
         "tensors": len(tensors), "left_out": report.left_out, "placeholders": report.placeholders,
+        "entry": report.entry, "adapted": report.adapted,
         "input_channels": "3 (as published; mammobench sums them for its one-channel input when loading)",
         "preprocessing": spec.config_values() if spec else None,
-        "static_padding": spec.static_padding if spec else None,
-        "licence": spec.licence if spec else None, "citation": spec.citation if spec else None,
+        "static_padding": spec.static_padding if spec else None, "global_pool": spec.global_pool if spec else None,
+        "licence": spec.licence.as_dict() if spec else None, "citation": spec.citation if spec else None,
         "homepage": spec.homepage if spec else None, "converted": utc_now(),
         "mammobench_version": mammobench.__version__,
     }

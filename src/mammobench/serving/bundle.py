@@ -91,6 +91,9 @@ class BundleMeta(BaseModel):
     provenance: dict[str, Any] = {}
     #: temperature scaling fitted on the run's validation split (None: none fitted); applied to every output
     temperature: float | None = None
+    #: the licence of the pretrained weights the model was built on (mammobench.encoders), and what was said of it
+    weights_licence: dict[str, Any] | None = None
+    weights_terms: list[str] = []
     description_sha256: str = ""
 
 
@@ -215,6 +218,7 @@ def _test_summary(run: RunDir) -> dict[str, Any]:
 def export_bundle(
     run_dir: str | Path, out: str | Path, *, onnx: bool = False, threshold_method: str = "youden",
     parity_tolerance: float = 1e-4, parity_samples: int = 64, sign: str | Path | None = None,
+    accept_weights_terms: str | None = None,
 ) -> Path:
     """Write a bundle for a finished run.
 
@@ -226,9 +230,12 @@ def export_bundle(
             ``sensitivity``).
         parity_tolerance: the largest allowed |p_torch - p_onnx|.
         sign: an Ed25519 private key (PEM): also write ``bundle.sig``.
+        accept_weights_terms: the name of the pretrained weights' terms the user acknowledges (a model built on
+            weights whose licence forbids redistribution, such as Mammo-FM's, is not exported without it).
 
     Raises:
-        RunError: unfinished run; SignatureError: ``sign`` is not an Ed25519 private key; BundleError: a bad
+        RunError: unfinished run; WeightsTermsError: weights' terms not acknowledged; SignatureError: ``sign`` is
+            not an Ed25519 private key; BundleError: a bad
             threshold method, ``out`` an existing folder that is not a bundle, ONNX disagreeing with PyTorch beyond
             the tolerance. Each is raised before ``out`` changes: an existing bundle there stays as it was.
     """
@@ -236,6 +243,11 @@ def export_bundle(
     # Every input is checked before anything is written; the bundle is built beside ``out`` and swapped in whole,
     # so a failure (a public key given to --sign, an ONNX export that disagrees) leaves a working bundle intact.
     RunDir(run_dir).require_finished()
+    from mammobench.encoders import check_weights_terms
+
+    terms = check_weights_terms(RunDir(run_dir).read_model_info().encoder, accept_weights_terms, "export")
+    for note in terms:
+        logger.warning("%s", note)
     if threshold_method not in ("youden", "sensitivity"):
         raise BundleError(f"threshold method {threshold_method!r}: expected youden or sensitivity")
     if sign is not None:
@@ -248,7 +260,7 @@ def export_bundle(
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
     try:
         _write_bundle(run_dir, staging, onnx=onnx, threshold_method=threshold_method,
-                      parity_tolerance=parity_tolerance, parity_samples=parity_samples, sign=sign)
+                      parity_tolerance=parity_tolerance, parity_samples=parity_samples, sign=sign, terms=terms)
         os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp's 0700 -> a folder's usual mode
         _swap_in(staging, out)
     finally:
@@ -274,11 +286,12 @@ def _swap_in(staging: Path, out: Path) -> None:
 
 
 def _write_bundle(run_dir: Path, out: Path, *, onnx: bool, threshold_method: str, parity_tolerance: float,
-                  parity_samples: int, sign: str | Path | None) -> None:
+                  parity_samples: int, sign: str | Path | None, terms: list[str]) -> None:
     """Write a bundle's files into the (empty) folder ``out`` (:func:`export_bundle`): the weights, the description
     with thresholds, temperature and provenance, optionally the ONNX model checked against PyTorch, the signature."""
     from safetensors.torch import save_file
 
+    from mammobench.encoders import weights_licence
     from mammobench.evaluation.calibration import run_calibration
 
     run = RunDir(run_dir)
@@ -290,7 +303,10 @@ def _write_bundle(run_dir: Path, out: Path, *, onnx: bool, threshold_method: str
     temperature = run_calibration(run.path).get("temperature")
     meta = BundleMeta(model=info.model_copy(update={"weights_sha256": digest}),
                       thresholds=_val_threshold(run, info, threshold_method, temperature), temperature=temperature,
-                      weights=FileEntry(file=MODEL_FILE, sha256=digest), provenance=_provenance(run))
+                      weights=FileEntry(file=MODEL_FILE, sha256=digest), provenance=_provenance(run),
+                      weights_terms=terms)
+    licence = weights_licence(info.encoder)
+    meta.weights_licence = licence.as_dict() if licence is not None else None
     if onnx:
         _add_onnx(meta, model, run, out, parity_tolerance=parity_tolerance, parity_samples=parity_samples)
     data = meta.model_dump(mode="json")

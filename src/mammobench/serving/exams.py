@@ -46,6 +46,8 @@ def predict_exam_folders(predictor: Predictor, folders: Sequence[Path], *, aggre
     Raises:
         MammobenchError: when no exam at all could be predicted (each reason named).
     """
+    if predictor.info.mode != "full":  # said once, not once per exam
+        predictor.predict_exam([], exam="")
     batch = ExamBatch()
     for folder in folders:
         try:

@@ -133,6 +133,8 @@ class Predictor:
         elif backend != "torch":
             raise MammobenchError(f"unknown backend {backend!r}; expected torch or onnx")
         self.temperature = self.meta.temperature  # calibrated outputs (None: as the network gives them)
+        #: log file paths (off for the web page: an upload's name and path are a patient's, never logged)
+        self.log_paths = True
         self.positive = self.info.positive_label
         threshold = self.meta.thresholds.get(self.positive) if self.positive else None
         self.threshold = threshold.value if threshold else None
@@ -146,6 +148,9 @@ class Predictor:
     @property
     def labels(self) -> list[str]:
         return self.info.labels
+
+    def _named(self, path: str | Path) -> str:
+        return str(path) if self.log_paths else "an image"
 
     # ----------------------------------------------------------------- preprocessing
     def preprocess(self, image: np.ndarray, *, roi: tuple[int, int, int, int] | None = None,
@@ -229,13 +234,13 @@ class Predictor:
                 by_path = {str(f): p for (f, _), p in zip(ok, probs, strict=True)}
                 for f, item in zip(batch, loaded, strict=True):
                     if isinstance(item, str):
-                        logger.warning("cannot predict %s: %s", f, item)
+                        logger.warning("cannot predict %s: %s", self._named(f), item)
                         results.append(Prediction(str(f), error=item))
                     else:
                         result = self._result(str(f), by_path[str(f)])
                         result.note = item[1]
                         if result.note:
-                            logger.warning("%s: %s", f, result.note)
+                            logger.warning("%s: %s", self._named(f), result.note)
                         results.append(result)
         return results
 
@@ -252,7 +257,7 @@ class Predictor:
                 view = identify_view(path).view
             except ViewError:
                 view = views[0]
-                logger.warning("%s: view unknown (no DICOM header or name such as L_CC); taken as %s", path, view)
+                logger.warning("%s: view unknown (no DICOM header or name such as L_CC); taken as %s", self._named(path), view)
             breasts.append({view if view in views else views[0]: img})
         return self.breast_probabilities(breasts)
 
@@ -296,6 +301,11 @@ class Predictor:
         """
         from mammobench.data.views import exam_views
 
+        if self.info.mode != "full":
+            raise MammobenchError(
+                "this model was trained on lesion crops: an exam's whole mammograms mean nothing to it (it would score "
+                "each whole image as if it were a lesion). Use a whole-image or two-view model (prepare --mode full), "
+                "or predict lesions: mammobench predict BUNDLE mammogram.dcm --roi x0 y0 x1 y1")
         if aggregate not in ("mean", "max"):
             raise MammobenchError(f"unknown aggregate {aggregate!r}; expected mean or max")
         layout = exam_views(paths)
@@ -332,7 +342,7 @@ class Predictor:
         unlike = self.info.input_stats.outside(float(pre.mean()), float(pre.std())) if self.info.input_stats else ""
         if unlike:
             image.note += f"; {unlike}"
-            logger.warning("%s: %s", vid.path, unlike)
+            logger.warning("%s: %s", self._named(vid.path), unlike)
         result.images.append(image)
         if cams:
             result.cams[vid.path] = geometry.to_original(self.explain(pre, view=vid.view))

@@ -22,6 +22,7 @@ from mammobench.data.images import read_image
 from mammobench.data.manifest import parse_roi
 from mammobench.data.options import size_label
 from mammobench.data.views import laterality_of
+from mammobench.formatting import format_probability
 from mammobench.runtime import MammobenchError
 from mammobench.serving.predictor import Predictor
 
@@ -46,6 +47,29 @@ def _forget(path: Path, upload_dir: Path | None) -> None:
     while parent.resolve() != upload_dir.resolve() and parent.is_dir() and not any(parent.iterdir()):
         parent.rmdir()
         parent = parent.parent
+    _forget_placeholders(upload_dir)
+
+
+def _without_paths(exc: BaseException, *paths: str | None) -> str:
+    """An error for the log with every upload's path and file name taken out (a patient's name is often in it)."""
+    text = f"{type(exc).__name__}: {exc}"
+    for path in paths:
+        if path:
+            text = text.replace(str(path), "<upload>").replace(Path(path).name, "<upload>")
+    return text
+
+
+def _forget_placeholders(upload_dir: Path | None) -> None:
+    """Delete the empty ``tmp*`` files Gradio's ``gr.File(type="filepath")`` leaves in its cache for every upload
+    (a ``NamedTemporaryFile(delete=False)`` it never writes nor removes) so that nothing of an upload outlives it."""
+    if upload_dir is None or not upload_dir.is_dir():
+        return
+    for entry in upload_dir.iterdir():
+        try:
+            if entry.name.startswith("tmp") and entry.is_file() and entry.stat().st_size == 0:
+                entry.unlink()
+        except OSError:  # gone meanwhile
+            continue
 
 
 def _gradio():  # type: ignore[no-untyped-def]
@@ -64,10 +88,14 @@ def describe(predictor: Predictor) -> str:
     if m.encoder:
         head = "a linear probe on its frozen features" if predictor.meta.provenance.get("linear_probe") else "fine-tuned"
         lines.append(f"**Encoder:** {m.encoder} (pretrained on mammograms; `mammobench weights list`), {head}")
+    licence = predictor.meta.weights_licence
+    if licence:
+        forbids = f"; forbids {'; '.join(licence['forbids'])}" if licence.get("forbids") else ""
+        lines.append(f"**Weights' licence:** {licence['governing']}{forbids}")
     if predictor.threshold is not None:
         t = predictor.meta.thresholds.get(m.positive_label or "")
         how = (f"{t.rule}: {t.reason}" if t is not None and t.reason else "threshold chosen on the validation split")
-        lines.append(f"**Decision:** {m.positive_label} when its probability ≥ {predictor.threshold:.3f} ({how})")
+        lines.append(f"**Decision:** {m.positive_label} when its probability ≥ {format_probability(predictor.threshold)} ({how})")
     if predictor.temperature is not None:
         lines.append(f"**Probabilities** calibrated by temperature scaling (T = {predictor.temperature:.2f}, fitted on "
                      "the validation split).")
@@ -109,10 +137,10 @@ def _analyse(predictor: Predictor, path: Path, roi_text: str, max_bytes: int
         raw = read_image(path)
         image, note = predictor.prepare(raw, roi=roi, laterality=laterality_of(path) if roi is None else "")
     except ImageReadError as exc:
-        logger.warning("upload %s not read: %s", path.name, exc.reason)
+        logger.warning("an upload was not read: %s", exc.reason)
         return None, f"Could not read **{path.name}**: {exc.reason}", None
     except ValueError as exc:
-        logger.warning("upload %s not used: %s", path.name, exc)
+        logger.warning("an upload was not used: %s", exc)
         return None, f"Could not use **{path.name}**: {exc}", None
     result = predictor._result(path.name, predictor.probabilities([image])[0])
     cam = predictor.explain(image)
@@ -124,7 +152,7 @@ def _analyse(predictor: Predictor, path: Path, roi_text: str, max_bytes: int
         shown = cv2.resize(shown, (shown.shape[1] * factor, shown.shape[0] * factor), interpolation=cv2.INTER_NEAREST)
     text = f"### Decision: {result.decision}\nMost likely class: **{result.predicted}** ({result.probabilities[result.predicted]:.1%})"
     if result.threshold is not None and predictor.positive is not None:
-        text += f"  \n{predictor.positive} probability {result.probabilities[predictor.positive]:.3f} vs threshold {result.threshold:.3f}"
+        text += f"  \n{predictor.positive} probability {result.probabilities[predictor.positive]:.3f} vs threshold {format_probability(result.threshold)}"
     if note:
         text += f"  \n⚠ **Check the input:** {note}."
     return result.probabilities, text, shown
@@ -168,7 +196,7 @@ def create_app(predictor: Predictor, *, max_file_mb: int = 100, upload_dir: Path
                                              upload_dir=upload_dir)
                 return probs, text, inline_images([(shown, f"{method} of the predicted class")] if shown is not None else [])
             except Exception as exc:  # never a stack trace in the page; one line in the log (-v for the trace)
-                logger.error("prediction failed for %s: %s: %s", Path(file_path or "").name, type(exc).__name__, exc)
+                logger.error("prediction failed: %s", _without_paths(exc, file_path))
                 logger.debug("traceback", exc_info=True)
                 return None, "Something went wrong with this image; the server log has the details.", ""
 
@@ -193,7 +221,7 @@ def create_app(predictor: Predictor, *, max_file_mb: int = 100, upload_dir: Path
                 text, gallery = analyse_exam(predictor, file_paths, max_bytes=max_file_mb * 2**20, upload_dir=upload_dir)
                 return text, inline_images(gallery or [])
             except Exception as exc:  # never a stack trace in the page
-                logger.error("exam prediction failed: %s: %s", type(exc).__name__, exc)
+                logger.error("exam prediction failed: %s", _without_paths(exc, *(file_paths or [])))
                 logger.debug("traceback", exc_info=True)
                 return "Something went wrong with this exam; the server log has the details.", ""
 
@@ -232,6 +260,9 @@ def analyse_exam(predictor: Predictor, file_paths: list[str] | None, *, max_byte
 
     paths = [Path(f) for f in (file_paths or [])]
     try:
+        if predictor.info.mode != "full":
+            return ("This model was trained on lesion crops: it cannot judge whole mammograms of an exam. Use a "
+                    "whole-image or two-view model for exams; above, give one image with its lesion box."), None
         if not paths:
             return "Upload the images of one exam first.", None
         if len(paths) > 4:
@@ -253,7 +284,7 @@ def analyse_exam(predictor: Predictor, file_paths: list[str] | None, *, max_byte
             probs = " | ".join(f"{b.probabilities.get(k, float('nan')):.3f}" for k in predictor.labels)
             lines.append(f"| {side} | {'+'.join(b.views) or '-'} | **{b.decision or b.error}** | {probs} | {b.how} |")
         if predictor.threshold is not None:
-            lines.append(f"\n{predictor.positive} when its probability ≥ {predictor.threshold:.3f}.")
+            lines.append(f"\n{predictor.positive} when its probability ≥ {format_probability(predictor.threshold)}.")
         failed = [f"{Path(i.path).name}: {i.error}" for i in result.images if i.error]
         if failed:
             lines.append("\nNot read: " + "; ".join(failed))
@@ -291,19 +322,28 @@ def _stop_on_sigterm() -> Any:
 
 
 def serve(bundle: str | Path, *, host: str = "127.0.0.1", port: int = 7860, backend: str = "torch",
-          max_file_mb: int = 100, block: bool = True, trusted_key: str | Path | None = None) -> Any:
+          max_file_mb: int = 100, block: bool = True, trusted_key: str | Path | None = None,
+          accept_weights_terms: str | None = None) -> Any:
     """Load a bundle and serve the page on ``host:port`` (127.0.0.1: only this machine can reach it).
 
     Every file Gradio writes for this page (uploads, its cache) goes to a private folder (mode 0700); uploads are
     deleted once predicted, overlays are sent inline and never written, and the folder is removed when the server
     stops: Ctrl+C (SIGINT), ``kill`` (SIGTERM) or the end of the process.
+
+    A model built on weights whose licence forbids serving through a web page (Mammo-FM's) is refused unless
+    ``accept_weights_terms`` names those terms (:func:`~mammobench.encoders.check_weights_terms`).
     """
     import atexit
     import shutil
     import signal
     import tempfile
 
+    from mammobench.encoders import check_weights_terms
+
     predictor = Predictor.from_bundle(bundle, backend=backend, trusted_key=trusted_key)  # type: ignore[arg-type]
+    predictor.log_paths = False  # uploads are patients' files: their names never reach the log
+    for note in check_weights_terms(predictor.info.encoder, accept_weights_terms, "serve"):
+        logger.warning("%s", note)
     upload_dir = Path(tempfile.mkdtemp(prefix="mammobench-uploads-"))  # 0700: this user's only
     atexit.register(shutil.rmtree, upload_dir, ignore_errors=True)
     app = create_app(predictor, max_file_mb=max_file_mb, upload_dir=upload_dir)

@@ -14,27 +14,49 @@ import lightning.pytorch as pl
 import pandas as pd
 import torch
 
+from mammobench.config import Config
+
 #: Fewer samples of a class than this in a validation or test split: its metrics and threshold are noise.
 MIN_CLASS_SAMPLES = 10
 #: First training loss above this multiple of the loss of uniform predictions: a broken head or input.
 INITIAL_LOSS_FACTOR = 2.0
 
 
-def split_warnings(counts: Mapping[str, Mapping[str, int]], *, minimum: int = MIN_CLASS_SAMPLES) -> list[str]:
+def split_warnings(counts: Mapping[str, Mapping[str, int]], *, minimum: int = MIN_CLASS_SAMPLES,
+                   kfold: bool = False, val_use: str = "checkpoint choice, early stopping and the decision threshold"
+                   ) -> list[str]:
     """Warn about validation / test splits with fewer than ``minimum`` samples of some class.
 
     Args:
         counts: ``{split: {label: samples}}`` as in ``run.json``.
+        kfold: a run on one fold of a k-fold manifest: its test fold is small by design and judged with the
+            others (``crossval`` pools them, and evaluating it says so once), so only the validation split is warned
+            about, without advising the cross-validation the run is part of.
+        val_use: what the validation split decides in this run (a linear probe: its threshold only).
     """
     out = []
-    for split in ("val", "test"):
+    for split in ("val",) if kfold else ("val", "test"):
         small = {label: n for label, n in counts.get(split, {}).items() if n < minimum}
         if small:
             what = ", ".join(f"{n} {label}" for label, n in small.items())
-            use = "checkpoint choice, early stopping and the decision threshold" if split == "val" else "test metrics"
-            out.append(f"the {split} split holds only {what} (fewer than {minimum} of a class): its {use} are "
-                       "mostly noise; use repeated cross-validation (mammobench ablate / crossval) for small data")
+            use = val_use if split == "val" else "test metrics"
+            advice = "" if kfold else "; use repeated cross-validation (mammobench ablate / crossval) for small data"
+            verb = "are" if use.endswith("s") or " and " in use else "is"
+            out.append(f"the {split} split holds only {what} (fewer than {minimum} of a class): its {use} {verb} "
+                       f"mostly noise{advice}")
     return out
+
+
+def pretrained_warnings(config: Config) -> list[str]:
+    """Warn when a real architecture starts from random weights (``model.pretrained: none``, no ``init_from``):
+    on the few hundred lesions of a typical set it learns little, and a preset that expects weights (a file the
+    user must name, such as ``efficientnet_lite0_local``) runs that way when its weights were not given."""
+    model = config.model
+    if model.pretrained not in ("none", "", None) or model.init_from is not None or model.name.startswith("test_"):
+        return []
+    return [f"model.pretrained is none: {model.name} starts from random weights, which on a small set learns little; "
+            "set model.pretrained to hub (timm's ImageNet weights), a weights file or an encoder (mammobench weights "
+            "list)"]
 
 
 def initial_loss_warning(first_loss: float, uniform_loss: float, *, factor: float = INITIAL_LOSS_FACTOR) -> list[str]:

@@ -50,7 +50,7 @@ from mammobench.runtime import (
     utc_now,
 )
 from mammobench.training.callbacks import EpochSeed, History
-from mammobench.training.checks import InitialLossCheck, history_warnings, split_warnings
+from mammobench.training.checks import InitialLossCheck, history_warnings, pretrained_warnings, split_warnings
 from mammobench.training.curves import plot_training_curves
 from mammobench.training.parts import (
     RunResult,
@@ -64,9 +64,11 @@ from mammobench.training.parts import (
 )
 from mammobench.training.replacing import check_run_dir, replacing, set_aside, settle_replaced
 from mammobench.training.trainer import (
+    EpochLog,
     ProgressBar,
     callers_determinism,
     create_trainer,
+    interactive,
     resume_epoch,
 )
 
@@ -114,18 +116,23 @@ def fit(
     model, load_report = build_model(config, data)  # 3. the model
     training = build_training(config, data, model, show_progress=show_progress)  # 4. data module, loss, module
     monitor = config.trainer.monitor if training.has_val else None
+    # last.ckpt (full state, to resume) and best.ckpt (the best epoch's weights only: no optimiser state);
+    # once the run finished, model.safetensors holds the kept weights and both go (output.keep_checkpoint)
+    last = ModelCheckpoint(dirpath=run.checkpoints, filename="last", monitor=None, save_top_k=1,
+                           enable_version_counter=False)  # the latest epoch, replacing the one before
     checkpoint = ModelCheckpoint(dirpath=run.checkpoints, filename="best", monitor=monitor,
-                                 mode="min" if monitor == "val/loss" else "max", save_last=True, save_top_k=1,
-                                 enable_version_counter=False)
+                                 mode="min" if monitor == "val/loss" else "max", save_top_k=1 if monitor else 0,
+                                 save_weights_only=True, enable_version_counter=False)
     history, first_loss = History(run.history_path), InitialLossCheck()
-    cbs = _callbacks(config, monitor, checkpoint, history, first_loss, show_progress) + (callbacks or [])
+    cbs = [last] + _callbacks(config, monitor, checkpoint, history, first_loss, show_progress) + (callbacks or [])
     # 5. Everything is validated (config, model, weights, data): only now may an old run make way for this one.
     backup = set_aside(run.path) if overwrite and not resume and run.exists() and _is_rank_zero() else None
     with replacing(backup, run.path, history), callers_determinism():
         trainer = create_trainer(config, run.path, precision=training.precision, callbacks=cbs,
-                                 has_val=training.has_val, show_progress=show_progress)
+                                 has_val=training.has_val, show_progress=show_progress and interactive())
         base_info = _base_info(config, run, data, model, load_report, training, trainer, monitor)
-        warned = split_warnings(base_info["counts"]) + training.notes
+        warned = (split_warnings(base_info["counts"], kfold=config.data.fold is not None) + training.notes + data.notes
+                  + pretrained_warnings(config))
         if trainer.is_global_zero:  # 6. what reproduces the run, before the first step
             write_reproducibility(run, config, data, training)
             _say_validation_policy(config, data, training, warned)
@@ -138,6 +145,8 @@ def fit(
                         checkpoint=checkpoint, history=history, warned=warned + first_loss.warnings,
                         first_loss=first_loss, weights_rule=training.weights_rule)
         settle_replaced(backup, run.path, finished=status == "finished", started_training=True)
+        if status == "finished":
+            prune_checkpoints(run, keep=config.output.keep_checkpoint)
         return result
 
 
@@ -148,7 +157,7 @@ def _callbacks(config: Config, monitor: str | None, checkpoint: ModelCheckpoint,
         cbs.append(EarlyStopping(monitor=monitor, mode="min" if monitor == "val/loss" else "max",
                                  patience=config.trainer.early_stopping_patience))
     if show_progress:
-        cbs.append(ProgressBar())
+        cbs.append(ProgressBar() if interactive() else EpochLog())
     return cbs
 
 
@@ -204,11 +213,24 @@ def _train(trainer: pl.Trainer, training: Training, run: RunDir, base_info: dict
     return status, seconds
 
 
+def prune_checkpoints(run: RunDir, *, keep: str) -> None:
+    """A finished run keeps ``model.safetensors`` (the kept weights) and, with ``keep="last"``, ``last.ckpt`` (the
+    last epoch with its optimiser state, to train on from); the rest of ``checkpoints/`` goes (a two-view run's
+    two checkpoints with optimiser state took 658 MB)."""
+    if not run.checkpoints.is_dir():
+        return
+    for path in run.checkpoints.iterdir():
+        if path.is_file() and not (keep == "last" and path == run.last_checkpoint):
+            path.unlink()
+    if not any(run.checkpoints.iterdir()):
+        run.checkpoints.rmdir()
+
+
 def export_weights(run: RunDir, config: Config, data: SplitData, training: Training,
                    checkpoint: ModelCheckpoint, load_report: LoadReport) -> ModelInfo:
     """The kept epoch's weights (best or last; EMA when on) as ``model.safetensors`` and ``model.json``."""
-    last = str(run.last_checkpoint)
-    kept = last if training.weights_rule == "last" else (checkpoint.best_model_path or last)
+    last_path = str(run.last_checkpoint)
+    kept = last_path if training.weights_rule == "last" else (checkpoint.best_model_path or last_path)
     training.module.load_state_dict(torch.load(kept, map_location="cpu", weights_only=True)["state_dict"])
     return write_model(run, config, data, training, training.module.eval_model(), load_report)
 

@@ -7,7 +7,7 @@ of one config see the same images, preprocessing and pretrained weights, and wri
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,7 @@ class SplitData:
     manifest_dir: Path
     mode: str  # "roi" or "full"
     val_note: str  # why there is (or is not) a validation split, when the config decided it
+    notes: list[str] = field(default_factory=list)  # warnings about the data (a two-view set with few complete breasts)
 
 
 @dataclass
@@ -116,8 +117,39 @@ def load_split(config: Config) -> SplitData:
     if config.model.views is not None and info.mode != "full":
         raise ConfigError(f"model.views needs whole mammograms, but {config.data.manifest} holds lesion crops "
                           f"(mode {info.mode}): prepare the dataset with --mode full")
+    notes = []
+    if config.model.views is not None:
+        notes = [n for n in [view_coverage(frame, list(config.model.views.views), str(config.data.manifest))] if n]
     manifest_dir = manifest_folder(config.data.manifest)
-    return SplitData(frame, info.labels, info.positive_label, manifest_dir, info.mode, val_note)
+    return SplitData(frame, info.labels, info.positive_label, manifest_dir, info.mode, val_note, notes)
+
+
+#: A two-view model trained on fewer breasts with every view than this share learns little of their fusion.
+FEW_COMPLETE_BREASTS = 0.5
+
+
+def view_coverage(frame: pd.DataFrame, views: list[str], where: str) -> str:
+    """How many training breasts a multi-view model sees with all of its ``views``: an error when none does (it
+    would be an image model that never fused a pair), a warning (returned) when fewer than half do.
+
+    Raises:
+        ConfigError: no training breast has every view (the views the manifest holds are named).
+    """
+    from mammobench.data.views import normalise_view
+
+    train = frame[frame["split"] == "train"]
+    have = train.assign(_view=train["view"].map(normalise_view)).groupby("breast_id")["_view"].agg(set)
+    complete = int(have.map(lambda present: set(views) <= present).sum())
+    if complete == 0:
+        held = sorted({v for present in have for v in present if v})
+        raise ConfigError(f"model.views {'+'.join(views)}: none of the {len(have)} training breasts of {where} has every "
+                          f"one of these views (the manifest holds {', '.join(held) or 'no view names'}): a two-view "
+                          "model needs breasts seen in each view; use an image model (unset model.views)")
+    if complete < FEW_COMPLETE_BREASTS * len(have):
+        note = (f"only {complete} of {len(have)} training breasts have every view ({'+'.join(views)}); the others "
+                "train the two-view model with a view masked")
+        return note
+    return ""
 
 
 def build_model(config: Config, data: SplitData) -> tuple[nn.Module, LoadReport]:
@@ -128,18 +160,18 @@ def build_model(config: Config, data: SplitData) -> tuple[nn.Module, LoadReport]
         ConfigError: gradient checkpointing on a model that cannot do it; ModelError: unknown model, bad weights.
     """
     views, transfer = config.model.views, config.model.init_from
-    # a run that started from a converted encoder keeps that encoder's padding in the runs it starts
+    # a run that started from a converted encoder keeps that encoder's padding and pooling in the runs it starts
     source_run = RunDir(transfer) if transfer is not None else None
-    padding = source_run.read_model_info().static_padding if source_run and source_run.model_info_path.is_file() else None
+    source = source_run.read_model_info() if source_run and source_run.model_info_path.is_file() else None
     model, load_report = create_model(
         config.model.name, num_classes=len(data.labels), pretrained="none" if transfer else config.model.pretrained,
         in_chans=1, drop_rate=config.model.drop_rate, drop_path_rate=config.model.drop_path_rate,
         img_size=config.model.img_size, head_init=config.model.head_init,
-        fusion=views.fusion if views else None, num_views=len(views.views) if views else 2, static_padding=padding,
+        fusion=views.fusion if views else None, num_views=len(views.views) if views else 2,
+        static_padding=source.static_padding if source else None, global_pool=source.global_pool if source else None,
     )
     if transfer is not None:
         load_report = init_from_run(model, transfer, config.model.name)
-        load_report.static_padding = padding
         if config.model.head_init == "small":
             init_head(model)
     if config.model.grad_checkpointing:
@@ -222,7 +254,7 @@ def write_model(run: RunDir, config: Config, data: SplitData, training: Training
         weights_sha256=sha256_file(run.weights_path), ema=config.optim.ema_decay is not None,
         mode="full" if data.mode == "full" else "roi",
         views=list(views.views) if views else None, fusion=views.fusion if views else None,
-        encoder=load_report.encoder, static_padding=load_report.static_padding,
+        encoder=load_report.encoder, static_padding=load_report.static_padding, global_pool=load_report.global_pool,
         **training_inputs(training.dm, config, data.mode),
     )
     atomic_write_json(run.model_info_path, model_info.model_dump(mode="json"))

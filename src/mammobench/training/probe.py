@@ -40,7 +40,7 @@ from mammobench.models.factory import count_parameters
 from mammobench.runs import RUN_FORMAT, RunDir
 from mammobench.runtime import MammobenchError, atomic_path, atomic_write_json, utc_now
 from mammobench.training.callbacks import History
-from mammobench.training.checks import split_warnings
+from mammobench.training.checks import pretrained_warnings, split_warnings
 from mammobench.training.parts import (
     RunResult,
     Training,
@@ -178,8 +178,7 @@ def fit_logistic(features: np.ndarray, targets: np.ndarray, groups: np.ndarray, 
         ProbeError: a class with too few patients for two inner folds (named, with where it was).
     """
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import log_loss
-    from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold
+    from sklearn.model_selection import StratifiedGroupKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
@@ -191,22 +190,64 @@ def fit_logistic(features: np.ndarray, targets: np.ndarray, groups: np.ndarray, 
         raise ProbeError(f"{where}: none of the encoder's {features.shape[1]} features varies across the training "
                          "images (beyond float rounding): an untrained or broken encoder, or blank images?")
 
-    def neg_log_loss(estimator: Any, x: np.ndarray, y: np.ndarray) -> float:
-        probs = np.zeros((len(x), len(classes)))
-        probs[:, estimator.classes_] = estimator.predict_proba(x)  # a class an inner fold lacked: probability 0
-        return -float(log_loss(y, probs, labels=classes))
-
-    pipeline = make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=5000))
-    splits = list(StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed).split(features, targets, groups))
-    search = GridSearchCV(pipeline, {"logisticregression__C": list(C_GRID)}, cv=splits, scoring=neg_log_loss,
-                          error_score=np.nan, refit=True)
-    # float64: float32 probabilities miss sum-to-one by more than scikit-learn allows
-    search.fit(features[:, used].astype(np.float64), targets)
-    if not np.isfinite(search.best_score_):
+    x = features[:, used].astype(np.float64)  # float64: float32 probabilities miss sum-to-one by more than sklearn allows
+    splits = list(StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed).split(x, targets, groups))
+    scores = np.mean([_c_path_scores(x[train], targets[train], x[test], targets[test], classes)
+                      for train, test in splits], axis=0)
+    if not np.isfinite(scores).any():
         raise ProbeError(f"{where}: the probe's inner cross-validation failed in every fold (a class missing from "
                          "an inner training fold?); use a larger split")
-    return ProbeFit(search.best_estimator_, used, float(search.best_params_["logisticregression__C"]), folds,
-                    float(-search.best_score_), [int(c) for c in search.best_estimator_.classes_])
+    best = int(np.nanargmax(scores))  # the first (smallest) C of equal scores, as GridSearchCV ranks them
+    scaler = StandardScaler().fit(x)
+    regression = LogisticRegression(C=C_GRID[best], class_weight="balanced", max_iter=5000, warm_start=True)
+    _start_in_row_span(regression, scaler.transform(x), targets)  # the exact optimum: refit in 1-2 iterations
+    pipeline = make_pipeline(scaler, regression).fit(x, targets)
+    return ProbeFit(pipeline, used, float(C_GRID[best]), folds, float(-scores[best]),
+                    [int(c) for c in regression.classes_])
+
+
+def _row_span(standardised: np.ndarray) -> np.ndarray:
+    """An orthonormal basis ``V`` (d x r, r <= n) of the span of the training rows. With an L2 penalty the
+    regression's weights lie in that span, so fitting on ``X V`` (r columns instead of d) and mapping the weights
+    back (``w = V w'``) is the same fit, exactly: the penalty ``|w|^2 = |w'|^2`` and every logit are unchanged."""
+    gram = standardised @ standardised.T  # n x n: cheaper than the SVD of n x d when d >> n
+    eigenvalues, vectors = np.linalg.eigh(gram)
+    keep = eigenvalues > max(float(eigenvalues[-1]), 1e-300) * 1e-12
+    return (standardised.T @ vectors[:, keep]) / np.sqrt(eigenvalues[keep])
+
+
+def _start_in_row_span(regression: Any, a: np.ndarray, y: np.ndarray) -> None:
+    """Fit ``regression`` on the row-span coordinates of ``a`` and leave its solution, mapped back to ``a``'s
+    features, as the warm start of a fit on ``a`` itself."""
+    v = _row_span(a)
+    regression.fit(a @ v, y)
+    regression.coef_ = regression.coef_ @ v.T
+
+
+def _c_path_scores(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
+                   classes: list[int]) -> np.ndarray:
+    """The held-out log loss (negated) of the standardised regression at every C of :data:`C_GRID`, fitted along
+    the path from the strongest penalty with warm starts, in the training rows' span (:func:`_row_span`)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(x_train)
+    a, b = scaler.transform(x_train), scaler.transform(x_test)
+    v = _row_span(a)
+    a, b = a @ v, b @ v
+    regression = LogisticRegression(class_weight="balanced", max_iter=5000, warm_start=True)
+    scores = np.full(len(C_GRID), np.nan)
+    for i, c in enumerate(C_GRID):
+        regression.set_params(C=c)
+        try:
+            regression.fit(a, y_train)
+        except ValueError:  # one class only in this inner training fold
+            return scores
+        probs = np.zeros((len(b), len(classes)))
+        probs[:, regression.classes_] = regression.predict_proba(b)  # a class the inner fold lacked: probability 0
+        # scikit-learn's log_loss, without its input checks (65 calls): probabilities clipped at float eps
+        scores[i] = float(np.log(np.clip(probs[np.arange(len(b)), y_test], np.finfo(float).eps, 1)).mean())
+    return scores
 
 
 def fold_into_head(model: nn.Module, probe: ProbeFit, num_classes: int) -> None:
@@ -331,7 +372,8 @@ def fit_probe(config: Config, *, overwrite: bool = False, show_progress: bool = 
                 "started": utc_now(), "mode": "linear_probe", "labels": data.labels, "weights": load_report.summary(),
                 "pretrained": load_report.provenance(), "encoder": encoder_settings(config),
                 "parameters": count_parameters(model), "input_size": training.input_cfg.size, "counts": counts}
-        warned = split_warnings(counts)
+        warned = (split_warnings(counts, kfold=config.data.fold is not None, val_use="decision threshold")
+                  + data.notes + pretrained_warnings(config))
         for w in warned:
             logger.warning("%s", w)
         atomic_write_json(run.info_path, {**base, "status": "running"})

@@ -64,6 +64,35 @@ class ProgressBar(RichProgressBar):
         return metrics
 
 
+class EpochLog(pl.Callback):
+    """One log line per epoch where no terminal shows a live bar (a log file, CI, a SLURM job's output): a redrawn
+    bar would spread each epoch over many lines there."""
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        import time
+
+        self._started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        import time
+
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+        shown = [f"{name} {metrics[name]:.4g}" for name in ("train/loss", "val/loss", "val/auc_macro", "val/auc_malignant")
+                 if name in metrics]
+        seconds = time.perf_counter() - getattr(self, "_started", time.perf_counter())
+        logger.info("Epoch %d/%s: %s (%.0f s)", trainer.current_epoch + 1, trainer.max_epochs or "?",
+                    ", ".join(shown) or "done", seconds)
+
+
+def interactive() -> bool:
+    """Whether a person watches a terminal (a live progress bar), rather than a log being written."""
+    import sys
+
+    return sys.stderr.isatty()
+
+
 def resolve_hardware(config: Config, model: torch.nn.Module) -> tuple[str, bool]:
     """``(precision, channels_last)``: bf16 (or fp16) autocast on GPUs, fp32 on CPUs; NHWC for convolutions."""
     t = config.trainer

@@ -53,6 +53,8 @@ def init_from_run(model: nn.Module, run_dir: str | Path, architecture: str) -> L
         report = load_state(target, state, LoadReport("run", path=str(path)), new_head=True)
     except ModelError as exc:
         raise ModelError(f"model.init_from={run.path}: {exc}") from None
+    # the weights' origin travels: an encoder's licence, its fixed padding and pooling bind the runs built on it
+    report.encoder, report.static_padding, report.global_pool = info.encoder, info.static_padding, info.global_pool
     if target is not model:
         report.reinitialised = [n for n, _ in model.named_parameters() if not n.startswith("backbone.")]
     logger.info("initialised from run %s: %s", run.path, report.summary())
