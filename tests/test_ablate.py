@@ -338,6 +338,9 @@ def test_crossval_reports_the_pooled_auc_with_its_interval_and_the_warnings(tmp_
                                                    f"output.dir={tmp_path / 'runs'}", *TINY, "--n-boot", "50"]))
     assert res.exit_code == 0, res.output
     assert "pooled out-of-fold auc_malignant:" in res.output and "Report:" in res.output
+    said = " ".join(res.output.split())  # each fold's small test set said once (by its evaluation), no advice to
+    assert said.count("the test split holds only") <= 2 and "(mammobench ablate / crossval)" not in said  # run crossval
+    assert "majority_accuracy" in said and "accuracy: mean" in said and " %" in said
     out = tmp_path / "runs" / "demo_cnn_cv"
     md = (out / "report.md").read_text()
     assert "Pooled out-of-fold malignant AUC" in md and "Test metrics per fold" in md
