@@ -12,7 +12,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -412,6 +412,9 @@ def crossval(
     set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="Override: key=value.")] = None,
     n_boot: Annotated[int, typer.Option(help="Patient-bootstrap resamples.")] = 1000,
     overwrite: Annotated[bool, typer.Option(help="Retrain folds that already finished (default: reuse them, resume interrupted ones).")] = False,
+    ensemble: Annotated[Path | None, typer.Option(help="Also write one bundle here that averages the folds' models, its threshold and temperature chosen on the out-of-fold predictions.")] = None,
+    average: Annotated[Literal["probabilities", "logits"], typer.Option(help="--ensemble: average the folds' probabilities or their logits.")] = "probabilities",
+    onnx: Annotated[bool, typer.Option(help="--ensemble: also export the ensemble as one ONNX graph, checked against PyTorch.")] = False,
 ) -> None:
     """Train and test on every fold of a k-fold manifest; AUC per fold, mean, spread, pooled.
 
@@ -440,6 +443,20 @@ def crossval(
     for w in result.summary.get("run_warnings", []):
         console.print(f"[yellow]warning (fold {w['fold']}):[/] {w['warning']}")
     console.print(f"Report: [bold]{result.html}[/] (and report.md, folds.csv, summary.json)")
+    if ensemble is not None:
+        from mammobench.serving.bundle import read_bundle_meta
+        from mammobench.serving.ensembles import export_ensemble
+
+        try:
+            path = export_ensemble(list(result.folds["run_dir"]), ensemble, average=average, onnx=onnx,
+                                   out_of_fold=result.out_of_fold)
+        except MammobenchError as exc:
+            _fail(exc)
+        meta = read_bundle_meta(path)
+        console.print(f"Ensemble bundle [bold]{path}[/]:")
+        _print_ensemble(meta.ensemble)
+        for label, t in meta.thresholds.items():
+            console.print(f"  decision threshold for {label}: {format_probability(t.value, digits=4)} ({t.rule or t.method})")
 
 
 @app.command()
@@ -563,19 +580,30 @@ def weights_convert(
 
 @app.command()
 def export(
-    run: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    runs: Annotated[list[Path], typer.Argument(help="A finished run directory; several: one ensemble bundle averaging them (seeds of one split).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Bundle folder to write.")] = Path("bundle"),
     onnx: Annotated[bool, typer.Option(help="Also export model.onnx (dynamic batch), checked against PyTorch.")] = False,
     threshold: Annotated[str, typer.Option(help="Malignant threshold chosen on validation: youden | sensitivity.")] = "youden",
     sign: Annotated[Path | None, typer.Option(help="Ed25519 private key (PEM, from mammobench keygen): write bundle.sig.")] = None,
     accept_weights_terms: Annotated[str | None, typer.Option(help="Acknowledge, by name, the terms of the pretrained weights the model is built on, where they restrict redistribution (e.g. mammo-fm-weights-licence).")] = None,
+    tta: Annotated[bool, typer.Option(help="Predictions average the image with its horizontal and vertical flips.")] = False,
+    average: Annotated[Literal["probabilities", "logits"], typer.Option(help="Several runs: average their probabilities or their logits.")] = "probabilities",
 ) -> None:
-    """Write a safe model bundle: safetensors weights + bundle.json (+ model.onnx, + bundle.sig)."""
+    """Write a safe model bundle: safetensors weights + bundle.json (+ model.onnx, + bundle.sig).
+
+    Several runs make one ensemble bundle (their threshold and temperature chosen on the validation split they
+    share); for the folds of a cross-validation use `mammobench crossval ... --ensemble OUT`.
+    """
     from mammobench.serving.bundle import export_bundle, read_bundle_meta
+    from mammobench.serving.ensembles import export_ensemble
 
     try:
-        path = export_bundle(run, out, onnx=onnx, threshold_method=threshold, sign=sign,
-                             accept_weights_terms=accept_weights_terms)
+        if len(runs) > 1:
+            path = export_ensemble(runs, out, average=average, onnx=onnx, threshold_method=threshold, sign=sign,
+                                   accept_weights_terms=accept_weights_terms, tta=tta)
+        else:
+            path = export_bundle(runs[0], out, onnx=onnx, threshold_method=threshold, sign=sign,
+                                 accept_weights_terms=accept_weights_terms, tta=tta)
     except MammobenchError as exc:
         _fail(exc)
     meta = read_bundle_meta(path)
@@ -589,6 +617,23 @@ def export(
         console.print(f"  signed with {sign}: bundle.sig (check with --trusted-key on predict / serve)")
     for note in meta.weights_terms:
         console.print(f"[yellow]weights' licence:[/] {note}")
+    if meta.tta:
+        console.print(f"  test-time augmentation: the image and its {' and '.join(meta.tta)} averaged")
+    _print_ensemble(meta.ensemble)
+
+
+def _print_ensemble(ensemble: dict | None) -> None:  # type: ignore[type-arg]
+    if not ensemble:
+        return
+    members = ensemble["members"]
+    console.print(f"  ensemble of {len(members)} runs ({ensemble['average']} averaged); threshold and temperature "
+                  f"chosen on {ensemble['chosen_on']}")
+    test = ensemble.get("test")
+    if test:
+        console.print(f"  test AUC ({test['positive_label']}, {test['n']} samples): members "
+                      + ", ".join(f"{a:.3f}" for a in test["auc_members"]) + f"; ensemble {test['auc_ensemble']:.3f}")
+    elif ensemble.get("test_note"):
+        console.print(f"  [yellow]note:[/] {ensemble['test_note']}")
 
 
 @app.command()
@@ -621,6 +666,7 @@ def predict(
     aggregate: Annotated[str, typer.Option(help="--exam with an image model: a breast's views combined by mean | max.")] = "mean",
     cams: Annotated[Path | None, typer.Option(help="--exam: write a Grad-CAM heat map per image, at its full resolution, here.")] = None,
     laterality: Annotated[str | None, typer.Option(help="L | R: the side of lesion crop files, flipped as training flipped its lesions (default: from each file's DICOM header or name).")] = None,
+    pixel_mm: Annotated[float | None, typer.Option(help="The images' pixel size in mm, for a model that crops a fixed field of view (default: from each DICOM's header).")] = None,
 ) -> None:
     """Predict images with a bundle; unreadable files are listed with their error, the rest still predicted.
 
@@ -640,7 +686,7 @@ def predict(
                           "give each exam's folder with --exam for breast predictions from both views")
         if laterality is not None and laterality.strip().upper() not in ("L", "R", "LEFT", "RIGHT"):
             raise MammobenchError(f"--laterality {laterality!r}: expected L or R")
-        results = predictor.predict_paths(paths, roi=roi, show_progress=True, laterality=laterality)
+        results = predictor.predict_paths(paths, roi=roi, show_progress=True, laterality=laterality, pixel_mm=pixel_mm)
     except MammobenchError as exc:
         _fail(exc)
     if not results:

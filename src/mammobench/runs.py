@@ -83,6 +83,8 @@ class ModelInfo(BaseModel):
     #: the input side its "same" padding is fixed for (a converted efficientnet-pytorch encoder; models.padding)
     static_padding: int | None = None
     global_pool: str | None = None  # timm's pooling when not the architecture's default (an encoder's, e.g. max)
+    ensemble: int | None = None  # an ensemble bundle: its number of members (weights under members.<i>.)
+    ensemble_average: str | None = None  # how the members combine: probabilities or logits (models.ensemble)
 
 
 def read_json(path: Path, what: str) -> dict[str, Any]:
@@ -273,7 +275,23 @@ class RunDir:
 
 
 def build_model(info: ModelInfo, weights: dict[str, torch.Tensor]) -> nn.Module:
-    """Rebuild the architecture of ``info`` (no download) and load ``weights`` strictly; eval mode."""
+    """Rebuild the architecture of ``info`` (no download; an ensemble of ``info.ensemble`` such networks) and load
+    ``weights`` strictly; eval mode."""
+    from mammobench.models.ensemble import EnsembleModel
+
+    if info.ensemble:
+        model: nn.Module = EnsembleModel([_network(info) for _ in range(info.ensemble)],
+                                         info.ensemble_average or "probabilities")  # type: ignore[arg-type]
+    else:
+        model = _network(info)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise RunError(f"weights do not fit {info.architecture}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return model.eval()
+
+
+def _network(info: ModelInfo) -> nn.Module:
+    """One network of ``info``'s architecture, channels-last where that is faster."""
     import torch
 
     from mammobench.models.factory import create_model, prefers_channels_last
@@ -283,14 +301,11 @@ def build_model(info: ModelInfo, weights: dict[str, torch.Tensor]) -> nn.Module:
                             in_chans=info.in_chans, img_size=info.img_size, fusion=info.fusion,
                             num_views=len(info.views or []) or 2, static_padding=info.static_padding,
                             global_pool=info.global_pool)
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise RunError(f"weights do not fit {info.architecture}: missing {missing[:3]}, unexpected {unexpected[:3]}")
     if prefers_channels_last(model):
         model = model.to(memory_format=torch.channels_last)  # inputs follow (NCHW inputs work too)
         if isinstance(model, MultiViewClassifier):
             model.channels_last = True
-    return model.eval()
+    return model
 
 
 # The same readers as functions, for notebooks and callers that hold a path.

@@ -37,13 +37,17 @@ class CacheRequest:
     path: str
     roi: tuple[int, int, int, int] | None = None
     full_image: bool = True
+    lesion: tuple[int, int, int, int] | None = None  # the lesion's own box (context crops are cut around it)
+    pixel_mm: float | None = None
 
 
 def cache_request(row: Mapping[str, Any]) -> CacheRequest:
-    """The request for one manifest row (``image_path``, ``roi``, ``image_type``)."""
+    """The request for one manifest row (``image_path``, ``roi``, ``image_type``, ``lesion``, ``pixel_mm``)."""
     from mammobench.data.manifest import parse_roi
 
-    return CacheRequest(str(row["image_path"]), parse_roi(row["roi"]), str(row.get("image_type", "full")) != "crop")
+    spacing = str(row.get("pixel_mm", "") or "").strip()
+    return CacheRequest(str(row["image_path"]), parse_roi(row["roi"]), str(row.get("image_type", "full")) != "crop",
+                        parse_roi(row.get("lesion", "")), float(spacing) if spacing else None)
 
 
 @dataclass
@@ -71,7 +75,9 @@ class ImageCache:
     def __init__(self, root: str | Path, settings: PreprocessSettings):
         self.settings = settings
         self.root = Path(root)
-        self.folder = self.root / f"{size_label(settings.size)}px-{stable_hash(settings.model_dump())}"
+        # the crop-around-the-lesion options count only when set: caches made before they existed stay valid
+        dumped = settings.model_dump(exclude={k for k in ("context", "field_mm", "scales") if getattr(settings, k) is None})
+        self.folder = self.root / f"{size_label(settings.size)}px-{stable_hash(dumped)}"
 
     def __repr__(self) -> str:
         return f"ImageCache({str(self.folder)!r})"
@@ -84,10 +90,11 @@ class ImageCache:
             stamp: tuple[int, int] = (st.st_size, st.st_mtime_ns)
         except OSError:
             stamp = (-1, -1)
-        key = stable_hash(
-            {"path": str(src), "stamp": stamp, "roi": request.roi, "full": request.full_image, "v": CACHE_FORMAT},
-            length=24,
-        )
+        fields: dict[str, Any] = {"path": str(src), "stamp": stamp, "roi": request.roi, "full": request.full_image,
+                                  "v": CACHE_FORMAT}
+        if self.settings.around_lesion:  # the crop is cut around the lesion box (at the pixel size): they name it
+            fields.update(lesion=request.lesion, pixel_mm=request.pixel_mm)
+        key = stable_hash(fields, length=24)
         return self.folder / key[:2] / f"{key}.npy"
 
     def get(self, request: CacheRequest, entry: Path | None = None) -> np.ndarray:
@@ -101,7 +108,7 @@ class ImageCache:
         return self._build_entry(request, entry)
 
     def _build_entry(self, request: CacheRequest, entry: Path) -> np.ndarray:
-        image = load_and_preprocess(request.path, self.settings, roi=request.roi, full_image=request.full_image)
+        image = preprocess_request(request, self.settings)
         self._write_settings()
         entry.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(entry) as tmp:
@@ -192,6 +199,12 @@ def holds_the_gil(path: str | Path) -> bool:
     return str(getattr(meta, "TransferSyntaxUID", "")) in _GIL_BOUND_SYNTAXES
 
 
+def preprocess_request(request: CacheRequest, settings: PreprocessSettings) -> np.ndarray:
+    """One request's model input: ``(H, W)``, or ``(C, H, W)`` for several scales (float32 in [0, 1])."""
+    return load_and_preprocess(request.path, settings, roi=request.roi, full_image=request.full_image,
+                               lesion=request.lesion, pixel_mm=request.pixel_mm)
+
+
 def load_entry(entry: str | Path) -> np.ndarray:
     """Read a cache entry back as float32 in [0, 1] (never unpickles)."""
     return np.load(entry, allow_pickle=False).astype(np.float32) / _SCALE
@@ -201,7 +214,7 @@ def _build_job(job: tuple[CacheRequest, str, PreprocessSettings]) -> str | None:
     """Worker: build one entry; return ``None`` on success or the reason it failed."""
     request, entry, settings = job
     try:
-        image = load_and_preprocess(request.path, settings, roi=request.roi, full_image=request.full_image)
+        image = preprocess_request(request, settings)
     except ImageReadError as exc:
         return exc.reason
     except (ValueError, OSError, MemoryError) as exc:

@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 
 from mammobench.data.cache import ImageCache, cache_request
 from mammobench.data.manifest import ManifestError
+from mammobench.data.preprocess import as_channels
 
 
 class _Labelled(Dataset):
@@ -38,7 +39,8 @@ class _Labelled(Dataset):
 
 
 class MammoDataset(_Labelled):
-    """Samples of a manifest as ``{"image": (1, S, S) float tensor, "target": int, "index": int}``.
+    """Samples of a manifest as ``{"image": (C, H, W) float tensor, "target": int, "index": int}`` (C: one channel, or
+    one per scale of ``data.preprocess.scales``).
 
     Args:
         frame: manifest rows (any subset, e.g. one split).
@@ -77,7 +79,7 @@ class MammoDataset(_Labelled):
         return list(self._entries)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor | int]:
-        image = torch.from_numpy(self.cache.get(self._requests[i], self._entries[i]))[None]
+        image = torch.from_numpy(as_channels(self.cache.get(self._requests[i], self._entries[i])))
         if self.transform is not None:
             image = self.transform(image)
         return {"image": image, "target": int(self.targets[i]), "index": i}
@@ -129,7 +131,7 @@ class BreastDataset(_Labelled):
         return len(self.metadata)
 
     def _view(self, k: int) -> torch.Tensor:
-        image = torch.from_numpy(self.cache.get(self._requests[k], self._entries[k]))[None]
+        image = torch.from_numpy(as_channels(self.cache.get(self._requests[k], self._entries[k])))
         return self.transform(image) if self.transform is not None else image
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor | int]:

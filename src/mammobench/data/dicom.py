@@ -238,6 +238,23 @@ def read_header_fields(path: str | Path, tags: tuple[str, ...] = EQUIPMENT_TAGS)
     return {tag: str(ds.get(tag, "") or "").strip() for tag in tags}
 
 
+def pixel_spacing_mm(path: str | Path) -> float | None:
+    """A DICOM's pixel size in mm (``PixelSpacing``, else ``ImagerPixelSpacing``: the detector's), ``None`` when
+    the file is not DICOM or says nothing."""
+    if Path(path).suffix.lower() not in (".dcm", ".dicom", ""):
+        return None
+    fields = read_header_fields(path, ("PixelSpacing", "ImagerPixelSpacing"))
+    for tag in ("PixelSpacing", "ImagerPixelSpacing"):
+        text = fields.get(tag, "").strip("[]").replace("\\", ",")
+        try:
+            values = [float(v) for v in text.replace(",", " ").split()]
+        except ValueError:
+            continue
+        if values and values[0] > 0:
+            return values[0]
+    return None
+
+
 def equipment_columns(path: str | Path) -> dict[str, str]:
     """``manufacturer`` and ``manufacturer_model`` of a DICOM (empty for other files)."""
     if Path(path).suffix.lower() not in (".dcm", ".dicom", ""):

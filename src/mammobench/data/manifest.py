@@ -16,7 +16,9 @@ split         ``train``, ``val``, ``test`` or ``cv`` (k-fold: see the ``fold`` c
 ============  =====================================================================================
 
 Optional columns kept when present: ``image_type`` (``full`` mammogram or lesion ``crop``), ``raw_label``,
-``fold``, ``abnormality_id``, ``source`` (file and row it came from), ``mask_path``, ``official_split``.
+``fold``, ``abnormality_id``, ``source`` (file and row it came from), ``mask_path``, ``official_split``,
+``lesion`` (the lesion's own box ``x0 y0 x1 y1``, without context: a run's ``data.preprocess.context`` or
+``field_mm`` crops around it) and ``pixel_mm`` (the image's pixel size in mm, where known).
 A ``manifest.json`` beside it records the label set and how the manifest was made.
 """
 
@@ -38,7 +40,7 @@ REQUIRED_COLUMNS: tuple[str, ...] = (
     "lesion_type", "laterality", "view", "split",
 )
 OPTIONAL_COLUMNS: tuple[str, ...] = (
-    "image_type", "raw_label", "fold", "abnormality_id", "source", "mask_path", "official_split",
+    "image_type", "raw_label", "fold", "abnormality_id", "source", "mask_path", "official_split", "lesion", "pixel_mm",
 )
 SPLITS: tuple[str, ...] = ("train", "val", "test", "cv")
 MANIFEST_FORMAT = 1
@@ -134,11 +136,18 @@ def validate_manifest(frame: pd.DataFrame, *, where: str = "manifest") -> pd.Dat
     bad_split = sorted(set(frame["split"]) - set(SPLITS) - {""})
     if bad_split:
         raise ManifestError(f"{where}: unknown split value(s) {bad_split}; expected {', '.join(SPLITS)}")
-    for i, roi in frame["roi"].items():
-        try:
-            parse_roi(roi)
-        except ValueError as exc:
-            raise ManifestError(f"{where}: row {int(i) + 2}: {exc}") from None
+    for column in ("roi", "lesion") if "lesion" in frame.columns else ("roi",):
+        for i, roi in frame[column].items():
+            try:
+                parse_roi(roi)
+            except ValueError as exc:
+                raise ManifestError(f"{where}: row {int(i) + 2}: {column}: {exc}") from None
+    if "pixel_mm" in frame.columns:
+        spacing = pd.to_numeric(frame["pixel_mm"].replace("", np.nan), errors="coerce")
+        bad = frame.index[(spacing <= 0) | (spacing.isna() & (frame["pixel_mm"].astype(str).str.strip() != ""))].tolist()
+        if bad:
+            raise ManifestError(f"{where}: pixel_mm on row(s) {format_list([int(i) + 2 for i in bad])} is not a positive "
+                                "number of mm (or empty)")
     if "fold" in frame.columns:
         frame["fold"] = pd.to_numeric(frame["fold"], errors="coerce").astype("Int64")
     return frame
@@ -197,8 +206,8 @@ def write_manifest(frame: pd.DataFrame, folder: str | Path, info: ManifestInfo) 
             return p
         try:
             return str(Path(p).resolve().relative_to(base))
-        except ValueError:
-            return str(p)
+        except ValueError:  # outside the manifest's folder: absolute (a relative path would be read from the folder)
+            return str(Path(p).resolve())
 
     out["image_path"] = [rel(p) for p in out["image_path"]]
     if "mask_path" in out.columns:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mammobench.runtime import MAX_SIDE, MIN_SIDE, Size, check_size, size_hw, size_label  # noqa: F401 - re-exported
 
@@ -28,6 +28,13 @@ class PreprocessOptions(BaseModel):
         clahe_clip: CLAHE clip limit; ``clahe_tiles``: its tile grid.
         crop_breast: crop full mammograms to the breast (drops film borders, labels, background).
         canonical_side: flip full mammograms so the chest wall is on this side (``none`` to keep).
+        context: the lesion context a lesion model sees, in lesion radii: a square of half-side ``radius x (1 +
+            context)`` around the lesion's own box (the manifest's ``lesion`` column), so 0.5 is the square of three
+            radii. ``None``: the ``roi`` box as ``prepare --roi-margin`` made it.
+        field_mm: instead, a fixed physical field of view: a square of this many mm around the lesion's centre,
+            from the image's pixel size (``pixel_mm``).
+        scales: several contexts at once (e.g. ``[0.5, 2.0]``): one input channel per context, the same lesion at
+            each (a multi-scale input; the model takes ``len(scales)`` channels).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -40,6 +47,33 @@ class PreprocessOptions(BaseModel):
     clahe_tiles: int = Field(8, ge=1, le=64)
     crop_breast: bool = True
     canonical_side: Literal["left", "right", "none"] = "left"
+    context: float | None = Field(None, ge=0, le=20)
+    field_mm: float | None = Field(None, gt=0, le=500)
+    scales: tuple[float, ...] | None = None
+
+    @field_validator("scales")
+    @classmethod
+    def _check_scales(cls, v: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        if v is not None and (not 2 <= len(v) <= 4 or any(not 0 <= c <= 20 for c in v) or len(set(v)) != len(v)):
+            raise ValueError(f"scales must be 2 to 4 different contexts in lesion radii (0-20), e.g. [0.5, 2.0]; got {list(v)}")
+        return v
+
+    @model_validator(mode="after")
+    def _one_way_to_crop(self) -> PreprocessOptions:
+        given = [name for name in ("context", "field_mm", "scales") if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise ValueError(f"{' and '.join(given)} are alternatives: set one way to crop around the lesion")
+        return self
+
+    @property
+    def around_lesion(self) -> bool:
+        """Whether crops are cut around the manifest's ``lesion`` box (context, field of view or scales)."""
+        return self.context is not None or self.field_mm is not None or self.scales is not None
+
+    @property
+    def channels(self) -> int:
+        """Input channels of the preprocessed image: one per scale, else one."""
+        return len(self.scales) if self.scales else 1
 
     @field_validator("window")
     @classmethod

@@ -270,15 +270,94 @@ def preprocess_with_geometry(
 
 
 
+def as_channels(image: np.ndarray) -> np.ndarray:
+    """A preprocessed image as ``(C, H, W)``: one channel, or one per scale."""
+    return image[None] if image.ndim == 2 else image
+
+
+def display_channel(image: np.ndarray) -> np.ndarray:
+    """The ``(H, W)`` image to show a person (and draw a heat map on): the first scale of a multi-scale input."""
+    return image[0] if image.ndim == 3 else image
+
+
+#: The smallest lesion radius a context is measured in, in pixels: a speck still gets a crop the network can use
+#: (mini-MIAS's plain reference fine-tune takes the same floor).
+MIN_LESION_RADIUS = 24
+
+
+def context_box(lesion: tuple[int, int, int, int], *, context: float | None = None, field_mm: float | None = None,
+                pixel_mm: float | None = None, min_radius: int = MIN_LESION_RADIUS) -> tuple[int, int, int, int]:
+    """The square cut around a lesion: half-side ``radius x (1 + context)`` (``radius``: half the lesion box's longer
+    side, at least ``min_radius``), or ``field_mm`` wide at the image's ``pixel_mm``; clipped at the top-left (the
+    bottom-right is clipped where the image is known).
+
+    Args:
+        lesion: the lesion's own box ``(x0, y0, x1, y1)`` in image pixels.
+        context: lesion radii of context on each side beyond the lesion (0.5: a square of three radii).
+        field_mm: a fixed field of view in mm (needs ``pixel_mm``).
+
+    Raises:
+        ValueError: ``field_mm`` without a pixel size, or neither ``context`` nor ``field_mm``.
+
+    Example:
+        >>> context_box((100, 100, 160, 140), context=0.5)  # radius 30 -> half-side 45
+        (85, 75, 175, 165)
+    """
+    x0, y0, x1, y1 = lesion
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    if field_mm is not None:
+        if not pixel_mm:
+            raise ValueError(f"a {field_mm:g} mm field of view needs the image's pixel size (the manifest's pixel_mm "
+                             "column; prepare writes it where the dataset says it)")
+        half = field_mm / 2 / pixel_mm
+    elif context is not None:
+        half = max((x1 - x0) / 2, (y1 - y0) / 2, min_radius) * (1 + context)
+    else:
+        raise ValueError("context_box needs a context or a field of view")
+    return max(0, int(round(cx - half))), max(0, int(round(cy - half))), int(round(cx + half)), int(round(cy + half))
+
+
+def crop_boxes(settings: PreprocessSettings, *, roi: tuple[int, int, int, int] | None,
+               lesion: tuple[int, int, int, int] | None, pixel_mm: float | None = None
+               ) -> list[tuple[int, int, int, int] | None]:
+    """The box (or, for several scales, boxes) an input is cut from: around the ``lesion`` when ``settings`` crops
+    around it (``context``, ``field_mm``, ``scales``), else the ``roi`` as given.
+
+    Raises:
+        ValueError: ``settings`` crops around the lesion and there is no lesion box.
+    """
+    if not settings.around_lesion:
+        return [roi]
+    if lesion is None:
+        raise ValueError("no lesion box: data.preprocess.context / field_mm / scales cut around the lesion's own box "
+                         "(the manifest's lesion column, which prepare writes for mini-MIAS and CBIS-DDSM masks; for a "
+                         "single image: --roi with the lesion's box)")
+    if settings.scales:
+        return [context_box(lesion, context=c) for c in settings.scales]
+    return [context_box(lesion, context=settings.context, field_mm=settings.field_mm, pixel_mm=pixel_mm)]
+
+
 def load_and_preprocess(
     path: str,
     settings: PreprocessSettings,
     *,
     roi: tuple[int, int, int, int] | None = None,
     full_image: bool = True,
+    lesion: tuple[int, int, int, int] | None = None,
+    pixel_mm: float | None = None,
 ) -> np.ndarray:
-    """Read ``path`` with :func:`~mammobench.data.images.read_image` and run :func:`preprocess_array`."""
-    return preprocess_array(read_image(path), settings, roi=roi, full_image=full_image)
+    """Read ``path`` with :func:`~mammobench.data.images.read_image` and preprocess it: ``(H, W)``, or ``(C, H, W)``
+    with one channel per scale (:func:`crop_boxes`)."""
+    return preprocess_lesion(read_image(path), settings, roi=roi, full_image=full_image, lesion=lesion, pixel_mm=pixel_mm)
+
+
+def preprocess_lesion(image: np.ndarray, settings: PreprocessSettings, *, roi: tuple[int, int, int, int] | None = None,
+                      full_image: bool = True, lesion: tuple[int, int, int, int] | None = None,
+                      pixel_mm: float | None = None) -> np.ndarray:
+    """:func:`preprocess_array` of a decoded image at each of its :func:`crop_boxes`: ``(H, W)`` or ``(C, H, W)``."""
+    boxes = crop_boxes(settings, roi=roi, lesion=lesion, pixel_mm=pixel_mm)
+    out = [preprocess_array(image, settings, roi=box, full_image=full_image) for box in boxes]
+    return out[0] if len(out) == 1 and not settings.scales else np.stack(out)
 
 
 def input_mismatch(image: np.ndarray, *, mode: str, roi: tuple[int, int, int, int] | None) -> str:

@@ -139,6 +139,10 @@ def gradcam(model: nn.Module, inputs: torch.Tensor, targets: Sequence[int]) -> n
     Returns:
         ``(N, H, W)`` float32 maps in [0, 1].
     """
+    from mammobench.models.ensemble import EnsembleModel
+
+    if isinstance(model, EnsembleModel):  # the members' maps, averaged
+        return np.mean([gradcam(member, inputs, targets) for member in model.members], axis=0).astype(np.float32)
     if is_vit(model):
         return attention_rollout(model, inputs, targets)
     from pytorch_grad_cam import GradCAM
@@ -151,8 +155,10 @@ def gradcam(model: nn.Module, inputs: torch.Tensor, targets: Sequence[int]) -> n
 
 
 def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.4) -> np.ndarray:
-    """RGB uint8: the grey image with the map in a jet colour scale on top."""
-    grey = np.clip(image * 255, 0, 255).astype(np.uint8)
+    """RGB uint8: the grey image (a multi-scale input: its first scale) with the map in a jet colour scale on top."""
+    from mammobench.data.preprocess import display_channel
+
+    grey = np.clip(display_channel(image) * 255, 0, 255).astype(np.uint8)
     heat = cv2.applyColorMap(np.clip(cam * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)[:, :, ::-1]
     rgb = np.repeat(grey[:, :, None], 3, axis=2)
     return (rgb * (1 - alpha) + heat * alpha).astype(np.uint8)
@@ -175,7 +181,9 @@ def explain_arrays(model: nn.Module, info: ModelInfo, images: Sequence[np.ndarra
     if target is not None and target not in info.labels:
         raise MammobenchError(f"class {target!r} is not one of the model's classes {info.labels}")
     model = model.to(device).eval()
-    x = torch.stack([torch.from_numpy((img - info.mean) / info.std)[None] for img in images]).float().to(device)
+    from mammobench.data.preprocess import as_channels
+
+    x = torch.stack([torch.from_numpy((as_channels(img) - info.mean) / info.std) for img in images]).float().to(device)
     with torch.no_grad():
         probs = model(x).float().softmax(1).cpu().numpy()
     predicted = probs.argmax(1)
@@ -187,8 +195,10 @@ def explain_arrays(model: nn.Module, info: ModelInfo, images: Sequence[np.ndarra
 
 def save_figure(image: np.ndarray, cam: np.ndarray, path: str | Path, *, title: str, method: str = "Grad-CAM") -> Path:
     """Two panels (the model's input, the explanation overlay) with a title; PNG."""
+    from mammobench.data.preprocess import display_channel
+
     fig, axes = pyplot().subplots(1, 2, figsize=(6.4, 3.5))
-    axes[0].imshow(image, cmap="gray", vmin=0, vmax=1)
+    axes[0].imshow(display_channel(image), cmap="gray", vmin=0, vmax=1)
     axes[0].set_title("model input", fontsize=8)
     axes[1].imshow(overlay(image, cam))
     axes[1].set_title(method, fontsize=8)

@@ -27,12 +27,15 @@ logger = logging.getLogger(__name__)
 CROP_FILE_NOTE = ("a lesion crop file has no whole mammogram around it: its contrast window cannot be measured on the "
                   "breast as in training (the decoded intensities are used as they are), so its probability can differ "
                   "from the same lesion given as its mammogram with --roi x0 y0 x1 y1")
+CONTEXT_NOTE = ("this model sees each lesion with a set context (data.preprocess {how}); a crop file's context is what "
+                "it holds: give its mammogram and --roi with the lesion's own box for the training geometry")
 SIDE_UNKNOWN_NOTE = ("the crop's side is unknown (no DICOM laterality, no L/R in its name): it was not flipped to the "
                      "side the model was trained on; give --laterality L|R")
 
 
 def model_input(raw: np.ndarray, info: ModelInfo, *, roi: tuple[int, int, int, int] | None = None,
-                full_image: bool | None = None, laterality: str = "") -> tuple[np.ndarray, list[str]]:
+                full_image: bool | None = None, laterality: str = "", pixel_mm: float | None = None
+                ) -> tuple[np.ndarray, list[str]]:
     """A decoded image -> the model's input as training prepared it (before normalisation), and notes on whatever
     makes it differ from the training inputs.
 
@@ -43,10 +46,13 @@ def model_input(raw: np.ndarray, info: ModelInfo, *, roi: tuple[int, int, int, i
     breast's contrast window) is said in a note. Inputs whose intensities lie far outside the training inputs'
     (``info.input_stats``) are flagged.
 
+    A model that crops around the lesion (``data.preprocess.context``, ``field_mm``, ``scales``) takes ``roi`` as the
+    lesion's own box and cuts its context around it, as training did.
+
     Returns:
-        ``((H, W) float32 in [0, 1], notes)``.
+        ``((H, W) or (C, H, W) float32 in [0, 1], notes)``.
     """
-    from mammobench.data.preprocess import input_mismatch, preprocess_array
+    from mammobench.data.preprocess import input_mismatch, preprocess_array, preprocess_lesion
 
     notes: list[str] = []
     settings = info.preprocess
@@ -66,7 +72,16 @@ def model_input(raw: np.ndarray, info: ModelInfo, *, roi: tuple[int, int, int, i
                 notes.append(SIDE_UNKNOWN_NOTE)
         if settings.window_from == "image":
             notes.append(CROP_FILE_NOTE)
-    image = preprocess_array(raw, settings, roi=roi, full_image=full)
+    if settings.around_lesion and roi is not None:
+        image = preprocess_lesion(raw, settings, lesion=roi, full_image=full, pixel_mm=pixel_mm)
+    elif settings.around_lesion:  # a crop file: its own context, each scale the same
+        plain = settings.model_copy(update={"context": None, "field_mm": None, "scales": None})
+        image = preprocess_array(raw, plain, full_image=full)
+        image = np.stack([image] * settings.channels) if settings.scales else image
+        how = next(f"{k}: {getattr(settings, k)}" for k in ("context", "field_mm", "scales") if getattr(settings, k) is not None)
+        notes.append(CONTEXT_NOTE.format(how=how))
+    else:
+        image = preprocess_array(raw, settings, roi=roi, full_image=full)
     if info.input_stats is not None:
         outside = info.input_stats.outside(float(image.mean()), float(image.std()))
         notes += [outside] if outside else []

@@ -40,6 +40,7 @@ class CrossValResult:
     summary: dict[str, Any]
     markdown: Path | None = None
     html: Path | None = None
+    out_of_fold: pd.DataFrame | None = None  # every fold's test predictions, pooled (an ensemble's choice set)
 
 
 def crossval(
@@ -89,7 +90,7 @@ def crossval(
     atomic_write_csv(out / "out_of_fold_predictions.csv", pooled)
     atomic_write_json(out / "summary.json", summary)
     md, html = write_report(out, summary, table)
-    return CrossValResult(out, table, summary, md, html)
+    return CrossValResult(out, table, summary, md, html, pooled)
 
 
 def summarise(cfg: Config, folds: list[int], table: pd.DataFrame, pooled: pd.DataFrame,

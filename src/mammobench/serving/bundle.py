@@ -94,6 +94,10 @@ class BundleMeta(BaseModel):
     #: the licence of the pretrained weights the model was built on (mammobench.encoders), and what was said of it
     weights_licence: dict[str, Any] | None = None
     weights_terms: list[str] = []
+    #: test-time augmentation the Predictor applies: the flips whose probabilities are averaged with the image's
+    tta: list[str] = []
+    #: an ensemble's members (their runs and test metrics) and how its threshold and temperature were chosen
+    ensemble: dict[str, Any] | None = None
     description_sha256: str = ""
 
 
@@ -215,10 +219,29 @@ def _test_summary(run: RunDir) -> dict[str, Any]:
     return summary
 
 
+#: The flips ``export --tta`` may average over.
+TTA_FLIPS = ("hflip", "vflip")
+
+
+@dataclass
+class BundleContent:
+    """What a bundle is written from: the model and its description, the thresholds and temperature, where it came
+    from, and the run whose images check an ONNX export."""
+
+    model: nn.Module
+    info: ModelInfo
+    thresholds: dict[str, Threshold]
+    temperature: float | None
+    provenance: dict[str, Any]
+    check_run: RunDir
+    terms: list[str]
+    ensemble: dict[str, Any] | None = None
+
+
 def export_bundle(
     run_dir: str | Path, out: str | Path, *, onnx: bool = False, threshold_method: str = "youden",
     parity_tolerance: float = 1e-4, parity_samples: int = 64, sign: str | Path | None = None,
-    accept_weights_terms: str | None = None,
+    accept_weights_terms: str | None = None, tta: bool = False,
 ) -> Path:
     """Write a bundle for a finished run.
 
@@ -232,20 +255,37 @@ def export_bundle(
         sign: an Ed25519 private key (PEM): also write ``bundle.sig``.
         accept_weights_terms: the name of the pretrained weights' terms the user acknowledges (a model built on
             weights whose licence forbids redistribution, such as Mammo-FM's, is not exported without it).
+        tta: the bundle's predictions average the image with its horizontal and vertical flips.
 
     Raises:
         RunError: unfinished run; WeightsTermsError: weights' terms not acknowledged; SignatureError: ``sign`` is
-            not an Ed25519 private key; BundleError: a bad
-            threshold method, ``out`` an existing folder that is not a bundle, ONNX disagreeing with PyTorch beyond
-            the tolerance. Each is raised before ``out`` changes: an existing bundle there stays as it was.
+            not an Ed25519 private key; BundleError: a bad threshold method, ``out`` an existing folder that is not a
+            bundle, ONNX disagreeing with PyTorch beyond the tolerance. Each is raised before ``out`` changes: an
+            existing bundle there stays as it was.
     """
-    run_dir, out = Path(run_dir), Path(out)
-    # Every input is checked before anything is written; the bundle is built beside ``out`` and swapped in whole,
-    # so a failure (a public key given to --sign, an ONNX export that disagrees) leaves a working bundle intact.
-    RunDir(run_dir).require_finished()
+    run = RunDir(run_dir)
+    run.require_finished()
+    terms = _check_before_writing(run.read_model_info().encoder, out, threshold_method, sign, accept_weights_terms)
+
+    def content() -> BundleContent:
+        from mammobench.evaluation.calibration import run_calibration
+
+        model, info = run.load_model()
+        temperature = run_calibration(run.path).get("temperature")
+        return BundleContent(model, info, _val_threshold(run, info, threshold_method, temperature), temperature,
+                             _provenance(run), run, terms)
+
+    return write_bundle(content, Path(out), onnx=onnx, parity_tolerance=parity_tolerance, parity_samples=parity_samples,
+                        sign=sign, tta=tta)
+
+
+def _check_before_writing(encoder: str | None, out: str | Path, threshold_method: str, sign: str | Path | None,
+                          accept_weights_terms: str | None) -> list[str]:
+    """Everything an export can check before it writes: the weights' terms (their notes returned), the threshold
+    method, the signing key, and that ``out`` is a bundle folder or new."""
     from mammobench.encoders import check_weights_terms
 
-    terms = check_weights_terms(RunDir(run_dir).read_model_info().encoder, accept_weights_terms, "export")
+    terms = check_weights_terms(encoder, accept_weights_terms, "export")
     for note in terms:
         logger.warning("%s", note)
     if threshold_method not in ("youden", "sensitivity"):
@@ -254,13 +294,21 @@ def export_bundle(
         from mammobench.serving.signing import check_private_key
 
         check_private_key(sign)
+    out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / BUNDLE_JSON).is_file())):
         raise BundleError(f"{out} exists and is not a bundle folder: choose another --out (nothing of yours is replaced)")
+    return terms
+
+
+def write_bundle(content: Any, out: Path, *, onnx: bool, parity_tolerance: float = 1e-4, parity_samples: int = 64,
+                 sign: str | Path | None = None, tta: bool = False) -> Path:
+    """Build a bundle beside ``out`` from ``content`` (a :class:`BundleContent`, or a function making one) and swap
+    it in whole, so that a failure (an ONNX export that disagrees, a signing error) leaves a working bundle intact."""
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
     try:
-        _write_bundle(run_dir, staging, onnx=onnx, threshold_method=threshold_method,
-                      parity_tolerance=parity_tolerance, parity_samples=parity_samples, sign=sign, terms=terms)
+        _write_bundle(content() if callable(content) else content, staging, onnx=onnx, parity_tolerance=parity_tolerance,
+                      parity_samples=parity_samples, sign=sign, tta=tta)
         os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp's 0700 -> a folder's usual mode
         _swap_in(staging, out)
     finally:
@@ -285,30 +333,28 @@ def _swap_in(staging: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _write_bundle(run_dir: Path, out: Path, *, onnx: bool, threshold_method: str, parity_tolerance: float,
-                  parity_samples: int, sign: str | Path | None, terms: list[str]) -> None:
-    """Write a bundle's files into the (empty) folder ``out`` (:func:`export_bundle`): the weights, the description
-    with thresholds, temperature and provenance, optionally the ONNX model checked against PyTorch, the signature."""
+def _write_bundle(content: BundleContent, out: Path, *, onnx: bool, parity_tolerance: float, parity_samples: int,
+                  sign: str | Path | None, tta: bool) -> None:
+    """Write a bundle's files into the (empty) folder ``out``: the weights, the description with thresholds,
+    temperature and provenance, optionally the ONNX model checked against PyTorch, the signature."""
     from safetensors.torch import save_file
 
     from mammobench.encoders import weights_licence
-    from mammobench.evaluation.calibration import run_calibration
 
-    run = RunDir(run_dir)
-    model, info = run.load_model()
-    weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    weights = {k: v.detach().contiguous().cpu() for k, v in content.model.state_dict().items()}
+    info = content.info
     with atomic_path(out / MODEL_FILE) as tmp:
         save_file(weights, str(tmp), metadata={"architecture": info.architecture})
     digest = sha256_file(out / MODEL_FILE)
-    temperature = run_calibration(run.path).get("temperature")
-    meta = BundleMeta(model=info.model_copy(update={"weights_sha256": digest}),
-                      thresholds=_val_threshold(run, info, threshold_method, temperature), temperature=temperature,
-                      weights=FileEntry(file=MODEL_FILE, sha256=digest), provenance=_provenance(run),
-                      weights_terms=terms)
+    meta = BundleMeta(model=info.model_copy(update={"weights_sha256": digest}), thresholds=content.thresholds,
+                      temperature=content.temperature, weights=FileEntry(file=MODEL_FILE, sha256=digest),
+                      provenance=content.provenance, weights_terms=content.terms, ensemble=content.ensemble,
+                      tta=list(TTA_FLIPS) if tta else [])
     licence = weights_licence(info.encoder)
     meta.weights_licence = licence.as_dict() if licence is not None else None
     if onnx:
-        _add_onnx(meta, model, run, out, parity_tolerance=parity_tolerance, parity_samples=parity_samples)
+        _add_onnx(meta, content.model, content.check_run, out, parity_tolerance=parity_tolerance,
+                  parity_samples=parity_samples)
     data = meta.model_dump(mode="json")
     data["description_sha256"] = description_digest(data)
     atomic_write_json(out / BUNDLE_JSON, data)
@@ -339,7 +385,8 @@ def _add_onnx(meta: BundleMeta, model: nn.Module, run: RunDir, out: Path, *, par
     from mammobench.serving.onnx import OnnxRunner, export_onnx, max_probability_difference
 
     info = meta.model
-    onnx_path = export_onnx(model, info.input_size, out / ONNX_FILE, views=len(info.views) if info.views else None)
+    onnx_path = export_onnx(model, info.input_size, out / ONNX_FILE, views=len(info.views) if info.views else None,
+                            channels=info.in_chans)
     inputs, what, masks = _real_inputs(run, info, parity_samples)
     diff = max_probability_difference(model, OnnxRunner(onnx_path), inputs, masks=masks)
     if diff > parity_tolerance:
@@ -377,4 +424,6 @@ def _real_inputs(run: RunDir, info: ModelInfo, n: int) -> tuple[torch.Tensor, st
     counts = rows["split"].value_counts()
     what = " and ".join(f"{int(counts[s])} {name} image{'s' if counts[s] != 1 else ''}"
                         for s, name in (("val", "validation"), ("test", "test")) if s in counts)
-    return torch.stack([torch.from_numpy((img - info.mean) / info.std)[None] for img in images]).float(), what, None
+    from mammobench.data.preprocess import as_channels
+
+    return torch.stack([torch.from_numpy((as_channels(img) - info.mean) / info.std) for img in images]).float(), what, None

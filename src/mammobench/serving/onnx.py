@@ -34,8 +34,9 @@ class _Probabilities(nn.Module):
 
 
 def export_onnx(model: nn.Module, input_size: int | tuple[int, int], path: str | Path, *,
-                views: int | None = None) -> Path:
-    """Write ``model`` as ONNX: input ``image`` ``(batch, 1, H, W)`` normalised, output ``probabilities``.
+                views: int | None = None, channels: int = 1) -> Path:
+    """Write ``model`` as ONNX: input ``image`` ``(batch, channels, H, W)`` normalised (one channel, or one per scale
+    of a multi-scale model), output ``probabilities``.
 
     A breast-level model (``views``: its number of views) takes ``image`` ``(batch, V, 1, H, W)`` and
     ``view_mask`` ``(batch, V)`` (bool; False = the view is missing).
@@ -49,7 +50,7 @@ def export_onnx(model: nn.Module, input_size: int | tuple[int, int], path: str |
         example: tuple[torch.Tensor, ...] = (torch.zeros(2, views, 1, h, w), torch.ones(2, views, dtype=torch.bool))
         names = [INPUT_NAME, MASK_NAME]
     else:
-        example = (torch.zeros(2, 1, h, w),)
+        example = (torch.zeros(2, channels, h, w),)
         names = [INPUT_NAME]
     batch = torch.export.Dim("batch", min=1, max=4096)
     path = Path(path)

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -22,6 +22,7 @@ import torch
 
 from mammobench.data.dicom import ImageReadError
 from mammobench.data.images import IMAGE_SUFFIXES, is_dicom, read_image
+from mammobench.data.preprocess import as_channels
 from mammobench.data.views import ViewId, laterality_of
 from mammobench.evaluation.inference import model_input, resolve_device
 from mammobench.models.factory import prefers_channels_last
@@ -160,21 +161,27 @@ class Predictor:
         return self.prepare(image, roi=roi, full_image=full_image, laterality=laterality)[0]
 
     def prepare(self, image: np.ndarray, *, roi: tuple[int, int, int, int] | None = None,
-                full_image: bool | None = None, laterality: str = "") -> tuple[np.ndarray, str]:
+                full_image: bool | None = None, laterality: str = "", pixel_mm: float | None = None
+                ) -> tuple[np.ndarray, str]:
         """The model input of a decoded image and a note (empty when it looks like the training inputs).
 
         ``full_image`` defaults to what the model was trained on: whole mammograms are cropped to the
         breast; for a lesion model an image is taken as a lesion crop file unless ``roi`` cuts one out.
         """
-        pre, notes = model_input(image, self.info, roi=roi, full_image=full_image, laterality=laterality)
+        pre, notes = model_input(image, self.info, roi=roi, full_image=full_image, laterality=laterality,
+                                 pixel_mm=pixel_mm)
         return pre, "; ".join(notes)
 
     def _load(self, path: Path, roi: tuple[int, int, int, int] | None, full_image: bool | None,
-              laterality: str | None) -> tuple[np.ndarray, str] | str:
+              laterality: str | None, pixel_mm: float | None = None) -> tuple[np.ndarray, str] | str:
         try:
             image = read_image(path)
             side = laterality or (laterality_of(path) if roi is None and self.info.mode != "full" else "")
-            return self.prepare(image, roi=roi, full_image=full_image, laterality=side)
+            if pixel_mm is None and self.info.preprocess.field_mm is not None:
+                from mammobench.data.dicom import pixel_spacing_mm
+
+                pixel_mm = pixel_spacing_mm(path)
+            return self.prepare(image, roi=roi, full_image=full_image, laterality=side, pixel_mm=pixel_mm)
         except ImageReadError as exc:
             return exc.reason
         except (ValueError, MemoryError) as exc:
@@ -188,14 +195,23 @@ class Predictor:
 
         if self.breast_model:
             return self.breast_probabilities([{(self.info.views or ["CC"])[0]: img} for img in images])
-        batch = np.stack([(img - self.info.mean) / self.info.std for img in images])[:, None].astype(np.float32)
+        batch = np.stack([(as_channels(img) - self.info.mean) / self.info.std for img in images]).astype(np.float32)
+        return apply_temperature(self._averaged(self._image_forward, batch), self.temperature)
+
+    def _image_forward(self, batch: np.ndarray) -> np.ndarray:
         if self._onnx is not None:
-            return apply_temperature(self._onnx(batch), self.temperature)
+            return self._onnx(batch)
         with torch.no_grad():
             x = torch.from_numpy(batch).to(self.device)
             if self._nhwc:
                 x = x.contiguous(memory_format=torch.channels_last)
-            return apply_temperature(self.model(x).float().softmax(1).cpu().numpy(), self.temperature)
+            return self.model(x).float().softmax(1).cpu().numpy()
+
+    def _averaged(self, forward: Any, batch: np.ndarray, *rest: np.ndarray) -> np.ndarray:
+        """``forward``'s probabilities, averaged over the bundle's test-time flips (``bundle.json`` ``tta``)."""
+        axes = {"hflip": -1, "vflip": -2}
+        flipped = [batch] + [np.ascontiguousarray(np.flip(batch, axes[f])) for f in self.meta.tta if f in axes]
+        return np.mean([forward(x, *rest) for x in flipped], axis=0)
 
     def _result(self, path: str, probs: np.ndarray) -> Prediction:
         probabilities = {lab: float(p) for lab, p in zip(self.labels, probs, strict=True)}
@@ -217,7 +233,7 @@ class Predictor:
 
     def predict_paths(self, paths: Iterable[str | Path], *, roi: tuple[int, int, int, int] | None = None,
                       full_image: bool | None = None, show_progress: bool = False, workers: int = 2,
-                      laterality: str | None = None) -> list[Prediction]:
+                      laterality: str | None = None, pixel_mm: float | None = None) -> list[Prediction]:
         """Predict files and folders (recursive). Unreadable files come back with ``error`` set.
 
         ``laterality`` (``L``/``R``): the side of lesion crop files, flipped as training flipped its lesions;
@@ -228,7 +244,7 @@ class Predictor:
         batches = [files[i : i + self.batch_size] for i in range(0, len(files), self.batch_size)]
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             for batch in progress(batches, total=len(batches), description="Predicting", enabled=show_progress):
-                loaded = list(pool.map(lambda f: self._load(f, roi, full_image, laterality), batch))
+                loaded = list(pool.map(lambda f: self._load(f, roi, full_image, laterality, pixel_mm), batch))
                 ok = [(f, item[0]) for f, item in zip(batch, loaded, strict=True) if not isinstance(item, str)]
                 probs = self._image_probs(ok) if ok else np.zeros((0, len(self.labels)))
                 by_path = {str(f): p for (f, _), p in zip(ok, probs, strict=True)}
@@ -280,11 +296,14 @@ class Predictor:
                     mask[i, j] = True
         from mammobench.evaluation.calibration import apply_temperature
 
+        return apply_temperature(self._averaged(self._breast_forward, x, mask), self.temperature)
+
+    def _breast_forward(self, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
         if self._onnx is not None:
-            return apply_temperature(self._onnx(x, mask), self.temperature)
+            return self._onnx(x, mask)
         with torch.no_grad():
             probs = self.model(torch.from_numpy(x).to(self.device), torch.from_numpy(mask).to(self.device)).float().softmax(1)
-        return apply_temperature(probs.cpu().numpy(), self.temperature)
+        return probs.cpu().numpy()
 
     def predict_exam(self, paths: Sequence[str | Path], *, exam: str = "", aggregate: str = "mean",
                      cams: bool = False) -> ExamPrediction:

@@ -59,6 +59,7 @@ from mammobench.training.parts import (
     build_model,
     build_training,
     load_split,
+    resolve_lesion_context,
     write_model,
     write_reproducibility,
 )
@@ -113,6 +114,9 @@ def fit(
         check_run_dir(run, resume=resume, overwrite=overwrite)
     pl.seed_everything(config.seed, workers=True, verbose=False)
     data = load_split(config)  # 2. the data
+    requested = config  # config.yaml keeps what was asked (a reused or resumed run compares and resolves it again)
+    config, context_notes = resolve_lesion_context(config, data)
+    data.notes += context_notes
     model, load_report = build_model(config, data)  # 3. the model
     training = build_training(config, data, model, show_progress=show_progress)  # 4. data module, loss, module
     monitor = config.trainer.monitor if training.has_val else None
@@ -134,7 +138,7 @@ def fit(
         warned = (split_warnings(base_info["counts"], kfold=config.data.fold is not None) + training.notes + data.notes
                   + pretrained_warnings(config))
         if trainer.is_global_zero:  # 6. what reproduces the run, before the first step
-            write_reproducibility(run, config, data, training)
+            write_reproducibility(run, requested, data, training)
             _say_validation_policy(config, data, training, warned)
             atomic_write_json(run.info_path, {**base_info, "status": "running"})
         status, seconds = _train(trainer, training, run, base_info, resume=resume)  # 7. training

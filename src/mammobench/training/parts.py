@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 #: The columns of a manifest a run keeps in ``split.csv``.
 SPLIT_COLUMNS = ("sample_id", "dataset", "patient_id", "label", "split", "lesion_type", "fold", "laterality", "view",
-                 "image_path", "roi", "image_type")
+                 "image_path", "roi", "image_type", "lesion", "pixel_mm")
 
 
 @dataclass
@@ -124,6 +124,38 @@ def load_split(config: Config) -> SplitData:
     return SplitData(frame, info.labels, info.positive_label, manifest_dir, info.mode, val_note, notes)
 
 
+def resolve_lesion_context(config: Config, data: SplitData) -> tuple[Config, list[str]]:
+    """The config a run trains with when it crops around each lesion (``data.preprocess.context``, ``field_mm``,
+    ``scales``): as given when every row has the lesion's own box (and, for a field of view in mm, a pixel size);
+    without the crop-around-the-lesion option (said) when no row has one (CBIS-DDSM crop files, a table of crops),
+    so that a preset's context never fails on data that cannot have it.
+
+    Raises:
+        ConfigError: whole-image data, or some rows with a lesion box and some without (counted, with the way out).
+    """
+    pre = config.data.preprocess
+    if not pre.around_lesion:
+        return config, []
+    frame = data.frame
+    what = next(k for k in ("context", "field_mm", "scales") if getattr(pre, k) is not None)
+    if data.mode == "full":
+        raise ConfigError(f"data.preprocess.{what} crops around a lesion, but {config.data.manifest} holds whole mammograms")
+    lesion = frame["lesion"].astype(str).str.strip() if "lesion" in frame.columns else pd.Series("", index=frame.index)
+    spacing = frame["pixel_mm"].astype(str).str.strip() if "pixel_mm" in frame.columns else pd.Series("", index=frame.index)
+    usable = (lesion != "") & ((spacing != "") if pre.field_mm is not None else True)
+    if usable.all():
+        return config, []
+    if usable.any():
+        need = "a lesion box (the lesion column)" + (" and a pixel size (pixel_mm)" if pre.field_mm is not None else "")
+        raise ConfigError(f"data.preprocess.{what} crops around each lesion, but {int((~usable).sum())} of {len(frame)} "
+                          f"rows of {config.data.manifest} lack {need}: prepare the set again, or set "
+                          f"data.preprocess.{what}=null to use the crops as prepared")
+    note = (f"data.preprocess.{what}={getattr(pre, what)} crops around each lesion's own box, which {config.data.manifest} "
+            "does not hold (lesion crop files, or boxes without a pixel size): the crops as prepared are used")
+    plain = pre.model_copy(update={"context": None, "field_mm": None, "scales": None})
+    return config.model_copy(update={"data": config.data.model_copy(update={"preprocess": plain})}), [note]
+
+
 #: A two-view model trained on fewer breasts with every view than this share learns little of their fusion.
 FEW_COMPLETE_BREASTS = 0.5
 
@@ -165,7 +197,7 @@ def build_model(config: Config, data: SplitData) -> tuple[nn.Module, LoadReport]
     source = source_run.read_model_info() if source_run and source_run.model_info_path.is_file() else None
     model, load_report = create_model(
         config.model.name, num_classes=len(data.labels), pretrained="none" if transfer else config.model.pretrained,
-        in_chans=1, drop_rate=config.model.drop_rate, drop_path_rate=config.model.drop_path_rate,
+        in_chans=config.data.preprocess.channels, drop_rate=config.model.drop_rate, drop_path_rate=config.model.drop_path_rate,
         img_size=config.model.img_size, head_init=config.model.head_init,
         fusion=views.fusion if views else None, num_views=len(views.views) if views else 2,
         static_padding=source.static_padding if source else None, global_pool=source.global_pool if source else None,
@@ -250,6 +282,7 @@ def write_model(run: RunDir, config: Config, data: SplitData, training: Training
     model_info = ModelInfo(
         architecture=config.model.name, labels=data.labels, positive_label=data.positive,
         input_size=training.input_cfg.size, mean=training.input_cfg.mean, std=training.input_cfg.std,
+        in_chans=config.data.preprocess.channels,
         img_size=config.model.img_size, preprocess=training.dm.cache.settings,
         weights_sha256=sha256_file(run.weights_path), ema=config.optim.ema_decay is not None,
         mode="full" if data.mode == "full" else "roi",

@@ -47,6 +47,7 @@ from mammobench.training.parts import (
     build_model,
     build_training,
     load_split,
+    resolve_lesion_context,
     write_model,
     write_reproducibility,
 )
@@ -360,13 +361,16 @@ def fit_probe(config: Config, *, overwrite: bool = False, show_progress: bool = 
     check_run_dir(run, resume=False, overwrite=overwrite)  # 1. the run folder, split and model, as fit builds them
     torch.manual_seed(config.seed)
     data = load_split(config)
+    requested = config  # config.yaml keeps what was asked
+    config, context_notes = resolve_lesion_context(config, data)
+    data.notes += context_notes
     model, load_report = build_model(config, data)
     training = build_training(config, data, model, show_progress=show_progress)
     train = training.dm.dataset("train")  # a split the probe cannot fit is refused before anything is written
     check_probe_data(train.targets, patient_key(train.metadata).to_numpy(), data.labels, _where(config))
     backup = set_aside(run.path) if overwrite and run.exists() else None
     with replacing(backup, run.path, History(run.history_path)):
-        write_reproducibility(run, config, data, training)
+        write_reproducibility(run, requested, data, training)
         counts = {s: training.dm.dataset(s).class_counts for s in training.dm.datasets}
         base = {"format": RUN_FORMAT, "mammobench_version": mammobench.__version__, "name": config.run_name(),
                 "started": utc_now(), "mode": "linear_probe", "labels": data.labels, "weights": load_report.summary(),

@@ -408,11 +408,12 @@ def _lesions(rows: Any, series: _Series, skipped: list[Skipped], *, roi_source: 
             skipped.append(Skipped(ref, "", f"{what} not found (SeriesInstanceUID {uid})"))
             continue
         try:
-            box = _mask_box(mask, full_size, roi_margin)
+            lesion, box = _mask_box(mask, full_size, roi_margin)
         except (ValueError, ImageReadError) as exc:
             skipped.append(Skipped(ref, mask, str(exc)))
             continue
-        records.append(_record(case, full["path"], format_roi(box), case["pathology"], "full", mask=mask))
+        records.append({**_record(case, full["path"], format_roi(box), case["pathology"], "full", mask=mask),
+                        "lesion": format_roi(lesion)})
     return records, how_counts
 
 
@@ -449,7 +450,9 @@ def _record(
     }
 
 
-def _mask_box(mask_path: str, full_size: tuple[int, int] | None, margin: float) -> tuple[int, int, int, int]:
+def _mask_box(mask_path: str, full_size: tuple[int, int] | None, margin: float
+              ) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
+    """The mask's own box (the lesion) and that box grown by ``margin`` of its size on each side (the ROI)."""
     mask = read_image(mask_path) > 0.5
     if full_size and all(full_size) and mask.shape != full_size:
         raise ValueError(
@@ -462,4 +465,5 @@ def _mask_box(mask_path: str, full_size: tuple[int, int] | None, margin: float) 
     h, w = mask.shape
     x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
     mx, my = int((x1 - x0) * margin), int((y1 - y0) * margin)
-    return max(0, x0 - mx), max(0, y0 - my), min(w, x1 + mx), min(h, y1 + my)
+    lesion = (int(x0), int(y0), int(x1), int(y1))
+    return lesion, (max(0, x0 - mx), max(0, y0 - my), min(w, x1 + mx), min(h, y1 + my))

@@ -93,6 +93,10 @@ def parse_info(path: str | Path) -> list[MiasFinding]:
     return findings
 
 
+#: mini-MIAS pixel size: the films were digitised at 50 microns and reduced to 200 microns (Suckling et al. 1994).
+PIXEL_MM = 0.2
+
+
 def find_image(root: Path, ref: str) -> Path | None:
     """``ref`` as PGM (the original) or PNG/TIFF (lossless conversions users make)."""
     for suffix in (".pgm", ".png", ".tif", ".tiff"):
@@ -159,7 +163,9 @@ def _lesions(ref: str, path: Path, items: list[MiasFinding], roi_margin: float) 
         except ValueError as exc:
             out.append(Skipped(where, str(path), str(exc)))
             continue
+        lesion = roi_box(f.x, f.y, f.radius, size[0], size[1], 0.0, min_size=2)  # the circle itself, no context
         out.append({**_image_columns(ref, path, f.tissue), "sample_id": f"{ref}_{k}", "roi": format_roi(box),
+                    "lesion": format_roi(lesion), "pixel_mm": PIXEL_MM,
                     "raw_label": _SEVERITY[f.severity or "B"], "lesion_type": LESION_TYPES[f.abnormality],
                     "abnormality_id": str(k), "source": where})
     return out

@@ -1,6 +1,7 @@
 """A user's own table: ``path,label,patient_id`` (required) plus any manifest column.
 
-Optional columns: ``roi`` (``x0 y0 x1 y1``), ``lesion_type``, ``laterality``, ``view``, ``split``
+Optional columns: ``roi`` (``x0 y0 x1 y1``), ``lesion`` (the lesion's own box, for ``data.preprocess.context``),
+``pixel_mm``, ``lesion_type``, ``laterality``, ``view``, ``split``
 (used by ``--split official``), ``sample_id``, ``image_type`` (``full``/``crop``), ``dataset``.
 Relative paths are relative to the table's folder.
 """
@@ -89,6 +90,7 @@ def load_table(path: str | Path, *, dataset: str = DATASET) -> SourceResult:
         image = image if image.is_absolute() else base / image
         try:
             roi = parse_roi(row.get("roi", ""))
+            parse_roi(row.get("lesion", ""))
         except ValueError as exc:
             raise TableError(f"{ref}: {exc}") from None
         if not image.is_file():
@@ -107,6 +109,7 @@ def load_table(path: str | Path, *, dataset: str = DATASET) -> SourceResult:
             "image_type": str(row.get("image_type", "")).strip().lower() or ("full" if roi else "crop"),
             "official_split": str(row.get("split", "")).strip().lower(),
             "source": ref,
+            **{c: str(row.get(c, "") or "").strip() for c in ("lesion", "pixel_mm") if c in table.columns},
         })
     if not records:
         raise nothing_usable(TableError, f"{path}: none of the {len(table)} images exist (first missing: "
