@@ -17,6 +17,7 @@ and, where every member has the same test split, the ensemble's own test AUC bes
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ _MAY_DIFFER = {"weights_sha256", "ema", "input_stats", "hflip", "lesions_from", 
 
 
 def export_ensemble(
-    run_dirs: list[str | Path], out: str | Path, *, average: Average = "probabilities",
+    run_dirs: Sequence[str | Path], out: str | Path, *, average: Average = "probabilities",
     out_of_fold: pd.DataFrame | None = None, onnx: bool = False, threshold_method: str = "youden",
     parity_tolerance: float = 1e-4, parity_samples: int = 64, sign: str | Path | None = None,
     accept_weights_terms: str | None = None, tta: bool = False,
