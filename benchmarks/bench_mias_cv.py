@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from mammobench.config import load_config
-from mammobench.data.prepare import prepare
+from mammobench.data.prepare import CacheOptions, SplitOptions, prepare
 from mammobench.data.preprocess import PreprocessSettings
 from mammobench.experiments.crossval import crossval
 
@@ -39,8 +39,10 @@ def main() -> None:
     if not mias.is_dir() or not weights.is_file():
         raise SystemExit(f"needs {mias} and {weights}")
     t0 = time.time()
-    prepared = prepare("mias", mias, args.out / "prepared", mode="roi", labels="binary", split="kfold",
-                       folds=args.folds, seed=42, preprocess=PreprocessSettings(size=224), preview=False)
+    prepared = prepare("mias", mias, args.out / "prepared", mode="roi", labels="binary",
+                       preprocess=PreprocessSettings(size=224),
+                       split=SplitOptions(kind="kfold", folds=args.folds, seed=42),
+                       cache=CacheOptions(preview=False))
     common = [f"data.manifest={prepared.out}", f"output.dir={args.out / 'runs'}", "output.tensorboard=false",
               "data.batch_size=16", "trainer.weights=last", "trainer.early_stopping_patience=null",
               "loss.name=focal", "data.sampler=balanced", "seed=7"]

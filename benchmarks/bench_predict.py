@@ -21,7 +21,7 @@ import torch
 
 from mammobench.config import load_config
 from mammobench.data.demo import generate_demo_dataset
-from mammobench.data.prepare import prepare
+from mammobench.data.prepare import CacheOptions, prepare
 from mammobench.data.preprocess import PreprocessSettings
 from mammobench.serving.bundle import export_bundle
 from mammobench.serving.predictor import Predictor
@@ -49,7 +49,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         table = generate_demo_dataset(tmp_path / "images", n_patients=40)
-        prepared = prepare("csv", table, tmp_path / "prep", preprocess=PreprocessSettings(size=args.size), preview=False)
+        prepared = prepare("csv", table, tmp_path / "prep", preprocess=PreprocessSettings(size=args.size),
+                           cache=CacheOptions(preview=False))
         rng = np.random.default_rng(0)
         images = [rng.random((args.size, args.size), dtype=np.float32) for _ in range(args.batch)]
         print(f"# inference latency - {time.strftime('%Y-%m-%d')} - {platform.machine()}, torch {torch.__version__}, "

@@ -38,7 +38,7 @@ import torch
 
 from mammobench.config import load_config
 from mammobench.data.manifest import read_manifest, read_manifest_info, write_manifest
-from mammobench.data.prepare import prepare
+from mammobench.data.prepare import CacheOptions, SplitOptions, prepare
 from mammobench.data.preprocess import PreprocessSettings
 from mammobench.data.sources import SourceOptions
 from mammobench.data.splits import split_kfold
@@ -141,8 +141,10 @@ def main() -> None:
     if not mias.is_dir() or not weights.is_file():
         raise SystemExit(f"needs {mias} and {weights}")
     t0 = time.time()
-    prepared = prepare("mias", mias, args.out / "prepared", mode="roi", labels="binary", split="kfold", folds=args.folds,
-                       source=SourceOptions(roi_margin=0.5), preprocess=PreprocessSettings(size=224), preview=False)
+    prepared = prepare("mias", mias, args.out / "prepared", mode="roi", labels="binary",
+                       source=SourceOptions(roi_margin=0.5), preprocess=PreprocessSettings(size=224),
+                       split=SplitOptions(kind="kfold", folds=args.folds),
+                       cache=CacheOptions(preview=False))
     shutil.rmtree(prepared.out / "cache" / "embeddings", ignore_errors=True)  # the probe's first cell starts cold
     frame = read_manifest(prepared.out).drop(columns=["fold"]).assign(split="cv")
     rows = []

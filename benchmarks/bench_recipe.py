@@ -35,7 +35,7 @@ from PIL import Image
 
 from mammobench.config import load_config
 from mammobench.data.manifest import parse_roi, read_manifest, read_manifest_info, write_manifest
-from mammobench.data.prepare import prepare
+from mammobench.data.prepare import CacheOptions, SplitOptions, prepare
 from mammobench.data.preprocess import PreprocessSettings
 from mammobench.data.sources import SourceOptions
 from mammobench.data.splits import resolve_fold, split_kfold
@@ -159,8 +159,10 @@ def main() -> None:
         raise SystemExit(f"needs {mias} and {weights}")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.time()
-    prepared = prepare("mias", mias, args.out / "prepared", mode="roi", labels="binary", split="kfold", folds=args.folds,
-                       source=SourceOptions(roi_margin=0.5), preprocess=PreprocessSettings(size=224), preview=False)
+    prepared = prepare("mias", mias, args.out / "prepared", mode="roi", labels="binary",
+                       source=SourceOptions(roi_margin=0.5), preprocess=PreprocessSettings(size=224),
+                       split=SplitOptions(kind="kfold", folds=args.folds),
+                       cache=CacheOptions(preview=False))
     frame = read_manifest(prepared.out).drop(columns=["fold"]).assign(split="cv")
     rows, oof = [], {"plain": [], "mammobench": []}
     for r in range(args.repeats):

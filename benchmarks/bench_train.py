@@ -7,7 +7,8 @@ Both loops train the same timm model (all blocks, AdamW, focal loss, batch 32) o
 default, 0 on a CPU-only machine, and the same memory format - channels_last for CNNs, which mammobench
 picks; the textbook NCHW loop is shown too). Each epoch is timed whole; the figures are medians over the
 epochs after each run's warm-up epoch, with the plain and mammobench runs alternating ``--repeats`` times,
-and deterministic algorithms on (mammobench's default) or off (``--deterministic``). "loader only" iterates the same DataLoader without a model: if it is
+and deterministic algorithms on (mammobench's default) or off (``--deterministic``). "loader only" iterates the same
+DataLoader without a model: if it is
 far above both, the data loader is not the bottleneck. Run on a GPU machine with ``--device cuda``
 (AMP bf16 for both loops) to add GPU figures and peak memory.
 """
@@ -29,7 +30,7 @@ from mammobench.data.cache import ImageCache
 from mammobench.data.datamodule import default_workers
 from mammobench.data.dataset import MammoDataset
 from mammobench.data.manifest import read_manifest
-from mammobench.data.prepare import prepare
+from mammobench.data.prepare import CacheOptions, SplitOptions, prepare
 from mammobench.data.preprocess import PreprocessSettings
 from mammobench.data.transforms import AugmentSettings, create_transform
 from mammobench.models.factory import create_model, prefers_channels_last
@@ -102,7 +103,8 @@ def main() -> None:
 
         table = generate_demo_dataset(tmp_path / "images", n_patients=n_patients)
         prepared = prepare("csv", table, tmp_path / "prep", preprocess=PreprocessSettings(size=args.size),
-                           preview=False, split="random", test_fraction=0.2, val_fraction=0.1)
+                           split=SplitOptions(kind="random", test_fraction=0.2, val_fraction=0.1),
+                           cache=CacheOptions(preview=False))
         frame = read_manifest(prepared.out)
         train = frame[frame["split"] == "train"].head(args.n)
         cache = ImageCache(prepared.out / "cache", PreprocessSettings(size=args.size))
@@ -114,7 +116,8 @@ def main() -> None:
               f"{args.size} px, batch {args.batch}")
         print(f"loader only: {loader_only(dataset, batch=args.batch, workers=workers):.0f} images/s")
         print("| model | deterministic algorithms | plain loop, NCHW (img/s) | plain loop, mammobench's memory format "
-              "(img/s) | mammobench / Lightning (img/s) | ratio to the same plain loop |" + (" peak GPU memory (GiB) |" if gpu else ""))
+              "(img/s) | mammobench / Lightning (img/s) | ratio to the same plain loop |"
+              + (" peak GPU memory (GiB) |" if gpu else ""))
         print("|---|---|---|---|---|---|" + ("---|" if gpu else ""))
         modes = {"on": (True,), "off": (False,), "both": (True, False)}[args.deterministic]
         for model_name, deterministic in [(m, d) for m in args.models for d in modes]:

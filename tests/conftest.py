@@ -23,10 +23,14 @@ requires_shared = pytest.mark.skipif(
 )
 
 
+#: Fixtures that train a model or start a server: a test using one is slow (``make test-fast`` skips it).
+SLOW_FIXTURES = {"trained_runs", "crops_run", "two_view_bundle", "plain_bundle", "postgres", "orthanc"}
+
+
 def pytest_collection_modifyitems(items):
-    """A test that needs the session's trained runs (two models, six epochs) is slow: ``make test-fast`` skips it."""
+    """A test that needs a trained model or a server (:data:`SLOW_FIXTURES`) is slow: ``make test-fast`` skips it."""
     for item in items:
-        if "trained_runs" in getattr(item, "fixturenames", ()):
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
 
 
@@ -61,12 +65,13 @@ def fake_mammogram(height: int = 300, width: int = 200, side: str = "L", seed: i
 def demo_prepared(tmp_path_factory):
     """A small prepared demo dataset (64 px), shared by the tests that need a manifest."""
     from mammobench.data.demo import generate_demo_dataset
-    from mammobench.data.prepare import prepare
+    from mammobench.data.prepare import CacheOptions, SplitOptions, prepare
     from mammobench.data.preprocess import PreprocessSettings
 
     root = tmp_path_factory.mktemp("demo")
     table = generate_demo_dataset(root / "images", n_patients=40, seed=1)
-    return prepare("csv", table, root / "prepared", preprocess=PreprocessSettings(size=64), workers=1, seed=3)
+    return prepare("csv", table, root / "prepared", preprocess=PreprocessSettings(size=64),
+                   split=SplitOptions(seed=3), cache=CacheOptions(workers=1))
 
 
 @pytest.fixture(scope="session")
@@ -82,6 +87,31 @@ def trained_runs(demo_prepared, tmp_path_factory):
                                    "stages.finetune_epochs=6", "data.batch_size=16"])
         runs[key] = fit(cfg).run_dir
     return runs
+
+
+@pytest.fixture(scope="session")
+def full_prepared(tmp_path_factory):
+    """Whole demo mammograms prepared at a non-square 96 x 64 (height x width)."""
+    from mammobench.data.prepare import CacheOptions, prepare
+    from mammobench.data.preprocess import PreprocessSettings
+
+    root = tmp_path_factory.mktemp("fullhw")
+    return prepare("demo", root / "gen", root / "full", mode="full", preprocess=PreprocessSettings(size=(96, 64)),
+                   cache=CacheOptions(workers=1, preview=False))
+
+
+@pytest.fixture(scope="session")
+def two_view_bundle(full_prepared, tmp_path_factory):
+    """A two-view (CC + MLO) whole-image model, trained for a moment, exported with ONNX."""
+    from mammobench.serving.bundle import export_bundle
+    from mammobench.training.fit import fit
+
+    from .test_fit import tiny
+
+    out = tmp_path_factory.mktemp("twoview")
+    run = fit(tiny(full_prepared.out, out, "data.image_size=[96, 64]", "model.views={fusion: concat}",
+                   "trainer.limit_train_batches=2", "stages.head_epochs=0", "data.batch_size=4")).run_dir
+    return export_bundle(run, out / "bundle", onnx=True)
 
 
 @pytest.fixture(scope="session")

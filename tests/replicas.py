@@ -9,6 +9,8 @@ networks small where the original's size would not fit a CI run.
 - Mammo-FM (``batmanLab/Mammo-FM``): the same layout and save call (its checkpoints carry the B5 detector encoder).
 - RSNA 2023 first place (``dangnh0611/kaggle_rsna_breast_cancer``, commit 4cb4684e): :func:`rsna2023_checkpoint`,
   saved by timm's ``CheckpointSaver`` as vendored in the solution's ``src/pytorch-image-models``.
+- NYU GMIC (``nyukat/GMIC``, commit 263d5aa9): :func:`gmic_predictions_csv`, the ``predictions.csv`` its
+  ``src/scripts/run_model.py`` writes.
 """
 
 from __future__ import annotations
@@ -276,3 +278,44 @@ def rsna2023_input(grey: np.ndarray, model: nn.Module) -> torch.Tensor:
     std = torch.tensor(cfg["std"]).view(1, 3, 1, 1) * 255
     x = torch.from_numpy(np.repeat(grey[..., None], 3, axis=-1)).permute(2, 0, 1)[None].float()
     return (x - mean) / std
+
+
+# ------------------------------------------------------------------------------------------------ NYU GMIC
+
+#: ``src/constants.py``: ``VIEWS.LIST = [L_CC, R_CC, L_MLO, R_MLO]`` with the names ``"L-CC"``, ``"R-CC"``, ...
+GMIC_VIEWS = ("L-CC", "R-CC", "L-MLO", "R-MLO")
+
+
+def gmic_predictions_csv(exam_list: list[dict[str, Any]], predict: Any, output_path: Path) -> Path:
+    """``predictions.csv`` as nyukat/GMIC ``src/scripts/run_model.py`` writes it (commit 263d5aa9).
+
+    ``run_model`` walks ``exam_list`` (each exam a dict: ``datum[view][0]`` the image's short file path, e.g.
+    ``0_L-CC``, and ``datum["cancer_label"]`` with ``left_benign`` ... ``right_malignant``) view by view in
+    ``VIEWS.LIST`` order, calls the model (here ``predict(short_file_path) -> (benign_pred, malignant_pred)``: its two
+    sigmoid outputs) and fills ``pred_dict = {"image_index": [], "benign_pred": [], "malignant_pred": [],
+    "benign_label": [], "malignant_label": []}``, labels from ``fetch_cancer_label_by_view``; ``start_experiment``
+    then writes ``output_df.to_csv(os.path.join(output_path, "predictions.csv"), index=False, float_format='%.4f')``.
+    """
+    import pandas as pd
+
+    def fetch_cancer_label_by_view(view: str, cancer_label: dict[str, int]) -> tuple[int, int]:
+        if view in ["L-CC", "L-MLO"]:
+            return cancer_label["left_benign"], cancer_label["left_malignant"]
+        return cancer_label["right_benign"], cancer_label["right_malignant"]
+
+    pred_dict: dict[str, list[Any]] = {"image_index": [], "benign_pred": [], "malignant_pred": [],
+                                       "benign_label": [], "malignant_label": []}
+    for datum in exam_list:
+        for view in GMIC_VIEWS:
+            short_file_path = datum[view][0]
+            benign_pred, malignant_pred = predict(short_file_path)
+            benign_label, malignant_label = fetch_cancer_label_by_view(view, datum["cancer_label"])
+            pred_dict["image_index"].append(short_file_path)
+            pred_dict["benign_pred"].append(benign_pred)
+            pred_dict["malignant_pred"].append(malignant_pred)
+            pred_dict["benign_label"].append(benign_label)
+            pred_dict["malignant_label"].append(malignant_label)
+    output_df = pd.DataFrame(pred_dict)
+    output_path.mkdir(parents=True, exist_ok=True)
+    output_df.to_csv(output_path / "predictions.csv", index=False, float_format="%.4f")
+    return output_path / "predictions.csv"

@@ -328,12 +328,13 @@ def test_crossval_reports_the_pooled_auc_with_its_interval_and_the_warnings(tmp_
 
     from mammobench.cli import app, expand_set_args
     from mammobench.data.demo import generate_demo_dataset
-    from mammobench.data.prepare import prepare
+    from mammobench.data.prepare import CacheOptions, SplitOptions, prepare
     from mammobench.data.preprocess import PreprocessSettings
 
     table = generate_demo_dataset(tmp_path / "images", n_patients=24, seed=5)
-    prepared = prepare("csv", table, tmp_path / "kfold", split="kfold", folds=2, labels="binary",
-                       preprocess=PreprocessSettings(size=32), workers=1, preview=False).out
+    prepared = prepare("csv", table, tmp_path / "kfold", labels="binary", preprocess=PreprocessSettings(size=32),
+                       split=SplitOptions(kind="kfold", folds=2),
+                       cache=CacheOptions(workers=1, preview=False)).out
     res = CliRunner().invoke(app, expand_set_args(["crossval", "-c", "demo_cnn", "--set", f"data.manifest={prepared}",
                                                    f"output.dir={tmp_path / 'runs'}", *TINY, "--n-boot", "50"]))
     assert res.exit_code == 0, res.output
@@ -361,14 +362,15 @@ def test_crossval_runs_twice_and_resumes_an_interrupted_fold_each_in_its_own_fol
     it, and output.name sent every fold to one folder.)"""
     from mammobench.config import load_config
     from mammobench.data.demo import generate_demo_dataset
-    from mammobench.data.prepare import prepare
+    from mammobench.data.prepare import CacheOptions, SplitOptions, prepare
     from mammobench.data.preprocess import PreprocessSettings
     from mammobench.experiments.crossval import crossval
     from mammobench.training.fit import fit
 
     table = generate_demo_dataset(tmp_path / "images", n_patients=24, seed=5)
-    prepared = prepare("csv", table, tmp_path / "kfold", split="kfold", folds=2, labels="binary",
-                       preprocess=PreprocessSettings(size=32), workers=1, preview=False).out
+    prepared = prepare("csv", table, tmp_path / "kfold", labels="binary", preprocess=PreprocessSettings(size=32),
+                       split=SplitOptions(kind="kfold", folds=2),
+                       cache=CacheOptions(workers=1, preview=False)).out
     overrides = [f"data.manifest={prepared}", f"output.dir={tmp_path / 'runs'}", "output.name=my_cv",
                  *TINY[:2], "stages.finetune_epochs=2", *TINY[3:]]
     cfg = load_config("demo_cnn", overrides)
@@ -387,7 +389,8 @@ def test_crossval_runs_twice_and_resumes_an_interrupted_fold_each_in_its_own_fol
     assert result.out == tmp_path / "runs" / "my_cv_cv" and (result.out / "report.html").is_file()
     again = crossval(cfg, n_boot=20)  # nothing left to train; the report is rebuilt from the same runs
     assert json.loads((tmp_path / "runs" / "my_cv_fold1" / "run.json").read_text())["finished"] == fold1["finished"]
-    assert again.summary["pooled_out_of_fold_auc_malignant"]["value"] == result.summary["pooled_out_of_fold_auc_malignant"]["value"]
+    pooled = "pooled_out_of_fold_auc_malignant"
+    assert again.summary[pooled]["value"] == result.summary[pooled]["value"]
     md = (result.out / "report.md").read_text()  # accuracy in %, beside the always-majority accuracy
     assert "majority_accuracy %" in md and "accuracy: mean" in md and " %, SD" in md
 
@@ -417,15 +420,18 @@ def test_run_warnings_are_grouped_across_cells(tmp_path):
 
     import pandas as pd
 
+    from mammobench.evaluation.report import EvaluationReport, Threshold
     from mammobench.experiments.ablate_report import plot_forest, run_warnings
+    from mammobench.runs import RunDir
 
     dirs = []
     for i, n in enumerate((3, 4, 4)):
         run = tmp_path / f"r{i}"
         (run / "evaluation" / "test").mkdir(parents=True)
         (run / "run.json").write_text(json.dumps({"warnings": [f"the val split holds only {n} MALIGNANT"]}))
-        (run / "evaluation" / "test" / "metrics.json").write_text(json.dumps(
-            {"threshold": {"rule": "fallback 0.5", "reason": "there is no validation split to choose it on"}}))
+        EvaluationReport(n=8, patients=8, labels=["BENIGN", "MALIGNANT"], metrics={}, threshold=Threshold(
+            method="youden", rule="fallback 0.5", reason="there is no validation split to choose it on"),
+        ).write(RunDir(run).evaluation("test").metrics_path)
         dirs.append(str(run))
     grouped = run_warnings(pd.DataFrame({"run_dir": dirs}))
     assert [(g["cells"], g["example"][:24]) for g in grouped] == [(3, "the val split holds only"),
@@ -444,8 +450,11 @@ def test_crossval_summary_pools_the_folds_predictions():
                            "label": ["MALIGNANT"] * 30 + ["BENIGN"] * 30})
     pooled["prob_MALIGNANT"] = np.r_[rng.uniform(0.4, 1, 30), rng.uniform(0, 0.6, 30)]
     table = pd.DataFrame({"fold": [0, 1], "auc_malignant": [0.7, 0.9], "run_dir": ["a", "b"]})
-    evaluations = [{"labels": ["BENIGN", "MALIGNANT"], "positive_label": "MALIGNANT", "run_warnings": ["w"],
-                    "threshold": {"rule": "fallback 0.5", "reason": "why"}}] * 2
+    from mammobench.evaluation.report import EvaluationReport, Threshold
+
+    evaluations = [EvaluationReport(n=30, patients=30, labels=["BENIGN", "MALIGNANT"], positive_label="MALIGNANT",
+                                    metrics={}, run_warnings=["w"],
+                                    threshold=Threshold(method="youden", rule="fallback 0.5", reason="why"))] * 2
     summary = summarise(load_config("demo_cnn"), [0, 1], table, pooled, evaluations, n_boot=200)
     assert summary["auc_malignant"]["mean"] == pytest.approx(0.8)
     auc = summary["pooled_out_of_fold_auc_malignant"]

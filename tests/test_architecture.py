@@ -23,9 +23,11 @@ def test_the_layers_import_only_downwards():
 
 
 #: Each layer may import the ones with a lower rank (and itself); experiments and serving are siblings on top of
-#: evaluation, and the command line sits above everything. The encoder catalogue is plain data the config reads. docs/architecture.md draws the same picture.
-LAYERS = {"base": 0, "data": 1, "encoders": 1.5, "config": 2, "models": 3, "runs": 4, "training": 5, "evaluation": 6, "experiments": 7,
-          "serving": 7, "cli": 8}
+#: evaluation, and the command line sits above everything. The encoder catalogue is plain data the config reads.
+#: docs/architecture.md draws the same picture.
+LAYERS = {"base": 0, "data": 1, "encoders": 1.5, "config": 2, "models": 3, "runs": 4, "training": 5, "evaluation": 6,
+          "experiments": 7,
+          "serving": 7, "cli": 8, "__main__": 9}
 #: The modules every layer may use: atomic writes and errors, number formatting, figures, the package's version.
 BASE = ("runtime", "formatting", "figures")
 

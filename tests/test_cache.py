@@ -59,5 +59,11 @@ def test_damaged_entry_is_rebuilt(tmp_path):
     cache = ImageCache(tmp_path / "cache", PreprocessSettings(size=32))
     req = CacheRequest(str(img))
     cache.build([req], workers=1)
-    cache.entry_path(req).write_bytes(b"garbage")
-    assert cache.get(req).shape == (32, 32)
+    good = cache.get(req).copy()
+    entry = cache.entry_path(req)
+    entry.write_bytes(b"garbage")
+    again = cache.get(req)
+    assert again.shape == (32, 32) and np.array_equal(again, good)  # decoded again, the same pixels
+    assert entry.read_bytes() != b"garbage" and np.array_equal(cache.get(req), good)  # and the entry rewritten
+    entry.write_bytes(entry.read_bytes()[: len(entry.read_bytes()) // 2])  # a write cut short: also rebuilt
+    assert np.array_equal(cache.get(req), good)

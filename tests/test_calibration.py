@@ -55,7 +55,7 @@ def test_the_bundle_serves_calibrated_probabilities(trained_runs, tmp_path):
     shutil.copytree(trained_runs["cnn"], run)
     (run / "calibration.json").write_text(json.dumps({"temperature": 2.0, "fitted_on": "val", "n": 100, "reason": ""}))
     ev = evaluate(run, n_boot=0)
-    assert ev.metrics["calibration"]["temperature"] == 2.0 and ev.metrics["calibration"]["ece_after"] is not None
+    assert ev.report.calibration.temperature == 2.0 and ev.report.calibration.ece_after is not None
     assert (ev.out_dir / "reliability_calibrated.png").is_file()
     raw = Predictor.from_bundle(export_bundle(trained_runs["cnn"], tmp_path / "raw"))
     cal = Predictor.from_bundle(export_bundle(run, tmp_path / "cal"))

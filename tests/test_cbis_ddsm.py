@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from mammobench.data.manifest import parse_roi, read_manifest
-from mammobench.data.prepare import prepare
+from mammobench.data.prepare import CacheOptions, SplitOptions, prepare
 from mammobench.data.preprocess import PreprocessSettings
 from mammobench.data.sources import SourceOptions
 from mammobench.data.sources.cbis_ddsm import (
@@ -85,8 +85,9 @@ def test_tcia_tree_with_arbitrary_folder_names(tmp_path):
         folder.mkdir(parents=True)
         (folder / "1-1.dcm").symlink_to(f)
     assert detect_layout(root) == "tcia"
-    result = prepare("cbis-ddsm", root, tmp_path / "out", mode="full", source=SourceOptions(csv_dir=CBIS_CSV), split="official",
-                     preprocess=PreprocessSettings(size=64), workers=1, preview=False)
+    result = prepare("cbis-ddsm", root, tmp_path / "out", mode="full", source=SourceOptions(csv_dir=CBIS_CSV),
+                     preprocess=PreprocessSettings(size=64), split=SplitOptions(kind="official"),
+                     cache=CacheOptions(workers=1, preview=False))
     frame = result.frame.set_index("sample_id")
     assert sorted(frame.index) == ["Mass-Test_P_00173_LEFT_CC", "Mass-Test_P_00173_LEFT_MLO",
                                    "Mass-Test_P_00820_LEFT_CC", "Mass-Test_P_00820_LEFT_MLO"]
@@ -102,7 +103,8 @@ def test_tcia_tree_with_arbitrary_folder_names(tmp_path):
     assert written.shape[0] == 4 and written["density"].str.match(r"^[1-4]$").all() and (written["subtlety"] != "").all()
     assert set(written["breast_id"]) == {"cbis-ddsm/P_00173/L", "cbis-ddsm/P_00820/L"}
     with pytest.raises(CbisDdsmError, match="no image of any"):
-        prepare("cbis-ddsm", root, tmp_path / "roi", mode="roi", source=SourceOptions(csv_dir=CBIS_CSV), preview=False, build_cache=False)
+        prepare("cbis-ddsm", root, tmp_path / "roi", mode="roi", source=SourceOptions(csv_dir=CBIS_CSV),
+                cache=CacheOptions(preview=False, build=False))
 
 
 # --------------------------------------------------------------------------- Kaggle-shaped tree
@@ -161,8 +163,9 @@ def kaggle_tree(tmp_path_factory):
 
 def test_kaggle_roi_crops_told_from_masks(kaggle_tree, tmp_path):
     assert detect_layout(kaggle_tree["root"]) == "kaggle"
-    result = prepare("cbis-ddsm", kaggle_tree["root"], tmp_path / "out", mode="roi", split="official",
-                     preprocess=PreprocessSettings(size=32), workers=1, preview=False)
+    result = prepare("cbis-ddsm", kaggle_tree["root"], tmp_path / "out", mode="roi",
+                     preprocess=PreprocessSettings(size=32), split=SplitOptions(kind="official"),
+                     cache=CacheOptions(workers=1, preview=False))
     frame = result.frame
     assert len(frame) == len(kaggle_tree["present"]) == 40
     for row in frame.itertuples():
@@ -175,8 +178,10 @@ def test_kaggle_roi_crops_told_from_masks(kaggle_tree, tmp_path):
 
 
 def test_kaggle_mask_rois_and_wrong_sized_masks(kaggle_tree, tmp_path):
-    result = prepare("cbis-ddsm", kaggle_tree["root"], tmp_path / "out", mode="roi", source=SourceOptions(roi_source="mask", roi_margin=0.2),
-                     preprocess=PreprocessSettings(size=32), workers=1, preview=False, split="official")
+    result = prepare("cbis-ddsm", kaggle_tree["root"], tmp_path / "out", mode="roi",
+                     source=SourceOptions(roi_source="mask", roi_margin=0.2),
+                     preprocess=PreprocessSettings(size=32), split=SplitOptions(kind="official"),
+                     cache=CacheOptions(workers=1, preview=False))
     frame = result.frame
     assert len(frame) == 39  # the mask whose size differs from its full image is dropped, with a reason
     dropped = [s for s in result.skipped if "does not match" in s.reason]
@@ -187,8 +192,9 @@ def test_kaggle_mask_rois_and_wrong_sized_masks(kaggle_tree, tmp_path):
 
 
 def test_kaggle_full_mode_worst_finding(kaggle_tree, tmp_path):
-    result = prepare("cbis-ddsm", kaggle_tree["root"], tmp_path / "out", mode="full", split="official",
-                     preprocess=PreprocessSettings(size=32), workers=1, preview=False)
+    result = prepare("cbis-ddsm", kaggle_tree["root"], tmp_path / "out", mode="full",
+                     preprocess=PreprocessSettings(size=32), split=SplitOptions(kind="official"),
+                     cache=CacheOptions(workers=1, preview=False))
     present = kaggle_tree["present"]
     expected = present.groupby(["csv_file", "full_uid"])["pathology"].agg(
         lambda s: "MALIGNANT" if "MALIGNANT" in set(s) else ("BENIGN" if "BENIGN" in set(s) else s.iloc[0]))

@@ -29,9 +29,25 @@ def test_the_command_list_is_every_command():
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_help(command):
-    result = CliRunner().invoke(app, [command, "--help"])
+    """Each command's help says what it does and documents every option and argument it takes."""
+    import click
+    import typer.main
+
+    result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
-    assert "Usage" in result.output
+    text = " ".join(result.output.split())
+    cmd = typer.main.get_command(app).commands[command]
+    assert f"Usage: mammobench {command}" in text
+    assert " ".join((cmd.help or "").split("\n")[0].split()) in text, "the first line of its docstring"
+    for param in cmd.params:
+        if isinstance(param, click.Option) and not param.hidden:
+            assert param.help, f"{command}: {param.opts} has no help"
+            assert max(param.opts, key=len) in text, f"{command}: {param.opts} undocumented"
+            assert " ".join(str(param.help or "").split())[:40] in text, f"{command}: {param.opts} without its help"
+        elif isinstance(param, click.Argument):
+            assert param.name.upper() in text or param.human_readable_name.upper() in text, f"{command}: {param.name}"
+    if isinstance(cmd, click.Group):
+        assert all(sub in text for sub in cmd.commands)
 
 
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path):
@@ -88,10 +104,10 @@ def test_library_loggers_that_bring_their_own_handler_print_once(capfd):
 
     import huggingface_hub.utils.logging  # noqa: F401 - as timm imports it: it adds its own stderr handler
 
-    from mammobench import cli
+    from mammobench.cli.console import quiet_lightning, setup_logging
 
-    cli._setup_logging(False)
-    cli._quiet_lightning()
+    setup_logging(False)
+    quiet_lightning()
     capfd.readouterr()
     logging.getLogger("huggingface_hub.utils._http").warning("Retrying in 1s [Retry 1/5].")
     err = capfd.readouterr().err
@@ -202,6 +218,7 @@ def test_what_users_make_is_ignored_by_git_and_the_code_is_not():
         pytest.skip("not a git checkout")
     made = ["prepared/cbis/manifest.csv", "bundles/r18/bundle.json", "bundle/model.onnx", "explanations/a.png",
             "comparison/report.html", "studies/s/cells.csv", "runs/x/run.json", "demo_output/report.md",
+            "imported/gmic/metrics.json", "dicom_out/1.2.3/sr.dcm",
             "cams/case1/x.png", "predictions.csv", "breasts_images.csv", "keys/mammobench_ed25519.pem"]
     kept = ["src/mammobench/serving/bundle.py", "docs/studies/encoders.yaml", "keys/mammobench_ed25519.pub.pem",
             "README.md"]

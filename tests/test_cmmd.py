@@ -8,7 +8,7 @@ import pydicom
 import pytest
 
 from mammobench.data.manifest import read_manifest
-from mammobench.data.prepare import prepare
+from mammobench.data.prepare import CacheOptions, SplitOptions, prepare
 from mammobench.data.preprocess import PreprocessSettings
 from mammobench.data.sources.cmmd import CmmdError, load_cmmd, read_clinical_table
 
@@ -50,8 +50,9 @@ ROWS = [("D1-0001", "R", 44, 2, "calcification", "Benign", None), ("D1-0002", "L
 def test_cmmd_labels_belong_to_breasts_and_the_other_breast_is_reported(tmp_path):
     patients = ["D1-0001", "D1-0002", "D1-0003", "D2-0001", "D2-0002"]
     _tree(tmp_path, patients, clinical_rows=ROWS)
-    result = prepare("cmmd", tmp_path, tmp_path / "out", mode="full", split="random", test_fraction=0.4,
-                     preprocess=PreprocessSettings(size=(96, 64)), workers=1, preview=False)
+    result = prepare("cmmd", tmp_path, tmp_path / "out", mode="full", preprocess=PreprocessSettings(size=(96, 64)),
+                     split=SplitOptions(kind="random", test_fraction=0.4),
+                     cache=CacheOptions(workers=1, preview=False))
     frame = read_manifest(result.out)
     assert len(frame) == 12  # six labelled breasts x two views
     d3 = frame[frame["patient_id"] == "D1-0003"].set_index(["laterality", "view"])

@@ -15,6 +15,30 @@ def test_presets_exist():
 
 
 @pytest.mark.parametrize("name", PRESETS)
+def test_every_preset_builds_the_network_it_describes(name):
+    """The network of each preset, as training builds it, takes the preset's input (its size, channels and views)
+    and gives one logit per class (random weights: the presets' weights files are not needed to build them)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from mammobench.models.factory import resolve_input_config
+    from mammobench.training.parts import build_model
+
+    cfg = load_config(name, ["model.pretrained=none"])
+    model, _ = build_model(cfg, SimpleNamespace(labels=["BENIGN", "MALIGNANT", "BENIGN_WITHOUT_CALLBACK"]))
+    size = resolve_input_config(model, size=cfg.data.image_size).size
+    h, w = (size, size) if isinstance(size, int) else size
+    if h * w > 600 * 600:  # whole-image presets: the same network at a quarter of the side (a forward at full
+        h, w = h // 4, w // 4  # resolution costs seconds on a CPU and tests nothing more)
+    channels = cfg.data.preprocess.channels
+    views = len(cfg.model.views.views) if cfg.model.views else 0
+    x = torch.zeros((1, views, channels, h, w) if views else (1, channels, h, w))
+    with torch.no_grad():
+        assert model.eval()(x).shape == (1, 3), name
+
+
+@pytest.mark.parametrize("name", PRESETS)
 def test_every_preset_validates_and_names_a_timm_model(name):
     cfg = load_config(name)
     check_model_name(cfg.model.name)

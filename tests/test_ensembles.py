@@ -23,14 +23,15 @@ from .test_serving import lesion_images  # noqa: F401 - fixture
 def cv_runs(tmp_path_factory):
     """A 2-fold cross-validation of the tiny CNN on binary demo data: (result, work folder)."""
     from mammobench.data.demo import generate_demo_dataset
-    from mammobench.data.prepare import prepare
+    from mammobench.data.prepare import CacheOptions, SplitOptions, prepare
     from mammobench.data.preprocess import PreprocessSettings
     from mammobench.experiments.crossval import crossval
 
     work = tmp_path_factory.mktemp("ensemble")
     table = generate_demo_dataset(work / "images", n_patients=24, seed=5)
-    prepared = prepare("csv", table, work / "kfold", split="kfold", folds=2, labels="binary",
-                       preprocess=PreprocessSettings(size=32), workers=1, preview=False).out
+    prepared = prepare("csv", table, work / "kfold", labels="binary", preprocess=PreprocessSettings(size=32),
+                       split=SplitOptions(kind="kfold", folds=2),
+                       cache=CacheOptions(workers=1, preview=False)).out
     cfg = load_config("demo_cnn", [f"data.manifest={prepared}", f"output.dir={work / 'runs'}", *TINY])
     return crossval(cfg, n_boot=20), work
 

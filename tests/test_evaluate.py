@@ -13,8 +13,9 @@ import torch
 from mammobench.data.dicom import ImageReadError
 from mammobench.evaluation.evaluate import evaluate
 from mammobench.evaluation.explain import explain_arrays, explain_files, gradcam
+from mammobench.evaluation.report import EvaluationReport, ReportError
 from mammobench.experiments.compare import CompareError, compare
-from mammobench.runs import RunError, load_run_model
+from mammobench.runs import RunDir, RunError
 
 
 def test_evaluate_writes_metrics_and_plots(trained_runs):
@@ -36,6 +37,32 @@ def test_evaluate_writes_metrics_and_plots(trained_runs):
     assert m["metrics"]["accuracy"]["value"] == pytest.approx((preds["predicted"] == preds["label"]).mean())
     assert "mass" in m["by_lesion_type"] and set(m["by_lesion_type"]) <= {"mass", "calcification"}
     assert sum(sum(r) for r in m["confusion_matrix"]) == m["n"]
+    # the typed report reads metrics.json back to the same object, with the keys it has had since 0.1
+    report = EvaluationReport.read(out / "metrics.json")
+    assert report.to_json() == m and report.metrics["auc_malignant"].value == m["metrics"]["auc_malignant"]["value"]
+    assert list(m)[:5] == ["format", "mammobench_version", "created", "run", "architecture"]
+    assert set(m) == {"format", "mammobench_version", "created", "run", "architecture", "split", "tta", "synthetic",
+                      "notice", "bootstrap", "skipped", "data", "label_matching", "overlap", "run_warnings",
+                      "run_warnings_about", "n", "patients", "labels", "positive_label", "class_counts", "metrics",
+                      "by_lesion_type", "warnings", "per_class", "confusion_matrix", "levels", "aggregate",
+                      "level_notes", "threshold", "calibration"}
+    assert set(m["threshold"]) >= {"method", "value", "chosen_on", "rule", "reason", "class"}
+
+
+def test_a_metrics_json_of_an_older_version_reads_typed_and_a_broken_one_is_named(tmp_path):
+    """A 0.1-era metrics.json (no level notes, no calibration, argmax threshold) reads; keys it does not know stay."""
+    old = {"format": 1, "run": "runs/r", "architecture": "resnet18", "split": "test", "tta": False, "n": 4,
+           "patients": 4, "labels": ["A", "B"], "positive_label": None,
+           "metrics": {"accuracy": {"value": 0.5, "ci": [None, None]}}, "threshold": {"method": "argmax"},
+           "levels": {"image": {"n": 4, "metrics": {"accuracy": {"value": 0.5, "ci": [None, None]}}}},
+           "something_new": {"kept": True}}
+    (tmp_path / "metrics.json").write_text(json.dumps(old))
+    report = EvaluationReport.read(tmp_path / "metrics.json")
+    assert report.threshold.value is None and report.calibration.temperature is None and report.level_notes == []
+    assert report.metrics["accuracy"].value == 0.5 and report.to_json()["something_new"] == {"kept": True}
+    (tmp_path / "metrics.json").write_text(json.dumps({**old, "metrics": {"accuracy": "high"}}))
+    with pytest.raises(ReportError, match=r"metrics\.json is not an evaluation report: metrics\.accuracy"):
+        EvaluationReport.read(tmp_path / "metrics.json")
 
 
 def test_tta_and_val_split(trained_runs):
@@ -47,7 +74,7 @@ def test_tta_and_val_split(trained_runs):
 
 def test_gradcam_maps_have_the_image_shape_and_vary(trained_runs):
     for key in ("cnn", "vit"):
-        model, info = load_run_model(trained_runs[key])
+        model, info = RunDir(trained_runs[key]).load_model()
         image = np.random.default_rng(0).random((info.input_size, info.input_size)).astype(np.float32)
         (probs, pred, chosen, cam), = explain_arrays(model, info, [image])
         assert cam.shape == (info.input_size, info.input_size)
@@ -58,9 +85,10 @@ def test_gradcam_maps_have_the_image_shape_and_vary(trained_runs):
 
 
 def test_explain_files_and_bad_image(trained_runs, tmp_path, demo_prepared):
-    model, info = load_run_model(trained_runs["cnn"])
+    model, info = RunDir(trained_runs["cnn"]).load_model()
     frame = pd.read_csv(demo_prepared.out / "manifest.csv")
-    src = demo_prepared.out / frame.iloc[0]["image_path"] if not str(frame.iloc[0]["image_path"]).startswith("/") else frame.iloc[0]["image_path"]
+    first = frame.iloc[0]["image_path"]
+    src = demo_prepared.out / first if not str(first).startswith("/") else first
     roi = tuple(int(v) for v in frame.iloc[0]["roi"].split())
     results = explain_files(model, info, [src], tmp_path / "cams", roi=roi)
     assert results[0].figure.is_file() and results[0].cam.shape == (64, 64)

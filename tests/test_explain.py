@@ -11,12 +11,12 @@ import pandas as pd
 def test_vit_maps_are_not_flat_and_cnn_maps_still_work(trained_runs, demo_prepared):
     from mammobench.data.cache import ImageCache, cache_request
     from mammobench.evaluation.explain import explain_arrays, explanation_method
-    from mammobench.runs import load_run_model
+    from mammobench.runs import RunDir
 
     frame = pd.read_csv(Path(trained_runs["vit"]) / "split.csv", dtype=str, keep_default_na=False)
     rows = frame[frame["split"] == "test"].head(4)
     for key, method in (("vit", "attention rollout"), ("cnn", "Grad-CAM")):
-        model, info = load_run_model(trained_runs[key])
+        model, info = RunDir(trained_runs[key]).load_model()
         assert explanation_method(model).startswith(method)
         cache = ImageCache(demo_prepared.out / "cache", info.preprocess)
         images = [cache.get(cache_request(r)) for _, r in rows.iterrows()]

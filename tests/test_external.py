@@ -26,33 +26,33 @@ def test_label_matching_between_a_model_and_another_dataset():
 def binary_external(tmp_path_factory):
     """Another synthetic 'site': new patients, benign vs malignant only."""
     from mammobench.data.demo import generate_demo_dataset
-    from mammobench.data.prepare import prepare
+    from mammobench.data.prepare import CacheOptions, SplitOptions, prepare
     from mammobench.data.preprocess import PreprocessSettings
 
     root = tmp_path_factory.mktemp("external")
     table = generate_demo_dataset(root / "images", n_patients=30, seed=7)
     return prepare("csv", table, root / "prepared", labels="binary", preprocess=PreprocessSettings(size=32),
-                   workers=1, seed=1, preview=False)
+                   split=SplitOptions(seed=1), cache=CacheOptions(workers=1, preview=False))
 
 
 def test_external_validation_merges_classes_and_reports_both_thresholds(trained_runs, binary_external):
     ev = evaluate(trained_runs["cnn"], data=binary_external.out, split="all", n_boot=20, by=["view", "lesion_type"])
-    m = ev.metrics
-    assert m["labels"] == ["BENIGN", "MALIGNANT"] and "added to BENIGN" in m["label_matching"]
-    assert m["n"] == len(binary_external.frame) and m["data"].endswith("prepared")
+    m = ev.report
+    assert m.labels == ["BENIGN", "MALIGNANT"] and "added to BENIGN" in m.label_matching
+    assert m.n == len(binary_external.frame) and m.data.endswith("prepared")
     probs = ev.predictions[["prob_BENIGN", "prob_MALIGNANT"]].to_numpy()
     assert np.allclose(probs.sum(1), 1.0, atol=1e-5)
-    ext = m["threshold"]["external"]
+    ext = m.threshold.external
     assert {"training", "this_set", "warning"} <= set(ext) and 0 <= ext["training"]["sensitivity"] <= 1
     assert "do not transfer" in ext["warning"]
     assert ev.out_dir.name == "external_prepared_all" and (ev.out_dir / "subgroups.png").is_file()
-    views = m["subgroups"]["view"]
-    assert set(views) == {"CC", "MLO"} and sum(v["n"] for v in views.values()) == m["n"]
-    assert "auc_malignant" in views["CC"] and "ci" in views["CC"]["auc_malignant"]
+    views = m.subgroups["view"]
+    assert set(views) == {"CC", "MLO"} and sum(v.n for v in views.values()) == m.n
+    assert views["CC"].auc_malignant is not None and len(views["CC"].auc_malignant.ci) == 2
     # the run's own evaluation is untouched by an external one, and the threshold is the run's own
     assert not (trained_runs["cnn"] / "evaluation" / "all").exists()
-    own = evaluate(trained_runs["cnn"], n_boot=0).metrics["threshold"]
-    assert m["threshold"]["value"] == own["value"] and m["threshold"]["chosen_on"] == own["chosen_on"]
+    own = evaluate(trained_runs["cnn"], n_boot=0).report.threshold
+    assert m.threshold.value == own.value and m.threshold.chosen_on == own.chosen_on
 
 
 def test_subgroups_and_external_data_bad_input(trained_runs, binary_external):
@@ -98,7 +98,7 @@ def _copy_of_the_training_set(demo_prepared, out, *, new_patients: bool):
 
     import pandas as pd
 
-    from mammobench.data.prepare import prepare
+    from mammobench.data.prepare import CacheOptions, prepare
     from mammobench.data.preprocess import PreprocessSettings
 
     frame = pd.read_csv(demo_prepared.out / "manifest.csv", dtype=str, keep_default_na=False)
@@ -116,7 +116,8 @@ def _copy_of_the_training_set(demo_prepared, out, *, new_patients: bool):
     table = out / "table.csv"
     table.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(table, index=False)
-    return prepare("csv", table, out / "prepared", preprocess=PreprocessSettings(size=32), workers=1, preview=False).out
+    return prepare("csv", table, out / "prepared", preprocess=PreprocessSettings(size=32),
+                   cache=CacheOptions(workers=1, preview=False)).out
 
 
 def test_an_external_set_holding_the_training_images_is_refused(trained_runs, demo_prepared, tmp_path):
@@ -131,9 +132,9 @@ def test_an_external_set_holding_the_training_images_is_refused(trained_runs, de
         evaluate(trained_runs["cnn"], data=copies, split="all", n_boot=0)
     # explicitly allowed: the overlapping rows are dropped and counted, the rest (the run's test patients) scored
     ev = evaluate(trained_runs["cnn"], data=copies, split="all", n_boot=0, allow_overlap=True)
-    overlap = ev.metrics["overlap"]
+    overlap = ev.report.overlap
     split = __import__("pandas").read_csv(trained_runs["cnn"] / "split.csv")
-    assert overlap["rows"] == int(split["split"].isin(["train", "val"]).sum()) and ev.metrics["n"] == overlap["of"] - overlap["rows"]
+    assert overlap["rows"] == int(split["split"].isin(["train", "val"]).sum()) and ev.report.n == overlap["of"] - overlap["rows"]
     assert (trained_runs["cnn"] / "fingerprints.csv").is_file()
 
 
@@ -161,12 +162,13 @@ def test_a_tiny_external_set_gets_the_guard_rails_and_no_zero_width_interval(tra
     folder = tmp_path / "tiny"
     write_manifest(two, folder, read_manifest_info(binary_external_rows))
     ev = evaluate(trained_runs["cnn"], data=folder, split="all", n_boot=200)
-    m = ev.metrics
-    assert m["patients"] == 2
-    assert any(w.startswith(f"the external set {folder} (all rows, model ") and "holds only" in w for w in m["warnings"]), m["warnings"]
-    assert any("no 95 % intervals" in w for w in m["warnings"])
-    assert all(np.isnan(v["ci"][0]) for v in m["metrics"].values() if v["ci"][0] is not None)
-    assert "training run" in m["run_warnings_about"]
+    m = ev.report
+    assert m.patients == 2
+    assert any(w.startswith(f"the external set {folder} (all rows, model ") and "holds only" in w
+               for w in m.warnings), m.warnings
+    assert any("no 95 % intervals" in w for w in m.warnings)
+    assert all(np.isnan(v.ci[0]) for v in m.metrics.values() if v.ci[0] is not None)
+    assert "training run" in m.run_warnings_about
 
 
 def test_no_interval_from_too_few_patients():

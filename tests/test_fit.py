@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from mammobench.cli import app
 from mammobench.config import ConfigError, load_config
 from mammobench.models.loading import ModelError
-from mammobench.runs import RunError, read_model_info, require_finished
+from mammobench.runs import RunDir, RunError
 from mammobench.runtime import MammobenchError
 from mammobench.training.fit import fit, resume
 from mammobench.training.module import NonFiniteLossError
@@ -53,11 +53,11 @@ def test_cnn_smoke_run_writes_a_complete_run_directory(demo_prepared, tmp_path):
         assert (run / name).is_file(), name
     # finished: the kept weights are model.safetensors; no checkpoint with optimiser state is left behind
     assert not (run / "checkpoints").exists()
-    info = require_finished(run)
+    info = RunDir(run).require_finished()
     assert info["labels"] == ["BENIGN", "MALIGNANT", "BENIGN_WITHOUT_CALLBACK"]
     env = json.loads((run / "environment.json").read_text())
     assert env["versions"]["torch"] and env["versions"]["timm"] and env["seed"] == 42
-    model = read_model_info(run)
+    model = RunDir(run).read_model_info()
     assert model.architecture == "test_resnet" and model.input_size == 64
     history = pd.read_csv(run / "history.csv")
     assert list(history["stage"]) == [1, 2]
@@ -99,14 +99,15 @@ def test_fit_leaves_the_callers_determinism_setting_alone(demo_prepared, tmp_pat
 
 def test_whole_image_models_remember_they_are(tmp_path):
     """model.json records the manifest's mode, so prediction crops whole mammograms to the breast."""
-    from mammobench.data.prepare import prepare
+    from mammobench.data.prepare import CacheOptions, prepare
     from mammobench.data.preprocess import PreprocessSettings
 
     prepared = prepare("demo", tmp_path / "gen", tmp_path / "full", mode="full",
-                       preprocess=PreprocessSettings(size=64), workers=1, preview=False)
+                       preprocess=PreprocessSettings(size=64),
+                       cache=CacheOptions(workers=1, preview=False))
     assert prepared.info.mode == "full" and (prepared.frame["roi"] == "").all()
     result = fit(tiny(prepared.out, tmp_path, "trainer.limit_train_batches=1", "stages.head_epochs=0"))
-    assert read_model_info(result.run_dir).mode == "full"
+    assert RunDir(result.run_dir).read_model_info().mode == "full"
 
 
 def test_vit_smoke_run_with_ema(demo_prepared, tmp_path):
@@ -115,7 +116,7 @@ def test_vit_smoke_run_with_ema(demo_prepared, tmp_path):
                                    "stages.unfreeze_blocks=2", "trainer.limit_train_batches=1", "optim.ema_decay=0.9"])
     result = fit(cfg)
     assert result.status == "finished" and len(result.history) == 2
-    assert read_model_info(result.run_dir).ema
+    assert RunDir(result.run_dir).read_model_info().ema
 
 
 class _CrashAt(pl.Callback):

@@ -15,14 +15,16 @@ from mammobench.training.sampling import create_balanced_sampler
 
 def test_golden_values():
     # p_t = 0.5: FL = -(1 - 0.5)^2 ln 0.5
-    assert softmax_focal_loss(torch.zeros(1, 2), torch.tensor([0]), gamma=2.0).item() == pytest.approx(0.25 * math.log(2), abs=1e-6)
+    loss = softmax_focal_loss(torch.zeros(1, 2), torch.tensor([0]), gamma=2.0).item()
+    assert loss == pytest.approx(0.25 * math.log(2), abs=1e-6)
     # three classes, logits (2, 0, 0), target 0: p = e^2 / (e^2 + 2)
     p = math.exp(2) / (math.exp(2) + 2)
     expected = -((1 - p) ** 1.5) * math.log(p)
     got = softmax_focal_loss(torch.tensor([[2.0, 0.0, 0.0]]), torch.tensor([0]), gamma=1.5)
     assert got.item() == pytest.approx(expected, rel=1e-5)
     # alpha scales the target class term
-    weighted = softmax_focal_loss(torch.tensor([[2.0, 0.0, 0.0]]), torch.tensor([0]), gamma=1.5, alpha=torch.tensor([0.25, 1.0, 1.0]))
+    weighted = softmax_focal_loss(torch.tensor([[2.0, 0.0, 0.0]]), torch.tensor([0]), gamma=1.5,
+                                  alpha=torch.tensor([0.25, 1.0, 1.0]))
     assert weighted.item() == pytest.approx(0.25 * expected, rel=1e-5)
 
 

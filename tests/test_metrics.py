@@ -153,22 +153,42 @@ def test_external_thresholds_are_scored_not_chosen_on_the_set():
     assert ext["this_set"]["sensitivity"] == 1.0 and "flatters itself" in ext["warning"]
 
 
-def test_plots_are_written_and_skip_undefined_values(tmp_path):
-    from mammobench.evaluation.plots import plot_roc, plot_subgroups
+def test_plots_are_written_and_skip_undefined_values(tmp_path, monkeypatch):
+    """The figures draw what they say: one ROC curve per class with its AUC, the macro average, and a forest plot
+    whose undefined subgroup has a row but no point."""
+    from mammobench.evaluation import plots
+    from mammobench.evaluation.metrics import safe_auc
 
+    drawn = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: (drawn.append(fig), save(fig, path))[1])
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 40)
     probs = np.stack([1 - rng.random(40), rng.random(40)], 1)
     probs /= probs.sum(1, keepdims=True)
-    path = plot_roc(y, probs, ["BENIGN", "MALIGNANT"], tmp_path / "roc.png", title="ROC")
+    path = plots.plot_roc(y, probs, ["BENIGN", "MALIGNANT"], tmp_path / "roc.png", title="ROC")
     assert path.read_bytes()[:4] == b"\x89PNG"
+    ax = drawn[-1].axes[0]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == [f"BENIGN (AUC {safe_auc(y == 0, probs[:, 0]):.3f})", f"MALIGNANT (AUC {safe_auc(y == 1, probs[:, 1]):.3f})",
+                      "macro average"]
+    fpr, tpr = ax.lines[1].get_data()  # the malignant curve ends at (1, 1) and never goes down
+    assert (fpr[-1], tpr[-1]) == (1.0, 1.0) and (np.diff(tpr) >= 0).all()
     groups = {"density": {"A": {"n": 5, "auc_malignant": {"value": float("nan"), "ci": [None, None]}},
                           "B": {"n": 30, "auc_malignant": {"value": 0.7, "ci": [0.5, 0.9]}}}}
-    assert plot_subgroups(groups, tmp_path / "sub.png", title="Subgroups").is_file()
+    assert plots.plot_subgroups(groups, tmp_path / "sub.png", title="Subgroups").is_file()
+    ax = drawn[-1].axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["density = A (n=5)", "density = B (n=30)"]
+    points = [line.get_data() for line in ax.lines if line.get_marker() == "s"]
+    intervals = [line.get_data() for line in ax.lines if line.get_marker() in ("None", "", None) and len(line.get_xdata()) == 2
+                 and line.get_ydata()[0] == line.get_ydata()[1]]
+    assert len(points) == 1 and list(points[0][0]) == [0.7] and list(points[0][1]) == [1]  # only B, on its row
+    assert [list(x) for x, _ in intervals] == [[0.5, 0.9]]
 
 
 def test_thresholds_keep_their_meaning_at_the_ends_and_small_subgroups_carry_a_caution():
-    from mammobench.evaluation.breakdowns import subgroups
+    from mammobench.evaluation.breakdowns import ScoredSet, subgroups
+    from mammobench.evaluation.report import ReportOptions
     from mammobench.formatting import format_probability
 
     assert format_probability(2.5e-09) == "2.5e-09" and format_probability(0.31249) == "0.312"
@@ -178,6 +198,6 @@ def test_thresholds_keep_their_meaning_at_the_ends_and_small_subgroups_carry_a_c
     rows = pd.DataFrame({"site": ["big"] * 60 + ["small"] * 4, "dataset": "d", "patient_id": [f"p{i}" for i in range(n)]})
     y = np.r_[np.tile([0, 1], 30), [0, 1, 0, 1]]
     probs = np.c_[1 - (p := rng.random(n)), p]
-    out = subgroups(rows, y, probs, ["BENIGN", "MALIGNANT"], rows["patient_id"].to_numpy(), "MALIGNANT", 0.5,
-                    ["site"], n_boot=50, seed=0)
+    scored = ScoredSet(rows, y, probs, ["BENIGN", "MALIGNANT"], rows["patient_id"].to_numpy(), "MALIGNANT", 0.5)
+    out = subgroups(scored, ReportOptions(n_boot=50, by=("site",)))
     assert "caution" not in out["site"]["big"] and out["site"]["small"]["caution"].startswith("no 95 % intervals")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from mammobench.data.images import read_image
@@ -57,22 +56,24 @@ def test_full_mode_with_and_without_normals():
 
 def test_normal_films_are_not_benign_and_the_tissue_is_kept_as_density(tmp_path):
     from mammobench.data.manifest import read_manifest
-    from mammobench.data.prepare import prepare
+    from mammobench.data.prepare import CacheOptions, prepare
     from mammobench.data.preprocess import PreprocessSettings
     from mammobench.data.sources import SourceOptions
     from mammobench.evaluation.breakdowns import subgroup_column
 
     small = PreprocessSettings(size=32)
-    result = prepare("mias", MIAS, tmp_path / "binary", mode="full", labels="binary", source=SourceOptions(include_normal=True),
-                     preprocess=small, workers=2, preview=False)
+    result = prepare("mias", MIAS, tmp_path / "binary", mode="full", labels="binary",
+                     source=SourceOptions(include_normal=True), preprocess=small,
+                     cache=CacheOptions(workers=2, preview=False))
     frame = read_manifest(result.out)
     assert frame["label"].value_counts().to_dict() == {"NORMAL": 65, "BENIGN": 22, "MALIGNANT": 17}
     summary = (result.out / "summary.md").read_text()
     assert "NORMAL -> NORMAL (65; kept as its own class: normal is not benign" in summary
     assert set(frame["density"]) == {"fatty", "fatty-glandular", "dense-glandular"}
     assert set(subgroup_column(frame, "density")) == set(frame["density"])  # evaluate --by density
-    rest = prepare("mias", MIAS, tmp_path / "rest", mode="full", labels="binary-with-normal", source=SourceOptions(include_normal=True),
-                   preprocess=small, workers=2, preview=False)
+    rest = prepare("mias", MIAS, tmp_path / "rest", mode="full", labels="binary-with-normal",
+                   source=SourceOptions(include_normal=True), preprocess=small,
+                   cache=CacheOptions(workers=2, preview=False))
     assert set(read_manifest(rest.out)["label"]) == {"MALIGNANT", "NON_MALIGNANT"}
     assert "NORMAL -> NON_MALIGNANT (65)" in (rest.out / "summary.md").read_text()
 
@@ -83,4 +84,19 @@ def test_bad_info_rows_are_named(tmp_path):
         load_mias(tmp_path)
     with pytest.raises(MiasError, match="no Info.txt"):
         load_mias(tmp_path / "nowhere")
-    np.zeros(1)
+    (tmp_path / "Info.txt").write_text("mdb001 G CIRC B 535 425 197\nmdb003 G CIRC 535 425 197\n")
+    with pytest.raises(MiasError, match=r"Info.txt:2: abnormality CIRC without severity B or M"):
+        load_mias(tmp_path)
+    # a typo in one finding's centre: that finding is reported and skipped (line and text named), the rest kept
+    from PIL import Image
+
+    for ref in ("mdb001", "mdb005"):
+        Image.new("L", (1024, 1024), 40).save(tmp_path / f"{ref}.pgm")
+    (tmp_path / "Info.txt").write_text("mdb001 G CIRC B 535 425 197\nmdb005 G CIRC B x 425 197\n")
+    result = load_mias(tmp_path)
+    assert list(result.records["sample_id"].str[:6]) == ["mdb001"]
+    assert len(result.skipped) == 1 and result.skipped[0].reference == "Info.txt:2"
+    assert "cannot parse 'x 425 197' on line 2 of Info.txt" in result.skipped[0].reason
+    (tmp_path / "Info.txt").write_text("mdb001 G CIRC B 535 425 197\nmdb0x5\n")
+    with pytest.raises(MiasError, match=r"Info.txt:2: cannot parse 'mdb0x5'; expected 'mdbNNN TISSUE CLASS"):
+        load_mias(tmp_path)

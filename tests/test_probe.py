@@ -11,6 +11,7 @@ import torch
 
 from mammobench.config import ConfigError, load_config
 from mammobench.models.factory import create_model
+from mammobench.runs import RunError
 from mammobench.training.probe import ProbeError, fit_logistic, fold_into_head
 
 from .test_serving import lesion_images  # noqa: F401 - fixture
@@ -71,7 +72,7 @@ def test_a_linear_probe_end_to_end(mammo_clip_b2, demo_prepared, lesion_images, 
     again = fit(load_config("mammo_clip_b2_probe", [*base, "output.name=again", "seed=7"]))
     assert json.loads((again.run_dir / "run.json").read_text())["probe"]["embedded_now"] == 0  # the cache served
     report = evaluate(result.run_dir, split="test", n_boot=50).report
-    assert 0.0 <= report["metrics"]["auc_macro"]["value"] <= 1.0
+    assert 0.0 <= report.metrics["auc_macro"].value <= 1.0
     bundle = export_bundle(result.run_dir, tmp_path / "bundle", onnx=True)
     assert read_bundle_meta(bundle).provenance["linear_probe"]["C"] == probe["C"]
     torch_p = Predictor.from_bundle(bundle, device="cpu").predict_paths(lesion_images[:3])
@@ -82,7 +83,7 @@ def test_a_linear_probe_end_to_end(mammo_clip_b2, demo_prepared, lesion_images, 
     assert "mammo-clip-b2" in describe(predictor) and "linear probe" in describe(predictor)
     probs, text, cam = analyse(predictor, str(lesion_images[0]))
     assert abs(sum(probs.values()) - 1) < 1e-5 and "Decision:" in text and cam is not None
-    with pytest.raises(Exception, match="nothing to resume"):
+    with pytest.raises(RunError, match="a linear probe has nothing to resume .* --overwrite"):
         fit(load_config("mammo_clip_b2_probe", base), resume=True)
 
 

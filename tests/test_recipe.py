@@ -129,7 +129,8 @@ def test_crop_files_fall_back_to_fixed_scaling():
 
 
 def test_split_warnings_name_small_classes():
-    counts = {"train": {"BENIGN": 50, "MALIGNANT": 40}, "val": {"BENIGN": 3, "MALIGNANT": 12}, "test": {"BENIGN": 30, "MALIGNANT": 30}}
+    counts = {"train": {"BENIGN": 50, "MALIGNANT": 40}, "val": {"BENIGN": 3, "MALIGNANT": 12},
+              "test": {"BENIGN": 30, "MALIGNANT": 30}}
     out = split_warnings(counts)
     assert len(out) == 1 and "val split holds only 3 BENIGN" in out[0]
     assert split_warnings({"val": {"A": 10}, "test": {"A": 12}}) == []
@@ -253,8 +254,8 @@ def test_a_small_kfold_run_trains_on_every_other_fold_and_says_so(demo_prepared,
     assert info["kept_weights"] == "last" and info["kept_epoch"] == 2 and "no validation split" in info["validation"]
     assert result.monitor is None
     ev = evaluate(result.run_dir, n_boot=0)
-    assert ev.metrics["threshold"]["rule"] == "fallback 0.5"
-    assert "no validation split" in ev.metrics["threshold"]["reason"]
+    assert ev.report.threshold.rule == "fallback 0.5"
+    assert "no validation split" in ev.report.threshold.reason
     bundle = load_bundle(export_bundle(result.run_dir, tmp_path / "bundle", onnx=False))
     assert bundle.meta.thresholds["MALIGNANT"].chosen_on.startswith("none")
 

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from mammobench.cli import app
 from mammobench.data.images import read_image
 from mammobench.data.preprocess import input_mismatch
-from mammobench.runs import load_run_model
+from mammobench.runs import RunDir
 from mammobench.serving.bundle import (
     BundleError,
     description_digest,
@@ -65,7 +65,7 @@ def test_bundle_contents(bundle):
 
 
 def test_round_trip_gives_identical_predictions(bundle, trained_runs, lesion_images):
-    run_model, info = load_run_model(trained_runs["cnn"])
+    run_model, info = RunDir(trained_runs["cnn"]).load_model()
     predictor = Predictor.from_bundle(bundle, device="cpu")
     images = [predictor.preprocess(read_image(p)) for p in lesion_images]
     import torch
@@ -179,9 +179,9 @@ def test_a_crop_file_is_prepared_like_its_region_of_the_mammogram(trained_runs):
     """A lesion crop file and the same region given with --roi on its mammogram reach the model alike where they
     can (bit depth, the flip to the training side); what a crop file cannot carry (the breast's window) is said."""
     from mammobench.evaluation.inference import CROP_FILE_NOTE, SIDE_UNKNOWN_NOTE, model_input
-    from mammobench.runs import read_model_info
+    from mammobench.runs import RunDir
 
-    info = read_model_info(trained_runs["cnn"])
+    info = RunDir(trained_runs["cnn"]).read_model_info()
     assert info.lesions_from == "image" and info.hflip == 0.5 and info.input_stats is not None
     whole, (x0, y0, x1, y1) = _right_breast_with_lesion()
     crop = whole[y0:y1, x0:x1]
@@ -358,3 +358,30 @@ def test_onnx_export_matches_pytorch_and_takes_any_batch(tmp_path):
         probs = runner(x.numpy())
         assert probs.shape == (batch, 3) and np.allclose(probs.sum(1), 1, atol=1e-5)
         assert max_probability_difference(torch_model, runner, x) < 1e-4
+
+
+def test_every_bundle_carries_a_model_card_its_checksums_cover(plain_bundle, trained_runs, tmp_path):
+    """MODEL_CARD.md in the Hugging Face layout: front matter with the test results, the research-only notice, the
+    training data per split, the threshold and calibration, known limits; editing it breaks the bundle."""
+    import yaml
+
+    from mammobench.evaluation.report import EvaluationReport
+    from mammobench.serving.bundle import BundleError, load_bundle
+
+    text = (plain_bundle / "MODEL_CARD.md").read_text()
+    front = yaml.safe_load(text.split("---\n")[1])
+    assert front["library_name"] == "mammobench" and "research-only" in front["tags"]
+    test = EvaluationReport.read(RunDir(trained_runs["cnn"]).evaluation("test").metrics_path)
+    (result,) = [r for r in front["model-index"][0]["results"] if r["dataset"]["split"] == "test"]
+    auc = {m["name"]: m["value"] for m in result["metrics"]}["auc_malignant"]
+    assert auc == pytest.approx(test.metrics["auc_malignant"].value, abs=1e-4)
+    assert "**Research use only.**" in text and "SYNTHETIC DEMO DATA" in text
+    split = RunDir(trained_runs["cnn"]).read_split()
+    train = split[split["split"] == "train"]
+    assert f"| train | {len(train)} | {train['patient_id'].nunique()} |" in text
+    assert "Decision: MALIGNANT when its probability >=" in text and "## Known limits" in text
+    assert read_bundle_meta(plain_bundle).model_card.file == "MODEL_CARD.md"
+    copy = shutil.copytree(plain_bundle, tmp_path / "edited")
+    (copy / "MODEL_CARD.md").write_text(text.replace("Research use only", "Cleared for clinical use"))
+    with pytest.raises(BundleError, match="MODEL_CARD.md does not match the SHA-256"):
+        load_bundle(copy)

@@ -9,7 +9,7 @@ import pytest
 
 from mammobench.data.images import read_image
 from mammobench.data.manifest import read_manifest
-from mammobench.data.prepare import prepare
+from mammobench.data.prepare import CacheOptions, SplitOptions, prepare
 from mammobench.data.preprocess import PreprocessSettings
 from mammobench.data.sources import SourceOptions
 from mammobench.data.sources.rsna import RsnaError, load_rsna
@@ -56,8 +56,10 @@ def _rsna(root, n=6):
 
 def test_rsna_layout_labels_per_breast_and_metadata(tmp_path):
     _rsna(tmp_path)
-    result = prepare("rsna", tmp_path, tmp_path / "out", mode="full", labels="binary", split="random",
-                     test_fraction=0.34, preprocess=PreprocessSettings(size=(64, 48)), workers=1, preview=False)
+    result = prepare("rsna", tmp_path, tmp_path / "out", mode="full", labels="binary",
+                     preprocess=PreprocessSettings(size=(64, 48)),
+                     split=SplitOptions(kind="random", test_fraction=0.34),
+                     cache=CacheOptions(workers=1, preview=False))
     frame = read_manifest(result.out)
     assert len(frame) == 24 and set(frame["label"]) == {"MALIGNANT", "NORMAL"}  # cancer vs a negative screen
     first = frame[frame["patient_id"] == "1000"].set_index(["laterality", "view"])
@@ -117,16 +119,17 @@ def _vindr(root, n=6):
 
 def test_vindr_suspicious_and_birads_label_sets_and_official_split(tmp_path):
     _vindr(tmp_path)
-    result = prepare("vindr", tmp_path, tmp_path / "out", mode="full", split="official",
-                     preprocess=PreprocessSettings(size=(64, 48)), workers=1, preview=False)
+    result = prepare("vindr", tmp_path, tmp_path / "out", mode="full", preprocess=PreprocessSettings(size=(64, 48)),
+                     split=SplitOptions(kind="official"), cache=CacheOptions(workers=1, preview=False))
     frame = read_manifest(result.out)
     assert set(frame["label"]) == {"BENIGN", "MALIGNANT"} and (frame["dataset"] == "vindr").all()
     assert set(frame.loc[frame["split"] == "test", "exam_id"]) == {"st004", "st005"}
     assert any("no biopsy labels" in n for n in result.info.notes)
     assert set(frame["density"]) == {"C"} and frame["breast_id"].str.startswith("vindr/").all()
     assert set(frame["manufacturer"]) == {"HOLOGIC, Inc."}
-    five = prepare("vindr", tmp_path, tmp_path / "out5", mode="full", split="official", source=SourceOptions(label_set="birads"),
-                   preprocess=PreprocessSettings(size=(64, 48)), workers=1, preview=False)
+    five = prepare("vindr", tmp_path, tmp_path / "out5", mode="full", source=SourceOptions(label_set="birads"),
+                   preprocess=PreprocessSettings(size=(64, 48)), split=SplitOptions(kind="official"),
+                   cache=CacheOptions(workers=1, preview=False))
     assert set(read_manifest(five.out)["label"]) <= {f"BIRADS_{k}" for k in range(1, 6)}
     assert five.info.positive_label is None
 
@@ -186,15 +189,19 @@ def test_inbreast_birads_mapping_patients_from_file_names_and_xml_rois(tmp_path)
     _inbreast(tmp_path)
     full = load_inbreast(tmp_path).records
     assert len(full) == 6 and list(full["raw_label"]) == ["NORMAL", "BENIGN", "MALIGNANT", "MALIGNANT", "BENIGN", "MALIGNANT"]
-    assert full["patient_id"].nunique() == 3 and set(full["view"]) == {"CC", "MLO"} and (full["birads"] == ["1", "2", "4c", "5", "3", "6"]).all()
+    assert full["patient_id"].nunique() == 3 and set(full["view"]) == {"CC", "MLO"}
+    assert (full["birads"] == ["1", "2", "4c", "5", "3", "6"]).all()
     roi = load_inbreast(tmp_path, mode="roi").records
     assert len(roi) == 5 and set(roi["roi"]) == {"20 30 45 71"} and set(roi["lesion_type"]) == {"mass"}
-    result = prepare("inbreast", tmp_path, tmp_path / "out", mode="full", labels="binary", split="random",
-                     test_fraction=0.34, preprocess=PreprocessSettings(size=(64, 48)), workers=1, preview=False)
+    result = prepare("inbreast", tmp_path, tmp_path / "out", mode="full", labels="binary",
+                     preprocess=PreprocessSettings(size=(64, 48)),
+                     split=SplitOptions(kind="random", test_fraction=0.34),
+                     cache=CacheOptions(workers=1, preview=False))
     assert set(read_manifest(result.out)["label"]) == {"BENIGN", "MALIGNANT", "NORMAL"}  # normal is not benign
     result = prepare("inbreast", tmp_path, tmp_path / "out2", mode="full", labels="binary-with-normal",
-                     split="random", test_fraction=0.34, preprocess=PreprocessSettings(size=(64, 48)), workers=1,
-                     preview=False)
+                     preprocess=PreprocessSettings(size=(64, 48)),
+                     split=SplitOptions(kind="random", test_fraction=0.34),
+                     cache=CacheOptions(workers=1, preview=False))
     assert set(read_manifest(result.out)["label"]) == {"MALIGNANT", "NON_MALIGNANT"}
 
 
@@ -249,8 +256,9 @@ def test_a_damaged_jpeg2000_frame_is_damaged_data_not_a_missing_decoder(tmp_path
     cut = tmp_path / "train_images" / "1001" / "123.dcm"
     cut.write_bytes(cut.read_bytes()[:700])
     capfd.readouterr()
-    result = prepare("rsna", tmp_path, tmp_path / "out", mode="full", split="random", test_fraction=0.34,
-                     preprocess=PreprocessSettings(size=(64, 48)), workers=2, preview=False)
+    result = prepare("rsna", tmp_path, tmp_path / "out", mode="full", preprocess=PreprocessSettings(size=(64, 48)),
+                     split=SplitOptions(kind="random", test_fraction=0.34),
+                     cache=CacheOptions(workers=2, preview=False))
     captured = capfd.readouterr()
     assert "Traceback" not in captured.out + captured.err
     skipped = pd.read_csv(result.out / "skipped.csv").set_index("path")["reason"]

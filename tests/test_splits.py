@@ -85,3 +85,50 @@ def test_too_few_patients_is_a_clear_error():
         split_random(frame(1))
     with pytest.raises(SplitError, match="3 patient"):
         split_kfold(frame(3), k=5)
+
+
+def two_datasets_sharing_ids() -> pd.DataFrame:
+    """Two datasets whose patient ids collide (MIAS and a private set both numbering from 1): 20 patients, not 10."""
+    rows = []
+    for dataset in ("A", "B"):
+        for p in range(10):
+            label = ("BENIGN", "MALIGNANT")[p % 2]
+            rows.append({"sample_id": f"{dataset}{p}", "dataset": dataset, "patient_id": f"P{p}", "label": label,
+                         "image_path": f"/{dataset}/{p}.png", "split": ("train", "test")[p >= 7], "laterality": "L"})
+    return pd.DataFrame(rows)
+
+
+def test_every_count_and_key_uses_the_one_patient_rule():
+    """Patients are (dataset, patient_id) everywhere: the report's patient counts, breast keys and external overlap."""
+    from mammobench.data.manifest import patient_key
+    from mammobench.data.views import breast_key
+    from mammobench.evaluation.overlap import find_overlap
+    from mammobench.experiments.compare_report import _data_section
+
+    both = two_datasets_sharing_ids()
+    assert patient_key(both).nunique() == 20
+    table = dict(_data_section(["BENIGN", "MALIGNANT"], both).tables[0][1][["split", "patients"]].to_numpy())
+    assert table == {"train": 14, "test": 6}
+    assert breast_key(both).nunique() == 20
+    other = both[both["dataset"] == "B"].assign(image_path=lambda f: "/elsewhere" + f["image_path"])
+    assert find_overlap(other, both[both["dataset"] == "A"]).by_patient == 0
+    same = find_overlap(other.assign(dataset="A"), both[both["dataset"] == "A"])
+    assert same.by_patient == 10 and "(same patient A/P0)" in same.examples[0]
+
+
+def test_study_folds_count_patients_by_the_one_rule(tmp_path, caplog):
+    """make_folds counts each label's patients across datasets by (dataset, patient_id): no false 'too few' warning."""
+    import logging
+
+    from mammobench.config import Config
+    from mammobench.data.manifest import ManifestInfo, write_manifest
+    from mammobench.experiments.folds import make_folds
+    from mammobench.experiments.study import StudySpec
+
+    both = two_datasets_sharing_ids().assign(roi="", lesion_type="mass", view="CC", split="train")
+    info = ManifestInfo(dataset="csv", mode="roi", labels=["BENIGN", "MALIGNANT"], label_mapping={}, positive_label="MALIGNANT")
+    manifest = write_manifest(both.assign(image_path=[f"{i}.png" for i in range(20)]), tmp_path / "data", info)
+    spec = StudySpec.model_validate({"name": "s", "base": "x.yaml", "cv": {"folds": 10, "repeats": 1}, "variants": {"a": []}})
+    with caplog.at_level(logging.WARNING):
+        make_folds(spec, Config.model_validate({"data": {"manifest": str(manifest)}}), tmp_path / "study")
+    assert "occurs in" not in caplog.text

@@ -10,7 +10,7 @@ import pytest
 
 from mammobench.data.labels import LabelError
 from mammobench.data.manifest import REQUIRED_COLUMNS, read_manifest, read_manifest_info
-from mammobench.data.prepare import prepare
+from mammobench.data.prepare import CacheOptions, prepare
 from mammobench.data.preprocess import PreprocessSettings
 from mammobench.data.sources.table import TableError, load_table
 from mammobench.data.splits import check_no_leakage
@@ -54,13 +54,14 @@ def test_table_missing_images_skipped_and_bad_roi_named(tmp_path):
 def test_unknown_label_names_the_row(tmp_path):
     table = make_table(tmp_path, extra=lambda t: t.__setitem__("label", ["BENIGN"] * 5 + ["CANCER"] + ["BENIGN"] * 6))
     with pytest.raises(LabelError, match="t.csv:7: unknown label 'CANCER'"):
-        prepare("csv", table, tmp_path / "out", build_cache=False)
+        prepare("csv", table, tmp_path / "out", cache=CacheOptions(build=False))
 
 
 def test_corrupt_image_is_reported_and_skipped(tmp_path):
     table = make_table(tmp_path, n=20)
     (tmp_path / "img" / "4.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
-    result = prepare("csv", table, tmp_path / "out", preprocess=PreprocessSettings(size=32), workers=1)
+    result = prepare("csv", table, tmp_path / "out", preprocess=PreprocessSettings(size=32),
+                     cache=CacheOptions(workers=1))
     assert len(result.frame) == 19
     bad = [s for s in result.skipped if s.path.endswith("4.png")]
     assert len(bad) == 1 and "unreadable image" in bad[0].reason
@@ -100,7 +101,8 @@ def test_demo_prepare_outputs(demo_prepared):
 
 
 def test_prepared_folder_can_be_moved(tmp_path):
-    prepare("demo", None, tmp_path / "out", preprocess=PreprocessSettings(size=32), workers=1, preview=False)
+    prepare("demo", None, tmp_path / "out", preprocess=PreprocessSettings(size=32),
+            cache=CacheOptions(workers=1, preview=False))
     raw = pd.read_csv(tmp_path / "out" / "manifest.csv")
     assert raw["image_path"].str.startswith("demo_images/").all()  # relative to the manifest
     (tmp_path / "out").rename(tmp_path / "moved")
@@ -109,11 +111,13 @@ def test_prepared_folder_can_be_moved(tmp_path):
 
 
 def test_demo_is_marked_synthetic_and_rerun_is_idempotent(tmp_path):
-    a = prepare("demo", tmp_path / "gen", tmp_path / "out", preprocess=PreprocessSettings(size=32), workers=1)
+    a = prepare("demo", tmp_path / "gen", tmp_path / "out", preprocess=PreprocessSettings(size=32),
+                cache=CacheOptions(workers=1))
     assert a.info.synthetic and a.info.dataset == "demo-synthetic"
     assert "SYNTHETIC" in (tmp_path / "out" / "summary.md").read_text()
     assert (a.frame["image_path"].str.contains("synthetic_")).all()
-    b = prepare("demo", tmp_path / "gen", tmp_path / "out", preprocess=PreprocessSettings(size=32), workers=1)
+    b = prepare("demo", tmp_path / "gen", tmp_path / "out", preprocess=PreprocessSettings(size=32),
+                cache=CacheOptions(workers=1))
     assert any("0 built" in n for n in b.notes)  # the cache was reused
     pd.testing.assert_frame_equal(a.frame.drop(columns=[]), b.frame)
 
@@ -127,12 +131,15 @@ def test_prepare_in_shards_then_merge(tmp_path):
 
     table = generate_demo_dataset(tmp_path / "images", n_patients=12, seed=2)
     settings = PreprocessSettings(size=32)
-    parts = [prepare_shard("csv", table, tmp_path / "out", (i, 3), preprocess=settings, workers=1) for i in (0, 2)]
+    parts = [prepare_shard("csv", table, tmp_path / "out", (i, 3), preprocess=settings, cache=CacheOptions(workers=1))
+             for i in (0, 2)]
     assert [p.rows for p in parts] == [8, 8] and all(p.built == 8 for p in parts)
     with pytest.raises(MammobenchError, match=r"shard\(s\) 1 of 3 have not finished"):
-        prepare("csv", table, tmp_path / "out", preprocess=settings, workers=1, merge=True, preview=False)
-    prepare_shard("csv", table, tmp_path / "out", (1, 3), preprocess=settings, workers=1)
-    result = prepare("csv", table, tmp_path / "out", preprocess=settings, workers=1, merge=True, preview=False)
+        prepare("csv", table, tmp_path / "out", preprocess=settings, merge=True,
+                cache=CacheOptions(workers=1, preview=False))
+    prepare_shard("csv", table, tmp_path / "out", (1, 3), preprocess=settings, cache=CacheOptions(workers=1))
+    result = prepare("csv", table, tmp_path / "out", preprocess=settings, merge=True,
+                     cache=CacheOptions(workers=1, preview=False))
     assert any("cache built by 3 shards: 24 images decoded" in n for n in result.notes)
     assert any("0 built, 24 reused" in n for n in result.notes), "the merge decodes nothing again"
     with pytest.raises(MammobenchError, match="0 <= i < n"):
@@ -147,14 +154,16 @@ def test_merge_refuses_shards_of_another_size_naming_both(tmp_path):
 
     table = generate_demo_dataset(tmp_path / "images", n_patients=4, seed=2)
     for i in range(2):
-        prepare_shard("csv", table, tmp_path / "out", (i, 2), preprocess=PreprocessSettings(size=48), workers=1)
+        prepare_shard("csv", table, tmp_path / "out", (i, 2), preprocess=PreprocessSettings(size=48),
+                      cache=CacheOptions(workers=1))
     with pytest.raises(MammobenchError, match=r"shards built the cache for size 48 .* asks for size 32"):
-        prepare("csv", table, tmp_path / "out", preprocess=PreprocessSettings(size=32), workers=1, merge=True,
-                preview=False)
+        prepare("csv", table, tmp_path / "out", preprocess=PreprocessSettings(size=32), merge=True,
+                cache=CacheOptions(workers=1, preview=False))
     assert not (tmp_path / "out" / "manifest.csv").exists()
     (tmp_path / "out" / "shards" / "shard-1-of-2.json").unlink()
     with pytest.raises(MammobenchError, match=r"no shard-1-of-2\.json in"):
-        prepare("csv", table, tmp_path / "out", preprocess=PreprocessSettings(size=48), workers=1, merge=True)
+        prepare("csv", table, tmp_path / "out", preprocess=PreprocessSettings(size=48), merge=True,
+                cache=CacheOptions(workers=1))
 
 
 def test_when_every_row_is_skipped_skipped_csv_is_still_written(tmp_path):
@@ -168,13 +177,14 @@ def test_when_every_row_is_skipped_skipped_csv_is_still_written(tmp_path):
     table = tmp_path / "t.csv"
     table.write_text(f"path,label,patient_id\n{bad},BENIGN,p1\n{bad},MALIGNANT,p2\n")
     with pytest.raises(MammobenchError, match=r"no readable image left .*/out/skipped.csv"):
-        prepare("csv", table, tmp_path / "out", preprocess=PreprocessSettings(size=32), workers=1)
+        prepare("csv", table, tmp_path / "out", preprocess=PreprocessSettings(size=32), cache=CacheOptions(workers=1))
     assert len(pd.read_csv(tmp_path / "out" / "skipped.csv")) == 2
     # rows whose images do not exist: skipped by the source
     missing = tmp_path / "m.csv"
     missing.write_text("path,label,patient_id\nnowhere.png,BENIGN,p1\n")
     with pytest.raises(MammobenchError, match=r"none of the 1 images exist.*every skipped row with its reason"):
-        prepare("csv", missing, tmp_path / "out2", preprocess=PreprocessSettings(size=32), workers=1)
+        prepare("csv", missing, tmp_path / "out2", preprocess=PreprocessSettings(size=32),
+                cache=CacheOptions(workers=1))
     skipped = pd.read_csv(tmp_path / "out2" / "skipped.csv")
     assert list(skipped["reason"]) == ["image file not found"]
 
@@ -188,7 +198,8 @@ def test_a_failed_prepare_into_a_prepared_folder_leaves_its_record_as_it_was(tmp
     from mammobench.runtime import MammobenchError
 
     table = generate_demo_dataset(tmp_path / "images", n_patients=8, seed=2)
-    out = prepare("csv", table, tmp_path / "out", preprocess=PreprocessSettings(size=32), workers=1, preview=False).out
+    out = prepare("csv", table, tmp_path / "out", preprocess=PreprocessSettings(size=32),
+                  cache=CacheOptions(workers=1, preview=False)).out
     before = {name: (out / name).read_bytes() for name in ("manifest.csv", "skipped.csv", "summary.md")}
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")
@@ -198,7 +209,7 @@ def test_a_failed_prepare_into_a_prepared_folder_leaves_its_record_as_it_was(tmp
         if data.name == "nowhere.csv":
             data.write_text("path,label,patient_id\nnowhere.png,BENIGN,p1\n")
         with pytest.raises(MammobenchError, match=r"skipped_failed\.csv"):
-            prepare("csv", data, out, preprocess=PreprocessSettings(size=32), workers=1)
+            prepare("csv", data, out, preprocess=PreprocessSettings(size=32), cache=CacheOptions(workers=1))
         assert {name: (out / name).read_bytes() for name in before} == before
         assert len(pd.read_csv(out / "skipped_failed.csv")) == 1
 

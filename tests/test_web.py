@@ -93,13 +93,14 @@ def test_upload_in_a_real_browser(predictor, lesion_images, tmp_path):  # noqa: 
 def whole_image_bundle(tmp_path_factory):
     """A whole-mammogram model (96 x 64), trained for one quick epoch."""
     from mammobench.config import load_config
-    from mammobench.data.prepare import prepare
+    from mammobench.data.prepare import CacheOptions, prepare
     from mammobench.data.preprocess import PreprocessSettings
     from mammobench.training.fit import fit
 
     root = tmp_path_factory.mktemp("whole")
-    prepared = prepare("demo", root / "gen", root / "full", mode="full", preprocess=PreprocessSettings(size=(96, 64)),
-                       workers=1, preview=False)
+    prepared = prepare("demo", root / "gen", root / "full", mode="full",
+                       preprocess=PreprocessSettings(size=(96, 64)),
+                       cache=CacheOptions(workers=1, preview=False))
     run = fit(load_config("demo_cnn", [f"data.manifest={prepared.out}", f"output.dir={root / 'runs'}",
                                        "data.image_size=[96, 64]", "stages.finetune_epochs=1", "output.tensorboard=false",
                                        "trainer.limit_train_batches=2"])).run_dir

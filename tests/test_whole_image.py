@@ -13,23 +13,13 @@ from safetensors.torch import load_file
 from mammobench.config import ConfigError, load_config
 from mammobench.data.manifest import read_manifest
 from mammobench.models.loading import ModelError
-from mammobench.runs import RunError, read_model_info
+from mammobench.runs import RunDir, RunError
 from mammobench.training.fit import fit
 
 from .test_fit import tiny
 
 
-@pytest.fixture(scope="module")
-def full_prepared(tmp_path_factory):
-    """Whole demo mammograms prepared at a non-square 96 x 64 (height x width)."""
-    from mammobench.data.prepare import prepare
-    from mammobench.data.preprocess import PreprocessSettings
-
-    root = tmp_path_factory.mktemp("fullhw")
-    return prepare("demo", root / "gen", root / "full", mode="full", preprocess=PreprocessSettings(size=(96, 64)),
-                   workers=1, preview=False)
-
-
+@pytest.mark.slow  # it trains a model
 def test_non_square_whole_images_end_to_end(full_prepared, tmp_path):
     """data.image_size [H, W]: cache, training, model.json, evaluation, bundle and ONNX all keep H x W."""
     from mammobench.evaluation.evaluate import evaluate
@@ -39,14 +29,14 @@ def test_non_square_whole_images_end_to_end(full_prepared, tmp_path):
     result = fit(tiny(full_prepared.out, tmp_path, "data.image_size=[96, 64]", "trainer.limit_train_batches=2",
                       "stages.head_epochs=0", "model.grad_checkpointing=true", "trainer.accumulate=2",
                       "data.batch_size=4"))
-    info = read_model_info(result.run_dir)
+    info = RunDir(result.run_dir).read_model_info()
     assert tuple(info.input_size) == (96, 64) and info.preprocess.hw == (96, 64)
     run = json.loads((result.run_dir / "run.json").read_text())
     assert run["batch"] == {"per_step": 4, "accumulate": 2, "effective": 8} and run["grad_checkpointing"]
     cached = list((full_prepared.out / "cache").glob("96x64px-*"))
     assert cached, "the cache folder names the size as height x width"
     assert np.load(next(cached[0].rglob("*.npy"))).shape == (96, 64)
-    assert evaluate(result.run_dir, n_boot=0).metrics["n"] > 0
+    assert evaluate(result.run_dir, n_boot=0).report.n > 0
     bundle = export_bundle(result.run_dir, tmp_path / "bundle", onnx=True)
     frame = read_manifest(full_prepared.out)
     image = frame["image_path"].iloc[0]
@@ -126,6 +116,7 @@ def test_init_from_a_crops_run_starts_the_whole_image_model_from_its_backbone(cr
     assert not torch.equal(load_file(str(plain.run_dir / "model.safetensors"))["conv1.0.weight"], crops["conv1.0.weight"])
 
 
+@pytest.mark.slow  # it trains a model
 def test_init_from_resamples_vit_position_embeddings(demo_prepared, full_prepared, tmp_path):
     vit = fit(load_config("demo_vit", [f"data.manifest={demo_prepared.out}", f"output.dir={tmp_path}",
                                        "output.tensorboard=false", "stages.head_epochs=0", "stages.finetune_epochs=1",
@@ -139,7 +130,7 @@ def test_init_from_resamples_vit_position_embeddings(demo_prepared, full_prepare
     run = json.loads((result.run_dir / "run.json").read_text())
     assert "pos_embed" in run["weights"] and "->" in run["weights"]
     after = load_file(str(result.run_dir / "model.safetensors"))["pos_embed"].shape
-    assert after != grid_before and tuple(read_model_info(result.run_dir).input_size) == (96, 64)
+    assert after != grid_before and tuple(RunDir(result.run_dir).read_model_info().input_size) == (96, 64)
 
 
 def test_init_from_refuses_another_architecture_or_an_unfinished_run(crops_run, full_prepared, tmp_path):
@@ -200,6 +191,7 @@ def test_breast_table_takes_the_worst_finding_and_reports_what_it_sets_aside():
     assert any("more than once" in n and "x/1/L CC (2)" in n for n in notes)
 
 
+@pytest.mark.slow  # it trains a model
 def test_two_view_model_trains_and_evaluates_per_breast_with_a_missing_view(full_prepared, tmp_path):
     from mammobench.data.manifest import read_manifest_info, write_manifest
     from mammobench.evaluation.evaluate import evaluate
@@ -211,14 +203,14 @@ def test_two_view_model_trains_and_evaluates_per_breast_with_a_missing_view(full
     result = fit(tiny(tmp_path / "partial", tmp_path, "data.image_size=[96, 64]", "model.views={fusion: attention}",
                       f"data.cache_dir={full_prepared.out / 'cache'}", "trainer.limit_train_batches=2",
                       "stages.head_epochs=0", "data.batch_size=4"))
-    info = read_model_info(result.run_dir)
+    info = RunDir(result.run_dir).read_model_info()
     assert info.views == ["CC", "MLO"] and info.fusion == "attention"
     run = json.loads((result.run_dir / "run.json").read_text())
     test_images = frame[frame["split"] == "test"]
     breasts = test_images.groupby(["patient_id", "laterality"]).ngroups
     assert sum(run["counts"]["test"].values()) == breasts
     ev = evaluate(result.run_dir, n_boot=0)
-    assert len(ev.predictions) == breasts and ev.metrics["n"] == breasts
+    assert len(ev.predictions) == breasts and ev.report.n == breasts
     assert ev.predictions["sample_id"].str.count("/").eq(2).all(), "one row per breast (dataset/patient/side)"
 
 
@@ -232,18 +224,18 @@ def test_image_models_are_evaluated_per_breast_and_per_patient(trained_runs, how
     from mammobench.evaluation.evaluate import evaluate
 
     ev = evaluate(trained_runs["cnn"], n_boot=20, aggregate=how)
-    levels = ev.metrics["levels"]
+    levels = ev.report.levels
     assert set(levels) == {"image", "breast", "patient"}
     images = ev.predictions
-    assert levels["image"]["n"] == len(images) and levels["breast"]["n"] == images["patient_id"].nunique()
+    assert levels["image"].n == len(images) and levels["breast"].n == images["patient_id"].nunique()
     breast = ev.levels["breast"]
-    assert len(breast) == levels["breast"]["n"] and (breast["n_images"] == 2).all()  # CC + MLO per demo breast
+    assert len(breast) == levels["breast"].n and (breast["n_images"] == 2).all()  # CC + MLO per demo breast
     one = breast.iloc[0]
     mine = images[images["patient_id"] == one["patient_id"]]["prob_MALIGNANT"]
     expected = mine.mean() if how == "mean" else mine.max()
     assert one["prob_MALIGNANT"] == pytest.approx(expected)
-    assert 0 <= levels["breast"]["metrics"]["auc_malignant"]["value"] <= 1
-    assert 0 <= levels["breast"]["metrics"]["probabilistic_f1"]["value"] <= 1
+    assert 0 <= levels["breast"].metrics["auc_malignant"].value <= 1
+    assert 0 <= levels["breast"].metrics["probabilistic_f1"].value <= 1
     assert (ev.out_dir / "predictions_breast.csv").is_file()
 
 
@@ -302,16 +294,6 @@ def _exam_folder(tmp_path, full_prepared, patient_rows=2):
     shutil.copy(a["image_path"].iloc[1], folder / "L_MLO.png")
     shutil.copy(b["image_path"].iloc[0], folder / "R_CC.png")
     return folder
-
-
-@pytest.fixture(scope="module")
-def two_view_bundle(full_prepared, tmp_path_factory):
-    from mammobench.serving.bundle import export_bundle
-
-    out = tmp_path_factory.mktemp("twoview")
-    run = fit(tiny(full_prepared.out, out, "data.image_size=[96, 64]", "model.views={fusion: concat}",
-                   "trainer.limit_train_batches=2", "stages.head_epochs=0", "data.batch_size=4")).run_dir
-    return export_bundle(run, out / "bundle", onnx=True)
 
 
 def test_exam_prediction_with_a_two_view_model(two_view_bundle, full_prepared, tmp_path):
@@ -396,6 +378,7 @@ def test_heat_maps_of_a_12_bit_exam_are_drawn_on_the_image_the_model_saw(two_vie
         assert high - low > 100, f"{overlay_png.name}: the image under the heat spans only {low:.0f}-{high:.0f} of 255"
 
 
+@pytest.mark.slow  # it trains a model
 def test_exam_prediction_with_an_image_model_combines_its_views(full_prepared, tmp_path):
     from mammobench.serving.bundle import export_bundle
     from mammobench.serving.predictor import Predictor
@@ -439,6 +422,7 @@ def test_the_web_page_predicts_an_exam_and_forgets_the_uploads(two_view_bundle, 
     assert props["roi"]["visible"] is False, "a whole-image model takes no lesion box"
 
 
+@pytest.mark.slow  # it trains a model
 def test_compare_sets_single_view_and_two_view_models_side_by_side_on_the_same_breasts(full_prepared, tmp_path):
     from mammobench.experiments.compare import compare
 
@@ -511,6 +495,7 @@ def test_a_lesion_model_is_not_given_whole_mammograms_silently(plain_bundle, tra
     assert "looks like a whole mammogram" in note and "lesion crop file" not in note
 
 
+@pytest.mark.slow  # it trains a model
 def test_a_two_view_model_needs_breasts_seen_in_both_views(full_prepared, tmp_path):
     """No training breast with both views: refused, naming the views the manifest holds; few: warned with the count."""
     from mammobench.config import ConfigError

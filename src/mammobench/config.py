@@ -165,8 +165,9 @@ class ModelConfig(_Strict):
             raise ValueError(f"{what}, but model.name is {self.name}: set model.name: {expected}")
         folded = spec is not None and spec.channel_mean is not None
         if folded and (self.mean not in (None, spec.mean) or self.std not in (None, spec.std)):  # type: ignore[union-attr]
-            raise ValueError(f"{spec.name} takes its authors' per-channel normalisation in its first convolution: "  # type: ignore[union-attr]
-                             f"model.mean and model.std must stay {spec.mean} and {spec.std} (leave them unset)")  # type: ignore[union-attr]
+            assert spec is not None
+            raise ValueError(f"{spec.name} takes its authors' per-channel normalisation in its first convolution: "
+                             f"model.mean and model.std must stay {spec.mean} and {spec.std} (leave them unset)")
         return self
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 
 def _missing(value: Any) -> bool:
@@ -40,12 +40,21 @@ def format_estimate(value: float | None, ci: Sequence[float | None] | None = Non
     return f"{text} [{lo * scale:{spec}}, {hi * scale:{spec}}]"  # type: ignore[operator]
 
 
-def format_metric(metric: Mapping[str, Any] | None, *, digits: int = 3, scale: float = 1.0, unit: str = "",
-                  signed: bool = False) -> str:
-    """:func:`format_estimate` of a ``{"value": v, "ci": [lo, hi]}`` entry of ``metrics.json`` (``n/a`` for none)."""
+class EstimateLike(Protocol):
+    """A value with its interval (:class:`~mammobench.evaluation.report.Estimate`)."""
+
+    value: float | None
+    ci: tuple[float | None, float | None]
+
+
+def format_metric(metric: Mapping[str, Any] | EstimateLike | None, *, digits: int = 3, scale: float = 1.0,
+                  unit: str = "", signed: bool = False) -> str:
+    """:func:`format_estimate` of an estimate (a report's ``Estimate``, or a ``{"value": v, "ci": [lo, hi]}`` entry of
+    ``metrics.json``); ``n/a`` for none."""
     if not metric:
         return "n/a"
-    return format_estimate(metric.get("value"), metric.get("ci"), digits=digits, scale=scale, unit=unit, signed=signed)
+    value, ci = (metric.get("value"), metric.get("ci")) if isinstance(metric, Mapping) else (metric.value, metric.ci)
+    return format_estimate(value, ci, digits=digits, scale=scale, unit=unit, signed=signed)
 
 
 def format_p(p: float | None) -> str:

@@ -18,7 +18,9 @@ step (evaluation, experiments, serving) reads it back safely. The run format liv
       fingerprints.csv   content fingerprints of the training files (the external-overlap check)
       checkpoints/       Lightning checkpoints (last.ckpt, best.ckpt) to resume this run - local use only (fine-tunes)
       logs/              CSV and TensorBoard logs (fine-tunes)
-      evaluation/<split>[_tta]/, evaluation/external_<data>_<split>[_tta]/   what evaluate() wrote
+      evaluation/<split>[_tta]/, evaluation/external_<data>_<split>[_tta]/   what evaluate() wrote (EvaluationDir):
+                         metrics.json, predictions.csv, predictions_<level>.csv, roc.png, pr.png, confusion.png,
+                         reliability.png, reliability_calibrated.png, subgroups.png, curves.png
 
 Example:
     >>> run = RunDir("runs/resnet18")                       # doctest: +SKIP
@@ -100,6 +102,46 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
+class EvaluationDir:
+    """One evaluation of a run (:func:`~mammobench.evaluation.evaluate.evaluate` writes it): its files by name.
+
+    Args:
+        path: ``<run>/evaluation/<name>`` (:meth:`RunDir.evaluation`).
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"EvaluationDir({str(self.path)!r})"
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.json"
+
+    @property
+    def predictions_path(self) -> Path:
+        return self.path / "predictions.csv"
+
+    def level_predictions_path(self, level: str) -> Path:
+        """The predictions per ``breast`` or ``patient``."""
+        return self.path / f"predictions_{level}.csv"
+
+    def plot_path(self, kind: str) -> Path:
+        """A figure: ``roc``, ``pr``, ``confusion``, ``reliability``, ``reliability_calibrated``, ``subgroups``,
+        ``curves`` (the training curves, beside the run's own evaluation)."""
+        return self.path / f"{kind}.png"
+
+    def exists(self) -> bool:
+        """Whether the evaluation finished (its ``metrics.json``, read typed by
+        :meth:`~mammobench.evaluation.report.EvaluationReport.read`, is written last)."""
+        return self.metrics_path.is_file()
+
+
 class RunDir:
     """One run folder: its files by name, their readers, and its model.
 
@@ -168,12 +210,32 @@ class RunDir:
 
     @property
     def last_checkpoint(self) -> Path:
+        """The latest epoch with its optimiser state (to resume)."""
         return self.checkpoints / "last.ckpt"
 
-    def evaluation_dir(self, name: str, *, tta: bool = False) -> Path:
-        """Where :func:`~mammobench.evaluation.evaluate.evaluate` writes one evaluation (``name``: a split, or
-        :func:`external_name`)."""
-        return self.path / "evaluation" / f"{name}{'_tta' if tta else ''}"
+    @property
+    def best_checkpoint(self) -> Path:
+        """The best validation epoch's weights (while training)."""
+        return self.checkpoints / "best.ckpt"
+
+    def evaluation(self, name: str, *, tta: bool = False) -> EvaluationDir:
+        """One evaluation's files (``name``: a split, or :func:`external_name`)."""
+        return EvaluationDir(self.path / "evaluation" / f"{name}{'_tta' if tta else ''}")
+
+    def evaluations(self) -> dict[str, EvaluationDir]:
+        """Every evaluation written so far, by name (``test``, ``test_tta``, ``external_cmmd_all``, ...)."""
+        folder = self.path / "evaluation"
+        found = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+        return {p.name: EvaluationDir(p) for p in found if (p / "metrics.json").is_file()}
+
+    def reproduction_files(self) -> list[str]:
+        """The files a reader needs to reproduce the run, those it holds: config, split, versions, history, weights."""
+        paths = (self.config_path, self.split_path, self.environment_path, self.history_path, self.weights_path)
+        return [p.name for p in paths if p.is_file()]
+
+    def warnings(self) -> list[str]:
+        """The run's warnings (``run.json``), empty when it has none or no ``run.json``."""
+        return list(self.read_info().get("warnings", [])) if self.exists() else []
 
     @staticmethod
     def external_name(data: str | Path, split: str) -> str:
@@ -306,24 +368,3 @@ def _network(info: ModelInfo) -> nn.Module:
         if isinstance(model, MultiViewClassifier):
             model.channels_last = True
     return model
-
-
-# The same readers as functions, for notebooks and callers that hold a path.
-def read_model_info(run_dir: str | Path) -> ModelInfo:
-    """:meth:`RunDir.read_model_info` of ``run_dir``."""
-    return RunDir(run_dir).read_model_info()
-
-
-def read_run_info(run_dir: str | Path) -> dict[str, Any]:
-    """:meth:`RunDir.read_info` of ``run_dir``."""
-    return RunDir(run_dir).read_info()
-
-
-def require_finished(run_dir: str | Path) -> dict[str, Any]:
-    """:meth:`RunDir.require_finished` of ``run_dir``."""
-    return RunDir(run_dir).require_finished()
-
-
-def load_run_model(run_dir: str | Path) -> tuple[nn.Module, ModelInfo]:
-    """:meth:`RunDir.load_model` of ``run_dir``."""
-    return RunDir(run_dir).load_model()

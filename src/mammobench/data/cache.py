@@ -108,12 +108,15 @@ class ImageCache:
         return self._build_entry(request, entry)
 
     def _build_entry(self, request: CacheRequest, entry: Path) -> np.ndarray:
+        """Preprocess, store as 16 bits, and return what the entry holds: the first read of an image (an epoch
+        that builds it) and every later one (from the cache) see the same pixels."""
         image = preprocess_request(request, self.settings)
         self._write_settings()
         entry.parent.mkdir(parents=True, exist_ok=True)
+        stored = np.round(image * _SCALE).astype(np.uint16)
         with atomic_path(entry) as tmp:
-            np.save(tmp, np.round(image * _SCALE).astype(np.uint16), allow_pickle=False)
-        return image
+            np.save(tmp, stored, allow_pickle=False)
+        return stored.astype(np.float32) / _SCALE
 
     def _write_settings(self) -> None:
         marker = self.folder / "settings.json"
@@ -150,7 +153,8 @@ class ImageCache:
             processes = workers > 1 and len(todo) >= 2 * workers and holds_the_gil(requests[todo[0]].path)
         # Threads by default: they need no `if __name__ == "__main__"` guard in users' scripts and notebooks;
         # processes for decoders that hold the GIL (measured in benchmarks/bench_prepare.py).
-        executor = ProcessPoolExecutor(max_workers=workers) if processes and workers > 1 else ThreadPoolExecutor(max_workers=workers)
+        executor = (ProcessPoolExecutor(max_workers=workers) if processes and workers > 1
+                    else ThreadPoolExecutor(max_workers=workers))
         with executor as pool:
             mapped = pool.map(_build_job, jobs, chunksize=4 if processes else 1)
             outcomes = list(progress(mapped, total=len(jobs), description="Preprocessing images", enabled=show_progress))

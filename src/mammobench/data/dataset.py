@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mammobench.data.cache import ImageCache, cache_request
-from mammobench.data.manifest import ManifestError
+from mammobench.data.manifest import ManifestError, patient_key
 from mammobench.data.preprocess import as_channels
 
 
@@ -85,7 +85,7 @@ class MammoDataset(_Labelled):
         return {"image": image, "target": int(self.targets[i]), "index": i}
 
     def __repr__(self) -> str:
-        return f"MammoDataset(n={len(self)}, patients={self.metadata['patient_id'].nunique()}, {self._counts()}; {self.cache})"
+        return f"MammoDataset(n={len(self)}, patients={patient_key(self.metadata).nunique()}, {self._counts()}; {self.cache})"
 
 
 class BreastDataset(_Labelled):

@@ -23,9 +23,10 @@ import numpy as np
 import pandas as pd
 
 from mammobench.data.labels import BENIGN, BENIGN_WITHOUT_CALLBACK, MALIGNANT
+from mammobench.data.sources.base import DEMO_DATASET
 from mammobench.runtime import atomic_write_bytes, atomic_write_csv, atomic_write_text
 
-DEMO_DATASET = "demo-synthetic"
+__all__ = ["DEMO_DATASET", "SYNTHETIC_NOTICE", "generate_demo_dataset", "generate_image"]
 SYNTHETIC_NOTICE = "SYNTHETIC DEMO DATA - generated images, not patients; results say nothing about real mammograms."
 
 _CLASS_SHARE = ((BENIGN, 0.40), (MALIGNANT, 0.38), (BENIGN_WITHOUT_CALLBACK, 0.22))
@@ -86,7 +87,8 @@ def _lesion(rng: np.random.Generator, h: int, w: int, cx: float, cy: float, labe
     return out
 
 
-def generate_image(seed: int, label: str, side: str, height: int = 320, width: int = 256) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+def generate_image(seed: int, label: str, side: str, height: int = 320, width: int = 256
+                   ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """One synthetic mammogram and the box around its finding.
 
     Args:

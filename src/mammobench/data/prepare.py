@@ -1,10 +1,14 @@
 """``prepare``: from a dataset as users hold it to ``manifest.csv``, a cache, a summary and a preview.
 
+What a call decides comes in three groups besides the dataset: :class:`SplitOptions` (how patients are split),
+:class:`~mammobench.data.sources.SourceOptions` (what the dataset's source is told) and :class:`CacheOptions` (how
+images are decoded now), with :class:`~mammobench.data.preprocess.PreprocessSettings` for the cache's images.
+
 Example:
-    >>> from mammobench.data.prepare import prepare
+    >>> from mammobench.data.prepare import SplitOptions, prepare
     >>> result = prepare("mias", "data/mini-mias", "prepared/mias", mode="roi", labels="binary",
-    ...                  split="kfold", folds=5)                                   # doctest: +SKIP
-    >>> result.counts                                                               # doctest: +SKIP
+    ...                  split=SplitOptions(kind="kfold", folds=5))            # doctest: +SKIP
+    >>> result.counts                                                           # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
 
 import mammobench
 from mammobench.data.cache import ImageCache, cache_request
@@ -30,7 +35,7 @@ from mammobench.data.labels import (
 from mammobench.data.manifest import ManifestInfo, cache_folder, validate_manifest, write_manifest
 from mammobench.data.options import size_label
 from mammobench.data.preprocess import PreprocessSettings
-from mammobench.data.sources import SOURCES, SourceOptions, check_options, load_source
+from mammobench.data.sources import SourceOptions, check_options, load_source
 from mammobench.data.sources.base import Skipped
 from mammobench.data.splits import SplitReport, check_no_leakage, split_kfold, split_official, split_random
 from mammobench.data.summary import count_table, majority_accuracy, preview_grid
@@ -45,8 +50,53 @@ from mammobench.runtime import (
 
 logger = logging.getLogger(__name__)
 
-DatasetName = Literal["cbis-ddsm", "mias", "cmmd", "vindr", "rsna", "inbreast", "csv", "demo"]
-DATASETS: tuple[str, ...] = tuple(SOURCES)
+
+
+class SplitOptions(BaseModel):
+    """How :func:`prepare` splits, always by patient: ``random`` (stratified, ``test_fraction`` + a validation
+    share of the rest), ``official`` (the dataset's own split, de-leaked by ``leak_rule``) or ``kfold``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["random", "official", "kfold"] = "random"
+    folds: int = Field(5, ge=2, description="--split kfold: the number of folds")
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="--split random: the test share")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="the validation share carved from train, by patient")
+    seed: int = 42
+    leak_rule: Literal["drop-train", "move-test"] = Field(
+        "drop-train", description="--split official: what happens to a patient on both sides")
+
+
+@dataclass(frozen=True)
+class CacheOptions:
+    """How :func:`prepare` decodes the images now.
+
+    Attributes:
+        build: decode and cache every image now (also finds unreadable files early).
+        workers: decoding threads or processes (0 = one per core).
+        processes: None = processes for JPEG 2000, whose decoder holds the GIL, threads otherwise
+            (:meth:`~mammobench.data.cache.ImageCache.build`).
+        cache_dir: where the cache goes (default ``<out>/cache``).
+        preview: draw ``preview.png`` (needs ``build``).
+    """
+
+    build: bool = True
+    workers: int = 0
+    processes: bool | None = None
+    cache_dir: str | Path | None = None
+    preview: bool = True
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"3/16"`` as ``(3, 16)``.
+
+    Raises:
+        MammobenchError: anything but ``i/n`` with digits.
+    """
+    index, sep, count = text.partition("/")
+    if not sep or not index.strip().isdigit() or not count.strip().isdigit():
+        raise MammobenchError(f"--shard {text!r}: expected i/n, e.g. 3/16")
+    return int(index), int(count)
 
 
 @dataclass
@@ -84,27 +134,27 @@ def read_records(dataset: str, root: str | Path | None, out: Path, *, labels: st
     """
     notes: list[str] = []
     source = source or SourceOptions()
-    check_options(dataset, source)  # before anything is written
+    registered = check_options(dataset, source)  # before anything is written
     if dataset == "demo":
         root = generate_demo_dataset(Path(root) if root else out / "demo_images")
         notes.append(SYNTHETIC_NOTICE)
     if root is None:
-        raise MammobenchError(f"prepare {dataset} needs the dataset's folder (ROOT)")
-    if not Path(root).exists():
+        raise MammobenchError(f"prepare {dataset} needs the dataset's {'URL' if registered.remote else 'folder'} (ROOT)")
+    if not registered.remote and not Path(root).exists():
         raise MammobenchError(f"no such {'file' if dataset == 'csv' else 'folder'}: {root}")
     mapping = parse_label_spec(labels)
     try:
-        result = load_source(dataset, root, mode=mode, options=source, show_progress=show_progress)
+        result = load_source(dataset, str(root) if registered.remote else root, mode=mode, options=source,
+                             show_progress=show_progress, download_dir=out / dataset if registered.remote else None)
     except MammobenchError as exc:
         skipped = getattr(exc, "skipped", None)
         if skipped is None:
             raise
         where = _write_failed_skipped(out, skipped)
         raise type(exc)(f"{exc}; every skipped row with its reason: {where}") from None
-    if dataset == "vindr" and source.label_set == "birads":
-        from mammobench.data.sources.vindr import BIRADS_LABELS
-
-        mapping = LabelMapping(mapping.name, {**{b: b for b in BIRADS_LABELS}, **dict(mapping.mapping)})
+    native = registered.labels_as_given(source)
+    if native:  # raw labels that already are the classes (VinDr's BI-RADS 1-5) map to themselves
+        mapping = LabelMapping(mapping.name, {**{b: b for b in native}, **dict(mapping.mapping)})
     frame = result.records.copy()
     mapped = []
     for raw, where in zip(frame["raw_label"], frame["source"], strict=True):
@@ -120,51 +170,41 @@ def read_records(dataset: str, root: str | Path | None, out: Path, *, labels: st
         frame["exam_id"] = ""
     if "breast_id" not in frame.columns:
         frame["breast_id"] = breast_key(frame)
-    return Records(frame, list(result.skipped), notes + result.notes, mapping, Path(root))
+    return Records(frame, list(result.skipped), notes + result.notes, mapping,
+                   out / dataset if registered.remote else Path(root))
 
 
 def prepare(
-    dataset: DatasetName,
+    dataset: str,
     root: str | Path | None,
     out: str | Path,
     *,
     mode: Literal["roi", "full"] = "roi",
     labels: str = "3class",
-    split: Literal["random", "official", "kfold"] = "random",
-    folds: int = 5,
-    test_fraction: float = 0.2,
-    val_fraction: float = 0.1,
-    seed: int = 42,
-    leak_rule: Literal["drop-train", "move-test"] = "drop-train",
+    split: SplitOptions | None = None,
     source: SourceOptions | None = None,
     preprocess: PreprocessSettings | None = None,
-    cache_dir: str | Path | None = None,
-    build_cache: bool = True,
-    workers: int = 0,
-    preview: bool = True,
+    cache: CacheOptions | None = None,
     show_progress: bool = False,
     merge: bool = False,
-    processes: bool | None = None,
 ) -> PrepareResult:
     """Read a dataset, map labels, drop unreadable images, split by patient, write the manifest.
 
     Args:
-        dataset: ``cbis-ddsm``, ``mias``, ``cmmd``, ``vindr``, ``rsna``, ``inbreast``, ``csv`` (your own table) or
-            ``demo`` (built-in synthetic data, generated into ``root`` or ``out/demo_images``).
+        dataset: a registered source (:data:`~mammobench.data.sources.SOURCES`): ``cbis-ddsm``, ``mias``, ``cmmd``,
+            ``vindr``, ``rsna``, ``inbreast``, ``csv`` (your own table) or ``demo`` (built-in synthetic data,
+            generated into ``root`` or ``out/demo_images``).
         root: the dataset folder (for ``csv``, the table file).
         out: folder for ``manifest.csv``, ``manifest.json``, ``skipped.csv``, ``summary.md``, ``preview.png``.
         mode: ``roi`` (lesion crops) or ``full`` (whole images labelled by their worst finding).
         labels: ``3class``, ``binary`` (BENIGN_WITHOUT_CALLBACK merged into BENIGN), ``binary-with-normal``
             or a mapping ``RAW=CLASS,...`` / mapping file.
-        split: ``random`` (patient-grouped, stratified 80/20 + validation), ``official`` (de-leaked
-            dataset split) or ``kfold`` (``folds`` patient-grouped folds).
+        split: how patients are split (:class:`SplitOptions`; default random, 80/20 + validation).
         source: what the dataset's source is told beyond its folder (:class:`SourceOptions`: ROI margin, CBIS-DDSM's
             CSV folder, ...); an option the source does not read is an error.
         preprocess: settings of the cache built now (default 224 px); images that fail to decode are
             reported in ``skipped.csv`` and left out.
-        build_cache: decode and cache every image now (also finds unreadable files early).
-        workers: decoding threads or processes (0 = one per core); ``processes``: None = processes for
-            JPEG 2000, whose decoder holds the GIL, threads otherwise (:meth:`ImageCache.build`).
+        cache: how images are decoded now (:class:`CacheOptions`: workers, processes, the cache's folder).
         merge: after :func:`prepare_shard` (a cluster decoding 1/n each): check that every shard finished,
             then prepare as usual (the cache is reused, anything missing is built) and write the manifest.
 
@@ -172,27 +212,27 @@ def prepare(
         MammobenchError (or a subclass): bad input, naming the file, row or value.
     """
     out = Path(out)
+    split, decoding = split or SplitOptions(), cache or CacheOptions()
     records = read_records(dataset, root, out, labels=labels, mode=mode, source=source, show_progress=show_progress)
     settings = preprocess or PreprocessSettings()
-    cache = ImageCache(cache_folder(out, cache_dir), settings)
+    images = ImageCache(cache_folder(out, decoding.cache_dir), settings)
     if merge:
-        records.notes.append(_check_shards(out, cache))
-    if build_cache:
-        _decode(records, cache, workers=workers, processes=processes, show_progress=show_progress)
+        records.notes.append(_check_shards(out, images))
+    if decoding.build:
+        _decode(records, images, workers=decoding.workers, processes=decoding.processes, show_progress=show_progress)
     if records.frame.empty:
         where = _write_failed_skipped(out, records.skipped)
         raise MammobenchError(f"no readable image left in {records.root} ({len(records.skipped)} skipped; every one "
                               f"with its reason in {where})")
-    frame, split_report = _split(records, split=split, folds=folds, test_fraction=test_fraction,
-                                 val_fraction=val_fraction, seed=seed, leak_rule=leak_rule)
+    frame, split_report = _split(records, split)
     info = _manifest_info(dataset, mode, frame, records, split_report)
     manifest_path = write_manifest(frame, out, info)
     _write_skipped(out / "skipped.csv", records.skipped)
     counts, majority = count_table(frame, info.labels), majority_accuracy(frame)
     preview_path = None
-    if preview and build_cache:
+    if decoding.preview and decoding.build:
         title = f"{info.dataset} ({mode}, {size_label(settings.size)}px)" + (" - SYNTHETIC DEMO DATA" if info.synthetic else "")
-        preview_path = preview_grid(frame, cache, out / "preview.png", labels=info.labels, seed=seed, title=title)
+        preview_path = preview_grid(frame, images, out / "preview.png", labels=info.labels, seed=split.seed, title=title)
     atomic_write_text(out / "summary.md", render_summary(info, counts, majority, records.skipped, records.notes))
     return PrepareResult(out, manifest_path, frame, info, records.skipped, counts, majority, split_report,
                          preview_path, records.notes)
@@ -209,18 +249,17 @@ def _decode(records: Records, cache: ImageCache, *, workers: int, processes: boo
     records.notes.append(f"cache {cache.folder}: {report.built} built, {report.reused} reused, {len(report.failed)} failed")
 
 
-def _split(records: Records, *, split: str, folds: int, test_fraction: float, val_fraction: float, seed: int,
-           leak_rule: Literal["drop-train", "move-test"]) -> tuple[pd.DataFrame, SplitReport]:
+def _split(records: Records, options: SplitOptions) -> tuple[pd.DataFrame, SplitReport]:
     """The patient-grouped split of the records, checked for leaks; what the official split dropped is noted."""
     frame = records.frame.reset_index(drop=True)
-    if split == "random":
-        frame, report = split_random(frame, test_fraction=test_fraction, val_fraction=val_fraction, seed=seed)
-    elif split == "official":
-        frame, report = split_official(frame, val_fraction=val_fraction, seed=seed, rule=leak_rule)
-    elif split == "kfold":
-        frame, report = split_kfold(frame, k=folds, seed=seed)
+    if options.kind == "random":
+        frame, report = split_random(frame, test_fraction=options.test_fraction, val_fraction=options.val_fraction,
+                                     seed=options.seed)
+    elif options.kind == "official":
+        frame, report = split_official(frame, val_fraction=options.val_fraction, seed=options.seed,
+                                       rule=options.leak_rule)
     else:
-        raise MammobenchError(f"unknown split {split!r}; expected random, official or kfold")
+        frame, report = split_kfold(frame, k=options.folds, seed=options.seed)
     check_no_leakage(frame)
     if report.leaking_patients:
         what = (f"dropped their {report.dropped_rows} training rows" if report.rule == "drop-train"
@@ -304,10 +343,9 @@ class ShardResult:
 
 
 def prepare_shard(
-    dataset: DatasetName, root: str | Path | None, out: str | Path, shard: tuple[int, int], *,
+    dataset: str, root: str | Path | None, out: str | Path, shard: tuple[int, int], *,
     mode: Literal["roi", "full"] = "roi", labels: str = "3class", source: SourceOptions | None = None,
-    preprocess: PreprocessSettings | None = None, cache_dir: str | Path | None = None, workers: int = 0,
-    show_progress: bool = False, processes: bool | None = None,
+    preprocess: PreprocessSettings | None = None, cache: CacheOptions | None = None, show_progress: bool = False,
 ) -> ShardResult:
     """Decode and cache one part (rows ``i, i + n, i + 2n, ...``) of a dataset; write ``shards/shard-i-of-n.json``.
 
@@ -316,8 +354,9 @@ def prepare_shard(
     """
     out = Path(out)
     records = read_records(dataset, root, out, labels=labels, mode=mode, source=source, show_progress=show_progress)
-    return _build_shard(records.frame, out, shard, preprocess or PreprocessSettings(), cache_dir=cache_dir,
-                        workers=workers, show_progress=show_progress, processes=processes)
+    decoding = cache or CacheOptions()
+    return _build_shard(records.frame, out, shard, preprocess or PreprocessSettings(), cache_dir=decoding.cache_dir,
+                        workers=decoding.workers, show_progress=show_progress, processes=decoding.processes)
 
 
 def _build_shard(frame: pd.DataFrame, out: Path, shard: tuple[int, int], settings: PreprocessSettings, *,

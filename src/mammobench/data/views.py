@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mammobench.data.manifest import patient_key
 from mammobench.runtime import MammobenchError, format_list
 
 logger = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ def breast_key(frame: pd.DataFrame) -> pd.Series:
     """Each row's breast as ``dataset/patient[/exam]/side``; empty where the side is unknown."""
     side = frame["laterality"].map(normalise_laterality) if "laterality" in frame.columns else pd.Series("", index=frame.index)
     exam = frame["exam_id"].astype(str).map(lambda e: f"{e}/" if e else "") if "exam_id" in frame.columns else ""
-    return (frame["dataset"].astype(str) + "/" + frame["patient_id"].astype(str) + "/" + exam + side).where(side != "", "")
+    return (patient_key(frame) + "/" + exam + side).where(side != "", "")
 
 
 def breast_ids(frame: pd.DataFrame) -> pd.Series:

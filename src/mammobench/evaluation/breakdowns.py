@@ -4,7 +4,7 @@ levels a screening decision is made at. Pure functions of rows, labels and proba
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -12,32 +12,57 @@ import pandas as pd
 
 from mammobench.data.manifest import patient_key
 from mammobench.evaluation.metrics import UndefinedMetricWarning, metrics_with_ci, too_few_patients
+from mammobench.evaluation.report import ReportOptions
 from mammobench.runtime import MammobenchError
 
 AGE_BANDS = ((0, 40, "<40"), (40, 50, "40-49"), (50, 60, "50-59"), (60, 70, "60-69"), (70, 200, "70+"))
 
 
-def by_lesion_type_and_dataset(report: dict[str, Any], rows: pd.DataFrame, y: np.ndarray, probs: np.ndarray,
-                               labels: list[str], groups: np.ndarray, positive: str | None, threshold: float | None,
-                               n_boot: int, seed: int, breakdown_min: int) -> None:
-    """Metrics per lesion type and per dataset (``report["by_lesion_type"]``, ``["by_dataset"]``), when the set holds
-    more than one of them; a class absent from a part is warned about as ``UndefinedMetricWarning``."""
+@dataclass(frozen=True)
+class ScoredSet:
+    """One set as its metrics see it: rows, true classes, probabilities, patients, the positive class and its
+    decision threshold (None: argmax)."""
+
+    rows: pd.DataFrame
+    y: np.ndarray
+    probs: np.ndarray
+    labels: list[str]
+    groups: np.ndarray
+    positive: str | None
+    threshold: float | None
+
+    def part(self, sel: np.ndarray) -> ScoredSet:
+        """The rows where ``sel`` is True."""
+        return ScoredSet(self.rows[sel], self.y[sel], self.probs[sel], self.labels, self.groups[sel], self.positive,
+                         self.threshold)
+
+    def metrics(self, n_boot: int, seed: int) -> dict[str, Any]:
+        """:func:`~mammobench.evaluation.metrics.metrics_with_ci` of the set."""
+        return metrics_with_ci(self.y, self.probs, self.labels, self.groups, positive=self.positive,
+                               threshold=self.threshold, n_boot=n_boot, seed=seed)
+
+
+def by_lesion_type_and_dataset(scored: ScoredSet, options: ReportOptions) -> dict[str, dict[str, Any]]:
+    """Metrics per lesion type and per dataset (``{"by_lesion_type": {type: {"n": rows, metric: estimate}}``, and
+    ``"by_dataset"``), for a set holding more than one of them; parts under ``options.breakdown_min`` rows are
+    left out. A class absent from a part is warned about as ``UndefinedMetricWarning``."""
+    out: dict[str, dict[str, Any]] = {}
+    rows = scored.rows
     for column, key in (("lesion_type", "by_lesion_type"), ("dataset", "by_dataset")):
         values = [v for v in rows[column].unique() if v] if column in rows else []
         if len(values) <= 1:
             continue
-        report[key] = {}
+        out[key] = {}
         for value in sorted(values):
             sel = (rows[column] == value).to_numpy()
-            if sel.sum() < breakdown_min:
+            if sel.sum() < options.breakdown_min:
                 continue
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", UndefinedMetricWarning)
-                report[key][value] = {"n": int(sel.sum()), **metrics_with_ci(
-                    y[sel], probs[sel], labels, groups[sel], positive=positive, threshold=threshold,
-                    n_boot=max(200, n_boot // 2), seed=seed)}
+                out[key][value] = {"n": int(sel.sum()), **scored.part(sel).metrics(options.part_boot, options.seed)}
             for message in sorted({str(w.message) for w in caught}):
                 warnings.warn(f"{column} {value}: {message}", UndefinedMetricWarning, stacklevel=2)
+    return out
 
 
 def subgroup_column(rows: pd.DataFrame, name: str) -> pd.Series:
@@ -59,23 +84,23 @@ def subgroup_column(rows: pd.DataFrame, name: str) -> pd.Series:
     return rows[name].astype(str).str.strip()
 
 
-def subgroups(rows: pd.DataFrame, y: np.ndarray, probs: np.ndarray, labels: list[str], groups: np.ndarray,
-              positive: str | None, threshold: float | None, by: Sequence[str], n_boot: int, seed: int) -> dict[str, Any]:
-    """AUC, sensitivity and specificity with intervals and counts for every value of every ``by`` column."""
+def subgroups(scored: ScoredSet, options: ReportOptions) -> dict[str, Any]:
+    """AUC, sensitivity and specificity with intervals and counts for every value of every ``options.by`` column."""
     out: dict[str, Any] = {}
-    for column in by:
-        values = subgroup_column(rows, column)
+    labels = scored.labels
+    for column in options.by:
+        values = subgroup_column(scored.rows, column)
         out[column] = {}
         for value in sorted(v for v in values.unique() if v):
             sel = (values == value).to_numpy()
+            part = scored.part(sel)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UndefinedMetricWarning)
-                m = metrics_with_ci(y[sel], probs[sel], labels, groups[sel], positive=positive, threshold=threshold,
-                                    n_boot=max(200, n_boot // 2), seed=seed)
-            entry: dict[str, Any] = {"n": int(sel.sum()), "patients": int(len(np.unique(groups[sel]))),
-                                     "counts": {lab: int((y[sel] == i).sum()) for i, lab in enumerate(labels)}}
+                m = part.metrics(options.part_boot, options.seed)
+            entry: dict[str, Any] = {"n": int(sel.sum()), "patients": int(len(np.unique(part.groups))),
+                                     "counts": {lab: int((part.y == i).sum()) for i, lab in enumerate(labels)}}
             entry.update({key: m[key] for key in ("auc_malignant", "auc_macro", "sensitivity", "specificity") if key in m})
-            reason = too_few_patients(y[sel], groups[sel], labels)
+            reason = too_few_patients(part.y, part.groups, labels)
             if reason:  # a subgroup of a handful: its AUC is printed with this caution, never alone
                 entry["caution"] = reason
             out[column][value] = entry

@@ -1,8 +1,8 @@
 """``evaluate(run_dir)``: predictions, metrics with patient-bootstrap CIs, breakdowns and plots for a split.
 
-Writes ``<run>/evaluation/<split>[_tta]/`` (:meth:`~mammobench.runs.RunDir.evaluation_dir`): ``metrics.json``,
-``predictions.csv`` (and per breast / patient), ``roc.png``, ``pr.png``, ``confusion.png``, ``reliability.png``,
-``curves.png``.
+Writes one evaluation folder of the run (:meth:`~mammobench.runs.RunDir.evaluation`, whose
+:class:`~mammobench.runs.EvaluationDir` names its files): the report (:class:`~mammobench.evaluation.report.
+EvaluationReport`), the predictions (per image, breast and patient) and the plots.
 
 The steps, in order: the model's predictions on the set (:mod:`~mammobench.evaluation.predictions`), the
 decision threshold from the run's own validation split (:mod:`~mammobench.evaluation.thresholds`), the run's
@@ -11,8 +11,9 @@ probabilities and patients (:func:`compute_report`), then the files (:func:`writ
 
 Example:
     >>> result = evaluate("runs/resnet18", split="test", tta=True)            # doctest: +SKIP
-    >>> result.report["metrics"]["auc_macro"]                                 # doctest: +SKIP
-    {'value': 0.81, 'ci': [0.78, 0.84]}
+    >>> result.metrics["auc_macro"]                                           # doctest: +SKIP
+    Estimate(value=0.81, ci=(0.78, 0.84))
+    >>> result.report.threshold.value, result.report.levels["patient"].n      # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -29,13 +30,17 @@ import pandas as pd
 
 import mammobench
 from mammobench.data.demo import DEMO_DATASET, SYNTHETIC_NOTICE
-from mammobench.evaluation.breakdowns import aggregate_levels, by_lesion_type_and_dataset, subgroups
+from mammobench.evaluation.breakdowns import (
+    ScoredSet,
+    aggregate_levels,
+    by_lesion_type_and_dataset,
+    subgroups,
+)
 from mammobench.evaluation.calibration import apply_temperature, run_calibration
 from mammobench.evaluation.metrics import (
     UndefinedMetricWarning,
     confusion,
     expected_calibration_error,
-    metrics_with_ci,
     per_class_table,
     probabilistic_f1,
     too_few_patients,
@@ -48,42 +53,38 @@ from mammobench.evaluation.predictions import (
     run_predictions,
     targets,
 )
+from mammobench.evaluation.report import (
+    EVAL_FORMAT,
+    Calibration,
+    EvaluationReport,
+    Level,
+    Metrics,
+    ReportOptions,
+    SetReport,
+)
 from mammobench.evaluation.thresholds import external_threshold, threshold_of
-from mammobench.runs import RunDir
-from mammobench.runtime import atomic_write_csv, atomic_write_json, utc_now
+from mammobench.runs import EvaluationDir, RunDir
+from mammobench.runtime import atomic_write_csv, utc_now
 
 logger = logging.getLogger(__name__)
-
-EVAL_FORMAT = 1
 
 
 @dataclass
 class EvaluationResult:
-    """What :func:`evaluate` wrote: ``report`` is ``metrics.json`` (``report["metrics"]`` the headline metrics)."""
+    """What :func:`evaluate` wrote: ``report`` is ``metrics.json``, typed; ``metrics`` its headline metrics."""
 
     run_dir: Path
     split: str
     out_dir: Path
-    report: dict[str, Any]
+    report: EvaluationReport
     predictions: pd.DataFrame
     #: breast- and patient-level predictions (``aggregate``), by level
     levels: dict[str, pd.DataFrame] | None = None
 
     @property
-    def metrics(self) -> dict[str, Any]:
-        """The whole report, under its 0.1 name (notebooks wrote ``result.metrics["metrics"]``); use ``report``."""
-        return self.report
-
-
-@dataclass(frozen=True)
-class ReportOptions:
-    """How :func:`compute_report` summarises a set (the evaluation's own options)."""
-
-    n_boot: int = 1000
-    seed: int = 0
-    breakdown_min: int = 10
-    aggregate: str = "mean"
-    by: tuple[str, ...] = ()
+    def metrics(self) -> Metrics:
+        """The headline metrics (``report.metrics``): ``{name: Estimate(value, ci)}``."""
+        return self.report.metrics
 
 
 def evaluate(
@@ -140,26 +141,26 @@ def evaluate(
     # 3. The temperature fitted on the validation split (or why none was).
     calibration = run_calibration(run.path)
     # 4. The report: a pure function of labels, probabilities and patients.
-    report, tables = compute_report(
+    set_report, tables = compute_report(
         predictions.rows, predictions.merged, predictions.labels, predictions.info.positive_label,
-        threshold=threshold.get("value"), options=ReportOptions(n_boot, seed, breakdown_min, aggregate, tuple(by)),
+        threshold=threshold.value, options=ReportOptions(n_boot, seed, breakdown_min, aggregate, tuple(by)),
         unit="breast" if predictions.info.views else "image", about=about)
     y = targets(predictions.rows, predictions.labels, data or f"split.csv of {run.path}")
-    calibrated = merge_classes(apply_temperature(predictions.probs, calibration.get("temperature")), predictions.merge)
-    report = {**_header(run, predictions, split=split, tta=tta, data=data, n_boot=n_boot, seed=seed),
-              **report, "threshold": threshold,
-              "calibration": {"temperature": calibration.get("temperature"), "fitted_on": calibration.get("fitted_on"),
-                              "reason": calibration.get("reason", ""), "ece_before": report["metrics"]["ece"]["value"],
-                              "ece_after": expected_calibration_error(y, calibrated) if calibration.get("temperature")
-                              else None}}
-    if data is not None and threshold.get("value") is not None:
-        report["threshold"]["external"] = external_threshold(
-            y, predictions.merged, predictions.labels, threshold["class"], threshold["value"], threshold_method,
-            target_sensitivity)
+    temperature = calibration.get("temperature")
+    calibrated = merge_classes(apply_temperature(predictions.probs, temperature), predictions.merge)
+    if data is not None and threshold.value is not None and threshold.positive_class is not None:
+        threshold.external = external_threshold(y, predictions.merged, predictions.labels, threshold.positive_class,
+                                                threshold.value, threshold_method, target_sensitivity)
+    report = EvaluationReport(
+        **_header(run, predictions, split=split, tta=tta, data=data, n_boot=n_boot, seed=seed),
+        **dict(set_report), threshold=threshold,
+        calibration=Calibration(temperature=temperature, fitted_on=calibration.get("fitted_on"),
+                                reason=calibration.get("reason", ""), ece_before=set_report.metrics["ece"].value,
+                                ece_after=expected_calibration_error(y, calibrated) if temperature else None))
     # 5. The files.
-    out_dir = run.evaluation_dir(split if data is None else run.external_name(data, split), tta=tta)
+    out_dir = run.evaluation(split if data is None else run.external_name(data, split), tta=tta).path
     preds = prediction_table(predictions.rows, predictions.merged, predictions.labels, predictions.info.positive_label,
-                             threshold.get("value"))
+                             threshold.value)
     write_evaluation(out_dir, report, preds, tables, y=y, probs=predictions.merged, calibrated=calibrated,
                      run=run if data is None else None)
     return EvaluationResult(run.path, split, out_dir, report, preds, tables)
@@ -200,8 +201,8 @@ def evaluated_set_warnings(y: np.ndarray, groups: np.ndarray, labels: list[str],
 
 
 def compute_report(rows: pd.DataFrame, probs: np.ndarray, labels: list[str], positive: str | None, *,
-                   threshold: float | None, options: ReportOptions = ReportOptions(), unit: str = "image",
-                   about: str = "the set") -> tuple[dict[str, Any], dict[str, Any]]:
+                   threshold: float | None, options: ReportOptions | None = None, unit: str = "image",
+                   about: str = "the set") -> tuple[SetReport, dict[str, pd.DataFrame]]:
     """The metrics of one set: headline metrics with patient-bootstrap intervals, per lesion type and dataset,
     subgroups, per class, the confusion matrix and the breast and patient levels, with the set's warnings.
 
@@ -212,28 +213,23 @@ def compute_report(rows: pd.DataFrame, probs: np.ndarray, labels: list[str], pos
         unit: what a row is (``image`` or ``breast``); ``about``: the set, as warnings name it.
 
     Returns:
-        ``(report, tables)``: the report's metric keys, and the per-level prediction tables.
+        ``(report, tables)``: the set's report, and the per-level prediction tables.
     """
-    y, g = targets(rows, labels, about), groups(rows)
-    report: dict[str, Any] = {"n": int(len(rows)), "patients": int(len(np.unique(g))), "labels": labels,
-                              "positive_label": positive,
-                              "class_counts": {lab: int((y == i).sum()) for i, lab in enumerate(labels)}}
+    options = options or ReportOptions()
+    scored = ScoredSet(rows, targets(rows, labels, about), probs, labels, groups(rows), positive, threshold)
+    y, g = scored.y, scored.groups
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UndefinedMetricWarning)
-        report["metrics"] = metrics_with_ci(y, probs, labels, g, positive=positive, threshold=threshold,
-                                            n_boot=options.n_boot, seed=options.seed)
-        by_lesion_type_and_dataset(report, rows, y, probs, labels, g, positive, threshold, options.n_boot, options.seed,
-                                   options.breakdown_min)
-    report["warnings"] = _set_warnings(caught, y, g, labels, about)
-    if options.by:
-        report["subgroups"] = subgroups(rows, y, probs, labels, g, positive, threshold, options.by, options.n_boot,
-                                        options.seed)
-    report["per_class"] = per_class_table(y, probs, labels)
-    report["confusion_matrix"] = confusion(y, probs, len(labels))
-    report["levels"], tables = _levels(rows, probs, labels, positive, threshold, report["metrics"], unit=unit,
-                                       options=options)
-    report["aggregate"] = options.aggregate
-    report["level_notes"] = tables.pop("_notes", [])
+        headline = scored.metrics(options.n_boot, options.seed)
+        parts = by_lesion_type_and_dataset(scored, options)
+    set_warnings = _set_warnings(caught, y, g, labels, about)
+    levels, tables, notes = _levels(scored, headline, unit=unit, options=options)
+    report = SetReport(
+        n=int(len(rows)), patients=int(len(np.unique(g))), labels=labels, positive_label=positive,
+        class_counts={lab: int((y == i).sum()) for i, lab in enumerate(labels)}, metrics=headline, **parts,
+        warnings=set_warnings, subgroups=subgroups(scored, options) if options.by else None,
+        per_class=per_class_table(y, probs, labels), confusion_matrix=confusion(y, probs, len(labels)),
+        levels=levels, aggregate=options.aggregate, level_notes=notes)
     return report, tables
 
 
@@ -251,25 +247,28 @@ def _set_warnings(caught: list[warnings.WarningMessage], y: np.ndarray, g: np.nd
     return set_warned + [f"{about}: {m} (reported as NaN)" for m in undefined]
 
 
-def _levels(rows: pd.DataFrame, probs: np.ndarray, labels: list[str], positive: str | None, threshold: float | None,
-            headline: dict[str, Any], *, unit: str, options: ReportOptions) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Metrics per breast and per patient beside the rows' own level, with the RSNA challenge's probabilistic F1."""
-    levels, tables = aggregate_levels(rows, probs, labels, positive, unit=unit, how=options.aggregate)
-    out: dict[str, Any] = {unit: {"n": int(len(rows)), "metrics": headline}}
+def _levels(scored: ScoredSet, headline: dict[str, Any], *, unit: str, options: ReportOptions
+            ) -> tuple[dict[str, Level], dict[str, pd.DataFrame], list[str]]:
+    """Metrics per breast and per patient beside the rows' own level, with the RSNA challenge's probabilistic F1.
+    Returns ``(levels, their prediction tables, notes on levels that could not be formed)``."""
+    labels, positive = scored.labels, scored.positive
+    levels, tables = aggregate_levels(scored.rows, scored.probs, labels, positive, unit=unit, how=options.aggregate)
+    notes = tables.pop("_notes", [])
+    out: dict[str, dict[str, Any]] = {unit: {"n": int(len(scored.rows)), "metrics": headline}}  # its F1 joins the headline
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UndefinedMetricWarning)  # said once for the main level
         for name, (lrows, lprobs) in levels.items():
-            out[name] = {"n": int(len(lrows)), "metrics": metrics_with_ci(
-                targets(lrows, labels, name), lprobs, labels, groups(lrows), positive=positive, threshold=threshold,
-                n_boot=options.n_boot, seed=options.seed)}
+            level = ScoredSet(lrows, targets(lrows, labels, name), lprobs, labels, groups(lrows), positive,
+                              scored.threshold)
+            out[name] = {"n": int(len(lrows)), "metrics": level.metrics(options.n_boot, options.seed)}
     if positive is not None:
         k = labels.index(positive)
-        for name, level in out.items():
+        for name, level_out in out.items():
             if name != "image":
-                lrows, lprobs = levels.get(name, (rows, probs))
-                level["metrics"]["probabilistic_f1"] = {
+                lrows, lprobs = levels.get(name, (scored.rows, scored.probs))
+                level_out["metrics"]["probabilistic_f1"] = {
                     "value": probabilistic_f1(targets(lrows, labels, name) == k, lprobs[:, k]), "ci": [None, None]}
-    return out, tables
+    return {name: Level.model_validate(level) for name, level in out.items()}, tables, notes
 
 
 def prediction_table(rows: pd.DataFrame, probs: np.ndarray, labels: list[str], positive: str | None,
@@ -284,7 +283,7 @@ def prediction_table(rows: pd.DataFrame, probs: np.ndarray, labels: list[str], p
     return preds
 
 
-def write_evaluation(out_dir: Path, report: dict[str, Any], preds: pd.DataFrame, tables: dict[str, Any], *,
+def write_evaluation(out_dir: Path, report: EvaluationReport, preds: pd.DataFrame, tables: dict[str, pd.DataFrame], *,
                      y: np.ndarray, probs: np.ndarray, calibrated: np.ndarray, run: RunDir | None) -> None:
     """``metrics.json``, the prediction tables and the plots (``run``: add the training curves of the run's own
     evaluation)."""
@@ -297,24 +296,25 @@ def write_evaluation(out_dir: Path, report: dict[str, Any], preds: pd.DataFrame,
     )
     from mammobench.training.curves import plot_training_curves
 
-    atomic_write_csv(out_dir / "predictions.csv", preds)
+    files = EvaluationDir(out_dir)
+    atomic_write_csv(files.predictions_path, preds)
     for name, table in tables.items():
-        atomic_write_csv(out_dir / f"predictions_{name}.csv", table)
-    labels, mark = report["labels"], " - SYNTHETIC DEMO DATA" if report["synthetic"] else ""
-    tag = f"{report['architecture']}, {report['split']}{' + TTA' if report['tta'] else ''}{mark}"
-    plot_roc(y, probs, labels, out_dir / "roc.png", title=f"ROC ({tag})")
-    plot_pr(y, probs, labels, out_dir / "pr.png", title=f"Precision-recall ({tag})")
-    plot_confusion(report["confusion_matrix"], labels, out_dir / "confusion.png", title=f"Confusion ({tag})")
-    plot_reliability(y, probs, out_dir / "reliability.png", ece=report["metrics"]["ece"]["value"],
+        atomic_write_csv(files.level_predictions_path(name), table)
+    labels, mark = report.labels, " - SYNTHETIC DEMO DATA" if report.synthetic else ""
+    tag = f"{report.architecture}, {report.split}{' + TTA' if report.tta else ''}{mark}"
+    plot_roc(y, probs, labels, files.plot_path("roc"), title=f"ROC ({tag})")
+    plot_pr(y, probs, labels, files.plot_path("pr"), title=f"Precision-recall ({tag})")
+    plot_confusion(report.confusion_matrix, labels, files.plot_path("confusion"), title=f"Confusion ({tag})")
+    plot_reliability(y, probs, files.plot_path("reliability"), ece=report.metrics["ece"].value,
                      title=f"Reliability ({tag})")
-    calibration = report["calibration"]
-    if calibration["ece_after"] is not None:
-        plot_reliability(y, calibrated, out_dir / "reliability_calibrated.png", ece=calibration["ece_after"],
-                         title=f"Reliability after temperature {calibration['temperature']:.2f} ({tag})")
-    if report.get("subgroups"):
-        plot_subgroups(report["subgroups"], out_dir / "subgroups.png", title=f"Subgroups ({tag})")
+    calibration = report.calibration
+    if calibration.ece_after is not None and calibration.temperature is not None:
+        plot_reliability(y, calibrated, files.plot_path("reliability_calibrated"), ece=calibration.ece_after,
+                         title=f"Reliability after temperature {calibration.temperature:.2f} ({tag})")
+    if report.subgroups:
+        plot_subgroups(report.to_json()["subgroups"], files.plot_path("subgroups"), title=f"Subgroups ({tag})")
     if run is not None and run.history_path.is_file():
-        plot_training_curves(pd.read_csv(run.history_path), out_dir / "curves.png",
+        plot_training_curves(pd.read_csv(run.history_path), files.plot_path("curves"),
                              best_epoch=run.read_info().get("kept_epoch"),
-                             title=f"Training ({report['architecture']}){mark}")
-    atomic_write_json(out_dir / "metrics.json", report)
+                             title=f"Training ({report.architecture}){mark}")
+    report.write(files.metrics_path)

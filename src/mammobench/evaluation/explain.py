@@ -234,7 +234,8 @@ def explain_files(
             logger.warning("%s: %s", p, note)
         images.append(image)
     results = []
-    for path, image, (probs, pred, chosen, cam) in zip(paths, images, explain_arrays(model, info, images, target=target, device=device), strict=True):
+    explained = explain_arrays(model, info, images, target=target, device=device)
+    for path, image, (probs, pred, chosen, cam) in zip(paths, images, explained, strict=True):
         ex = Explanation(str(path), probs, info.labels[pred], info.labels[chosen], cam, image)
         if out_dir is not None:
             title = f"{Path(path).name}: predicted {ex.predicted} ({probs[ex.predicted]:.2f}); map for {ex.explained}"

@@ -239,7 +239,8 @@ class PatientBootstrap:
         """Sample indices of each resample (the same draws for every statistic and every model)."""
         return [np.concatenate([self._members[k] for k in draw]) for draw in self._draws]
 
-    def interval(self, statistic: Callable[[np.ndarray], dict[str, float]], level: float = 0.95) -> dict[str, tuple[float, float]]:
+    def interval(self, statistic: Callable[[np.ndarray], dict[str, float]], level: float = 0.95
+                 ) -> dict[str, tuple[float, float]]:
         """Percentile interval of each value ``statistic(indices)`` returns (NaN resamples skipped)."""
         rows: dict[str, list[float]] = {}
         with warnings.catch_warnings():
@@ -357,3 +358,47 @@ def probabilistic_f1(y_positive: np.ndarray, score: np.ndarray) -> float:
     precision = tp / (tp + fp) if tp + fp > 0 else 0.0
     recall = tp / float(y_positive.sum())
     return 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+
+
+def _midranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks with ties given their mean rank (DeLong's midranks)."""
+    from scipy.stats import rankdata
+
+    return rankdata(x, method="average")
+
+
+def delong_test(y_positive: np.ndarray, score_a: np.ndarray, score_b: np.ndarray) -> dict[str, float]:
+    """DeLong's test of two correlated ROC AUCs on the same samples (DeLong, DeLong & Clarke-Pearson 1988), with
+    Sun & Xu's fast midrank algorithm (IEEE Signal Processing Letters 2014).
+
+    It treats samples as independent: several images of one woman make its p-value too small, which is why
+    comparisons report it beside the paired patient bootstrap (:func:`paired_auc_difference`), not instead of it.
+
+    Returns:
+        ``{"auc_a", "auc_b", "difference", "se", "z", "p_value"}`` (NaN when a class is absent or the variance is 0).
+    """
+    from scipy.stats import norm
+
+    y = np.asarray(y_positive, dtype=bool)
+    m, n = int(y.sum()), int((~y).sum())
+    nan = float("nan")
+    if m == 0 or n == 0:
+        return {"auc_a": nan, "auc_b": nan, "difference": nan, "se": nan, "z": nan, "p_value": nan}
+    v10, v01, aucs = [], [], []
+    for score in (np.asarray(score_a, float), np.asarray(score_b, float)):
+        pos, neg = score[y], score[~y]
+        tx, ty, tz = _midranks(pos), _midranks(neg), _midranks(np.r_[pos, neg])
+        aucs.append((tz[:m].sum() - m * (m + 1) / 2) / (m * n))
+        v10.append((tz[:m] - tx) / n)  # structural components of the positives
+        v01.append(1.0 - (tz[m:] - ty) / m)  # and of the negatives
+    s10 = np.atleast_2d(np.cov(np.vstack(v10))) if m > 1 else np.zeros((2, 2))
+    s01 = np.atleast_2d(np.cov(np.vstack(v01))) if n > 1 else np.zeros((2, 2))
+    cov = s10 / m + s01 / n
+    var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
+    diff = float(aucs[0] - aucs[1])
+    if var <= 0:
+        return {"auc_a": float(aucs[0]), "auc_b": float(aucs[1]), "difference": diff, "se": 0.0, "z": nan,
+                "p_value": 1.0 if diff == 0 else nan}
+    z = diff / np.sqrt(var)
+    return {"auc_a": float(aucs[0]), "auc_b": float(aucs[1]), "difference": diff, "se": float(np.sqrt(var)),
+            "z": float(z), "p_value": float(2 * norm.sf(abs(z)))}

@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mammobench.data.manifest import patient_key
 from mammobench.runtime import MammobenchError, atomic_write_csv, format_list
 
 #: Bytes read from each end of a file for its fingerprint.
 FINGERPRINT_BYTES = 1 << 20
-FINGERPRINT_FILE = "fingerprints.csv"
 
 
 class OverlapError(MammobenchError):
@@ -61,7 +61,8 @@ def fingerprints(paths: list[str], *, store: Path | None = None) -> list[str]:
     known: dict[tuple[str, int, int], str] = {}
     if store is not None and store.is_file():
         table = pd.read_csv(store, dtype={"path": str, "fingerprint": str}, keep_default_na=False)
-        known = {(p, int(s), int(m)): f for p, s, m, f in table[["path", "size", "mtime_ns", "fingerprint"]].itertuples(index=False)}
+        columns = table[["path", "size", "mtime_ns", "fingerprint"]]
+        known = {(p, int(s), int(m)): f for p, s, m, f in columns.itertuples(index=False)}
     out, rows = [], []
     for p in paths:
         try:
@@ -129,8 +130,8 @@ def find_overlap(external: pd.DataFrame, training: pd.DataFrame, *, store: Path 
     by_print = {fp: by_path_index[p] for p, fp in zip(unique_train, train_prints, strict=True) if fp}
     content_hit = np.array([bool(fp) and fp in by_print for fp in ext_prints], dtype=bool) & ~path_hit
 
-    def patients(frame: pd.DataFrame) -> list[tuple[str, str]]:
-        return list(zip(frame["dataset"].astype(str), frame["patient_id"].astype(str), strict=True))
+    def patients(frame: pd.DataFrame) -> list[str]:
+        return patient_key(frame).tolist()
 
     train_patients = dict(zip(patients(training), train_ids, strict=True))
     ext_patients = patients(external)
@@ -145,5 +146,5 @@ def find_overlap(external: pd.DataFrame, training: pd.DataFrame, *, store: Path 
         elif content_hit[i]:
             examples.append(f"{ext_ids[i]} -> {by_print[ext_prints[i]]} (same content)")
         else:
-            examples.append(f"{ext_ids[i]} -> {train_patients[ext_patients[i]]} (same patient {ext_patients[i][1]})")
+            examples.append(f"{ext_ids[i]} -> {train_patients[ext_patients[i]]} (same patient {ext_patients[i]})")
     return Overlap(mask, int(path_hit.sum()), int(content_hit.sum()), int(patient_hit.sum()), examples)

@@ -111,7 +111,8 @@ def groups(rows: pd.DataFrame) -> np.ndarray:
 # --------------------------------------------------------------------------- another dataset
 
 
-def match_labels(model_labels: list[str], data_labels: list[str], *, where: str) -> tuple[list[str], list[list[int]], dict[str, str], str]:
+def match_labels(model_labels: list[str], data_labels: list[str], *, where: str
+                 ) -> tuple[list[str], list[list[int]], dict[str, str], str]:
     """How a model's classes meet another dataset's labels.
 
     Returns:
@@ -126,7 +127,8 @@ def match_labels(model_labels: list[str], data_labels: list[str], *, where: str)
     if data <= set(model_labels) and not (BENIGN_WITHOUT_CALLBACK in model_labels and data <= {BENIGN, MALIGNANT}
                                           and BENIGN_WITHOUT_CALLBACK not in data):
         return list(model_labels), identity, {}, ""
-    if BENIGN_WITHOUT_CALLBACK in model_labels and BENIGN in model_labels and data <= set(model_labels) - {BENIGN_WITHOUT_CALLBACK}:
+    both_benign = BENIGN_WITHOUT_CALLBACK in model_labels and BENIGN in model_labels
+    if both_benign and data <= set(model_labels) - {BENIGN_WITHOUT_CALLBACK}:
         labels = [lab for lab in model_labels if lab != BENIGN_WITHOUT_CALLBACK]
         merge = [[model_labels.index(lab)] + ([model_labels.index(BENIGN_WITHOUT_CALLBACK)] if lab == BENIGN else [])
                  for lab in labels]

@@ -17,6 +17,7 @@ import pandas as pd
 from mammobench.evaluation.calibration import apply_temperature
 from mammobench.evaluation.metrics import ThresholdChoice, UndefinedMetricWarning, select_threshold
 from mammobench.evaluation.predictions import Predictions, run_predictions
+from mammobench.evaluation.report import Threshold
 from mammobench.runs import RunDir
 
 
@@ -43,12 +44,12 @@ def validation_threshold(run_dir: str | Path, labels: list[str], positive: str, 
 
 
 def threshold_of(run: RunDir, predictions: Predictions, *, own_val: bool, method: str = "youden",
-                 target_sensitivity: float = 0.9, tta: bool = False, device: str = "auto") -> dict[str, Any]:
+                 target_sensitivity: float = 0.9, tta: bool = False, device: str = "auto") -> Threshold:
     """``metrics.json``'s ``threshold``: the value, the rule that decided it and why (argmax for a model without a
     positive class). ``own_val``: ``predictions`` are the run's validation split itself."""
     positive = predictions.info.positive_label
     if positive is None:
-        return {"method": "argmax"}
+        return Threshold(method="argmax")
     with warnings.catch_warnings(record=True):  # a fallback is reported through choice.reason, once
         warnings.simplefilter("always", UndefinedMetricWarning)
         # Always on the run's own validation split, in the model's classes (also for another dataset).
@@ -56,9 +57,9 @@ def threshold_of(run: RunDir, predictions: Predictions, *, own_val: bool, method
                                       target_sensitivity=target_sensitivity, tta=tta, device=device,
                                       val=(predictions.rows, predictions.probs) if own_val else None)
     chosen_on = "val" if own_val or run.has_split("val") else "none (no validation split)"
-    return {"method": method, "value": choice.value, "chosen_on": chosen_on, "rule": choice.rule,
-            "reason": choice.reason, "target_sensitivity": target_sensitivity if method == "sensitivity" else None,
-            "class": positive}
+    return Threshold(method=method, value=choice.value, chosen_on=chosen_on, rule=choice.rule, reason=choice.reason,
+                     target_sensitivity=target_sensitivity if method == "sensitivity" else None,
+                     positive_class=positive)
 
 
 def external_threshold(y: np.ndarray, probs: np.ndarray, labels: list[str], positive: str, threshold: float,

@@ -143,20 +143,20 @@ def summarise(spec: StudySpec, study: Any, out: Path) -> tuple[pd.DataFrame, pd.
 def run_warnings(cells: pd.DataFrame) -> list[dict[str, Any]]:
     """The warnings of the cells' runs (``run.json``) and their threshold fallbacks, grouped: the same sentence with
     other numbers counts once, with how many cells said it and one example."""
-    import json
     import re
+
+    from mammobench.evaluation.report import EvaluationReport
+    from mammobench.runs import RunDir
 
     seen: dict[str, dict[str, Any]] = {}
     for run_dir in cells.get("run_dir", pd.Series([], dtype=str)):
-        messages: list[str] = []
-        run_json = Path(run_dir) / "run.json"
-        if run_json.is_file():
-            messages += json.loads(run_json.read_text()).get("warnings", [])
-        metrics = Path(run_dir) / "evaluation" / "test" / "metrics.json"
-        if metrics.is_file():
-            threshold = json.loads(metrics.read_text()).get("threshold", {})
-            if threshold.get("reason"):
-                messages.append(f"decision threshold {threshold.get('rule')}: {threshold['reason']}")
+        run = RunDir(run_dir)
+        messages: list[str] = run.warnings()
+        evaluation = run.evaluation("test")
+        if evaluation.exists():
+            threshold = EvaluationReport.read(evaluation.metrics_path).threshold
+            if threshold.reason:
+                messages.append(f"decision threshold {threshold.rule}: {threshold.reason}")
         for message in dict.fromkeys(messages):
             key = re.sub(r"\d+(\.\d+)?", "#", message)
             entry = seen.setdefault(key, {"cells": 0, "example": message})
@@ -224,7 +224,8 @@ def write_ablation_report(spec: StudySpec, out: Path, cells: pd.DataFrame, table
         sections.append(Section("Search trials (TPE)", tables=[("Trials, best first", table)]))
         if "best" in summary:
             b = summary["best"]
-            sections[-1].text.append(f"Best: trial {b['trial']}, {spec.metric} {b['value']:.3f}, overrides {', '.join(b['overrides'])}.")
+            sections[-1].text.append(f"Best: trial {b['trial']}, {spec.metric} {b['value']:.3f}, "
+                                     f"overrides {', '.join(b['overrides'])}.")
     else:
         forest = plot_forest(summary, out / "forest.png")
         if forest is not None:

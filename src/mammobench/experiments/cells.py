@@ -36,7 +36,7 @@ def run_cell(spec: StudySpec, base: Config, out: Path, variant: str, overrides: 
         StudyError: the cell's finished run was made with another config (the study file changed).
     """
     from mammobench.evaluation.evaluate import evaluate
-    from mammobench.runs import RunDir
+    from mammobench.runs import EvaluationDir, RunDir
     from mammobench.training.reuse import ConfigChanged, train_or_reuse
 
     cfg = study_config(spec, [*overrides, *cell_overrides(spec, base, out, variant, repeat, fold, overrides)])
@@ -49,9 +49,9 @@ def run_cell(spec: StudySpec, base: Config, out: Path, variant: str, overrides: 
     ev = evaluate(run_dir, split="test", n_boot=spec.n_boot, tta=spec.tta)
     counts = RunDir(run_dir).read_info().get("counts", {})
     n_train = int(sum(counts.get("train", {}).values()))
-    return {"variant": variant, "repeat": repeat, "fold": fold, "n_test": int(ev.report["n"]), "n_train": n_train,
-            **{k: (v["value"] if isinstance(v, dict) else v) for k, v in ev.report["metrics"].items()},
-            "run_dir": str(run_dir), "predictions": str(ev.out_dir / "predictions.csv")}
+    return {"variant": variant, "repeat": repeat, "fold": fold, "n_test": ev.report.n, "n_train": n_train,
+            **{k: v.value for k, v in ev.metrics.items()},
+            "run_dir": str(run_dir), "predictions": str(EvaluationDir(ev.out_dir).predictions_path)}
 
 
 def write_cell_log(out: Path, variant: str, repeat: int, fold: int) -> Path:

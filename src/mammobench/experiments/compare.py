@@ -2,8 +2,9 @@
 
 The steps: check the configs and every ``--external`` set before anything trains; train or reuse each run
 (:func:`~mammobench.training.reuse.train_or_reuse`); evaluate each on the same test set (and on the external
-sets: a train-set x test-set matrix); pair the models on the same patients; write ``results.json``,
-``results.csv`` and the report (:mod:`~mammobench.experiments.compare_report`).
+sets: a train-set x test-set matrix); score other models' predictions files on that test set
+(:mod:`~mammobench.evaluation.imported`); pair the models on the same patients (patient bootstrap and DeLong);
+write ``results.json``, ``results.csv`` and the report (:mod:`~mammobench.experiments.compare_report`).
 
 Example:
     >>> result = compare(["resnet18", "efficientnet_b0", "vit_base_patch16_384"], "comparison",
@@ -30,8 +31,9 @@ from mammobench.data.demo import DEMO_DATASET, SYNTHETIC_NOTICE
 from mammobench.data.manifest import manifest_folder, patient_key
 from mammobench.evaluation.evaluate import EvaluationResult, evaluate
 from mammobench.evaluation.explain import explain_arrays, explanation_title, overlay
-from mammobench.evaluation.metrics import paired_auc_difference
+from mammobench.evaluation.metrics import delong_test, paired_auc_difference
 from mammobench.evaluation.plots import plot_roc_overlay
+from mammobench.evaluation.report import EvaluationReport
 from mammobench.experiments.compare_report import matrix_section, matrix_table, write_report
 from mammobench.experiments.document import write_document
 from mammobench.formatting import format_estimate, format_metric
@@ -55,13 +57,21 @@ class CompareError(MammobenchError):
 
 @dataclass
 class ModelResult:
+    """One compared model: a run trained here, or another model's predictions file (``imported``: no run, no
+    config; scored on the same test rows)."""
+
     name: str
-    run_dir: Path
-    config: Config
+    run_dir: Path | None
+    config: Config | None
     run_info: dict[str, Any]
     test: EvaluationResult
     val: EvaluationResult | None  # None: the run had no validation split
     gallery: list[dict[str, Any]] = field(default_factory=list)
+    imported: dict[str, Any] | None = None  # the file, its format and key, the test rows it lacks
+
+    @property
+    def two_view(self) -> bool:
+        return self.run_dir is not None and bool(RunDir(self.run_dir).read_model_info().views)
 
 
 @dataclass
@@ -86,6 +96,8 @@ def compare(
     external: Mapping[str, str | Path] | None = None,
     external_split: str = "all",
     allow_overlap: bool = False,
+    predictions: Mapping[str, str | Path] | None = None,
+    allow_missing: bool = False,
 ) -> CompareResult:
     """Train or reuse each config's run under ``out/runs``, evaluate all on the same test set, report.
 
@@ -102,6 +114,9 @@ def compare(
             before anything trains (:func:`check_external`).
         allow_overlap: drop external rows that share an image or a patient with a model's training data instead of
             refusing the set.
+        predictions: other models' predictions files by name (GMIC, mammobench's, ``id,probability``): each is
+            scored on the runs' test rows and paired with them; a test row a file lacks is refused unless
+            ``allow_missing`` (then the pairs use the rows every model scored, and the report lists the gaps).
 
     Raises:
         CompareError: different data or label sets, duplicate names.
@@ -115,17 +130,48 @@ def compare(
     models = []
     for cfg in cfgs:
         run_dir = train_or_reuse(cfg, show_progress=show_progress)
-        models.append(ModelResult(cfg.run_name(), run_dir, cfg, RunDir(run_dir).read_info(), None, None))  # type: ignore[arg-type]
+        info = RunDir(run_dir).read_info()
+        models.append(ModelResult(cfg.run_name(), run_dir, cfg, info, None, None))  # type: ignore[arg-type]
     if same_data:
         _check_runs(models)
     for m in models:
+        assert m.run_dir is not None
         m.test = evaluate(m.run_dir, split="test", tta=tta, n_boot=n_boot)
         m.val = evaluate(m.run_dir, split="val", tta=tta, n_boot=n_boot) if RunDir(m.run_dir).has_split("val") else None
         m.gallery = _gallery(m, out, gallery)
     matrix = _dataset_matrix(models, external or {}, external_split, tta=tta, n_boot=n_boot, allow_overlap=allow_overlap)
     if not same_data:
+        if predictions:
+            raise CompareError("--predictions pairs other models with runs on one test set: the configs use "
+                               "different data")
         return _matrix_only(models, matrix, out, tta=tta, n_boot=n_boot)
+    models += [_imported(name, path, models[0], out, n_boot=n_boot, allow_missing=allow_missing)
+               for name, path in (predictions or {}).items()]
     return _report(models, matrix, out, tta=tta, n_boot=n_boot)
+
+
+def _imported(name: str, path: str | Path, first: ModelResult, out: Path, *, n_boot: int,
+              allow_missing: bool) -> ModelResult:
+    """Another model's predictions file scored on the test rows of the runs (their ``split.csv``)."""
+    from mammobench.evaluation.imported import match_predictions, read_predictions, score_matched
+
+    assert first.run_dir is not None
+    run = RunDir(first.run_dir)
+    info = run.read_model_info()
+    split = run.read_split()
+    try:
+        imported = read_predictions(path)
+        matched = match_predictions(imported, split, split="test", allow_missing=allow_missing,
+                                    where=f"the test split of {first.name}")
+    except MammobenchError as exc:
+        raise CompareError(f"--predictions {name}={path}: {exc}") from None
+    scored = score_matched(imported, matched, info.labels, info.positive_label, name=name, split="test",
+                           data=run.split_path, n_boot=n_boot, out=out / "imported" / name)
+    test = EvaluationResult(imported.path, "test", out / "imported" / name, scored.report, scored.predictions,
+                            scored.levels)
+    about = {"file": str(imported.path.resolve()), "format": imported.format, "key": matched.key,
+             "level": matched.level, "missing": matched.missing}
+    return ModelResult(name, None, None, {}, test, None, imported=about)
 
 
 def _configs(configs: Sequence[str | Path | Config], overrides: list[str] | None, out: Path) -> list[Config]:
@@ -152,10 +198,12 @@ def _same_data(cfgs: list[Config]) -> None:
 
 
 def _check_runs(models: list[ModelResult]) -> None:
+    assert models[0].run_dir is not None
     first = RunDir(models[0].run_dir)
     labels = first.read_model_info().labels
     split = first.read_split(columns=["sample_id", "split"]).sort_values("sample_id").reset_index(drop=True)
     for m in models[1:]:
+        assert m.run_dir is not None
         run = RunDir(m.run_dir)
         other = run.read_model_info().labels
         if other != labels:
@@ -191,7 +239,8 @@ def check_external(cfgs: list[Config], external: Mapping[str, str | Path], split
             raise CompareError(f"{where}: no {split!r} rows (splits: {', '.join(sorted(set(frame['split'])))}); "
                                "use --external-split all")
         for cfg in cfgs:
-            if cfg.data.manifest is None or manifest_folder(Path(path).resolve()) == manifest_folder(Path(cfg.data.manifest).resolve()):
+            own = cfg.data.manifest is not None and manifest_folder(Path(cfg.data.manifest).resolve())
+            if cfg.data.manifest is None or manifest_folder(Path(path).resolve()) == own:
                 continue  # the model's own dataset: its test split is shown, never its training rows
             try:
                 match_labels(read_manifest_info(cfg.data.manifest).labels, data_labels, where=where)
@@ -207,10 +256,10 @@ def check_external(cfgs: list[Config], external: Mapping[str, str | Path], split
                                    "pass --allow-overlap to drop those rows and score the rest")
 
 
-def _headline(report: dict[str, Any]) -> dict[str, Any]:
-    m = report["metrics"]
-    key = "auc_malignant" if "auc_malignant" in m else "auc_macro"
-    return {"metric": key, "value": m[key]["value"], "ci": m[key]["ci"], "n": report["n"], "patients": report["patients"]}
+def _headline(report: EvaluationReport) -> dict[str, Any]:
+    key = report.headline_key
+    m = report.metrics[key]
+    return {"metric": key, "value": m.value, "ci": list(m.ci), "n": report.n, "patients": report.patients}
 
 
 def _dataset_matrix(models: list[ModelResult], external: Mapping[str, str | Path], split: str, *, tta: bool,
@@ -220,6 +269,7 @@ def _dataset_matrix(models: list[ModelResult], external: Mapping[str, str | Path
         return {}
     out: dict[str, Any] = {"datasets": ["own test", *external], "split": split, "models": {}}
     for m in models:
+        assert m.config is not None and m.run_dir is not None
         row: dict[str, Any] = {"trained_on": str(m.config.data.manifest), "own test": _headline(m.test.report)}
         own = manifest_folder(Path(m.config.data.manifest or "").resolve())
         for name, path in external.items():
@@ -228,8 +278,8 @@ def _dataset_matrix(models: list[ModelResult], external: Mapping[str, str | Path
                              "note": "the model's own dataset: its test split is shown, never its training rows"}
                 continue
             ev = evaluate(m.run_dir, data=path, split=split, tta=tta, n_boot=n_boot, allow_overlap=allow_overlap)
-            row[name] = {**_headline(ev.report), "label_matching": ev.report.get("label_matching", ""),
-                         "overlap": (ev.report.get("overlap") or {}).get("note", "")}
+            row[name] = {**_headline(ev.report), "label_matching": ev.report.label_matching,
+                         "overlap": (ev.report.overlap or {}).get("note", "")}
         out["models"][m.name] = row
     return out
 
@@ -239,7 +289,7 @@ def _matrix_only(models: list[ModelResult], matrix: dict[str, Any], out: Path, *
     table = matrix_table(matrix)
     results = {"created": utc_now(), "mammobench_version": mammobench.__version__, "tta": tta, "matrix": matrix,
                "bootstrap": {"unit": "patient", "n": n_boot}, "machine": environment_info(), "paired": [],
-               "models": {m.name: {"run_dir": str(m.run_dir), "test": m.test.report} for m in models}}
+               "models": {m.name: {"run_dir": str(m.run_dir), "test": m.test.report.to_json()} for m in models}}
     atomic_write_json(out / "results.json", results)
     md, page = write_document(out, [matrix_section(matrix, table)], title="mammobench: models across datasets",
                               meta=f"{results['created']} · {len(models)} models")
@@ -252,13 +302,14 @@ def _matrix_only(models: list[ModelResult], matrix: dict[str, Any], out: Path, *
 def _aligned(models: list[ModelResult]) -> tuple[str, dict[str, pd.DataFrame]]:
     """Each model's test predictions by sample, per image or (with a two-view model among them) per breast: an
     image model's breast prediction is the mean over that breast's images."""
-    level = "breast" if any(RunDir(m.run_dir).read_model_info().views for m in models) else "image"
+    breast_only = [m for m in models if m.two_view or (m.imported or {}).get("level") == "breast"]
+    level = "breast" if breast_only else "image"
     aligned = {}
     for m in models:
-        if level == "breast" and not RunDir(m.run_dir).read_model_info().views:
+        if level == "breast" and m not in breast_only:
             if "breast" not in (m.test.levels or {}):
                 raise CompareError(f"{m.name} cannot be compared per breast with the two-view models: "
-                                   f"{'; '.join(m.test.report.get('level_notes', [])) or 'no breast level'}")
+                                   f"{'; '.join(m.test.report.level_notes) or 'no breast level'}")
             preds = (m.test.levels or {})["breast"].rename(columns={"breast_id": "sample_id"}).set_index("sample_id")
         else:
             preds = m.test.predictions.set_index("sample_id")
@@ -277,21 +328,35 @@ def _paired(models: list[ModelResult], labels: list[str], positive: str | None, 
     first = aligned[models[0].name].loc[common]
     y = first["label"].map({lab: i for i, lab in enumerate(labels)}).to_numpy()
     groups = patient_key(first).to_numpy()
-    probs = {n: p.loc[common, [f"prob_{lab}" for lab in labels]].to_numpy() for n, p in aligned.items()}
+    columns = [f"prob_{lab}" for lab in labels]
+    k = labels.index(positive) if positive in labels else None
+    probs = {}
+    for n, p in aligned.items():
+        if set(columns) <= set(p.columns):
+            probs[n] = p.loc[common, columns].to_numpy()
+        else:  # an imported model's malignancy probability alone: the other classes share the rest equally
+            assert k is not None
+            score = p.loc[common, f"prob_{positive}"].to_numpy()
+            full = np.repeat(((1 - score) / max(len(labels) - 1, 1))[:, None], len(labels), 1)
+            full[:, k] = score
+            probs[n] = full
+    whole = {m.name for m in models if m.imported is None or set(columns) <= set(aligned[m.name].columns)}
     paired = []
     for a, b in itertools.combinations([m.name for m in models], 2):
-        entry: dict[str, Any] = {"a": a, "b": b,
-                                 "auc_macro": paired_auc_difference(y, probs[a], probs[b], groups, n_boot=n_boot)}
-        if positive in labels:
-            entry["auc_malignant"] = paired_auc_difference(y, probs[a], probs[b], groups, column=labels.index(positive),
-                                                           n_boot=n_boot)
+        entry: dict[str, Any] = {"a": a, "b": b, "n": len(common)}
+        if a in whole and b in whole:  # macro AUC needs every class's probability from both
+            entry["auc_macro"] = paired_auc_difference(y, probs[a], probs[b], groups, n_boot=n_boot)
+        if k is not None:
+            entry["auc_malignant"] = paired_auc_difference(y, probs[a], probs[b], groups, column=k, n_boot=n_boot)
+            entry["auc_malignant"]["delong"] = delong_test(y == k, probs[a][:, k], probs[b][:, k])
         paired.append(entry)
     return paired, {n: (y, p) for n, p in probs.items()}, level, len(common)
 
 
 def _report(models: list[ModelResult], matrix: dict[str, Any], out: Path, *, tta: bool, n_boot: int) -> CompareResult:
-    labels, positive = models[0].test.report["labels"], models[0].test.report["positive_label"]
+    labels, positive = models[0].test.report.labels, models[0].test.report.positive_label
     paired, curves, level, n_common = _paired(models, labels, positive, n_boot)
+    assert models[0].run_dir is not None
     split = RunDir(models[0].run_dir).read_split()
     synthetic = bool((split["dataset"] == DEMO_DATASET).any())
     mark = " (SYNTHETIC DEMO DATA)" if synthetic else ""
@@ -306,10 +371,12 @@ def _report(models: list[ModelResult], matrix: dict[str, Any], out: Path, *, tta
         "created": utc_now(), "mammobench_version": mammobench.__version__, "synthetic": synthetic,
         "notice": SYNTHETIC_NOTICE if synthetic else "", "labels": labels, "positive_label": positive, "tta": tta,
         "bootstrap": {"unit": "patient", "n": n_boot}, "machine": environment_info(),
-        "models": {m.name: {"run_dir": str(m.run_dir), "architecture": m.config.model.name, "run": m.run_info,
-                            "test": m.test.report, "val": m.val.report if m.val else None, "gallery": m.gallery,
+        "models": {m.name: {"run_dir": str(m.run_dir) if m.run_dir else None, "architecture": _architecture(m),
+                            "run": m.run_info, "imported": m.imported,
+                            "test": m.test.report.to_json(), "val": m.val.report.to_json() if m.val else None,
+                            "gallery": m.gallery,
                             "run_warnings": m.run_info.get("warnings", []),
-                            "two_stage": m.config.stages.head_epochs > 0} for m in models},
+                            "two_stage": bool(m.config and m.config.stages.head_epochs > 0)} for m in models},
         "paired": paired, "n_common_test": n_common, "paired_level": level, "matrix": matrix,
     }
     atomic_write_json(out / "results.json", results)
@@ -321,14 +388,14 @@ def results_table(models: list[ModelResult]) -> pd.DataFrame:
     """The notebook's comparison table, with 95 % patient-bootstrap intervals."""
     rows = []
     for m in models:
-        t, v = m.test.report["metrics"], (m.val.report["metrics"] if m.val else {})
+        t, v = m.test.metrics, (m.val.metrics if m.val else {})
         rows.append({
             "model": m.name,
-            "architecture": m.config.model.name,
-            "parameters (M)": f"{m.run_info.get('parameters', 0) / 1e6:.2f}",
+            "architecture": _architecture(m),
+            "parameters (M)": f"{m.run_info['parameters'] / 1e6:.2f}" if m.run_info.get("parameters") else "n/a",
             "val accuracy %": format_metric(v.get("accuracy"), digits=1, scale=100),
             "test accuracy %": format_metric(t["accuracy"], digits=1, scale=100),
-            "test majority %": format_estimate(t["majority_accuracy"]["value"], digits=1, scale=100),
+            "test majority %": format_estimate(t["majority_accuracy"].value, digits=1, scale=100),
             "test balanced accuracy %": format_metric(t["balanced_accuracy"], digits=1, scale=100),
             "test macro AUC": format_metric(t["auc_macro"]),
             "test malignant AUC": format_metric(t.get("auc_malignant")),
@@ -355,9 +422,16 @@ def _across_classes(true: np.ndarray, score: np.ndarray, k: int) -> list[int]:
     return out
 
 
+def _architecture(m: ModelResult) -> str:
+    if m.config is not None:
+        return m.config.model.name
+    return f"imported ({(m.imported or {}).get('format', 'predictions')})"
+
+
 def _gallery(m: ModelResult, out: Path, per_kind: int) -> list[dict[str, Any]]:
     """Explanation overlays (Grad-CAM / attention rollout) of the most confident correct and wrong test
     predictions, drawn on the model's own input."""
+    assert m.run_dir is not None
     run = RunDir(m.run_dir)
     if per_kind <= 0:
         return []
@@ -368,7 +442,7 @@ def _gallery(m: ModelResult, out: Path, per_kind: int) -> list[dict[str, Any]]:
     import cv2
 
     preds = m.test.predictions
-    labels = m.test.report["labels"]
+    labels = m.test.report.labels
     conf = preds[[f"prob_{lab}" for lab in labels]].to_numpy().max(1)
     correct = (preds["predicted"] == preds["label"]).to_numpy()
     true = preds["label"].to_numpy()

@@ -9,9 +9,11 @@ from typing import Any
 
 import pandas as pd
 
+from mammobench.data.manifest import patient_key
 from mammobench.data.summary import majority_accuracy
 from mammobench.experiments.document import Section, write_document
 from mammobench.formatting import format_estimate, format_metric, format_p
+from mammobench.runs import RunDir
 
 
 def _short(label: str) -> str:
@@ -41,7 +43,7 @@ def build_sections(results: dict[str, Any], table: pd.DataFrame, split: pd.DataF
 def _data_section(labels: list[str], split: pd.DataFrame) -> Section:
     counts = pd.crosstab(split["split"], split["label"]).reindex(columns=labels, fill_value=0)
     counts["total"] = counts.sum(axis=1)
-    counts["patients"] = split.groupby("split")["patient_id"].nunique()
+    counts["patients"] = split.assign(_patient=patient_key(split)).groupby("split")["_patient"].nunique()
     counts = counts.reindex([s for s in ("train", "val", "test") if s in counts.index])
     counts.columns.name = None
     counts = counts.rename_axis("split").reset_index()
@@ -75,6 +77,14 @@ def _results_section(results: dict[str, Any], table: pd.DataFrame) -> Section:
             if t.get("reason"):
                 notes.append(f"{name}: the threshold fell back to {t['rule'].removeprefix('fallback ')} because "
                              f"{t['reason']}.")
+    for name, m in models.items():
+        imported = m.get("imported")
+        if imported:
+            gaps = imported.get("missing") or []
+            notes.append(f"{name}: another model's predictions ({imported['format']} file {imported['file']}, rows "
+                         f"matched by {imported['key']}), scored on the same test rows"
+                         + (f"; it has no prediction for {len(gaps)} of them ({', '.join(map(str, gaps[:5]))}), left "
+                            "out of its numbers and of every pair with it" if gaps else "") + ".")
         notes += [f"Warning ({name}): {w}" for name, m in models.items() for w in m.get("run_warnings", [])]
     main_cols = ["model", "architecture", "parameters (M)", "val accuracy %", "test accuracy %", "test majority %",
                  "test balanced accuracy %", "test macro AUC", "test malignant AUC"]
@@ -96,11 +106,12 @@ def _paired_section(results: dict[str, Any]) -> Section:
     for e in results["paired"]:
         row = {"model A": e["a"], "model B": e["b"]}
         for key, name in (("auc_macro", "macro AUC"), ("auc_malignant", "malignant AUC")):
-            if key in e:
-                d = e[key]
-                row[f"Δ {name} (A - B) [95 % CI]"] = format_estimate(d["difference"], [d["ci_low"], d["ci_high"]],
-                                                                     signed=True)
-                row[f"p ({name})"] = format_p(d.get("p_value"))
+            d = e.get(key)
+            row[f"Δ {name} (A - B) [95 % CI]"] = (format_estimate(d["difference"], [d["ci_low"], d["ci_high"]],
+                                                                  signed=True) if d else "n/a")
+            row[f"p ({name})"] = format_p(d.get("p_value")) if d else "n/a"
+            if key == "auc_malignant" and d and d.get("delong"):
+                row["p (DeLong)"] = format_p(d["delong"].get("p_value"))
         rows.append(row)
     unit = results.get("paired_level", "image")
     level_text = ("" if unit == "image" else
@@ -109,7 +120,10 @@ def _paired_section(results: dict[str, Any]) -> Section:
                   "mean of that breast's image predictions.")
     return Section("Paired comparison of AUCs", [
         "Both models are scored on the same bootstrap resamples of test patients, so the interval is that of "
-        "the difference itself. A p-value above 0.05 means this test set cannot tell the two apart." + level_text,
+        "the difference itself. A p-value above 0.05 means this test set cannot tell the two apart. DeLong's test "
+        "of the malignant AUCs is given beside it; it counts images as independent, so with several images per "
+        "woman its p-value is too small: the patient bootstrap is the one to read. A macro AUC needs every class's "
+        "probability, which a model that gives only a malignancy probability does not have (n/a)." + level_text,
     ], tables=[("AUC differences", pd.DataFrame(rows))])
 
 
@@ -157,22 +171,22 @@ def _calibration_note(name: str, calibration: dict[str, Any]) -> str:
 def _figure_sections(models: dict[str, Any], *, tta: bool) -> list[Section]:
     """Confusion matrices, reliability diagrams (before and after temperature scaling) and training curves."""
     sections = []
-    evaluation = f"test{'_tta' if tta else ''}"
-    for title, file, width in (("Confusion matrices (test)", "confusion.png", 560),
-                               ("Calibration (test)", "reliability.png", 360),
-                               ("Training curves", "curves.png", 980)):
+    for title, kind, width in (("Confusion matrices (test)", "confusion", 560), ("Calibration (test)", "reliability", 360),
+                               ("Training curves", "curves", 980)):
         imgs = []
         for name, m in models.items():
-            folder = Path(m["run_dir"]) / "evaluation" / evaluation
-            if (folder / file).is_file():
-                imgs.append((name if file != "reliability.png" else f"{name}: as trained", folder / file))
-            if file == "reliability.png" and (folder / "reliability_calibrated.png").is_file():
-                imgs.append((f"{name}: after temperature scaling", folder / "reliability_calibrated.png"))
+            if not m.get("run_dir"):
+                continue  # an imported model: its figures are in its own evaluation folder
+            evaluation = RunDir(m["run_dir"]).evaluation("test", tta=tta)
+            if evaluation.plot_path(kind).is_file():
+                imgs.append((name if kind != "reliability" else f"{name}: as trained", evaluation.plot_path(kind)))
+            if kind == "reliability" and evaluation.plot_path("reliability_calibrated").is_file():
+                imgs.append((f"{name}: after temperature scaling", evaluation.plot_path("reliability_calibrated")))
         text = []
-        if file == "reliability.png":
+        if kind == "reliability":
             text = ["Expected calibration error (ECE) is in the results table; bars on the diagonal are perfectly "
                     "calibrated."] + [_calibration_note(name, m["test"].get("calibration") or {}) for name, m in models.items()]
-        if file == "curves.png":
+        if kind == "curves":
             stage = ("the grey band is stage 2 (fine-tuning the last blocks), " if any(m.get("two_stage") for m in
                                                                                       models.values()) else "")
             text = ["Loss and accuracy per epoch on training and validation data, validation AUC, and learning "
@@ -205,10 +219,12 @@ def _reproduce_section(results: dict[str, Any], out: Path) -> Section:
     repro = [f"Made by mammobench {results['mammobench_version']} on {results['created']} "
              f"({machine.get('platform', '?')}, Python {machine.get('python', '?')}, torch "
              f"{machine.get('versions', {}).get('torch', '?')})."]
-    files = ("config.yaml", "split.csv", "environment.json", "history.csv", "model.safetensors")
     for name, m in results["models"].items():
-        held = [f for f in files if (Path(m["run_dir"]) / f).is_file()] or list(files)
-        repro.append(f"{name}: run directory `{m['run_dir']}` ({', '.join(held)})")
+        if not m.get("run_dir"):
+            repro.append(f"{name}: predictions file `{(m.get('imported') or {}).get('file')}` (scored, not trained here)")
+            continue
+        held = RunDir(m["run_dir"]).reproduction_files()
+        repro.append(f"{name}: run directory `{m['run_dir']}` ({', '.join(held) or 'its files are gone'})")
     repro.append(f"All numbers: `{out / 'results.json'}`.")
     return Section("Reproduce", repro)
 

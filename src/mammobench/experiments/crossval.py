@@ -23,6 +23,7 @@ from mammobench.config import Config, load_config
 from mammobench.data.manifest import read_manifest
 from mammobench.evaluation.evaluate import evaluate
 from mammobench.evaluation.metrics import PatientBootstrap, safe_auc, too_few_patients
+from mammobench.evaluation.report import EvaluationReport
 from mammobench.formatting import format_estimate, format_metric
 from mammobench.runtime import MammobenchError, atomic_write_csv, atomic_write_json, utc_now
 from mammobench.training.fit import fit
@@ -77,9 +78,9 @@ def crossval(
         run_dir = (fit(fold_cfg, overwrite=True, show_progress=show_progress).run_dir if overwrite
                    else train_or_reuse(fold_cfg, show_progress=show_progress))
         ev = evaluate(run_dir, split="test", n_boot=n_boot, tta=tta)
-        m = ev.report["metrics"]
-        rows.append({"fold": k, "n": ev.report["n"], "patients": ev.report["patients"],
-                     **{name: m[name]["value"] for name in FOLD_METRICS if name in m}, "run_dir": str(run_dir)})
+        m = ev.metrics
+        rows.append({"fold": k, "n": ev.report.n, "patients": ev.report.patients,
+                     **{name: m[name].value for name in FOLD_METRICS if name in m}, "run_dir": str(run_dir)})
         oof.append(ev.predictions.assign(fold=k))
         evaluations.append(ev.report)
     table = pd.DataFrame(rows)
@@ -94,10 +95,10 @@ def crossval(
 
 
 def summarise(cfg: Config, folds: list[int], table: pd.DataFrame, pooled: pd.DataFrame,
-              evaluations: list[dict[str, Any]], *, n_boot: int) -> dict[str, Any]:
+              evaluations: list[EvaluationReport], *, n_boot: int) -> dict[str, Any]:
     """``summary.json``: mean and spread per metric, the pooled out-of-fold AUC with its interval, the warnings."""
-    labels = evaluations[-1]["labels"]
-    positive = evaluations[-1]["positive_label"]
+    labels = evaluations[-1].labels
+    positive = evaluations[-1].positive_label
     summary: dict[str, Any] = {"created": utc_now(), "mammobench_version": mammobench.__version__,
                                "config": cfg.model_dump(mode="json"), "folds": folds, "n_boot": n_boot}
     for name in FOLD_METRICS:
@@ -120,9 +121,9 @@ def summarise(cfg: Config, folds: list[int], table: pd.DataFrame, pooled: pd.Dat
                                                        "patients": int(len(set(groups))), "labels": labels,
                                                        "interval_note": reason}
     summary["run_warnings"] = [{"fold": k, "warning": w} for k, ev in zip(folds, evaluations, strict=True)
-                               for w in ev.get("run_warnings", [])]
-    summary["threshold_notes"] = [{"fold": k, "rule": ev["threshold"].get("rule"), "reason": ev["threshold"]["reason"]}
-                                  for k, ev in zip(folds, evaluations, strict=True) if ev["threshold"].get("reason")]
+                               for w in ev.run_warnings]
+    summary["threshold_notes"] = [{"fold": k, "rule": ev.threshold.rule, "reason": ev.threshold.reason}
+                                  for k, ev in zip(folds, evaluations, strict=True) if ev.threshold.reason]
     return summary
 
 

@@ -8,7 +8,13 @@ import logging
 from pathlib import Path
 
 from mammobench.config import Config
-from mammobench.data.manifest import cache_folder, read_manifest, read_manifest_info, write_manifest
+from mammobench.data.manifest import (
+    cache_folder,
+    patient_key,
+    read_manifest,
+    read_manifest_info,
+    write_manifest,
+)
 from mammobench.data.splits import split_kfold
 from mammobench.experiments.study import StudyError, StudySpec, folder_name, study_config
 from mammobench.runtime import MammobenchError, atomic_write_json, format_list, stable_hash
@@ -27,11 +33,11 @@ def make_folds(spec: StudySpec, base: Config, out: Path) -> list[Path]:
         raise StudyError("the study's base config has no data.manifest: add data.manifest=... to 'set'")
     frame = read_manifest(base.data.manifest)
     info = read_manifest_info(base.data.manifest)
-    patients = frame.groupby(["dataset", "patient_id"]).ngroups
+    patients = patient_key(frame).nunique()
     k = spec.cv.folds
     if patients < k:
         raise StudyError(f"{base.data.manifest} has {patients} patients: too few for {k} folds grouped by patient")
-    for label, n in frame.groupby("label")["patient_id"].nunique().items():
+    for label, n in frame.assign(_patient=patient_key(frame)).groupby("label")["_patient"].nunique().items():
         if n < k:
             logger.warning("label %s occurs in %d patients only: some of the %d folds will test none of it", label, n, k)
     frame = frame.drop(columns=[c for c in ("fold",) if c in frame.columns]).assign(split="cv")

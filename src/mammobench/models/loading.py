@@ -187,7 +187,8 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], report: LoadRep
                     report.reinitialised.append(key)
             elif key in own and key not in state:  # a file without a head (an encoder): the new head stays
                 report.reinitialised.append(key)
-    mismatched = [f"{k} {tuple(v.shape)} != {tuple(own[k].shape)}" for k, v in state.items() if k in own and v.shape != own[k].shape]
+    mismatched = [f"{k} {tuple(v.shape)} != {tuple(own[k].shape)}" for k, v in state.items()
+                  if k in own and v.shape != own[k].shape]
     # BatchNorm's step counter is absent from many exported files and unused in eval and training.
     missing = [k for k in own if k not in state and k not in report.reinitialised and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in own]
@@ -200,7 +201,8 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], report: LoadRep
         if mismatched:
             problems.append(f"{len(mismatched)} of the wrong shape ({format_list(mismatched, 3)})")
         raise ModelError(
-            f"weights file {path} does not fit {type(model).__name__} ({getattr(model, 'default_cfg', {}).get('architecture', '?')}): "
+            f"weights file {path} does not fit {type(model).__name__} "
+            f"({getattr(model, 'default_cfg', {}).get('architecture', '?')}): "
             + "; ".join(problems)
         )
     model.load_state_dict(state, strict=False)

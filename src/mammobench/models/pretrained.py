@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -22,7 +23,14 @@ from torch import nn
 
 import mammobench
 from mammobench.config import PRETRAINED_WORDS, PretrainedWeights
-from mammobench.encoders import ENCODER_METADATA_KEY, ENCODERS, EncoderSpec, get_encoder, safetensors_metadata
+from mammobench.encoders import (
+    ENCODER_METADATA_KEY,
+    ENCODERS,
+    EncoderSpec,
+    Layout,
+    get_encoder,
+    safetensors_metadata,
+)
 from mammobench.models.loading import (
     LoadReport,
     ModelError,
@@ -235,14 +243,28 @@ def fold_input_normalisation(state: dict[str, torch.Tensor], model: nn.Module, s
     return out
 
 
+def _timm_layout(state: dict[str, torch.Tensor], model: nn.Module, path: str | Path
+                 ) -> tuple[dict[str, torch.Tensor], int]:
+    return state, 0
+
+
+#: Each checkpoint layout's renaming onto timm's names, as timm's ``pretrained_filter_fn``: ``(state, model, file)
+#: -> (renamed state, tensors left out)``. A new layout: one function here and its name in ``encoders.Layout``.
+LAYOUT_FILTERS: dict[Layout, Callable[[dict[str, torch.Tensor], nn.Module, str | Path],
+                                      tuple[dict[str, torch.Tensor], int]]] = {
+    "timm": _timm_layout,
+    "efficientnet_pytorch": efficientnet_pytorch_to_timm,
+}
+
+
 def encoder_state(request: WeightsRequest, path: Path, model: nn.Module, report: LoadReport) -> dict[str, torch.Tensor]:
     """The encoder's tensors from ``path`` in timm's names (nothing executed); ``report`` records the file, the
     checkpoint entry taken and what was folded."""
     state = read_state_dict(path, key=request.key, strip_prefix=request.strip_prefix, report=report)
     spec = request.encoder
-    if not request.timm_names and spec is not None and spec.layout == "efficientnet_pytorch":
-        state, head = efficientnet_pytorch_to_timm(state, model, path)
-        report.left_out += head
+    if not request.timm_names and spec is not None:
+        state, left_out = LAYOUT_FILTERS[spec.layout](state, model, path)
+        report.left_out += left_out
     if request.fold_normalisation and spec is not None:
         state = fold_input_normalisation(state, model, spec, path)
         report.adapted.append(f"{spec.name}'s per-channel mean/std folded into the first convolution")

@@ -1,4 +1,5 @@
-"""Model bundles: ``model.safetensors`` + ``bundle.json`` (+ ``model.onnx``), everything needed to predict.
+"""Model bundles: ``model.safetensors`` + ``bundle.json`` + ``MODEL_CARD.md`` (+ ``model.onnx``), everything needed
+to predict and to know what the model is (:mod:`~mammobench.serving.model_card`).
 
 Loading a bundle runs no code from it: the JSON is validated against a strict schema, the weights are
 safetensors (no pickle), and their SHA-256 must match the one recorded in ``bundle.json``; a tampered,
@@ -7,8 +8,8 @@ damaged or mismatched bundle is refused with a message saying which check failed
 What the checks protect, and what they cannot:
 
 * ``description_sha256`` covers the whole description (labels and their order, thresholds, positive label,
-  preprocessing, input size, architecture, provenance) and the files' checksums cover the weights and the
-  ONNX model. An accidental or naive edit (labels swapped by hand, a threshold changed, a damaged copy, a
+  preprocessing, input size, architecture, provenance) and the files' checksums cover the weights, the model
+  card and the ONNX model. An accidental or naive edit (labels swapped by hand, a threshold changed, a damaged copy, a
   weights file from another model) is refused.
 * Someone who edits ``bundle.json`` *and* recomputes its checksums is not stopped by checksums: that is what
   the optional Ed25519 signature is for (:mod:`mammobench.serving.signing`; ``export --sign``,
@@ -17,7 +18,6 @@ What the checks protect, and what they cannot:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 from torch import nn
 
 import mammobench
@@ -38,74 +38,26 @@ from mammobench.runtime import (
     MammobenchError,
     atomic_path,
     atomic_write_json,
+    atomic_write_text,
     current_umask,
     environment_info,
     sha256_file,
     utc_now,
 )
+from mammobench.serving.bundle_format import (  # noqa: F401  (re-exported: the bundle's schema lives beside)
+    BUNDLE_FORMAT,
+    BUNDLE_JSON,
+    BUNDLE_KIND,
+    MODEL_CARD,
+    ONNX_FILE,
+    BundleError,
+    BundleMeta,
+    FileEntry,
+    Threshold,
+    description_digest,
+)
 
 logger = logging.getLogger(__name__)
-
-BUNDLE_FORMAT = 2  # 2: description_sha256 covers the whole description
-BUNDLE_KIND = "mammobench-bundle"
-BUNDLE_JSON = "bundle.json"
-ONNX_FILE = "model.onnx"
-
-
-class BundleError(MammobenchError):
-    """A bundle that is malformed, tampered with, or does not fit its architecture."""
-
-
-class FileEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    file: str
-    sha256: str
-
-
-class Threshold(BaseModel):
-    """A decision threshold: ``value``, the ``method`` asked for, and the ``rule`` that decided it (the method,
-    or ``fallback 0.5`` with its ``reason`` when the validation set was too small or one-sided)."""
-
-    model_config = ConfigDict(extra="forbid")
-    value: float
-    method: str
-    chosen_on: str
-    rule: str = ""
-    reason: str = ""
-
-
-class BundleMeta(BaseModel):
-    """``bundle.json``: the run's ``model.json`` (architecture, labels, input, preprocessing), the decision
-    thresholds, the files with their checksums, and where the model came from."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    kind: str = BUNDLE_KIND
-    format: int = BUNDLE_FORMAT
-    model: ModelInfo
-    thresholds: dict[str, Threshold] = {}
-    weights: FileEntry
-    onnx: FileEntry | None = None
-    onnx_max_abs_difference: float | None = None
-    onnx_check: str = ""
-    provenance: dict[str, Any] = {}
-    #: temperature scaling fitted on the run's validation split (None: none fitted); applied to every output
-    temperature: float | None = None
-    #: the licence of the pretrained weights the model was built on (mammobench.encoders), and what was said of it
-    weights_licence: dict[str, Any] | None = None
-    weights_terms: list[str] = []
-    #: test-time augmentation the Predictor applies: the flips whose probabilities are averaged with the image's
-    tta: list[str] = []
-    #: an ensemble's members (their runs and test metrics) and how its threshold and temperature were chosen
-    ensemble: dict[str, Any] | None = None
-    description_sha256: str = ""
-
-
-def description_digest(data: dict[str, Any]) -> str:
-    """SHA-256 of a bundle description's canonical JSON, without its own ``description_sha256`` field."""
-    body = {k: v for k, v in data.items() if k != "description_sha256"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
-
 
 @dataclass
 class Bundle:
@@ -184,6 +136,8 @@ def load_bundle(path: str | Path, *, trusted_key: str | Path | None = None) -> B
         verify_bundle(folder, trusted_key)
     meta = read_bundle_meta(folder)
     weights_path = verified_file(folder, meta.weights, "weights")
+    if meta.model_card is not None:
+        verified_file(folder, meta.model_card, "model card")
     try:
         weights = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError) as exc:
@@ -211,11 +165,14 @@ def _val_threshold(run: RunDir, info: ModelInfo, method: str, temperature: float
 
 
 def _test_summary(run: RunDir) -> dict[str, Any]:
+    """The headline metrics of every evaluation of ``run``, for ``bundle.json`` (as ``metrics.json`` writes them)."""
+    from mammobench.evaluation.report import EvaluationReport
+
     summary: dict[str, Any] = {}
-    for folder in sorted((run.path / "evaluation").glob("*/metrics.json")):
-        data = json.loads(folder.read_text())
-        summary[folder.parent.name] = {k: data["metrics"][k] for k in ("accuracy", "majority_accuracy", "auc_macro",
-                                                                        "auc_malignant") if k in data["metrics"]}
+    for name, evaluation in run.evaluations().items():
+        metrics = EvaluationReport.read(evaluation.metrics_path).to_json()["metrics"]
+        summary[name] = {k: metrics[k] for k in ("accuracy", "majority_accuracy", "auc_macro", "auc_malignant")
+                         if k in metrics}
     return summary
 
 
@@ -340,6 +297,7 @@ def _write_bundle(content: BundleContent, out: Path, *, onnx: bool, parity_toler
     from safetensors.torch import save_file
 
     from mammobench.encoders import weights_licence
+    from mammobench.serving.model_card import model_card
 
     weights = {k: v.detach().contiguous().cpu() for k, v in content.model.state_dict().items()}
     info = content.info
@@ -352,6 +310,9 @@ def _write_bundle(content: BundleContent, out: Path, *, onnx: bool, parity_toler
                       tta=list(TTA_FLIPS) if tta else [])
     licence = weights_licence(info.encoder)
     meta.weights_licence = licence.as_dict() if licence is not None else None
+    name = str(content.provenance.get("run_name") or content.check_run.name)
+    atomic_write_text(out / MODEL_CARD, model_card(meta, content.check_run, name=name))
+    meta.model_card = FileEntry(file=MODEL_CARD, sha256=sha256_file(out / MODEL_CARD))
     if onnx:
         _add_onnx(meta, content.model, content.check_run, out, parity_tolerance=parity_tolerance,
                   parity_samples=parity_samples)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -14,13 +15,18 @@ import pandas as pd
 from mammobench.runtime import MammobenchError, atomic_write_bytes, atomic_write_csv
 from mammobench.serving.predictor import BreastPrediction, ExamPrediction, Predictor, collect_images
 
+if TYPE_CHECKING:
+    from mammobench.serving.dicom_out import StudyOutput
+
 
 @dataclass
 class ExamBatch:
-    """The exams of several folders: each predicted (or its error, as a breast row), and which failed."""
+    """The exams of several folders: each predicted (or its error, as a breast row), which failed, and the DICOM
+    reports and heat maps written (``dicom_out``)."""
 
     exams: list[ExamPrediction] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)  # "folder: reason"
+    dicom: list[StudyOutput] = field(default_factory=list)
 
 
 def exam_files(folder: Path) -> list[Path]:
@@ -40,19 +46,25 @@ def exam_files(folder: Path) -> list[Path]:
 
 
 def predict_exam_folders(predictor: Predictor, folders: Sequence[Path], *, aggregate: str = "mean",
-                         cams: Path | None = None) -> ExamBatch:
-    """Predict every exam folder; with ``cams``, write each image's heat map and overlay into ``cams/<folder>/``.
+                         cams: Path | None = None, dicom_out: Path | None = None) -> ExamBatch:
+    """Predict every exam folder; with ``cams``, write each image's heat map and overlay into ``cams/<folder>/``;
+    with ``dicom_out``, each study's Structured Report and heat-map Secondary Captures
+    (:func:`~mammobench.serving.dicom_out.write_study`) into ``dicom_out/<StudyInstanceUID>/``.
 
     Raises:
         MammobenchError: when no exam at all could be predicted (each reason named).
     """
+    from mammobench.serving.dicom_out import write_study
+
     if predictor.info.mode != "full":  # said once, not once per exam
         predictor.predict_exam([], exam="")
     batch = ExamBatch()
     for folder in folders:
         try:
             result = predictor.predict_exam(exam_files(folder), exam=str(folder), aggregate=aggregate,
-                                            cams=cams is not None)
+                                            cams=cams is not None or dicom_out is not None)
+            if dicom_out is not None:
+                batch.dicom.append(write_study(result, predictor, dicom_out))
         except MammobenchError as exc:  # one bad exam is reported; the others are still predicted
             batch.failed.append(f"{folder}: {exc}")
             batch.exams.append(ExamPrediction(str(folder), [BreastPrediction(str(folder), "", [], [], error=str(exc))], []))

@@ -98,7 +98,8 @@ def collect_images(paths: Iterable[str | Path]) -> list[Path]:
     for p in map(Path, paths):
         if p.is_dir():
             for f in sorted(p.rglob("*")):
-                if f.is_file() and not f.name.startswith(".") and (f.suffix.lower() in IMAGE_SUFFIXES or (not f.suffix and is_dicom(f))):
+                image = f.suffix.lower() in IMAGE_SUFFIXES or (not f.suffix and is_dicom(f))
+                if f.is_file() and not f.name.startswith(".") and image:
                     out.append(f)
         else:
             out.append(p)  # a missing or odd file is reported per file, not here

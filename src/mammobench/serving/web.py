@@ -95,7 +95,8 @@ def describe(predictor: Predictor) -> str:
     if predictor.threshold is not None:
         t = predictor.meta.thresholds.get(m.positive_label or "")
         how = (f"{t.rule}: {t.reason}" if t is not None and t.reason else "threshold chosen on the validation split")
-        lines.append(f"**Decision:** {m.positive_label} when its probability ≥ {format_probability(predictor.threshold)} ({how})")
+        lines.append(f"**Decision:** {m.positive_label} when its probability ≥ "
+                     f"{format_probability(predictor.threshold)} ({how})")
     if predictor.temperature is not None:
         lines.append(f"**Probabilities** calibrated by temperature scaling (T = {predictor.temperature:.2f}, fitted on "
                      "the validation split).")
@@ -150,9 +151,11 @@ def _analyse(predictor: Predictor, path: Path, roi_text: str, max_bytes: int
 
         factor = DISPLAY_SIZE // max(shown.shape[:2]) or 1
         shown = cv2.resize(shown, (shown.shape[1] * factor, shown.shape[0] * factor), interpolation=cv2.INTER_NEAREST)
-    text = f"### Decision: {result.decision}\nMost likely class: **{result.predicted}** ({result.probabilities[result.predicted]:.1%})"
+    top = result.probabilities[result.predicted]
+    text = f"### Decision: {result.decision}\nMost likely class: **{result.predicted}** ({top:.1%})"
     if result.threshold is not None and predictor.positive is not None:
-        text += f"  \n{predictor.positive} probability {result.probabilities[predictor.positive]:.3f} vs threshold {format_probability(result.threshold)}"
+        text += (f"  \n{predictor.positive} probability {result.probabilities[predictor.positive]:.3f} vs threshold "
+                 f"{format_probability(result.threshold)}")
     if note:
         text += f"  \n⚠ **Check the input:** {note}."
     return result.probabilities, text, shown

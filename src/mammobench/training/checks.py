@@ -103,7 +103,8 @@ class InitialLossCheck(pl.Callback):
         self.first_loss: float | None = None
         self.uniform_loss: float | None = None
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx) -> None:  # type: ignore[no-untyped-def]
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,  # type: ignore[no-untyped-def]
+                           outputs, batch, batch_idx) -> None:
         if self.first_loss is not None or trainer.global_step > 1 or trainer.current_epoch > 0:
             return
         loss = outputs["loss"] if isinstance(outputs, Mapping) else outputs
@@ -112,6 +113,7 @@ class InitialLossCheck(pl.Callback):
         targets = batch["target"]
         num_classes = len(getattr(pl_module, "labels", [])) or int(targets.max()) + 1
         with torch.no_grad():
-            uniform = pl_module.loss_fn(torch.zeros(len(targets), num_classes, device=targets.device), targets)  # type: ignore[operator]
+            zeros = torch.zeros(len(targets), num_classes, device=targets.device)
+            uniform = pl_module.loss_fn(zeros, targets)  # type: ignore[operator]
         self.first_loss, self.uniform_loss = float(loss), float(uniform)
         self.warnings = initial_loss_warning(self.first_loss, self.uniform_loss)

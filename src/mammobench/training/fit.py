@@ -122,9 +122,9 @@ def fit(
     monitor = config.trainer.monitor if training.has_val else None
     # last.ckpt (full state, to resume) and best.ckpt (the best epoch's weights only: no optimiser state);
     # once the run finished, model.safetensors holds the kept weights and both go (output.keep_checkpoint)
-    last = ModelCheckpoint(dirpath=run.checkpoints, filename="last", monitor=None, save_top_k=1,
+    last = ModelCheckpoint(dirpath=run.checkpoints, filename=run.last_checkpoint.stem, monitor=None, save_top_k=1,
                            enable_version_counter=False)  # the latest epoch, replacing the one before
-    checkpoint = ModelCheckpoint(dirpath=run.checkpoints, filename="best", monitor=monitor,
+    checkpoint = ModelCheckpoint(dirpath=run.checkpoints, filename=run.best_checkpoint.stem, monitor=monitor,
                                  mode="min" if monitor == "val/loss" else "max", save_top_k=1 if monitor else 0,
                                  save_weights_only=True, enable_version_counter=False)
     history, first_loss = History(run.history_path), InitialLossCheck()

@@ -88,7 +88,8 @@ class FocalLoss(nn.Module):
         return softmax_focal_loss(logits, target, gamma=self.gamma, alpha=self.alpha, label_smoothing=self.label_smoothing)
 
     def extra_repr(self) -> str:
-        return f"gamma={self.gamma}, alpha={None if self.alpha is None else self.alpha.tolist()}, label_smoothing={self.label_smoothing}"
+        alpha = None if self.alpha is None else self.alpha.tolist()
+        return f"gamma={self.gamma}, alpha={alpha}, label_smoothing={self.label_smoothing}"
 
 
 def balanced_class_weights(targets: np.ndarray, num_classes: int) -> np.ndarray:

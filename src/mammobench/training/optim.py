@@ -30,7 +30,8 @@ def param_groups(
         if params:
             out.append({
                 "params": params, "lr": lr * (1.0 if is_head else backbone_lr_mult),
-                "weight_decay": weight_decay if decay else 0.0, "name": f"{'head' if is_head else 'backbone'}{'' if decay else '_no_decay'}",
+                "weight_decay": weight_decay if decay else 0.0,
+                "name": f"{'head' if is_head else 'backbone'}{'' if decay else '_no_decay'}",
             })
     return out
 

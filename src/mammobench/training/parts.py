@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 #: The columns of a manifest a run keeps in ``split.csv``.
 SPLIT_COLUMNS = ("sample_id", "dataset", "patient_id", "label", "split", "lesion_type", "fold", "laterality", "view",
-                 "image_path", "roi", "image_type", "lesion", "pixel_mm")
+                 "image_path", "roi", "image_type", "lesion", "pixel_mm", "exam_id", "breast_id")
 
 
 @dataclass
@@ -127,19 +127,22 @@ def load_split(config: Config) -> SplitData:
 def resolve_lesion_context(config: Config, data: SplitData) -> tuple[Config, list[str]]:
     """The config a run trains with when it crops around each lesion (``data.preprocess.context``, ``field_mm``,
     ``scales``): as given when every row has the lesion's own box (and, for a field of view in mm, a pixel size);
-    without the crop-around-the-lesion option (said) when no row has one (CBIS-DDSM crop files, a table of crops),
-    so that a preset's context never fails on data that cannot have it.
+    without the crop-around-the-lesion option (said) when no row has one (CBIS-DDSM crop files, a table of crops)
+    or the data are whole mammograms, so that a preset's context never fails on data that cannot have it.
 
     Raises:
-        ConfigError: whole-image data, or some rows with a lesion box and some without (counted, with the way out).
+        ConfigError: some rows with a lesion box and some without (counted, with the way out).
     """
     pre = config.data.preprocess
     if not pre.around_lesion:
         return config, []
     frame = data.frame
     what = next(k for k in ("context", "field_mm", "scales") if getattr(pre, k) is not None)
+    plain = pre.model_copy(update={"context": None, "field_mm": None, "scales": None})
+    unchanged = config.model_copy(update={"data": config.data.model_copy(update={"preprocess": plain})})
     if data.mode == "full":
-        raise ConfigError(f"data.preprocess.{what} crops around a lesion, but {config.data.manifest} holds whole mammograms")
+        return unchanged, [f"data.preprocess.{what}={getattr(pre, what)} crops around a lesion, but "
+                           f"{config.data.manifest} holds whole mammograms: the whole images are used"]
     lesion = frame["lesion"].astype(str).str.strip() if "lesion" in frame.columns else pd.Series("", index=frame.index)
     spacing = frame["pixel_mm"].astype(str).str.strip() if "pixel_mm" in frame.columns else pd.Series("", index=frame.index)
     usable = (lesion != "") & ((spacing != "") if pre.field_mm is not None else True)
@@ -152,8 +155,7 @@ def resolve_lesion_context(config: Config, data: SplitData) -> tuple[Config, lis
                           f"data.preprocess.{what}=null to use the crops as prepared")
     note = (f"data.preprocess.{what}={getattr(pre, what)} crops around each lesion's own box, which {config.data.manifest} "
             "does not hold (lesion crop files, or boxes without a pixel size): the crops as prepared are used")
-    plain = pre.model_copy(update={"context": None, "field_mm": None, "scales": None})
-    return config.model_copy(update={"data": config.data.model_copy(update={"preprocess": plain})}), [note]
+    return unchanged, [note]
 
 
 #: A two-view model trained on fewer breasts with every view than this share learns little of their fusion.

@@ -11,6 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mammobench.runtime import MammobenchError
 
+#: The ``dataset`` of the built-in synthetic images (``prepare demo``); every report marks it as not patients.
+DEMO_DATASET = "demo-synthetic"
+
 E = TypeVar("E", bound=MammobenchError)
 
 RECORD_COLUMNS: tuple[str, ...] = (
@@ -30,6 +33,8 @@ class SourceOptions(BaseModel):
         csv_dir: CBIS-DDSM: the folder of the case-description CSVs.
         clinical: CMMD: the clinical table (default: found under the root).
         label_set: VinDr-Mammo: ``suspicious`` (BI-RADS 4-5 vs 1-3) or ``birads`` (five classes).
+        labels_csv: DICOMweb: the table of ``StudyInstanceUID, laterality, label`` (one row per breast).
+        auth_file: DICOMweb: a JSON file with the server's credentials (never on the command line).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -40,6 +45,8 @@ class SourceOptions(BaseModel):
     csv_dir: Path | None = None
     clinical: Path | None = None
     label_set: Literal["suspicious", "birads"] | None = None
+    labels_csv: Path | None = None
+    auth_file: Path | None = None
 
     def given(self) -> set[str]:
         """The options set to something (not left to the source's default)."""

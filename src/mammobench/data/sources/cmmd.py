@@ -70,7 +70,8 @@ def read_clinical_table(path: str | Path) -> pd.DataFrame:
     """
     path = Path(path)
     try:
-        raw = pd.read_excel(path) if path.suffix.lower() in (".xlsx", ".xls") else read_text_table(path, what="the CMMD clinical table")[0]
+        excel = path.suffix.lower() in (".xlsx", ".xls")
+        raw = pd.read_excel(path) if excel else read_text_table(path, what="the CMMD clinical table")[0]
     except ImportError as exc:
         raise CmmdError(f"reading {path.name} needs openpyxl (pip install openpyxl): {exc}") from None
     except (ValueError, OSError) as exc:

@@ -4,9 +4,9 @@ Suckling J et al. (1994) The Mammographic Image Analysis Society Digital Mammogr
 Excerpta Medica International Congress Series 1069:375-378.
 
 ``Info.txt`` has one row per finding: ``ref tissue class severity x y radius``; the tissue (F fatty,
-G fatty-glandular, D dense-glandular) is kept as ``density``; rows of normal images stop after the class, a few findings have no centre (``*NOTE 3*``). Coordinates have their origin at the
-bottom-left corner (y grows upwards), so ``row = height - y``. Images ``mdb2k-1`` (right) and ``mdb2k``
-(left) are one woman: she is the patient.
+G fatty-glandular, D dense-glandular) is kept as ``density``; rows of normal images stop after the class, a few
+findings have no centre (``*NOTE 3*``). Coordinates have their origin at the bottom-left corner (y grows upwards),
+so ``row = height - y``. Images ``mdb2k-1`` (right) and ``mdb2k`` (left) are one woman: she is the patient.
 """
 
 from __future__ import annotations

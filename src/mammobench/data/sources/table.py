@@ -1,7 +1,7 @@
 """A user's own table: ``path,label,patient_id`` (required) plus any manifest column.
 
 Optional columns: ``roi`` (``x0 y0 x1 y1``), ``lesion`` (the lesion's own box, for ``data.preprocess.context``),
-``pixel_mm``, ``lesion_type``, ``laterality``, ``view``, ``split``
+``pixel_mm``, ``lesion_type``, ``laterality``, ``view``, ``exam_id`` (one screening exam of a woman), ``split``
 (used by ``--split official``), ``sample_id``, ``image_type`` (``full``/``crop``), ``dataset``.
 Relative paths are relative to the table's folder.
 """
@@ -56,8 +56,9 @@ def read_text_table(path: Path, *, what: str) -> tuple[pd.DataFrame, list[str]]:
     return table, notes
 
 
-def load_table(path: str | Path, *, dataset: str = DATASET) -> SourceResult:
-    """Manifest records from a user CSV; rows whose image is missing are skipped and listed.
+def load_table(path: str | Path, *, dataset: str = DATASET, mode: str = "roi") -> SourceResult:
+    """Manifest records from a user CSV; rows whose image is missing are skipped and listed. In ``full`` mode the
+    table's lesion boxes are left out: the whole image is the input.
 
     Raises:
         TableError: the file is missing or empty, a required column is absent, or a row has an empty
@@ -109,7 +110,7 @@ def load_table(path: str | Path, *, dataset: str = DATASET) -> SourceResult:
             "image_type": str(row.get("image_type", "")).strip().lower() or ("full" if roi else "crop"),
             "official_split": str(row.get("split", "")).strip().lower(),
             "source": ref,
-            **{c: str(row.get(c, "") or "").strip() for c in ("lesion", "pixel_mm") if c in table.columns},
+            **{c: str(row.get(c, "") or "").strip() for c in ("lesion", "pixel_mm", "exam_id") if c in table.columns},
         })
     if not records:
         raise nothing_usable(TableError, f"{path}: none of the {len(table)} images exist (first missing: "
@@ -118,4 +119,7 @@ def load_table(path: str | Path, *, dataset: str = DATASET) -> SourceResult:
     dup = frame["sample_id"][frame["sample_id"].duplicated()].tolist()
     if dup:
         raise TableError(f"{path}: duplicate sample_id {dup[0]!r}")
+    if mode == "full":  # a table's ROI columns describe lesions; full mode uses the whole image
+        frame["roi"] = ""
+        frame["image_type"] = frame["image_type"].replace("crop", "full")
     return SourceResult(frame, skipped, [f"table {path.name}: {len(table)} rows", *notes])

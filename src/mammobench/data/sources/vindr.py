@@ -125,7 +125,8 @@ def load_vindr(root: str | Path, *, mode: str = "full", label_set: str = "suspic
                 skipped.append(Skipped(where, str(meta[key]["path"]), "finding without a usable box (empty, or outside "
                                                                         "the image)"))
                 continue
-            birads = birads_number(r["finding_birads"], where=where) if str(r["finding_birads"]).strip() else int(meta[key]["birads"])  # type: ignore[call-overload]
+            birads = (birads_number(r["finding_birads"], where=where) if str(r["finding_birads"]).strip()
+                      else int(meta[key]["birads"]))  # type: ignore[call-overload]
             b = by_key.loc[key]
             density = str(b.get("breast_density", "")).replace("DENSITY", "").strip()
             official = {"training": "train", "test": "test"}.get(str(b["split"]).strip().lower(), "")
@@ -135,7 +136,8 @@ def load_vindr(root: str | Path, *, mode: str = "full", label_set: str = "suspic
     if not records:
         raise nothing_usable(VindrError, f"no usable image under {root / 'images'} ({len(skipped)} skipped)", skipped)
     notes = ["VinDr-Mammo has no biopsy labels: " + (
-        "BI-RADS 4-5 are labelled MALIGNANT and 1-3 BENIGN (the usual malignancy proxy), not pathology" if label_set == "suspicious"
+        "BI-RADS 4-5 are labelled MALIGNANT and 1-3 BENIGN (the usual malignancy proxy), not pathology"
+        if label_set == "suspicious"
         else "the five classes are radiologists' BI-RADS assessments")]
     return SourceResult(pd.DataFrame(records), skipped, notes)
 
