@@ -34,7 +34,7 @@ def test_context_is_counted_in_lesion_radii_with_a_floor():
 def lesion_manifest(tmp_path_factory):
     """Demo lesions prepared with their own box (the lesion column) beside a tight ROI."""
     from mammobench.data.demo import generate_demo_dataset
-    from mammobench.data.prepare import prepare
+    from mammobench.data.prepare import CacheOptions, prepare
     from mammobench.data.preprocess import PreprocessSettings
 
     root = tmp_path_factory.mktemp("context")
@@ -48,8 +48,8 @@ def lesion_manifest(tmp_path_factory):
     table["lesion"] = table["roi"].map(tight)
     table["path"] = [str(root / "demo" / p) for p in table["path"]]
     table.to_csv(root / "with_lesions.csv", index=False)
-    return prepare("csv", root / "with_lesions.csv", root / "prepared", labels="binary", workers=1, preview=False,
-                   preprocess=PreprocessSettings(size=48)).out
+    return prepare("csv", root / "with_lesions.csv", root / "prepared", labels="binary",
+                   preprocess=PreprocessSettings(size=48), cache=CacheOptions(workers=1, preview=False)).out
 
 
 @pytest.mark.parametrize("setting", ["data.preprocess.context=1.0", "data.preprocess.scales=[0.5, 2.0]"])
@@ -95,6 +95,26 @@ def test_a_context_on_crops_without_lesion_boxes_falls_back_and_says_so(demo_pre
         fit(load_config("demo_cnn", [f"data.manifest={mixed}", f"output.dir={tmp_path / 'm'}", "data.preprocess.context=1.0"]))
     with pytest.raises(ConfigError, match="context and scales are alternatives"):
         load_config("demo_cnn", ["data.preprocess.context=1.0", "data.preprocess.scales=[0.5, 2]"])
+    # a preset's context is replaced, not contradicted, by another way of cropping given on the command line
+    for setting, key, value in (("data.preprocess.scales=[0.5,2]", "scales", (0.5, 2.0)),
+                                ("data.preprocess.field_mm=20", "field_mm", 20.0)):
+        pre = load_config("efficientnet_lite0_local", [setting]).data.preprocess
+        assert pre.context is None and getattr(pre, key) == value
+
+
+def test_the_shipped_lesion_preset_on_whole_mammograms_uses_the_whole_images_and_says_so():
+    """efficientnet_lite0_local ships a lesion context; on a whole-image manifest it must not refuse to train."""
+    from types import SimpleNamespace
+
+    from mammobench.training.parts import resolve_lesion_context
+
+    config = load_config("efficientnet_lite0_local", ["data.manifest=whole"])
+    assert config.data.preprocess.context == 2.0
+    data = SimpleNamespace(mode="full", frame=pd.DataFrame({"lesion": ["", ""]}))
+    resolved, notes = resolve_lesion_context(config, data)  # type: ignore[arg-type]
+    assert resolved.data.preprocess.context is None and not resolved.data.preprocess.around_lesion
+    assert notes == ["data.preprocess.context=2.0 crops around a lesion, but whole holds whole mammograms: "
+                     "the whole images are used"]
 
 
 @requires_shared
@@ -103,12 +123,12 @@ def test_mini_mias_lesions_keep_their_own_circle_and_pixel_size(tmp_path, monkey
     so a run can choose its context; a relative dataset path is stored so the manifest still finds the images."""
     import os
 
-    from mammobench.data.prepare import prepare
+    from mammobench.data.prepare import CacheOptions, prepare
 
     monkeypatch.chdir(tmp_path)
     relative = os.path.relpath(MIAS, tmp_path)
-    frames = [read_manifest(prepare("mias", relative, tmp_path / f"m{m}", build_cache=False, preview=False,
-                                    source=_source(m)).out) for m in (0.25, 1.0)]
+    frames = [read_manifest(prepare("mias", relative, tmp_path / f"m{m}", source=_source(m),
+                                    cache=CacheOptions(build=False, preview=False)).out) for m in (0.25, 1.0)]
     assert (frames[0]["lesion"] == frames[1]["lesion"]).all() and (frames[0]["roi"] != frames[1]["roi"]).any()
     assert set(frames[0]["pixel_mm"]) == {"0.2"}
     row = frames[0].iloc[0]

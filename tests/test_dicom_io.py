@@ -326,3 +326,25 @@ def test_a_research_pacs_is_a_dataset_prepare_reads(orthanc, full_prepared, tmp_
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0, again.output
     assert {p: p.stat().st_mtime_ns for p in fetched} == fetched, "a second prepare fetches nothing again"
+
+
+def test_what_is_written_is_valid_dicom_whatever_the_model_is_called(two_view_bundle, full_prepared, tmp_path,
+                                                                      monkeypatch):
+    """Every value fits its VR (pydicom refuses to write one that does not) with a long timm model name: a series
+    description of 76 characters in a 64-character LO was written before."""
+    from pydicom import config
+
+    from mammobench.serving.dicom_out import write_study
+    from mammobench.serving.predictor import Predictor
+
+    study, files = four_view_study(tmp_path / "study", full_prepared, seed=1)
+    predictor = Predictor.from_bundle(two_view_bundle, device="cpu")
+    exam = predictor.predict_exam(files, exam=study, cams=True)
+    monkeypatch.setattr(predictor.info, "architecture", "tf_efficientnetv2_xl.in21k_ft_in1k")
+    monkeypatch.setattr(config.settings, "writing_validation_mode", config.RAISE)
+    output = write_study(exam, predictor, tmp_path / "out")
+    for path in [output.report, *output.captures]:
+        ds = pydicom.dcmread(path)
+        for element in ds.iterall():
+            if element.VR == "LO" and isinstance(element.value, str):
+                assert len(element.value) <= 64, (path.name, element.keyword, element.value)

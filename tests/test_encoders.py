@@ -438,13 +438,17 @@ def test_the_shipped_study_files_validate():
 
     from .conftest import REPO
 
-    files = sorted((REPO / "docs" / "studies").glob("*.yaml"))
-    assert files
-    for path in files:
+    files = {path.stem: path for path in (REPO / "docs" / "studies").glob("*.yaml")}
+    assert {"encoders", "context"} <= set(files)
+    configs = {}
+    for stem, path in files.items():
         spec = load_study(path)
-        configs = {name: study_config(spec, overrides) for name, overrides in spec.variants.items()}
-        probes = [name for name, cfg in configs.items() if cfg.trainer.mode == "linear_probe"]
-        assert probes and all(configs[name].model.freeze == "all" for name in probes)
+        configs[stem] = {name: study_config(spec, overrides) for name, overrides in spec.variants.items()}
+    probes = [name for name, cfg in configs["encoders"].items() if cfg.trainer.mode == "linear_probe"]
+    assert probes and all(configs["encoders"][name].model.freeze == "all" for name in probes)
+    context = {name: cfg.data.preprocess for name, cfg in configs["context"].items()}
+    assert context["ctx_2"].context == 2.0 and context["as_prepared"].around_lesion is False
+    assert context["fov_20mm"].field_mm == 20 and context["scales_2_4"].scales == (2.0, 4.0)
 
 
 def test_weights_licences_travel_and_restrictive_terms_need_an_acknowledgement(trained_runs, tmp_path):

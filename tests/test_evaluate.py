@@ -213,3 +213,42 @@ def test_the_dataset_matrix_and_calibration_notes_read_plainly():
     assert row["own test"] == "0.800 [0.700, 0.900] (n=100)" and row["cmmd"] == "0.600 (n=8)"
     assert "no temperature was fitted (too few)" in _calibration_note("m", {"temperature": None, "reason": "too few"})
     assert "temperature 1.50" in _calibration_note("m", {"temperature": 1.5, "ece_before": 0.2, "ece_after": 0.1})
+
+
+@pytest.mark.parametrize("how", ["mean", "max"])
+@pytest.mark.parametrize("labels", [["BENIGN", "MALIGNANT"], ["BENIGN", "BENIGN_WITHOUT_CALLBACK", "MALIGNANT"],
+                                    ["A", "B"]])
+def test_breast_and_patient_levels_equal_the_group_by_group_definition(how, labels):
+    """The vectorised aggregation (100k images in well under a second) against the loop it replaced: each group's
+    first row, its worst label (views.worst_label), and the mean or most suspicious image of its probabilities."""
+    import numpy as np
+    import pandas as pd
+
+    from mammobench.data.manifest import patient_key
+    from mammobench.data.views import breast_ids, worst_label
+    from mammobench.evaluation.breakdowns import aggregate_levels
+
+    rng = np.random.default_rng(len(labels))
+    n = 240
+    rows = pd.DataFrame({"sample_id": [f"s{i}" for i in range(n)], "dataset": rng.choice(["cbis", "mias"], n),
+                         "patient_id": [f"P{i % 37:02d}" for i in rng.permutation(n)],
+                         "laterality": rng.choice(["L", "R"], n), "view": rng.choice(["CC", "MLO"], n),
+                         "label": rng.choice(labels, n), "split": "test"})
+    probs = rng.dirichlet(np.ones(len(labels)), n)
+    probs[:4] = probs[4]  # ties: the first of equal probabilities wins
+    positive = "MALIGNANT" if "MALIGNANT" in labels else None
+    got, _ = aggregate_levels(rows, probs, labels, positive, how=how)
+    k = labels.index(positive) if positive else None
+    for level, key in (("breast", breast_ids(rows)), ("patient", patient_key(rows))):
+        key = key.reset_index(drop=True)
+        lrows, lprobs = got[level]
+        for j, (name, idx) in enumerate(sorted(key.groupby(key).groups.items())):
+            idx = np.asarray(list(idx))
+            p = probs[idx]
+            want = (p.mean(0) if how == "mean" else p[int(np.argmax(p[:, k]))] if k is not None
+                    else p.max(0) / p.max(0).sum())
+            np.testing.assert_allclose(lprobs[j], want, rtol=1e-12)
+            row = lrows.iloc[j]
+            assert (row["sample_id"], row["patient_id"], row["dataset"], row["n_images"]) == (
+                name, rows["patient_id"].iloc[idx[0]], rows["dataset"].iloc[idx[0]], len(idx))
+            assert row["label"] == worst_label(rows["label"].iloc[idx].tolist(), labels, positive)

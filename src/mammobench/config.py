@@ -469,5 +469,24 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{resolved} must hold a mapping of sections, not {type(loaded).__name__}")
         data = loaded
     parsed = _parsed_overrides(overrides)
-    return config_from_dict(_merge(data, parse_overrides(overrides)), where=where,
+    nested = parse_overrides(overrides)
+    return config_from_dict(_merge(_without_replaced_crop(data, nested), nested), where=where,
                             overrides={k: item for k, (_, item) in parsed.items()})
+
+
+#: The alternative ways to cut around a lesion (data.preprocess): a config sets at most one.
+LESION_CROPS = ("context", "field_mm", "scales")
+
+
+def _without_replaced_crop(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """The file's config without its way of cutting around a lesion when an override sets another one:
+    ``--set data.preprocess.scales=[0.5,2]`` on a preset with a ``context`` means the scales, not a conflict."""
+    section = overrides.get("data")
+    given = section.get("preprocess") if isinstance(section, dict) else None
+    base = data.get("data", {}).get("preprocess") if isinstance(data.get("data"), dict) else None
+    if not isinstance(given, dict) or not isinstance(base, dict):
+        return data
+    if not any(given.get(k) is not None for k in LESION_CROPS):
+        return data
+    kept = {k: v for k, v in base.items() if k not in LESION_CROPS or k in given}
+    return {**data, "data": {**data["data"], "preprocess": kept}}

@@ -107,13 +107,42 @@ def subgroups(scored: ScoredSet, options: ReportOptions) -> dict[str, Any]:
     return out
 
 
-def _combine(p: np.ndarray, how: str, k: int | None) -> np.ndarray:
-    """One prediction from several (a breast's images, a patient's breasts)."""
-    if how == "max" and k is not None:
-        return p[int(np.argmax(p[:, k]))]
-    if how == "max":
-        return p.max(0) / p.max(0).sum()
-    return p.mean(0)
+def _combine(probs: np.ndarray, codes: np.ndarray, n: int, how: str, k: int | None) -> np.ndarray:
+    """One prediction per group (``codes``: each row's group, 0..n-1) from its rows': their mean; with ``max``, the
+    row with the highest positive-class probability (the first of ties), or without a positive class the
+    per-class maxima renormalised."""
+    if how == "mean":
+        counts = np.bincount(codes, minlength=n)
+        return np.stack([np.bincount(codes, weights=probs[:, c], minlength=n) for c in range(probs.shape[1])], 1) \
+            / counts[:, None]
+    order = np.lexsort((-probs[:, k], codes)) if k is not None else np.argsort(codes, kind="stable")
+    starts = np.searchsorted(codes[order], np.arange(n))
+    if k is not None:
+        return probs[order[starts]]
+    top = np.maximum.reduceat(probs[order], starts, axis=0)
+    return top / top.sum(1, keepdims=True)
+
+
+def _worst_labels(present: np.ndarray, codes: np.ndarray, n: int, labels: list[str], positive: str | None
+                  ) -> np.ndarray:
+    """Each group's label by :func:`~mammobench.data.views.worst_label`'s rule, for every group at once."""
+    from mammobench.data.labels import SEVERITY
+
+    def priority(label: str) -> tuple[int, int]:
+        if label == positive:
+            return (3, 0)
+        if label in SEVERITY:
+            return (2, SEVERITY[label] * 100 - (labels.index(label) if label in labels else 99))
+        return (1, -labels.index(label)) if label in labels else (0, 0)
+
+    ordered = sorted(pd.unique(present), key=priority)
+    rank_of = {label: (i if priority(label)[0] > 0 else -1) for i, label in enumerate(ordered)}
+    rank = pd.Series(present).map(rank_of).to_numpy()
+    order = np.argsort(codes, kind="stable")
+    starts = np.searchsorted(codes[order], np.arange(n))
+    best = np.maximum.reduceat(rank[order], starts)
+    first = present[order[starts]]  # a group of labels none of the rules knows: its first row's
+    return np.where(best >= 0, np.asarray(ordered, dtype=object)[np.maximum(best, 0)], first)
 
 
 def aggregate_levels(rows: pd.DataFrame, probs: np.ndarray, labels: list[str], positive: str | None, *,
@@ -129,7 +158,7 @@ def aggregate_levels(rows: pd.DataFrame, probs: np.ndarray, labels: list[str], p
         ``({level: (rows, probs)}, {level: prediction table, "_notes": [...]})``; a level that cannot be
         formed (rows without laterality) is left out with a note.
     """
-    from mammobench.data.views import ViewError, breast_ids, worst_label
+    from mammobench.data.views import ViewError, breast_ids
 
     if how not in ("mean", "max"):
         raise ValueError(f"unknown aggregate {how!r}; expected mean or max")
@@ -143,17 +172,16 @@ def aggregate_levels(rows: pd.DataFrame, probs: np.ndarray, labels: list[str], p
         except ViewError as exc:
             tables["_notes"].append(f"no breast level: {exc}")
     keys["patient"] = patient_key(rows)
+    present = rows["label"].astype(str).to_numpy(dtype=object)
     for level, key in keys.items():
-        key = key.reset_index(drop=True)
-        grouped, combined = [], []
-        for name, idx in key.groupby(key).groups.items():
-            idx = np.asarray(list(idx))
-            combined.append(_combine(probs[idx], how, k))
-            first = rows.iloc[int(idx[0])]
-            grouped.append({"sample_id": name, "dataset": first["dataset"], "patient_id": first["patient_id"],
-                            "label": worst_label(rows["label"].iloc[idx].tolist(), labels, positive), "n_images": len(idx)})
-        lrows = pd.DataFrame(grouped)
-        lprobs = np.asarray(combined, dtype=np.float64).reshape(len(lrows), len(labels))
+        codes, names = pd.factorize(key.reset_index(drop=True), sort=True)
+        n = len(names)
+        first = np.argsort(codes, kind="stable")[np.searchsorted(np.sort(codes), np.arange(n))]  # each group's first row
+        lrows = pd.DataFrame({"sample_id": np.asarray(names), "dataset": rows["dataset"].to_numpy()[first],
+                              "patient_id": rows["patient_id"].to_numpy()[first],
+                              "label": _worst_labels(present, codes, n, labels, positive),
+                              "n_images": np.bincount(codes, minlength=n)})
+        lprobs = _combine(np.asarray(probs, dtype=np.float64), codes, n, how, k).reshape(n, len(labels))
         out[level] = (lrows, lprobs)
         table = lrows.rename(columns={"sample_id": f"{level}_id"})
         for i, lab in enumerate(labels):

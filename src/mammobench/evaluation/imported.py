@@ -18,6 +18,7 @@ wrong: unknown or duplicate ids, probabilities outside [0, 1], labels that disag
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,7 +167,7 @@ def manifest_keys(rows: pd.DataFrame, key: str) -> pd.Series:
     if key == "sample_id":
         return rows["sample_id"].astype(str)
     if key == "image":
-        return rows["image_path"].astype(str).map(lambda p: Path(p).stem)
+        return pd.Series([_stem(p) for p in rows["image_path"].astype(str)], index=rows.index, dtype=object)
     if key == "breast":
         return breast_ids(rows).astype(str)
     exam = rows["exam_id"].astype(str) if "exam_id" in rows else pd.Series("", index=rows.index)
@@ -175,10 +176,15 @@ def manifest_keys(rows: pd.DataFrame, key: str) -> pd.Series:
     return exam + "_" + side + "-" + rows["view"].map(normalise_view)
 
 
+def _stem(path: str) -> str:
+    """``Path(path).stem`` without building a Path (100k of them add up)."""
+    return os.path.splitext(os.path.basename(path))[0]
+
+
 def _file_keys(ids: np.ndarray, key: str) -> np.ndarray:
     """The file's ids in the form :func:`manifest_keys` gives them (paths to stems, GMIC indices normalised)."""
     if key == "image":
-        return np.array([Path(i).stem for i in ids])
+        return np.array([_stem(i) for i in ids], dtype=object)
     if key == "exam_view":
         out = []
         for i in ids:
@@ -210,10 +216,16 @@ def match_predictions(imported: ImportedPredictions, frame: pd.DataFrame, *, spl
             evaluated rows without a prediction (unless ``allow_missing``), nothing in common.
     """
     keys = KEYS if key == "auto" else (key,)
-    best = max(keys, key=lambda k: int(np.isin(_file_keys(imported.ids, k), _all_keys(frame, k)).sum()))
+    best, most = keys[0], -1
+    for k in keys:  # the key that matches the most ids (the first of ties); one that matches all ends the search
+        matches = int(_isin(_file_keys(imported.ids, k), _all_keys(frame, k)).sum())
+        if matches > most:
+            best, most = k, matches
+        if matches == len(imported.ids):
+            break
     manifest_ids = _all_keys(frame, best)
     file_ids = _file_keys(imported.ids, best)
-    known = np.isin(file_ids, manifest_ids)
+    known = _isin(file_ids, manifest_ids)
     if not known.any():
         tried = ", ".join(keys)
         raise PredictionsError(f"{imported.path}: none of its {len(file_ids)} ids ({format_list(list(file_ids), 3)}) "
@@ -241,6 +253,11 @@ def match_predictions(imported: ImportedPredictions, frame: pd.DataFrame, *, spl
     rows = rows[have].reset_index(drop=True)
     index = np.array([position[k] for k in row_keys[have]])
     return Matched(rows, index, best, level, missing, int(len(file_ids) - len(index)))
+
+
+def _isin(values: np.ndarray, universe: np.ndarray) -> np.ndarray:
+    """``np.isin`` for ids, by hashing: numpy's sorts object arrays, minutes for 100k string ids."""
+    return pd.Series(values, dtype=object).isin(pd.Series(universe, dtype=object)).to_numpy()
 
 
 def _all_keys(frame: pd.DataFrame, key: str) -> np.ndarray:

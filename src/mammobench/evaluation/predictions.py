@@ -18,7 +18,6 @@ import pandas as pd
 from mammobench.data.cache import ImageCache, cache_request
 from mammobench.data.labels import BENIGN, BENIGN_WITHOUT_CALLBACK, MALIGNANT, NON_MALIGNANT, NORMAL
 from mammobench.data.manifest import cache_folder, patient_key, read_manifest, read_manifest_info
-from mammobench.evaluation.inference import predict_breasts, predict_probs
 from mammobench.runs import ModelInfo, RunDir, RunError
 from mammobench.runtime import MammobenchError
 
@@ -74,6 +73,8 @@ def readable_rows(rows: pd.DataFrame, info: ModelInfo, root: Path) -> tuple[pd.D
 def _predict(run: RunDir, rows: pd.DataFrame, root: Path, *, tta: bool, device: str,
              batch_size: int) -> tuple[pd.DataFrame, np.ndarray, ModelInfo]:
     """The run's model on ``rows`` (images cached under ``root``): one row per image, or per breast."""
+    from mammobench.evaluation.inference import predict_breasts, predict_probs  # torch: only to predict
+
     model, info = run.load_model()
     if info.views:  # a breast-level model: one row per breast
         return (*predict_breasts(model, info, rows, root, tta=tta, device=device, batch_size=max(1, batch_size // 4)),

@@ -173,7 +173,7 @@ def structured_report(result: ExamPrediction, predictor: Predictor, sources: dic
         evidence=evidence, content=measurement_report, series_instance_uid=stable_uid("sr-series", study, model_key),
         series_number=SERIES_NUMBER_SR, sop_instance_uid=stable_uid("sr", study, model_key), instance_number=1,
         manufacturer=MANUFACTURER, is_complete=True, is_final=False, is_verified=False)
-    sr.SeriesDescription = f"mammobench {info.architecture}: probability of cancer (research use only)"
+    sr.SeriesDescription = "mammobench: probability of cancer (research use only)"  # LO: 64 characters at most
     return sr
 
 
