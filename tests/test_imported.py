@@ -105,6 +105,14 @@ def test_plain_tables_and_mammobench_files_are_read_without_options(gmic_set, tm
     again = score_predictions(tmp_path / "ours.csv", prepared.out, n_boot=0)
     assert read_predictions(tmp_path / "ours.csv").format == "mammobench"
     assert again.report.metrics["auc_malignant"].value == pytest.approx(scored.report.metrics["auc_malignant"].value)
+    # a plain table whose label column is written as 1/0 or as lower-case class names is checked, not refused
+    for truth in ((frame["label"] == "MALIGNANT").astype(int), frame["label"].str.lower()):
+        pd.DataFrame({"id": frame["sample_id"], "probability": p, "label": truth}).to_csv(tmp_path / "l.csv", index=False)
+        assert score_predictions(tmp_path / "l.csv", prepared.out, n_boot=0).report.n == len(frame)
+    wrong = (frame["label"] != "MALIGNANT").astype(int)
+    pd.DataFrame({"id": frame["sample_id"], "probability": p, "label": wrong}).to_csv(tmp_path / "l.csv", index=False)
+    with pytest.raises(PredictionsError, match=rf"labels disagree with the manifest's on {len(frame)} of"):
+        score_predictions(tmp_path / "l.csv", prepared.out, n_boot=0)
 
 
 def test_bad_files_are_named_and_nothing_is_written(gmic_set, tmp_path):

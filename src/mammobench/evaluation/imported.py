@@ -382,13 +382,18 @@ def _check_labels(imported: ImportedPredictions, matched: Matched, rows: pd.Data
     """The file's own labels, where it has them, must agree with the manifest's (else it is of another set)."""
     if imported.labels is None:
         return
-    theirs = imported.labels[matched.index]
-    if imported.label_kind == "positive":
-        theirs_pos = pd.to_numeric(pd.Series(theirs), errors="coerce").to_numpy() >= 0.5
-        ours = (rows["label"] == positive).to_numpy()
+    theirs = pd.Series(imported.labels[matched.index], dtype=object).str.strip()
+    numeric = pd.to_numeric(theirs, errors="coerce")
+    ours_classes = rows["label"].astype(str).to_numpy()
+    if positive is not None and (imported.label_kind == "positive" or numeric.notna().all()):
+        # 1/0 (GMIC's malignant_label, or a plain table's label column written as numbers)
+        theirs_cmp, ours_cmp = numeric.to_numpy() >= 0.5, ours_classes == positive
+    elif positive is not None and not set(theirs.str.upper()) <= set(ours_classes):
+        # class names of another mapping (e.g. BENIGN in a file scored against NON_MALIGNANT): compare malignancy
+        theirs_cmp, ours_cmp = (theirs.str.upper() == positive).to_numpy(), ours_classes == positive
     else:
-        theirs_pos, ours = theirs, rows["label"].to_numpy()
-    differ = np.nonzero(np.asarray(theirs_pos) != np.asarray(ours))[0]
+        theirs_cmp, ours_cmp = theirs.str.upper().to_numpy(), ours_classes
+    differ = np.nonzero(np.asarray(theirs_cmp) != np.asarray(ours_cmp))[0]
     if len(differ):
         ids = [str(imported.ids[matched.index[i]]) for i in differ]
         raise PredictionsError(f"{imported.path}: its labels disagree with the manifest's on {len(differ)} of "
