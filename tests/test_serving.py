@@ -385,3 +385,28 @@ def test_every_bundle_carries_a_model_card_its_checksums_cover(plain_bundle, tra
     (copy / "MODEL_CARD.md").write_text(text.replace("Research use only", "Cleared for clinical use"))
     with pytest.raises(BundleError, match="MODEL_CARD.md does not match the SHA-256"):
         load_bundle(copy)
+
+
+def test_exporting_again_replaces_a_bundle_says_which_and_never_a_users_folder(trained_runs, tmp_path, caplog):
+    """A second export to the same folder refreshes the bundle and names the one it replaced; a failed export leaves
+    the bundle there as it was; a folder that is not a bundle is never written into."""
+    import logging
+
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("mine")
+    with pytest.raises(BundleError, match="exists and is not a bundle folder"):
+        export_bundle(trained_runs["cnn"], mine)
+    assert [p.name for p in mine.iterdir()] == ["thesis.tex"]
+    out = export_bundle(trained_runs["cnn"], tmp_path / "b")
+    first = read_bundle_meta(out).provenance["exported"]
+    with caplog.at_level(logging.WARNING, logger="mammobench.serving.bundle"):
+        export_bundle(trained_runs["cnn"], out)
+    replaced = [r.getMessage() for r in caplog.records if "replacing the bundle" in r.getMessage()]
+    assert replaced == [f"replacing the bundle in {out} (exported {first} from run "
+                        f"{Path(trained_runs['cnn']).resolve()})"]
+    second = (out / "bundle.json").read_bytes()
+    with pytest.raises(BundleError, match="ONNX"):
+        export_bundle(trained_runs["cnn"], out, onnx=True, parity_tolerance=-1.0)  # no tolerance can be met
+    assert (out / "bundle.json").read_bytes() == second and load_bundle(out).info.labels
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "notes"], "no staging or old copies left behind"

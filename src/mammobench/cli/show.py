@@ -64,7 +64,8 @@ def trained(result: RunResult) -> None:
         console.print(f"Run [bold]{result.run_dir}[/] {result.status} in {result.train_seconds:.1f} s: "
                       f"{probe_summary(info)}")
     else:
-        console.print(f"Run [bold]{result.run_dir}[/] {result.status} after {info.get('epochs_run')} epochs, "
+        epochs = info.get("epochs_run")
+        console.print(f"Run [bold]{result.run_dir}[/] {result.status} after {epochs} epoch{'' if epochs == 1 else 's'}, "
                       f"{result.train_seconds:.0f} s: {best}; "
                       f"weights kept from epoch {kept} ({'last' if kept == info.get('epochs_run') else 'best'})")
     if info.get("warnings"):  # each was logged as it arose

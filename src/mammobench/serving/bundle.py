@@ -267,10 +267,25 @@ def write_bundle(content: Any, out: Path, *, onnx: bool, parity_tolerance: float
         _write_bundle(content() if callable(content) else content, staging, onnx=onnx, parity_tolerance=parity_tolerance,
                       parity_samples=parity_samples, sign=sign, tta=tta)
         os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp's 0700 -> a folder's usual mode
+        _say_what_is_replaced(out)
         _swap_in(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
+
+
+def _say_what_is_replaced(out: Path) -> None:
+    """A bundle already at ``out`` is replaced (export is how a bundle is refreshed): say which one it was."""
+    if not (out / BUNDLE_JSON).is_file():
+        return
+    try:
+        provenance = read_bundle_meta(out).provenance
+    except Exception:  # noqa: BLE001 - a damaged old bundle is replaced all the same
+        provenance = {}
+    runs = provenance.get("runs")
+    was = f"an ensemble of {len(runs)} runs" if isinstance(runs, list) else f"run {provenance.get('run', 'unknown')}"
+    logger.warning("replacing the bundle in %s (exported %s from %s)", out, provenance.get("exported", "at an unknown "
+                   "time"), was)
 
 
 def _swap_in(staging: Path, out: Path) -> None:
