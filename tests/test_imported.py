@@ -105,6 +105,12 @@ def test_plain_tables_and_mammobench_files_are_read_without_options(gmic_set, tm
     again = score_predictions(tmp_path / "ours.csv", prepared.out, n_boot=0)
     assert read_predictions(tmp_path / "ours.csv").format == "mammobench"
     assert again.report.metrics["auc_malignant"].value == pytest.approx(scored.report.metrics["auc_malignant"].value)
+    # a model's test-set predictions scored against every row: the way out named
+    test = frame["split"] == "test"
+    pd.DataFrame({"id": frame["sample_id"][test], "probability": p[test]}).to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(PredictionsError, match=r"every prediction is of a test row: score that split with --split test"):
+        score_predictions(tmp_path / "t.csv", prepared.out, n_boot=0)
+    assert score_predictions(tmp_path / "t.csv", prepared.out, split="test", n_boot=0).report.n == int(test.sum())
     # a plain table whose label column is written as 1/0 or as lower-case class names is checked, not refused
     for truth in ((frame["label"] == "MALIGNANT").astype(int), frame["label"].str.lower()):
         pd.DataFrame({"id": frame["sample_id"], "probability": p, "label": truth}).to_csv(tmp_path / "l.csv", index=False)

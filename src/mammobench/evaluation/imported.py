@@ -246,8 +246,13 @@ def match_predictions(imported: ImportedPredictions, frame: pd.DataFrame, *, spl
     have = np.array([k in position for k in row_keys])
     missing = list(row_keys[~have])
     if missing and not allow_missing:
+        hint = "score the rest with --allow-missing"
+        covered = set(rows.loc[have, "split"].astype(str)) if "split" in rows else set()
+        if split == "all" and len(covered) == 1:  # e.g. a model's test-set predictions scored against every row
+            hint = f"every prediction is of a {next(iter(covered))} row: score that split with --split " \
+                   f"{next(iter(covered))}, or the rest with --allow-missing"
         raise PredictionsError(f"{imported.path} has no prediction for {len(missing)} of the {len(rows)} {split} "
-                               f"{level}s of {where} ({format_list(missing, 5)}); score the rest with --allow-missing")
+                               f"{level}s of {where} ({format_list(missing, 5)}); {hint}")
     if len(missing) == len(rows):
         raise PredictionsError(f"{imported.path} predicts none of the {split} {level}s of {where}")
     rows = rows[have].reset_index(drop=True)
