@@ -399,6 +399,12 @@ def test_weights_commands(mammo_clip_b2, tmp_path):
     out = tmp_path / "b2.safetensors"
     done = runner.invoke(app, ["weights", "convert", str(ckpt), "--out", str(out), "--source", "mammo-clip-b2"])
     assert done.exit_code == 0 and out.is_file() and out.with_suffix(".json").is_file(), done.output
+    before = out.read_bytes()
+    again = runner.invoke(app, ["weights", "convert", str(ckpt), "--out", str(out), "--source", "mammo-clip-b2"])
+    assert again.exit_code != 0 and "--overwrite" in again.output and out.read_bytes() == before
+    again = runner.invoke(app, ["weights", "convert", str(ckpt), "--out", str(out), "--source", "mammo-clip-b2",
+                                "--overwrite"])
+    assert again.exit_code == 0 and out.read_bytes() == before, again.output  # the same file, byte for byte
     bad = runner.invoke(app, ["weights", "convert", str(ckpt), "--out", str(tmp_path / "y.safetensors")])
     assert bad.exit_code != 0 and "--source" in bad.output and not (tmp_path / "y.safetensors").exists()
 

@@ -143,6 +143,9 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(demo_prepared, tmp
     b = load_file(resumed.run_dir / "model.safetensors")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    # the same weights, the same recorded SHA-256 (a reader can tell the two runs agree from run.json alone)
+    assert (RunDir(straight.run_dir).read_model_info().weights_sha256
+            == RunDir(resumed.run_dir).read_model_info().weights_sha256)
     cols = ["epoch", "train/loss", "val/loss", "val/auc_macro"]
     pd.testing.assert_frame_equal(straight.history[cols], resumed.history[cols])
     with pytest.raises(RunError, match="already finished"):

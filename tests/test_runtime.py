@@ -54,3 +54,19 @@ def test_atomic_csv_writes_a_frame(tmp_path):
 
     atomic_write_csv(tmp_path / "t.csv", pd.DataFrame({"a": [1, 2], "b": ["x", "é"]}))
     assert (tmp_path / "t.csv").read_text(encoding="utf-8") == "a,b\n1,x\n2,é\n"
+
+
+def test_the_same_weights_are_saved_as_the_same_bytes(tmp_path):
+    """safetensors writes its metadata in a hash map's order, new each call: the same weights got a new SHA-256 each
+    time they were saved (identical runs, a checkpoint converted twice, a bundle exported again)."""
+    import torch
+    from safetensors import safe_open
+
+    from mammobench.runtime import save_safetensors, sha256_file
+
+    tensors = {"b.weight": torch.arange(6.0).reshape(2, 3), "a.bias": torch.ones(2)}
+    metadata = {f"key{i}": f"value {i}" for i in range(8)}  # 8! orders: a repeat by chance is out of the question
+    digests = {sha256_file(save_safetensors(tensors, tmp_path / f"{i}.safetensors", metadata)) for i in range(4)}
+    assert len(digests) == 1
+    with safe_open(str(tmp_path / "0.safetensors"), "pt") as f:
+        assert f.metadata() == metadata and torch.equal(f.get_tensor("b.weight"), tensors["b.weight"])

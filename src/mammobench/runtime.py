@@ -104,6 +104,38 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def save_safetensors(tensors: dict[str, Any], path: str | os.PathLike[str], metadata: dict[str, str] | None = None
+                     ) -> Path:
+    """Write ``tensors`` (name -> CPU tensor) as a safetensors file, atomically and byte for byte the same for the same
+    tensors and metadata.
+
+    ``safetensors`` writes its ``__metadata__`` in the order of a Rust ``HashMap``, which differs from one call to
+    the next: the same weights would get a new SHA-256 each time they are saved (two identical runs, one checkpoint
+    converted twice). The header is rewritten in place with the metadata sorted; its length is unchanged.
+    """
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+        if metadata:
+            _sort_safetensors_metadata(tmp)
+    return Path(path)
+
+
+def _sort_safetensors_metadata(path: Path) -> None:
+    import struct
+
+    with open(path, "r+b") as fh:
+        (size,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(size))
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > size:  # cannot happen for the same content; keep the file as safetensors wrote it
+            return
+        fh.seek(8)
+        fh.write(text + b" " * (size - len(text)))
+
+
 def _nan_to_none(obj: Any) -> Any:
     if isinstance(obj, float) and math.isnan(obj):
         return None

@@ -39,7 +39,7 @@ from mammobench.models.loading import (
     load_weights_file,
     read_state_dict,
 )
-from mammobench.runtime import atomic_path, atomic_write_json, format_list, sha256_file, utc_now
+from mammobench.runtime import atomic_write_json, format_list, save_safetensors, sha256_file, utc_now
 
 logger = logging.getLogger(__name__)
 
@@ -310,7 +310,6 @@ def convert_weights(src: str | Path, out: str | Path, *, source: str | None = No
         ModelError: a bad argument, an unreadable or foreign file, tensors that do not fit ``arch``; nothing is
             written then.
     """
-    from safetensors.torch import save_file
 
     src, out = Path(src), Path(out)
     spec = get_encoder(source) if source else None
@@ -351,8 +350,7 @@ def convert_weights(src: str | Path, out: str | Path, *, source: str | None = No
         metadata["entry"] = report.entry
     if request.fold_normalisation:
         metadata["folded"] = "per-channel input normalisation in the first convolution"
-    with atomic_path(out) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+    save_safetensors(tensors, out, metadata)
     info = {
         "encoder": spec.name if spec else None, "architecture": architecture, "file": out.name,
         "sha256": sha256_file(out), "source_file": str(src), "source_sha256": report.sha256,

@@ -36,11 +36,11 @@ import mammobench
 from mammobench.runs import MODEL_FILE, ModelInfo, RunDir
 from mammobench.runtime import (
     MammobenchError,
-    atomic_path,
     atomic_write_json,
     atomic_write_text,
     current_umask,
     environment_info,
+    save_safetensors,
     sha256_file,
     utc_now,
 )
@@ -309,15 +309,12 @@ def _write_bundle(content: BundleContent, out: Path, *, onnx: bool, parity_toler
                   sign: str | Path | None, tta: bool) -> None:
     """Write a bundle's files into the (empty) folder ``out``: the weights, the description with thresholds,
     temperature and provenance, optionally the ONNX model checked against PyTorch, the signature."""
-    from safetensors.torch import save_file
-
     from mammobench.encoders import weights_licence
     from mammobench.serving.model_card import model_card
 
     weights = {k: v.detach().contiguous().cpu() for k, v in content.model.state_dict().items()}
     info = content.info
-    with atomic_path(out / MODEL_FILE) as tmp:
-        save_file(weights, str(tmp), metadata={"architecture": info.architecture})
+    save_safetensors(weights, out / MODEL_FILE, {"architecture": info.architecture})
     digest = sha256_file(out / MODEL_FILE)
     meta = BundleMeta(model=info.model_copy(update={"weights_sha256": digest}), thresholds=content.thresholds,
                       temperature=content.temperature, weights=FileEntry(file=MODEL_FILE, sha256=digest),

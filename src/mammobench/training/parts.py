@@ -26,11 +26,11 @@ from mammobench.models.loading import LoadReport
 from mammobench.runs import RUN_FORMAT, ModelInfo, RunDir
 from mammobench.runtime import (
     MammobenchError,
-    atomic_path,
     atomic_write_csv,
     atomic_write_json,
     atomic_write_text,
     environment_info,
+    save_safetensors,
     sha256_file,
 )
 from mammobench.training.losses import create_loss
@@ -275,11 +275,8 @@ def write_reproducibility(run: RunDir, config: Config, data: SplitData, training
 def write_model(run: RunDir, config: Config, data: SplitData, training: Training, model: nn.Module,
                 load_report: LoadReport) -> ModelInfo:
     """``model`` as ``model.safetensors`` and what rebuilds and feeds it as ``model.json``."""
-    from safetensors.torch import save_file
-
     weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(run.weights_path) as tmp:
-        save_file(weights, str(tmp), metadata={"architecture": config.model.name, "format": str(RUN_FORMAT)})
+    save_safetensors(weights, run.weights_path, {"architecture": config.model.name, "format": str(RUN_FORMAT)})
     views = config.model.views
     model_info = ModelInfo(
         architecture=config.model.name, labels=data.labels, positive_label=data.positive,
