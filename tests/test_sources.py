@@ -39,6 +39,9 @@ def _image(path, side, seed, *, jpeg2000=False, monochrome1=False):
 
 
 def _rsna(root, n=6):
+    """The RSNA Screening Mammography competition's layout: ``train_images/<patient_id>/<image_id>.dcm`` (some
+    JPEG 2000, some MONOCHROME1) and ``train.csv`` with its 14 columns in their order, one row per image, ``cancer``
+    per breast; one listed image missing on disk, as a partial download leaves it."""
     rows = []
     for p in range(n):
         for side in ("L", "R"):
@@ -93,6 +96,12 @@ def test_rsna_bad_input(tmp_path):
 
 
 def _vindr(root, n=6):
+    """VinDr-Mammo as PhysioNet serves it, checked against the authors' code (vinbigdata-medical/vindr-mammo):
+    ``images/<study_id>/<image_id>.dicom`` (``visualize.py``, its ``__main__`` block); ``breast-level_annotations.csv``
+    and ``finding_annotations.csv`` with ``study_id, laterality, breast_birads ("BI-RADS 4"), breast_density
+    ("DENSITY C")`` and, per finding, ``finding_categories`` written as a Python list (``"['Mass']"``, which
+    ``split_data.ipynb``'s third cell parses after swapping the quotes), ``finding_birads`` empty for "No Finding"
+    (its ``count_box_birads`` fills the NaN) and the box; ``split`` is ``training`` or ``test``."""
     breasts, findings = [], []
     for s in range(n):
         study = f"st{s:03d}"
