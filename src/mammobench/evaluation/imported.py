@@ -390,7 +390,7 @@ def _check_labels(imported: ImportedPredictions, matched: Matched, rows: pd.Data
     theirs = pd.Series(imported.labels[matched.index], dtype=object).str.strip()
     numeric = pd.to_numeric(theirs, errors="coerce")
     ours_classes = rows["label"].astype(str).to_numpy()
-    if positive is not None and (imported.label_kind == "positive" or numeric.notna().all()):
+    if positive is not None and (imported.label_kind == "positive" or numeric.isin([0, 1]).all()):
         # 1/0 (GMIC's malignant_label, or a plain table's label column written as numbers)
         theirs_cmp, ours_cmp = numeric.to_numpy() >= 0.5, ours_classes == positive
     elif positive is not None and not set(theirs.str.upper()) <= set(ours_classes):

@@ -310,7 +310,6 @@ def convert_weights(src: str | Path, out: str | Path, *, source: str | None = No
         ModelError: a bad argument, an unreadable or foreign file, tensors that do not fit ``arch``; nothing is
             written then.
     """
-
     src, out = Path(src), Path(out)
     spec = get_encoder(source) if source else None
     architecture = arch or (spec.architecture if spec else None)
