@@ -89,14 +89,20 @@ def test_a_fit_through_the_python_api_says_what_happened_in_plain_words(demo_pre
     write_manifest(frame[frame["split"] != "val"], tmp_path / "no_val", read_manifest_info(demo_prepared.out))
     capfd.readouterr()
     with caplog.at_level("INFO"):
-        fit(load_config("demo_cnn", [f"data.manifest={tmp_path / 'no_val'}", f"output.dir={tmp_path}",
-                                     f"data.cache_dir={demo_prepared.out / 'cache'}", "stages.finetune_epochs=1",
-                                     "trainer.limit_train_batches=1", "output.tensorboard=false"]))
+        result = fit(load_config("demo_cnn", [f"data.manifest={tmp_path / 'no_val'}", f"output.dir={tmp_path}",
+                                              f"data.cache_dir={demo_prepared.out / 'cache'}",
+                                              "stages.finetune_epochs=1", "trainer.limit_train_batches=1",
+                                              "output.tensorboard=false"]))
     text = " ".join(r.getMessage() for r in caplog.records)
     assert "best None" not in text and "n/a" not in text and "no validation split, the last epoch (1) kept" in text
     assert "stage 2" not in text and "epoch 1: " in text, "a single-stage run has no stages to name"
     printed = capfd.readouterr()
     assert "litlogger" not in printed.out + printed.err + text
+    from mammobench.cli import show
+
+    show.trained(result)
+    said = " ".join(capfd.readouterr().out.split())
+    assert "finished after 1 epoch, " in said and "1 epochs" not in said
 
 
 def test_library_loggers_that_bring_their_own_handler_print_once(capfd):

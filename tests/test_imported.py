@@ -115,6 +115,10 @@ def test_plain_tables_and_mammobench_files_are_read_without_options(gmic_set, tm
     for truth in ((frame["label"] == "MALIGNANT").astype(int), frame["label"].str.lower()):
         pd.DataFrame({"id": frame["sample_id"], "probability": p, "label": truth}).to_csv(tmp_path / "l.csv", index=False)
         assert score_predictions(tmp_path / "l.csv", prepared.out, n_boot=0).report.n == len(frame)
+    indices = frame["label"].map({"BENIGN": 0, "MALIGNANT": 2}).fillna(1).astype(int)  # class indices: not a flag
+    pd.DataFrame({"id": frame["sample_id"], "probability": p, "label": indices}).to_csv(tmp_path / "l.csv", index=False)
+    with pytest.raises(PredictionsError, match=r"label column holds numbers other than 0 and 1 \(2\)"):
+        score_predictions(tmp_path / "l.csv", prepared.out, n_boot=0)
     wrong = (frame["label"] != "MALIGNANT").astype(int)
     pd.DataFrame({"id": frame["sample_id"], "probability": p, "label": wrong}).to_csv(tmp_path / "l.csv", index=False)
     with pytest.raises(PredictionsError, match=rf"labels disagree with the manifest's on {len(frame)} of"):

@@ -96,12 +96,14 @@ def test_rsna_bad_input(tmp_path):
 
 
 def _vindr(root, n=6):
-    """VinDr-Mammo as PhysioNet serves it, checked against the authors' code (vinbigdata-medical/vindr-mammo):
-    ``images/<study_id>/<image_id>.dicom`` (``visualize.py``, its ``__main__`` block); ``breast-level_annotations.csv``
-    and ``finding_annotations.csv`` with ``study_id, laterality, breast_birads ("BI-RADS 4"), breast_density
-    ("DENSITY C")`` and, per finding, ``finding_categories`` written as a Python list (``"['Mass']"``, which
-    ``split_data.ipynb``'s third cell parses after swapping the quotes), ``finding_birads`` empty for "No Finding"
-    (its ``count_box_birads`` fills the NaN) and the box; ``split`` is ``training`` or ``test``."""
+    """VinDr-Mammo as PhysioNet serves it, checked against the authors' code (vinbigdata-medical/vindr-mammo, commit
+    9d1c1b1): ``images/<study_id>/<image_id>.dicom`` (``visualize.py`` line 96, ``dicom_path``);
+    ``breast-level_annotations.csv`` and ``finding_annotations.csv`` (``split_data.ipynb`` cell 2: ``GLOBAL_PATH``,
+    ``LOCAL_PATH``) with ``study_id, laterality, breast_birads ("BI-RADS 4"), breast_density ("DENSITY C")`` (cell 5
+    indexes ``split_col`` by those strings) and, per finding, ``finding_categories`` written as a Python list
+    (``"['Mass']"``: cell 3 parses it with ``json.loads`` after swapping the quotes), ``finding_birads`` empty for
+    "No Finding" (cell 2's ``count_box_birads`` fills the NaN) and the box; ``split`` is ``training`` or ``test``
+    (cell 7's fold names)."""
     breasts, findings = [], []
     for s in range(n):
         study = f"st{s:03d}"

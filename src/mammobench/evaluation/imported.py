@@ -390,6 +390,11 @@ def _check_labels(imported: ImportedPredictions, matched: Matched, rows: pd.Data
     theirs = pd.Series(imported.labels[matched.index], dtype=object).str.strip()
     numeric = pd.to_numeric(theirs, errors="coerce")
     ours_classes = rows["label"].astype(str).to_numpy()
+    if numeric.notna().all() and not numeric.isin([0, 1]).all():
+        odd = sorted(set(numeric) - {0, 1})
+        raise PredictionsError(f"{imported.path}: its label column holds numbers other than 0 and 1 "
+                               f"({format_list([f'{v:g}' for v in odd], 5)}): it cannot tell which class each is; "
+                               "write the labels as class names or as 1 (malignant) / 0, or drop the column")
     if positive is not None and (imported.label_kind == "positive" or numeric.isin([0, 1]).all()):
         # 1/0 (GMIC's malignant_label, or a plain table's label column written as numbers)
         theirs_cmp, ours_cmp = numeric.to_numpy() >= 0.5, ours_classes == positive
