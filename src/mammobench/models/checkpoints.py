@@ -175,7 +175,12 @@ def read_checkpoint(path: str | Path) -> CheckpointContents:
         raise CheckpointError(f"weights file {path} does not exist")
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
-    names = {_python3_name(g) for g in (_unsafe_globals(path) if zipfile.is_zipfile(path) else _pickle_globals(path))}
+    if zipfile.is_zipfile(path):
+        _within_budget(path)
+        found = _unsafe_globals(path)
+    else:
+        found = _pickle_globals(path)
+    names = {_python3_name(g) for g in found}
     code = sorted(g for g in names if _is_code(g))
     if code:
         raise CheckpointError(
@@ -204,6 +209,16 @@ def _read_safetensors(path: Path) -> CheckpointContents:
         raise CheckpointError(f"{path} is not a readable safetensors file (truncated or damaged?): {exc}") from None
 
 
+def _within_budget(path: Path) -> None:
+    """A zip checkpoint's records stored and its pickle within :mod:`~mammobench.models.pickle_budget`'s limits."""
+    from mammobench.models.pickle_budget import check_zip
+
+    try:
+        check_zip(str(path))
+    except (zipfile.BadZipFile, OSError, KeyError) as exc:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from None
+
+
 def _python3_name(name: str) -> str:
     """A global as Python 3 names it (protocol 2 pickles write ``__builtin__.dict``, ``copy_reg._reconstructor``)."""
     import _compat_pickle
@@ -225,21 +240,11 @@ def _pickle_globals(path: Path, pickles: int = 4) -> set[str]:
         torch_own = set(_get_allowed_globals())
     except (ImportError, AttributeError):  # a torch without it: its names are then treated like any other
         torch_own = set()
-    names: set[str] = set()
-    with open(path, "rb") as handle:
-        stream = io.BytesIO(handle.read(64 << 20))  # the pickles sit before the tensor data
-    for _ in range(pickles):
-        strings: list[str] = []
-        try:
-            for op, arg, _pos in pickletools.genops(stream):
-                if op.name in ("GLOBAL", "INST"):
-                    names.add(str(arg).replace(" ", "."))
-                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-                    names.add(f"{strings[-2]}.{strings[-1]}")
-                elif isinstance(arg, str):
-                    strings.append(arg)
-        except Exception:  # not (or no longer) a pickle
-            break
+    from mammobench.models.pickle_budget import check_pickle
+
+    with open(path, "rb") as handle:  # the pickles sit before the tensor data
+        head = handle.read(64 << 20)
+    names = check_pickle(head, str(path), file_size=path.stat().st_size, pickles=pickles)
     return {n for n in names if _python3_name(n) not in torch_own}
 
 
