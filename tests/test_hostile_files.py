@@ -148,3 +148,67 @@ def test_the_budget_is_a_checkpoint_error_named_by_the_loaders(tmp_path):
         convert_weights(path, tmp_path / "out.safetensors", arch="resnet18")
     assert not list(tmp_path.glob("out*"))
     assert sys.getrecursionlimit() >= 1000
+
+
+BILLION_LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8))
+
+
+def test_a_billion_laughs_yaml_is_refused_wherever_yaml_is_read(tmp_path):
+    """400 bytes that expand to 9**9 values: a config, a study file and a label map each refuse it by name."""
+    from mammobench.config import ConfigError, load_config
+    from mammobench.data.labels import LabelError, parse_label_spec
+    from mammobench.experiments.study import StudyError, load_study
+
+    assert len(BILLION_LAUGHS) < 500
+    for name, call, error in (("c.yaml", load_config, ConfigError), ("s.yaml", load_study, StudyError),
+                              ("l.yaml", parse_label_spec, LabelError)):
+        path = tmp_path / name
+        path.write_text(BILLION_LAUGHS)
+        with pytest.raises(error, match="billion laughs"):
+            call(path if name != "l.yaml" else str(path))
+    # anchors and aliases of ordinary size still read
+    (tmp_path / "ok.yaml").write_text("base: &b {optim: {lr: 0.001}}\nother: *b\n")
+    from mammobench.runtime import load_yaml_text
+
+    assert load_yaml_text((tmp_path / "ok.yaml").read_text(), "ok")["other"] == {"optim": {"lr": 0.001}}
+
+
+def test_json_nested_past_python_and_oversized_files_are_named(tmp_path):
+    from mammobench.runs import RunError, read_json
+    from mammobench.serving.bundle import BundleError, read_bundle_meta
+
+    (tmp_path / "run.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(RunError, match="nested too deeply"):
+        read_json(tmp_path / "run.json", "the run's record")
+    bundle = tmp_path / "b"
+    bundle.mkdir()
+    with open(bundle / "bundle.json", "wb") as fh:
+        fh.truncate((64 << 20) + 1)
+    with pytest.raises(BundleError, match="bytes .at most"):
+        read_bundle_meta(bundle)
+
+
+def test_an_image_bomb_is_refused_from_its_header(tmp_path):
+    """A PNG of 20,000 x 20,000 (a few hundred KB compressed, 400 MB decoded) and a DICOM that declares as much."""
+    import numpy as np
+    from PIL import Image
+
+    from mammobench.data.dicom import ImageReadError
+    from mammobench.data.images import read_image
+
+    Image.new("L", (20_000, 20_000)).save(tmp_path / "bomb.png", optimize=True)
+    assert (tmp_path / "bomb.png").stat().st_size < 1_000_000
+    with pytest.raises(ImageReadError, match="more than 100,000,000 pixels|20000 x 20000 pixels, more than 100,000,000"):
+        read_image(tmp_path / "bomb.png")
+    import pydicom
+
+    from .test_images import make_dicom
+
+    path = tmp_path / "big.dcm"
+    make_dicom(path, np.zeros((4, 4), np.uint16))
+    ds = pydicom.dcmread(path)
+    ds.Rows, ds.Columns = 60_000, 60_000
+    ds.save_as(path)
+    with pytest.raises(ImageReadError, match="60000 x 60000 pixels"):
+        read_image(path)

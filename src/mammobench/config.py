@@ -17,7 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mammobench.data.options import AugmentSettings, PreprocessOptions, check_size
 from mammobench.encoders import ENCODERS, EncoderError, EncoderSpec, encoder_named_by, get_encoder
-from mammobench.runtime import MammobenchError
+from mammobench.runtime import (
+    FileLimitError,
+    MammobenchError,
+    load_yaml_text,
+    read_text_bounded,
+)
 
 PACKAGED_CONFIGS = Path(__file__).parent / "configs"
 
@@ -462,9 +467,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         resolved = resolve_config_path(path)
         where = str(resolved)
         try:
-            loaded = yaml.safe_load(resolved.read_text()) or {}
+            loaded = load_yaml_text(read_text_bounded(resolved, "config"), str(resolved)) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{resolved} is not valid YAML: {exc}") from None
+        except FileLimitError as exc:
+            raise ConfigError(str(exc)) from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{resolved} must hold a mapping of sections, not {type(loaded).__name__}")
         data = loaded

@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from mammobench.data.options import IntensityStats
 from mammobench.data.preprocess import PreprocessSettings
-from mammobench.runtime import MammobenchError, sha256_file
+from mammobench.runtime import FileLimitError, MammobenchError, load_json_text, read_text_bounded, sha256_file
 
 if TYPE_CHECKING:  # heavy imports only where a model is built
     import pandas as pd
@@ -94,9 +94,11 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
     if not path.is_file():
         raise RunError(f"{path.parent} has no {path.name} ({what}); is it a mammobench run directory?")
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        data = load_json_text(read_text_bounded(path, what), str(path))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RunError(f"{path} is not valid JSON ({exc})") from None
+    except FileLimitError as exc:
+        raise RunError(str(exc)) from None
     if not isinstance(data, dict):
         raise RunError(f"{path} must hold a JSON object")
     return data

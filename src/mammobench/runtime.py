@@ -33,6 +33,74 @@ class MammobenchError(Exception):
 _UMASK_LOCK = threading.Lock()
 
 
+#: What a file a user gives may ask of a reader (docs/architecture.md, "Reading files a user gives"). The largest
+#: mammogram in any public set is about 30 megapixels (4,096 x 5,355 Hologic, 3,328 x 4,096 GE); PIL's own limit
+#: (89 megapixels, a warning) is replaced by a refusal at this many pixels, and DICOM is checked from its header.
+MAX_IMAGE_PIXELS = 100_000_000
+#: A configuration, study, label map, run record or bundle description larger than this is not one.
+MAX_TEXT_FILE_BYTES = 64 << 20
+#: A YAML document's nodes counted with every alias expanded (a "billion laughs" document is a few hundred bytes).
+MAX_YAML_NODES = 1_000_000
+
+
+class FileLimitError(Exception):
+    """Raised by the bounded readers below; callers wrap it in their own error type (it names the file)."""
+
+
+def read_text_bounded(path: str | os.PathLike[str], what: str = "file") -> str:
+    """A text file's contents, refusing one over :data:`MAX_TEXT_FILE_BYTES` before reading it."""
+    size = os.path.getsize(path)
+    if size > MAX_TEXT_FILE_BYTES:
+        raise FileLimitError(f"{path}: a {what} of {size:,} bytes (at most {MAX_TEXT_FILE_BYTES:,}); not read")
+    return Path(path).read_text()
+
+
+def load_json_text(text: str, where: str) -> Any:
+    """``json.loads`` with nesting too deep for Python named as such (not a RecursionError traceback)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise FileLimitError(f"{where}: JSON nested too deeply to be a mammobench file; not read") from None
+
+
+def load_yaml_text(text: str, where: str) -> Any:
+    """``yaml.safe_load`` that refuses a document whose aliases expand past :data:`MAX_YAML_NODES` nodes (a
+    "billion laughs" file), or that nests too deeply, before anything is built from it.
+
+    Raises:
+        yaml.YAMLError: not YAML. FileLimitError: over the limit.
+    """
+    import yaml
+
+    if len(text) > MAX_TEXT_FILE_BYTES:
+        raise FileLimitError(f"{where}: {len(text):,} characters of YAML (at most {MAX_TEXT_FILE_BYTES:,})")
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except RecursionError:
+        raise FileLimitError(f"{where}: YAML nested too deeply; not read") from None
+    if node is None:
+        return None
+    sizes: dict[int, int] = {}
+
+    def expanded(n: Any, depth: int) -> int:
+        if depth > 100:
+            raise FileLimitError(f"{where}: YAML nested more than 100 levels deep; not read")
+        if id(n) in sizes:
+            return sizes[id(n)]
+        sizes[id(n)] = 1  # a node that holds itself counts once
+        children = [c for pair in n.value for c in pair] if isinstance(n, yaml.MappingNode) else \
+            n.value if isinstance(n, yaml.SequenceNode) else []
+        total = 1 + sum(expanded(c, depth + 1) for c in children)
+        sizes[id(n)] = min(total, MAX_YAML_NODES + 1)
+        if total > MAX_YAML_NODES:
+            raise FileLimitError(f"{where}: YAML whose aliases expand to more than {MAX_YAML_NODES:,} values "
+                                 "(a 'billion laughs' document); not read")
+        return sizes[id(n)]
+
+    expanded(node, 0)
+    return yaml.safe_load(text)
+
+
 def current_umask() -> int:
     """The process umask (read by setting and restoring it, under a lock)."""
     with _UMASK_LOCK:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mammobench.runtime import MammobenchError, progress
+from mammobench.runtime import MAX_IMAGE_PIXELS, MammobenchError, progress
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,15 @@ def _pydicom():
 #: Digital mammography / X-ray "For Processing" storage classes (raw detector data).
 FOR_PROCESSING_SOP_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.1.2.1", "1.2.840.10008.5.1.4.1.1.1.1.1",
                                         "1.2.840.10008.5.1.4.1.1.1.3.1"})
+
+
+def within_pixel_limit(path: str | Path, height: int, width: int, frames: int = 1) -> None:
+    """Refuse, from the header, an image larger than :data:`~mammobench.runtime.MAX_IMAGE_PIXELS` (a
+    decompression bomb: a small file that decodes to gigabytes)."""
+    if height * width * max(frames, 1) > MAX_IMAGE_PIXELS:
+        raise ImageReadError(path, f"its header declares {height} x {width}" + (f" x {frames} frames" if frames > 1
+                             else "") + f" pixels, more than {MAX_IMAGE_PIXELS:,} (no mammogram is this large; a "
+                             "decompression bomb?); not decoded")
 
 
 def read_dicom(path: str | Path) -> np.ndarray:
@@ -108,6 +117,8 @@ def read_dicom(path: str | Path) -> np.ndarray:
     missing = _missing_decoder(syntax)
     if missing:
         raise ImageReadError(path, missing)
+    within_pixel_limit(path, int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0),
+                        int(ds.get("NumberOfFrames", 1) or 1))
     try:
         arr = ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - decoders raise anything; the decoder is installed: the data is bad

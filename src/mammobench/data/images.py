@@ -6,12 +6,17 @@ Everything comes back as a float32 single-channel array in [0, 1]; a file that c
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from mammobench.data.dicom import ImageReadError, read_dicom
+from mammobench.data.dicom import ImageReadError, read_dicom, within_pixel_limit
+from mammobench.runtime import MAX_IMAGE_PIXELS
+
+#: PIL refuses at twice this (and warns past it); mammobench refuses past it, from the header.
+Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset(
     {".dcm", ".dicom", ".png", ".jpg", ".jpeg", ".pgm", ".pnm", ".tif", ".tiff", ".bmp"}
@@ -50,11 +55,18 @@ def read_image(path: str | Path) -> np.ndarray:
     if is_dicom(path):
         return read_dicom(path)
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():  # PIL warns past its limit; ours refuses, below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
+            within_pixel_limit(path, img.height, img.width)
             img.load()  # decodes now, so a truncated file fails here and not later
             return _pil_to_float(img, path)
     except UnidentifiedImageError:
         raise ImageReadError(path, "not a recognised image format (expected DICOM, PNG, JPEG, PGM or TIFF)") from None
+    except Image.DecompressionBombError:  # PIL's own check, when the header is far past ours
+        raise ImageReadError(path, f"its header declares more than {MAX_IMAGE_PIXELS:,} pixels (no mammogram is this "
+                                   "large; a decompression bomb?); not decoded") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError(path, f"corrupt or truncated image ({exc})") from None
 

@@ -11,14 +11,19 @@ normals together), or with a mapping (``NORMAL=BENIGN`` if that is really what i
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from mammobench.runtime import MammobenchError
+from mammobench.runtime import (
+    FileLimitError,
+    MammobenchError,
+    load_json_text,
+    load_yaml_text,
+    read_text_bounded,
+)
 
 BENIGN = "BENIGN"
 MALIGNANT = "MALIGNANT"
@@ -93,8 +98,11 @@ def parse_label_spec(spec: str) -> LabelMapping:
     if path.suffix.lower() in (".yaml", ".yml", ".json"):
         if not path.is_file():
             raise LabelError(f"label mapping file {path} does not exist")
-        text = path.read_text()
-        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+        try:
+            text = read_text_bounded(path, "label mapping")
+            data = load_json_text(text, str(path)) if path.suffix.lower() == ".json" else load_yaml_text(text, str(path))
+        except (FileLimitError, ValueError, yaml.YAMLError) as exc:
+            raise LabelError(f"label mapping file {path} cannot be read: {exc}") from None
         if not isinstance(data, dict) or not data:
             raise LabelError(f"label mapping file {path} must hold a non-empty mapping RAW_LABEL: CLASS")
         pairs = {str(k): str(v) for k, v in data.items()}

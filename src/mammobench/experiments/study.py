@@ -31,7 +31,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mammobench.config import Config, load_config, parse_overrides
-from mammobench.runtime import MammobenchError
+from mammobench.runtime import (
+    FileLimitError,
+    MammobenchError,
+    load_yaml_text,
+    read_text_bounded,
+)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=,+-]*$")
 
@@ -160,9 +165,11 @@ def load_study(path: str | Path) -> StudySpec:
     if not path.is_file():
         raise StudyError(f"study file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml_text(read_text_bounded(path, "study file"), str(path))
     except yaml.YAMLError as exc:
         raise StudyError(f"{path} is not valid YAML: {exc}") from None
+    except FileLimitError as exc:
+        raise StudyError(str(exc)) from None
     if not isinstance(data, dict):
         raise StudyError(f"{path} must hold a mapping (name, base, variants | grid | search, cv)")
     try:

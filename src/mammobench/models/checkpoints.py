@@ -231,8 +231,6 @@ def _python3_name(name: str) -> str:
 def _pickle_globals(path: Path, pickles: int = 4) -> set[str]:
     """The globals named by the first pickles of a non-zip file, read as instructions (``pickletools``: nothing
     is built or run). Stops quietly at the first thing that is not a pickle (a legacy file's raw storages)."""
-    import io
-    import pickletools
 
     try:  # what torch's restricted reader rebuilds itself (tensors, storages, OrderedDict), as its zip scan omits them
         from torch._weights_only_unpickler import _get_allowed_globals

@@ -58,6 +58,14 @@ class Limits:
 
 LIMITS = Limits()
 _MARK = object()
+_CONSTANTS = {
+    **dict.fromkeys(("INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4"), "int"),
+    **dict.fromkeys(("FLOAT", "BINFLOAT"), "float"),
+    **dict.fromkeys(("STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE",
+                     "BINUNICODE8"), "str"),
+    **dict.fromkeys(("BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "BYTEARRAY8"), "bytes"),
+    **dict.fromkeys(("NONE", "NEWTRUE", "NEWFALSE", "NEXT_BUFFER", "READONLY_BUFFER"), "const"),
+}
 
 
 class _V:
@@ -156,98 +164,87 @@ class _Scan:
                 return
             self.step(name, arg, strings)
 
-    def step(self, name: str, arg: Any, strings: list[str]) -> None:  # noqa: C901, PLR0912 - one case per opcode
-        st = self.stack
+    def step(self, name: str, arg: Any, strings: list[str]) -> None:
+        """One instruction: a constant is pushed here, the rest go to containers, objects or the memo."""
         if name in ("PROTO", "FRAME"):
             return
-        if name == "MARK":
-            st.append(_MARK)
-        elif name in ("INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4"):
-            st.append(_V("int", arg))
-        elif name in ("FLOAT", "BINFLOAT"):
-            st.append(_V("float", arg))
-        elif name in ("STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE",
-                      "BINUNICODE8"):
-            st.append(_V("str", arg))
-        elif name in ("BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "BYTEARRAY8"):
-            st.append(_V("bytes", None))
-        elif name in ("NONE", "NEWTRUE", "NEWFALSE", "NEXT_BUFFER", "READONLY_BUFFER"):
-            st.append(_V("const", None))
-        elif name in ("EMPTY_DICT", "EMPTY_LIST", "EMPTY_SET"):
+        if name in _CONSTANTS:
+            self.stack.append(_V(_CONSTANTS[name], arg if _CONSTANTS[name] in ("int", "float", "str") else None))
+        elif name == "MARK":
+            self.stack.append(_MARK)
+        elif not (self.containers(name) or self.objects(name, arg, strings) or self.memory(name, arg)):
+            self.refuse(f"it uses the pickle instruction {name}, which no weights file needs")
+
+    def containers(self, name: str) -> bool:
+        st = self.stack
+        if name in ("EMPTY_DICT", "EMPTY_LIST", "EMPTY_SET", "EMPTY_TUPLE"):
             st.append(_V(name[6:].lower(), None, 1, 1, []))
-        elif name == "EMPTY_TUPLE":
-            st.append(_V("tuple", None, 1, 1, []))
         elif name in ("TUPLE", "LIST", "DICT", "FROZENSET"):
             items = self.pop_mark()
-            if name in ("DICT", "FROZENSET"):
-                for k in items[0::2] if name == "DICT" else items:
-                    self.key(k)
+            for k in (items[0::2] if name == "DICT" else items if name == "FROZENSET" else []):
+                self.key(k)
             st.append(self.container(name.lower(), items))
         elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
             st.append(self.container("tuple", self.pop(int(name[-1]))))
         elif name in ("APPEND", "SETITEM", "APPENDS", "SETITEMS", "ADDITEMS"):
             items = self.pop(1 if name == "APPEND" else 2) if name in ("APPEND", "SETITEM") else self.pop_mark()
-            if name in ("SETITEM", "SETITEMS"):
-                for k in items[0::2]:
-                    self.key(k)
-            elif name == "ADDITEMS":
-                for k in items:
-                    self.key(k)
-            if not st or st[-1] is _MARK:
-                self.refuse("its instructions are malformed (nothing to add to)")
-            self.add(st[-1], items)
-        elif name in ("GLOBAL", "INST"):
+            for k in (items[0::2] if name in ("SETITEM", "SETITEMS") else items if name == "ADDITEMS" else []):
+                self.key(k)
+            self.add(self.top("add to"), items)
+        else:
+            return False
+        return True
+
+    def objects(self, name: str, arg: Any, strings: list[str]) -> bool:
+        st = self.stack
+        if name in ("GLOBAL", "INST"):
             text = str(arg).replace(" ", ".")
             self.globals.add(text)
-            if name == "INST":
-                st.append(self.call(text, self.pop_mark()))
-            else:
-                st.append(_V("global", text))
+            st.append(self.call(text, self.pop_mark()) if name == "INST" else _V("global", text))
         elif name == "STACK_GLOBAL":
             module, attr = self.pop(2)
             text = f"{module.value}.{attr.value}" if module.kind == attr.kind == "str" else ".".join(strings[-2:])
             self.globals.add(text)
             st.append(_V("global", text))
-        elif name in ("REDUCE", "NEWOBJ"):
-            fn, args = self.pop(2)
-            st.append(self.call(str(fn.value) if fn.kind == "global" else "?", args.items or [], args))
-        elif name == "NEWOBJ_EX":
-            fn, args, kwargs = self.pop(3)
-            st.append(self.call(str(fn.value) if fn.kind == "global" else "?", args.items or [], args, kwargs))
+        elif name in ("REDUCE", "NEWOBJ", "NEWOBJ_EX"):
+            fn, args, *kwargs = self.pop(3 if name == "NEWOBJ_EX" else 2)
+            st.append(self.call(_callable(fn), args.items or [], args, *kwargs))
         elif name == "OBJ":
-            items = self.pop_mark()
-            if not items:
-                self.refuse("its instructions are malformed (OBJ without a class)")
-            fn = items[0]
-            st.append(self.call(str(fn.value) if fn.kind == "global" else "?", items[1:]))
+            items = self.pop_mark() or [_V("const")]
+            st.append(self.call(_callable(items[0]), items[1:]))
         elif name == "BUILD":
             (state,) = self.pop(1)
-            if not st or st[-1] is _MARK:
-                self.refuse("its instructions are malformed (nothing to build)")
-            self.add(st[-1], [state])
-        elif name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
-            if not st or st[-1] is _MARK:
-                self.refuse("its instructions are malformed (nothing to memoize)")
-            self.memo[len(self.memo) if name == "MEMOIZE" else int(arg)] = st[-1]
+            self.add(self.top("build"), [state])
+        elif name in ("PERSID", "BINPERSID"):
+            st.append(self.storage(_V("str", arg) if name == "PERSID" else self.pop(1)[0]))
+        elif name in ("EXT1", "EXT2", "EXT4"):
+            self.refuse("it names objects through the copyreg extension registry")
+        else:
+            return False
+        return True
+
+    def memory(self, name: str, arg: Any) -> bool:
+        st = self.stack
+        if name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+            self.memo[len(self.memo) if name == "MEMOIZE" else int(arg)] = self.top("memoize")
         elif name in ("GET", "BINGET", "LONG_BINGET"):
             if int(arg) not in self.memo:
                 self.refuse(f"its instructions are malformed (memo {arg} unset)")
             st.append(self.memo[int(arg)])
-        elif name in ("PERSID", "BINPERSID"):
-            pid = _V("str", arg) if name == "PERSID" else self.pop(1)[0]
-            st.append(self.storage(pid))
         elif name == "POP":
             self.pop(1)
         elif name == "POP_MARK":
             self.pop_mark()
         elif name == "DUP":
-            if not st:
-                self.refuse("its instructions are malformed (DUP of nothing)")
-            st.append(st[-1])
-        elif name in ("EXT1", "EXT2", "EXT4"):
-            self.refuse("it names objects through the copyreg extension registry")
+            st.append(self.top("duplicate"))
         else:
-            self.refuse(f"it uses the pickle instruction {name}, which no weights file needs")
+            return False
+        return True
+
+    def top(self, what: str) -> _V:
+        if not self.stack or self.stack[-1] is _MARK:
+            self.refuse(f"its instructions are malformed (nothing to {what})")
+        return self.stack[-1]
 
     # -- what calls and storages would allocate -------------------------------------------------------------------
     def storage(self, pid: _V) -> _V:
@@ -336,6 +333,10 @@ class _Scan:
         end = offset.value + sum((d - 1) * s for d, s in zip(dims, steps, strict=True)) + 1
         if storage.value is not None and end > storage.value:
             self.refuse(f"{fn}: a tensor reaches element {end:,} of a storage of {storage.value:,}")
+
+
+def _callable(v: _V) -> str:
+    return str(v.value) if v.kind == "global" else "?"
 
 
 def check_pickle(data: bytes, where: str, *, file_size: int, records: dict[str, int] | None = None,

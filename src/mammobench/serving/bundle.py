@@ -35,11 +35,14 @@ from torch import nn
 import mammobench
 from mammobench.runs import MODEL_FILE, ModelInfo, RunDir
 from mammobench.runtime import (
+    FileLimitError,
     MammobenchError,
     atomic_write_json,
     atomic_write_text,
     current_umask,
     environment_info,
+    load_json_text,
+    read_text_bounded,
     save_safetensors,
     sha256_file,
     utc_now,
@@ -77,9 +80,11 @@ def read_bundle_meta(path: str | Path) -> BundleMeta:
     if not meta_path.is_file():
         raise BundleError(f"{path} is not a mammobench bundle: no {BUNDLE_JSON}")
     try:
-        data = json.loads(meta_path.read_text())
+        data = load_json_text(read_text_bounded(meta_path, "bundle description"), str(meta_path))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{meta_path} is not valid JSON ({exc})") from None
+    except FileLimitError as exc:
+        raise BundleError(str(exc)) from None
     if not isinstance(data, dict) or data.get("kind") != BUNDLE_KIND:
         raise BundleError(f"{meta_path} is not a mammobench bundle description (kind must be {BUNDLE_KIND!r})")
     if data.get("format") != BUNDLE_FORMAT:
