@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -130,3 +131,27 @@ def mammo_clip_b2(tmp_path_factory):
     work = tmp_path_factory.mktemp("mammoclip")
     encoder = AuthorsImageEncoder("efficientnet-b2")
     return encoder, mammo_clip_checkpoint(encoder, work / "b2-model-best-epoch-10.tar")
+
+
+DCIODVFY = shutil.which("dciodvfy")
+
+
+@pytest.fixture
+def dciodvfy():
+    """``check(path)``: Debian dicom3tools' validator on a file we wrote; any line it starts with ``Error`` fails.
+    Without dicom3tools the test skips, except in CI (``.ci/run`` installs it), where it fails."""
+    import subprocess
+
+    if DCIODVFY is None:
+        if os.environ.get("CI"):
+            pytest.fail("dciodvfy is not installed: .ci/run installs Debian's dicom3tools")
+        pytest.skip("dciodvfy is not installed (apt-get install dicom3tools)")
+
+    def check(path) -> str:
+        done = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, timeout=120)
+        text = done.stdout + done.stderr
+        errors = [line for line in text.splitlines() if line.startswith("Error")]
+        assert not errors, f"dciodvfy on {path}:\n" + "\n".join(errors)
+        return text
+
+    return check

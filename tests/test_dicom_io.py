@@ -20,6 +20,8 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from mammobench.data.images import read_image
 from mammobench.data.manifest import read_manifest
 
+from .conftest import CBIS_DICOM, requires_shared
+
 MG_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.2"
 ORTHANC = shutil.which("Orthanc") or ("/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists() else None)
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
@@ -41,7 +43,9 @@ def mammogram_dicom(path: Path, pixels: np.ndarray, *, study: str, series: str, 
     ds.ReferringPhysicianName, ds.Modality, ds.Manufacturer = "", modality, "TestVendor"
     ds.SeriesNumber, ds.InstanceNumber = 1, number
     ds.ImageLaterality, ds.ViewPosition = side, view
-    ds.PatientOrientation = ["A", "R"] if side == "L" else ["P", "L"]
+    # as the vendors write them (PS3.3 C.8.11.7.1.1): a left MLO is A\FR, a right MLO P\FL, CCs A\R and P\L
+    ds.PatientOrientation = {("L", "CC"): ["A", "R"], ("L", "MLO"): ["A", "FR"], ("R", "CC"): ["P", "L"],
+                             ("R", "MLO"): ["P", "FL"]}.get((side, view), [])
     ds.ImageType = ["ORIGINAL", "PRIMARY"]
     ds.PresentationIntentType = "FOR PRESENTATION"
     ds.Rows, ds.Columns = pixels.shape
@@ -69,7 +73,8 @@ def four_view_study(folder: Path, full_prepared, *, seed: int = 0, patient: str 
     return study, files
 
 
-def test_an_exam_of_dicom_images_gets_a_report_and_heat_maps_that_reference_it(two_view_bundle, full_prepared, tmp_path):
+def test_an_exam_of_dicom_images_gets_a_report_and_heat_maps_that_reference_it(two_view_bundle, full_prepared, tmp_path,
+                                                                           dciodvfy):
     import highdicom as hd
     import pandas as pd
     from typer.testing import CliRunner
@@ -112,6 +117,9 @@ def test_an_exam_of_dicom_images_gets_a_report_and_heat_maps_that_reference_it(t
         assert (sc.Rows, sc.Columns) == (source.Rows, source.Columns) and sc.PhotometricInterpretation == "RGB"
         assert sc.StudyInstanceUID == study and sc.PatientID == source.PatientID
         assert sc.pixel_array.shape == (source.Rows, source.Columns, 3)
+        assert list(sc.PatientOrientation) == list(source.PatientOrientation), "A\\FR and P\\FL copied as written"
+        dciodvfy(path)
+    dciodvfy(sr_path)
     # the same study with the same bundle gives the same UIDs: a PACS replaces, never duplicates
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0 and sorted(p.name for p in folder.glob("*.dcm")) == sorted(
@@ -348,3 +356,159 @@ def test_what_is_written_is_valid_dicom_whatever_the_model_is_called(two_view_bu
         for element in ds.iterall():
             if element.VR == "LO" and isinstance(element.value, str):
                 assert len(element.value) <= 64, (path.name, element.keyword, element.value)
+
+
+# Headers as the vendors write them (their DICOM conformance statements and public sample files): the orientation
+# of each view, and the cases that crashed --dicom-out (a two-letter direction, no orientation at all, no birth
+# date) or made it write a wrong one.
+VENDOR_HEADERS = {
+    "Hologic Selenia Dimensions, left MLO (A\\FR)": dict(
+        side="L", view="MLO", Manufacturer="HOLOGIC, Inc.", PatientOrientation=["A", "FR"]),
+    "GE Senographe Pristina, right MLO (P\\FL)": dict(
+        side="R", view="MLO", Manufacturer="GE MEDICAL SYSTEMS", PatientOrientation=["P", "FL"]),
+    "Siemens Mammomat, left ML (A\\F)": dict(
+        side="L", view="MLO", Manufacturer="SIEMENS", PatientOrientation=["A", "F"]),
+    "Fujifilm Amulet, right MLO, orientation empty": dict(
+        side="R", view="MLO", Manufacturer="FUJIFILM Corporation", PatientOrientation=None),
+    "no PatientBirthDate (an anonymiser dropped it)": dict(
+        side="L", view="CC", Manufacturer="HOLOGIC, Inc.", PatientOrientation=["A", "R"], PatientBirthDate=None),
+    "CBIS-DDSM: the view in PatientOrientation, the side only in PatientID": dict(
+        side="", view="", Manufacturer="", PatientOrientation="CC", PatientID="Mass-Test_P_00001_RIGHT_CC"),
+}
+
+
+def _vendor_image(folder: Path, pixels: np.ndarray, header: dict, *, study: str, number: int) -> Path:
+    """One image of a study as a vendor writes it: the breast put where that side's convention puts it."""
+    side, view = header["side"], header["view"]
+    named_side = side or ("R" if "RIGHT" in header.get("PatientID", "") else "L")
+    shown = pixels if named_side == "L" else pixels[:, ::-1]  # a right breast has its chest wall on the right
+    path = mammogram_dicom(folder / f"img{number}.dcm", np.ascontiguousarray(shown), study=study,
+                           series=generate_uid(), side=side, view=view or "CC", number=number)
+    ds = pydicom.dcmread(path)
+    for key, value in header.items():
+        if key in ("side", "view"):
+            continue
+        if value is None:
+            if key in ds:
+                delattr(ds, key)
+        else:
+            setattr(ds, key, value)
+    if not view:
+        del ds.ViewPosition
+    if not side:
+        del ds.ImageLaterality
+    ds.save_as(str(path), enforce_file_format=True)
+    return path
+
+
+@pytest.mark.parametrize("vendor", list(VENDOR_HEADERS))
+def test_dicom_out_on_headers_as_vendors_write_them(vendor, two_view_bundle, full_prepared, tmp_path, dciodvfy):
+    """The SR and the heat maps are written (no crash), dciodvfy finds no error in either, and the orientation and
+    laterality written agree with the source and its pixels: copied when valid, derived from side, view and the
+    chest wall's side otherwise, never the fixed A\\R written before."""
+    from mammobench.serving.dicom_out import write_study
+    from mammobench.serving.predictor import Predictor
+
+    header = VENDOR_HEADERS[vendor]
+    frame = read_manifest(full_prepared.out)
+    pixels = read_image(frame["image_path"].iloc[0])
+    if pixels[:, : pixels.shape[1] // 2].sum() < pixels[:, pixels.shape[1] // 2:].sum():
+        pixels = pixels[:, ::-1]  # the demo breast's chest wall on the left, as a left image has it
+    study = generate_uid()
+    path = _vendor_image(tmp_path / "study", pixels, header, study=study, number=1)
+    predictor = Predictor.from_bundle(two_view_bundle, device="cpu")
+    exam = predictor.predict_exam([path], exam=study, cams=True, aggregate="mean")
+    output = write_study(exam, predictor, tmp_path / "out")
+    for written in [output.report, *output.captures]:
+        dciodvfy(written)
+    (capture,) = [pydicom.dcmread(p) for p in output.captures]
+    source = pydicom.dcmread(path)
+    orientation = list(capture.get("PatientOrientation") or [])
+    given = source.get("PatientOrientation")
+    side = "R" if "RIGHT" in str(source.PatientID) else source.get("ImageLaterality", "")
+    if given is not None and not isinstance(given, str) and len(given) == 2:
+        assert orientation == list(given)
+    else:  # derived from the side, the view and where the pixels put the chest wall
+        expected = {("R", "MLO"): ["P", "FL"], ("R", "CC"): ["P", "L"]}[(side, header["view"] or "CC")]
+        assert orientation == expected
+    assert capture.get("Laterality", "") == side
+    sr = pydicom.dcmread(output.report)
+    assert "image ? " not in str(sr) and f"image {side} " in str(sr), "the SR names each image's side and view"
+
+
+def test_a_mirrored_image_gets_no_orientation_rather_than_a_wrong_one(two_view_bundle, full_prepared, tmp_path):
+    """A right MLO without an orientation whose pixels put the chest wall on the left (mirrored, or rotated: the
+    two cannot be told apart): the orientation is left empty, never the A\\R written before."""
+    from mammobench.serving.dicom_out import mammography_orientation, patient_orientation, write_study
+    from mammobench.serving.predictor import Predictor
+
+    assert mammography_orientation("R", "MLO", "left") is None
+    assert mammography_orientation("L", "MLO", "left") == ("A", "FR")
+    assert patient_orientation("CC") is None and patient_orientation(["A", "FR"]) == ("A", "FR")
+    assert patient_orientation(["A", "AP"]) is None and patient_orientation(["A", "P"]) is None
+    frame = read_manifest(full_prepared.out)
+    pixels = read_image(frame["image_path"].iloc[0])
+    if pixels[:, : pixels.shape[1] // 2].sum() < pixels[:, pixels.shape[1] // 2:].sum():
+        pixels = pixels[:, ::-1]
+    study = generate_uid()
+    path = mammogram_dicom(tmp_path / "s" / "R_MLO.dcm", np.ascontiguousarray(pixels), study=study,
+                           series=generate_uid(), side="R", view="MLO")
+    ds = pydicom.dcmread(path)
+    del ds.PatientOrientation
+    ds.save_as(str(path), enforce_file_format=True)
+    predictor = Predictor.from_bundle(two_view_bundle, device="cpu")
+    output = write_study(predictor.predict_exam([path], exam=study, cams=True), predictor, tmp_path / "out")
+    capture = pydicom.dcmread(output.captures[0])
+    assert "PatientOrientation" in capture and not capture.PatientOrientation
+    assert capture.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.5", "heat maps are RLE Lossless"
+
+
+def test_a_study_that_fails_midway_leaves_no_orphan_report(two_view_bundle, full_prepared, tmp_path, monkeypatch):
+    from mammobench.serving import dicom_out
+    from mammobench.serving.predictor import Predictor
+
+    study, files = four_view_study(tmp_path / "study", full_prepared, seed=1)
+    predictor = Predictor.from_bundle(two_view_bundle, device="cpu")
+    exam = predictor.predict_exam(files, exam=study, cams=True)
+    first = dicom_out.write_study(exam, predictor, tmp_path / "out")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out" / study).iterdir()}
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise dicom_out.DicomOutError("disk full (simulated)")
+        return real(*args, **kwargs)
+
+    real = dicom_out.heat_map_capture
+    monkeypatch.setattr(dicom_out, "heat_map_capture", failing)
+    with pytest.raises(dicom_out.DicomOutError, match="simulated"):
+        dicom_out.write_study(exam, predictor, tmp_path / "out")
+    after = {p.name: p.read_bytes() for p in (tmp_path / "out" / study).iterdir()}
+    assert after == before, "the previous run's complete output is kept as it was"
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [study], "no staging folder left behind"
+    assert first.report.exists()
+
+
+@requires_shared
+def test_dicom_out_on_the_real_cbis_ddsm_files(two_view_bundle, tmp_path, dciodvfy):
+    """The four real CBIS-DDSM headers (PatientOrientation 'CC', no ViewPosition or ImageLaterality, the side and
+    view only in PatientID, a Secondary Capture source) crashed --dicom-out; each now gets its report and heat map,
+    valid for dciodvfy, with the side read from PatientID and an orientation only where the pixels agree."""
+    from mammobench.data.preprocess import breast_mask, chest_wall_side
+    from mammobench.serving.dicom_out import write_study
+    from mammobench.serving.predictor import Predictor
+
+    predictor = Predictor.from_bundle(two_view_bundle, device="cpu")
+    for path in sorted(CBIS_DICOM.glob("*.dcm"))[:2]:
+        exam = predictor.predict_exam([path], exam=path.stem, cams=True)
+        output = write_study(exam, predictor, tmp_path / "out")
+        for written in [output.report, *output.captures]:
+            dciodvfy(written)
+        capture = pydicom.dcmread(output.captures[0])
+        assert capture.Laterality == "L"
+        view = "MLO" if path.stem.endswith("MLO") else "CC"
+        wall = chest_wall_side(breast_mask(read_image(path)))
+        expected = {("left", "CC"): ["A", "R"], ("left", "MLO"): ["A", "FR"]}.get((wall, view), [])
+        assert list(capture.PatientOrientation or []) == expected
+        assert f"image L {view}" in str(pydicom.dcmread(output.report))

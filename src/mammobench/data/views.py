@@ -20,6 +20,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -156,12 +157,31 @@ def _from_header(path: Path) -> tuple[str, str] | None:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
     except Exception:  # not a DICOM (or unreadable): the file name decides  # noqa: BLE001
         return None
+    return header_view(ds)
+
+
+def header_view(ds: Any) -> tuple[str, str] | None:
+    """``(side, view)`` a DICOM header says, either possibly empty; None when it says neither.
+
+    ImageLaterality / Laterality and ViewPosition / ViewCodeSequence first; where those are empty (CBIS-DDSM, and
+    studies read from a PACS that holds it), the side and view written into PatientID or SeriesDescription
+    (``Mass-Training_P_00001_LEFT_CC``) or a view written into PatientOrientation (CBIS-DDSM's ``CC``).
+    """
     side = normalise_laterality(ds.get("ImageLaterality", "") or ds.get("Laterality", ""))
     view = normalise_view(ds.get("ViewPosition", ""))
     if not view:
         codes = ds.get("ViewCodeSequence")
         meaning = str(codes[0].get("CodeMeaning", "")).lower() if codes else ""
         view = "MLO" if "oblique" in meaning else ("CC" if "cranio" in meaning else "")
+    for text in (str(ds.get("PatientID", "")), str(ds.get("SeriesDescription", ""))):
+        if side and view in VIEWS:
+            break
+        if match := _NAME.search(text.upper()):
+            side = side or normalise_laterality(match.group(1))
+            view = view if view in VIEWS else normalise_view(match.group(2))
+    orientation = ds.get("PatientOrientation")
+    if view not in VIEWS and orientation is not None and normalise_view(str(orientation)) in VIEWS:
+        view = normalise_view(str(orientation))
     return (side, view) if side or view else None
 
 

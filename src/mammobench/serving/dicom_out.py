@@ -18,15 +18,18 @@ study with the same bundle twice gives the same UIDs (a PACS then replaces, neve
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 import mammobench
-from mammobench.runtime import MammobenchError, atomic_path
+from mammobench.runtime import MammobenchError, current_umask
 
 if TYPE_CHECKING:
     from pydicom import Dataset
@@ -54,6 +57,55 @@ class StudyOutput:
     datasets: list[Dataset]
 
 
+#: The patient, study and equipment attributes of type 2 (present, possibly empty) that highdicom copies from a
+#: source image: a source without one (a CBIS-DDSM file has no PatientSex value, some anonymisers drop the birth
+#: date) gets it empty in the copy handed to highdicom, never in the user's file.
+TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                "ReferringPhysicianName", "StudyID", "AccessionNumber")
+_AXIS = {"A": "AP", "P": "AP", "R": "RL", "L": "RL", "H": "HF", "F": "HF"}
+
+
+def patient_orientation(value: Any) -> tuple[str, str] | None:
+    """A PatientOrientation as DICOM defines it (PS3.3 C.7.6.1.1.1: two values, each one to three of A P R L H F,
+    no axis twice), e.g. ``A\\FR`` of a left MLO; None for anything else (CBIS-DDSM writes the view there: ``CC``)."""
+    if value is None:
+        return None
+    values = [str(v).strip().upper() for v in value] if isinstance(value, list | tuple) or \
+        type(value).__name__ == "MultiValue" else str(value).split("\\")
+    if len(values) != 2:
+        return None
+    axes = []
+    for v in values:
+        if not 1 <= len(v) <= 3 or any(c not in _AXIS for c in v) or len({_AXIS[c] for c in v}) != len(v):
+            return None
+        axes.append({_AXIS[c] for c in v})
+    return (values[0], values[1]) if not axes[0] & axes[1] else None
+
+
+def mammography_orientation(side: str, view: str, chest_wall: str) -> tuple[str, str] | None:
+    """The orientation of a CC or MLO image from its side and where its pixels put the chest wall, where the two
+    agree with the views' convention (PS3.3 C.8.11.7.1.1: a left CC is ``A\\R``, a right MLO ``P\\FL``; the rows
+    run from the chest wall to the nipple). A mirrored or rotated image cannot be told apart: None."""
+    if side not in ("L", "R") or view not in ("CC", "MLO") or chest_wall not in ("left", "right"):
+        return None
+    if (side == "L") != (chest_wall == "left"):
+        return None
+    row = "A" if chest_wall == "left" else "P"
+    column = {"CC": {"L": "R", "R": "L"}, "MLO": {"L": "FR", "R": "FL"}}[view][side]
+    return row, column
+
+
+def complete_header(ds: Dataset) -> Dataset:
+    """A copy of a source header with the type 2 attributes highdicom copies present (empty where missing)."""
+    import copy
+
+    out = copy.deepcopy(ds)
+    for keyword in TYPE2_COPIED:
+        if keyword not in out or out.data_element(keyword) is None:
+            setattr(out, keyword, "")
+    return out
+
+
 def stable_uid(*parts: str) -> str:
     """A UID under :data:`UID_ROOT`, the same for the same parts."""
     from pydicom.uid import generate_uid
@@ -73,7 +125,7 @@ def read_sources(paths: Sequence[str | Path]) -> dict[str, Dataset]:
     out: dict[str, Dataset] = {}
     for path in paths:
         try:
-            out[str(path)] = pydicom.dcmread(path, stop_before_pixels=True)
+            out[str(path)] = complete_header(pydicom.dcmread(path, stop_before_pixels=True))
         except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same sentence
             raise DicomOutError(f"{path}: --dicom-out needs DICOM images (a report references their UIDs); "
                                 f"{type(exc).__name__}: {exc}") from None
@@ -92,26 +144,39 @@ def write_study(result: ExamPrediction, predictor: Predictor, out: str | Path) -
     """
     sources = read_sources([i.path for i in result.images if not i.error])
     study_uid = str(next(iter(sources.values())).StudyInstanceUID)
-    folder = Path(out) / study_uid
-    folder.mkdir(parents=True, exist_ok=True)
     model_key = predictor.info.weights_sha256
     report = structured_report(result, predictor, sources)
-    written = [_save(report, folder / f"sr_{report.SOPInstanceUID}.dcm")]
-    datasets = [report]
-    captures = []
+    datasets: list[Dataset] = [report]
     for number, (path, ds) in enumerate(sources.items(), start=1):
         if path not in result.cams:
             raise DicomOutError(f"{path}: no heat map was computed (predict the exam with cams)")
-        capture = heat_map_capture(ds, result.cams[path], result.shown[path], model_key, number)
-        captures.append(_save(capture, folder / f"sc_{capture.SOPInstanceUID}.dcm"))
-        datasets.append(capture)
-    return StudyOutput(study_uid, written[0], captures, datasets)
+        datasets.append(heat_map_capture(ds, result.cams[path], result.shown[path], model_key, number, path=path))
+    # every instance made before anything is written; the study's folder appears whole or not at all
+    folder = Path(out) / study_uid
+    names = [f"{'sr' if i == 0 else 'sc'}_{d.SOPInstanceUID}.dcm" for i, d in enumerate(datasets)]
+    Path(out).mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{study_uid}.", dir=out))
+    try:
+        for ds, name in zip(datasets, names, strict=True):
+            ds.save_as(str(staging / name), enforce_file_format=True)
+        os.chmod(staging, 0o777 & ~current_umask())
+        _swap_in(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return StudyOutput(study_uid, folder / names[0], [folder / n for n in names[1:]], datasets)
 
 
-def _save(ds: Dataset, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        ds.save_as(str(tmp), enforce_file_format=True)
-    return path
+def _swap_in(staging: Path, folder: Path) -> None:
+    """Put ``staging`` where ``folder`` is: the old study's output (a previous run) is replaced only once the new
+    one is complete."""
+    if folder.exists():
+        old = folder.with_name(f".{folder.name}.replaced")
+        shutil.rmtree(old, ignore_errors=True)
+        folder.rename(old)
+        staging.rename(folder)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging.rename(folder)
 
 
 def structured_report(result: ExamPrediction, predictor: Predictor, sources: dict[str, Dataset]) -> Dataset:
@@ -138,10 +203,10 @@ def structured_report(result: ExamPrediction, predictor: Predictor, sources: dic
         if image.error or image.path not in sources:
             continue
         ds = sources[image.path]
-        side = str(ds.get("ImageLaterality", "") or ds.get("Laterality", "")).upper()[:1]
+        side, view = _side_and_view(image.path, ds)
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=stable_uid("image", ds.SOPInstanceUID, model_key),
-                                                         identifier=f"image {side}-{ds.get('ViewPosition', '')}"),
+                                                         identifier=f"image {side or '?'} {view or '?'}"),
             algorithm_id=algorithm, finding_sites=[hd.sr.FindingSite(site[side])] if side in site else None,
             measurements=[hd.sr.Measurement(name=codes.DCM.ProbabilityOfCancer, value=image.probabilities[positive],
                                             unit=unit, algorithm_id=algorithm)],
@@ -177,8 +242,26 @@ def structured_report(result: ExamPrediction, predictor: Predictor, sources: dic
     return sr
 
 
-def heat_map_capture(source: Dataset, cam: np.ndarray, shown: np.ndarray, model_key: str, number: int) -> Dataset:
-    """The heat map drawn on the image as an RGB Secondary Capture in the source's geometry."""
+def _side_and_view(path: str, ds: Dataset) -> tuple[str, str]:
+    """The side and view of a source image: its header (ImageLaterality, ViewPosition, ViewCodeSequence, CBIS-DDSM's
+    PatientID), else its file name; empty where neither says."""
+    from mammobench.data.views import header_view, identify_view
+
+    side, view = header_view(ds) or ("", "")
+    if not (side and view in ("CC", "MLO")):
+        try:
+            found = identify_view(path)
+            side, view = side or found.laterality, view if view in ("CC", "MLO") else found.view
+        except Exception:  # noqa: BLE001 - neither says: the header's part stays
+            pass
+    return side, view
+
+
+def heat_map_capture(source: Dataset, cam: np.ndarray, shown: np.ndarray, model_key: str, number: int, *,
+                     path: str = "") -> Dataset:
+    """The heat map drawn on the image as an RGB Secondary Capture in the source's geometry, RLE Lossless (a
+    36 MB image uncompressed). Its PatientOrientation is the source's where that is valid, else the one the
+    image's side, view and pixels agree on (:func:`mammography_orientation`), else empty (type 2): never a guess."""
     import highdicom as hd
 
     from mammobench.evaluation.explain import overlay
@@ -187,16 +270,24 @@ def heat_map_capture(source: Dataset, cam: np.ndarray, shown: np.ndarray, model_
     if cam.shape != (rows, cols):
         raise DicomOutError(f"the heat map of {source.SOPInstanceUID} is {cam.shape}, the image {rows} x {cols}")
     rgb = np.ascontiguousarray(overlay(shown, np.asarray(cam)), dtype=np.uint8)
-    orientation = source.get("PatientOrientation")
-    side = str(source.get("ImageLaterality", "") or source.get("Laterality", "")).upper()[:1]
+    side, view = _side_and_view(path, source)
+    orientation = patient_orientation(source.get("PatientOrientation"))
+    if orientation is None:
+        from mammobench.data.preprocess import breast_mask, chest_wall_side
+
+        orientation = mammography_orientation(side, view, chest_wall_side(breast_mask(np.asarray(shown))))
     study = str(source.StudyInstanceUID)
+    from pydicom.uid import RLELossless
+
     capture = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source, pixel_array=rgb, photometric_interpretation="RGB", bits_allocated=8,
         coordinate_system="PATIENT", series_instance_uid=stable_uid("sc-series", study, model_key),
         series_number=SERIES_NUMBER_SC, sop_instance_uid=stable_uid("sc", str(source.SOPInstanceUID), model_key),
         instance_number=number, manufacturer=MANUFACTURER,
-        patient_orientation=tuple(orientation) if orientation and len(orientation) == 2 else ("A", "R"),
-        laterality=side if side in ("L", "R") else None)
+        patient_orientation=("A", "R"),  # highdicom takes single letters only: the real value is set below
+        laterality=side if side in ("L", "R") else None, transfer_syntax_uid=RLELossless)
+    # "A\FR" (a left MLO) is valid DICOM that highdicom's enum refuses; an unknown orientation is left empty
+    capture.PatientOrientation = list(orientation) if orientation else []
     capture.SeriesDescription = "mammobench Grad-CAM heat map (research use only)"
     # the image it was drawn on (a viewer links the two; the test checks the reference)
     from pydicom.dataset import Dataset

@@ -54,13 +54,15 @@ def predict_exam_folders(predictor: Predictor, folders: Sequence[Path], *, aggre
     Raises:
         MammobenchError: when no exam at all could be predicted (each reason named).
     """
-    from mammobench.serving.dicom_out import write_study
+    from mammobench.serving.dicom_out import read_sources, write_study
 
     if predictor.info.mode != "full":  # said once, not once per exam
         predictor.predict_exam([], exam="")
     batch = ExamBatch()
     for folder in folders:
         try:
+            if dicom_out is not None:  # one study of DICOM images, checked from the headers before any work
+                read_sources(exam_files(folder))
             result = predictor.predict_exam(exam_files(folder), exam=str(folder), aggregate=aggregate,
                                             cams=cams is not None or dicom_out is not None)
             if dicom_out is not None:
