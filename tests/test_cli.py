@@ -230,3 +230,21 @@ def test_what_users_make_is_ignored_by_git_and_the_code_is_not():
             "README.md"]
     result = subprocess.run(["git", "check-ignore", "--no-index", *made, *kept], cwd=REPO, capture_output=True, text=True)
     assert sorted(result.stdout.split()) == sorted(made)
+
+
+def test_text_from_files_and_paths_is_printed_as_data_never_as_markup_or_terminal_codes(tmp_path):
+    """An error naming a path with '[/]' was a MarkupError traceback (exit 1); '[green]' coloured it; an ESC byte
+    reached the terminal (a hyperlink, a title). Now each is printed as the text it is."""
+    from typer.testing import CliRunner
+
+    from mammobench.cli import app
+    from mammobench.cli.console import plain
+
+    odd = tmp_path / "run [" / "] [green]✓ signature verified[" / "] \x1b]8;;http:" / "x\x1b\\link"
+    odd.mkdir(parents=True)
+    result = CliRunner().invoke(app, ["evaluate", str(odd)], env={"COLUMNS": "300"})
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and "MarkupError" not in result.output
+    assert "run [/] [green]✓ signature verified[/]" in result.output, "the markup is shown as text"
+    assert "\x1b" not in result.output and "\\x1b]8;;http:/x" in result.output
+    assert plain("a\x07b\x9bc\n") == "a\\x07b\\x9bc\n"

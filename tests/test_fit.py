@@ -324,13 +324,62 @@ def test_the_trainer_follows_the_hardware_and_the_stages():
 
 
 def test_train_or_reuse_reuses_refuses_or_retrains(demo_prepared, tmp_path):
+    """A finished run is a user's work: reused when only where it is written or how it is watched differs, refused
+    (with the keys and the ways out) when its result would differ, trained again only with overwrite. (A different
+    config used to retrain it without a word.)"""
     from mammobench.training.reuse import ConfigChanged, train_or_reuse
 
     cfg = tiny(demo_prepared.out, tmp_path, "trainer.limit_train_batches=1", "stages.head_epochs=0")
     run_dir = train_or_reuse(cfg)
     stamp = (run_dir / "model.safetensors").stat().st_mtime_ns
     assert train_or_reuse(cfg) == run_dir and (run_dir / "model.safetensors").stat().st_mtime_ns == stamp  # reused
+    neutral = cfg.model_copy(update={
+        "data": cfg.data.model_copy(update={"num_workers": 0}),
+        "output": cfg.output.model_copy(update={"keep_checkpoint": "last", "tensorboard": not cfg.output.tensorboard}),
+        "trainer": cfg.trainer.model_copy(update={"log_every_n_steps": 3})})
+    assert train_or_reuse(neutral) == run_dir and (run_dir / "model.safetensors").stat().st_mtime_ns == stamp
     changed = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"lr": 0.01})})
-    with pytest.raises(ConfigChanged, match="optim.lr differ"):
-        train_or_reuse(changed, on_change="refuse")
-    assert train_or_reuse(changed) == run_dir and (run_dir / "model.safetensors").stat().st_mtime_ns != stamp
+    with pytest.raises(ConfigChanged, match=r"optim.lr differ.*it is kept.*output.name=NAME.*--overwrite"):
+        train_or_reuse(changed)
+    assert (run_dir / "model.safetensors").stat().st_mtime_ns == stamp, "the finished run was not touched"
+    assert train_or_reuse(changed, overwrite=True) == run_dir
+    assert (run_dir / "model.safetensors").stat().st_mtime_ns != stamp
+
+
+def test_a_fold_trained_with_train_is_not_overwritten_by_crossval_and_a_reprepared_manifest_is_seen(tmp_path):
+    """train --set data.fold=0 then crossval (the fold's output.name differs: the same run, reused); the manifest
+    prepared again with 3 folds instead of 5: the finished folds were trained on other rows and are refused."""
+    from mammobench.data.demo import generate_demo_dataset
+    from mammobench.data.prepare import CacheOptions, SplitOptions, prepare
+    from mammobench.data.preprocess import PreprocessSettings
+    from mammobench.experiments.crossval import crossval
+    from mammobench.training.reuse import ConfigChanged
+
+    table = generate_demo_dataset(tmp_path / "images", n_patients=24, seed=1)
+
+    def prepared_with(folds: int):
+        return prepare("csv", table, tmp_path / f"p{folds}", preprocess=PreprocessSettings(size=32),
+                       split=SplitOptions(kind="kfold", folds=folds), cache=CacheOptions(workers=1))
+
+    prepared = prepared_with(2)
+    base = ["trainer.limit_train_batches=1", "stages.head_epochs=0", "stages.finetune_epochs=1",
+            f"output.dir={tmp_path / 'runs'}", "data.val_fraction=0"]
+    from mammobench.config import load_config
+    from mammobench.training.fit import fit
+
+    cfg = load_config("demo_cnn", [*base, f"data.manifest={prepared.manifest_path}", "data.fold=0",
+                                   "output.name=demo_cnn_fold0"])
+    first = fit(cfg).run_dir
+    stamp = (first / "model.safetensors").stat().st_mtime_ns
+    result = crossval("demo_cnn", overrides=[*base, f"data.manifest={prepared.manifest_path}"], n_boot=10)
+    assert str(first) in set(result.folds["run_dir"])
+    assert (first / "model.safetensors").stat().st_mtime_ns == stamp, "the user's fold was reused, not retrained"
+    # the same manifest file prepared again with 3 folds: the finished fold 0 was trained on other rows
+    again = prepared_with(3)
+    import shutil
+
+    for name in ("manifest.csv", "manifest.json"):
+        shutil.copy(Path(again.manifest_path).parent / name, Path(prepared.manifest_path).parent / name)
+    with pytest.raises(ConfigChanged, match="prepared again"):
+        crossval("demo_cnn", overrides=[*base, f"data.manifest={prepared.manifest_path}"], n_boot=10)
+    assert (first / "model.safetensors").stat().st_mtime_ns == stamp

@@ -289,6 +289,17 @@ class Config(_Strict):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
+#: Keys that say where a run is written and how it is watched, never what it learns: two configs that differ only
+#: in these make the same run (a finished one is reused, not trained again or refused).
+RESULT_NEUTRAL_KEYS = ("name", "output.dir", "output.name", "output.tensorboard", "output.mlflow",
+                       "output.keep_checkpoint", "data.num_workers", "trainer.log_every_n_steps")
+
+
+def result_differences(a: Config, b: Config) -> list[str]:
+    """The keys of :func:`config_differences` that change a run's result (not :data:`RESULT_NEUTRAL_KEYS`)."""
+    return [k for k in config_differences(a, b) if k not in RESULT_NEUTRAL_KEYS]
+
+
 def config_differences(a: Config, b: Config) -> list[str]:
     """The dotted keys in which two configs differ (empty when they are the same run)."""
 

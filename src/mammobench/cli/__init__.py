@@ -208,6 +208,8 @@ def compare(
                                                       "paired with the runs (repeatable).")] = None,
     allow_missing: Annotated[bool, Opt(help="--predictions: pair on the rows every model scored when a file lacks "
                                             "some (listed in the report).")] = False,
+    overwrite: Annotated[bool, Opt(help="Train again a finished run in the way that was made with another config "
+                                        "(default: reuse the same run, refuse a different one).")] = False,
 ) -> None:
     """Train (or reuse) several models on the identical split and write report.md / report.html.
 
@@ -220,7 +222,7 @@ def compare(
     files = named_paths(predictions, "--predictions", "gmic=gmic/predictions.csv")
     show.compared(run_compare(configs, out, overrides=set_, tta=tta, n_boot=n_boot, gallery=gallery, show_progress=True,
                               external=sets, external_split=external_split, allow_overlap=allow_overlap,
-                              predictions=files, allow_missing=allow_missing))
+                              predictions=files, allow_missing=allow_missing, overwrite=overwrite))
 
 
 @command(app, trains=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import warnings
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
@@ -24,6 +25,29 @@ T = TypeVar("T")
 CHATTY = ("lightning", "onnxscript", "onnx_ir", "torch.onnx", "torch._dynamo", "torch.export", "httpx", "gradio")
 
 
+#: C0 and C1 control characters but tab and newline (ESC starts a terminal sequence: colours, hyperlinks, titles).
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def plain(text: object) -> str:
+    """Text from a file or a user (a path, a label, a class name, a header value, an error message) made safe to
+    print: rich markup escaped (``[/]`` is text, ``[green]`` no colour) and control characters shown as ``\\xNN``,
+    never sent to the terminal."""
+    from rich.markup import escape
+
+    return escape(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text)))
+
+
+class _PlainRecords(logging.Filter):
+    """Log records' text with control characters shown, not sent (the handler prints no markup)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if _CONTROL.search(message):
+            record.msg, record.args = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", message), None
+        return True
+
+
 def make_console(*, stderr: bool = False) -> Console:
     """A console as wide as the terminal, or 160 columns in a pipe or CI log (80 would truncate names)."""
     console = Console(stderr=stderr)
@@ -40,7 +64,8 @@ _state = {"verbose": False}
 def setup_logging(verbose: bool) -> None:
     """One handler on stderr: INFO and up (DEBUG with ``verbose``), third-party chatter below WARNING dropped."""
     _state["verbose"] = verbose
-    handler = RichHandler(console=err_console, show_path=False, show_time=False)
+    handler = RichHandler(console=err_console, show_path=False, show_time=False, markup=False)
+    handler.addFilter(_PlainRecords())
     if not verbose:
         # A filter, not a level: Lightning sets its own loggers to INFO when it is imported (late, and only by
         # the commands that train), so their records are dropped here, below WARNING, whenever they arrive.
@@ -79,7 +104,7 @@ def quiet_lightning() -> None:
 
 def fail(exc: BaseException | str) -> NoReturn:
     """One red line on stderr, exit status 2 (bad input; a bug keeps its traceback)."""
-    err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True, highlight=False)
+    err_console.print(f"[bold red]error:[/] {plain(exc)}", soft_wrap=True, highlight=False)
     raise typer.Exit(2)
 
 
@@ -118,9 +143,9 @@ def frame_table(frame: Any, title: str = "") -> Table:
     """A pandas DataFrame as a rich table (floats with three decimals)."""
     table = Table(title=title, show_lines=False)
     for col in frame.columns:
-        table.add_column(str(col), justify="right" if frame[col].dtype.kind in "if" else "left")
+        table.add_column(plain(col), justify="right" if frame[col].dtype.kind in "if" else "left")
     for row in frame.itertuples(index=False):
-        table.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row])
+        table.add_row(*[f"{v:.3f}" if isinstance(v, float) else plain(v) for v in row])
     return table
 
 

@@ -10,7 +10,8 @@ import typer
 
 import mammobench.cli.show as show
 from mammobench.cli.app import THRESHOLD_HELP, Aggregate, Average, Backend, Threshold, app
-from mammobench.cli.console import command, console, err_console, fail
+from mammobench.cli.console import command, console, err_console, fail, plain
+from mammobench.runtime import MammobenchError
 
 Opt = typer.Option
 Arg = typer.Argument
@@ -100,14 +101,35 @@ def predict(
     predictor = Predictor.from_bundle(bundle, backend=backend, device=device, batch_size=batch_size,
                                       trusted_key=trusted_key)
     if dicomweb is not None:
+        from mammobench.data.dicomweb import DicomWebError
+        from mammobench.serving.exams import write_exam_predictions
         from mammobench.serving.pacs import predict_study
 
         if paths or not study:
             fail("--dicomweb URL predicts studies given with --study UID (not files)")
-        for uid in study:
-            result = predict_study(predictor, dicomweb, uid, dicom_out or Path("dicom_out"), store_results=store,
-                                   auth_file=auth_file, aggregate=aggregate)
+        done, failed = [], []
+        for uid in dict.fromkeys(study):
+            try:  # one bad study is reported; the others are still predicted
+                result = predict_study(predictor, dicomweb, uid, dicom_out or Path("dicom_out"), store_results=store,
+                                       auth_file=auth_file, aggregate=aggregate)
+            except DicomWebError as exc:
+                if exc.server_wide:  # unreachable, or the credentials refused: every study would fail alike
+                    fail(exc)
+                failed.append(f"study {uid}: {exc}")
+                err_console.print(f"[red]study failed:[/] {plain(str(exc))}", soft_wrap=True, highlight=False)
+                continue
+            except MammobenchError as exc:
+                failed.append(f"study {uid}: {exc}")
+                err_console.print(f"[red]study {uid} failed:[/] {plain(str(exc))}", soft_wrap=True,
+                                  highlight=False)
+                continue
+            done.append(result)
             show.study(result, predictor.labels)
+        if done:
+            files = write_exam_predictions([r.exam for r in done], out, labels=predictor.labels)
+            console.print(f"Predictions of {len(done)} studies: {plain(', '.join(map(str, files)))}")
+        if failed:
+            fail(f"{len(failed)} of {len(failed) + len(done)} studies failed (each named above)")
         return
     if not paths:
         fail("give image files or folders (or --dicomweb URL --study UID)")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mammobench.cli.console import console, err_console, frame_table
+from mammobench.cli.console import console, err_console, frame_table, plain
 from mammobench.formatting import format_metric, format_probability
 
 if TYPE_CHECKING:
@@ -36,18 +36,18 @@ def prepared(result: PrepareResult) -> None:
     console.print(frame_table(maj, "Always-majority accuracy (%) - the floor every accuracy must beat"))
     console.print("Labels (dataset -> learnt): " + "; ".join(result.info.label_mapping.get("applied", [])))
     for note in result.notes:
-        console.print(f"- {note}")
+        console.print(f"- {plain(note)}")
     if result.skipped:
         console.print(f"[yellow]{len(result.skipped)} rows/files skipped[/] (each with its reason in "
-                      f"{result.out / 'skipped.csv'}):")
+                      f"{plain(result.out / 'skipped.csv')}):")
         reasons: dict[str, int] = {}
         for item in result.skipped:
             key = item.reason.split(" (")[0]
             reasons[key] = reasons.get(key, 0) + 1
         for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:8]:
-            console.print(f"  {n} x {reason}")
-    preview = f"  preview: {result.preview_path}" if result.preview_path else ""
-    console.print(f"Manifest: [bold]{result.manifest_path}[/]{preview}")
+            console.print(f"  {n} x {plain(reason)}")
+    preview = f"  preview: {plain(result.preview_path)}" if result.preview_path else ""
+    console.print(f"Manifest: [bold]{plain(result.manifest_path)}[/]{preview}")
 
 
 def trained(result: RunResult) -> None:
@@ -61,23 +61,23 @@ def trained(result: RunResult) -> None:
     if info.get("probe"):
         from mammobench.training.probe import probe_summary
 
-        console.print(f"Run [bold]{result.run_dir}[/] {result.status} in {result.train_seconds:.1f} s: "
-                      f"{probe_summary(info)}")
+        console.print(f"Run [bold]{plain(result.run_dir)}[/] {result.status} in {result.train_seconds:.1f} s: "
+                      f"{plain(probe_summary(info))}")
     else:
         epochs = info.get("epochs_run")
-        console.print(f"Run [bold]{result.run_dir}[/] {result.status} after {epochs} epoch{'' if epochs == 1 else 's'}, "
+        console.print(f"Run [bold]{plain(result.run_dir)}[/] {result.status} after {epochs} epoch{'' if epochs == 1 else 's'}, "
                       f"{result.train_seconds:.0f} s: {best}; "
                       f"weights kept from epoch {kept} ({'last' if kept == info.get('epochs_run') else 'best'})")
     if info.get("warnings"):  # each was logged as it arose
         console.print(f"[yellow]{len(info['warnings'])} warning(s)[/] about this run's numbers (above; kept in run.json)")
-    curves = f"Curves: {run.curves_path}   " if run.curves_path.is_file() else ""
-    console.print(f"{curves}next: mammobench evaluate {result.run_dir}")
+    curves = f"Curves: {plain(run.curves_path)}   " if run.curves_path.is_file() else ""
+    console.print(f"{curves}next: mammobench evaluate {plain(result.run_dir)}")
 
 
 def evaluated(result: EvaluationResult) -> None:
     evaluation(result.report)
     extra = ", predictions_breast.csv" if "breast" in (result.levels or {}) else ""
-    console.print(f"Written to {result.out_dir} (metrics.json, predictions.csv{extra}, roc/pr/confusion/reliability "
+    console.print(f"Written to {plain(result.out_dir)} (metrics.json, predictions.csv{extra}, roc/pr/confusion/reliability "
                   "plots)")
 
 
@@ -85,9 +85,9 @@ def evaluation(r: EvaluationReport) -> None:
     """An evaluation's report: metrics with intervals, levels, calibration, external thresholds, subgroups, and the
     training run's warnings (this set's own were logged as they arose, naming the set)."""
     if r.synthetic:
-        console.print(f"[bold yellow]{r.notice}[/]")
+        console.print(f"[bold yellow]{plain(r.notice)}[/]")
     m, key = r.metrics, r.headline_key
-    console.print(f"[bold]{r.architecture}[/] on {r.split} ({r.n} samples, {r.patients} patients), 95 % CI by patient "
+    console.print(f"[bold]{plain(r.architecture)}[/] on {r.split} ({r.n} samples, {r.patients} patients), 95 % CI by patient "
                   "bootstrap:")
     for name in ("accuracy", "balanced_accuracy", "sensitivity", "specificity"):
         if name in m:
@@ -101,28 +101,28 @@ def evaluation(r: EvaluationReport) -> None:
         parts = [f"{name} ({lv.n}): {format_metric(lv.metrics[key])}" for name, lv in r.levels.items() if key in lv.metrics]
         console.print(f"  {key} by level ({r.aggregate} over images): " + "; ".join(parts))
     for note in r.level_notes:
-        console.print(f"[yellow]note:[/] {note}")
+        console.print(f"[yellow]note:[/] {plain(note)}")
     cal = r.calibration
     if cal.temperature and cal.ece_before is not None and cal.ece_after is not None:
         console.print(f"  calibration: temperature {cal.temperature:.2f} (fitted on validation): ECE "
                       f"{cal.ece_before:.3f} -> {cal.ece_after:.3f}")
     if r.label_matching:
-        console.print(f"[yellow]labels:[/] {r.label_matching}")
+        console.print(f"[yellow]labels:[/] {plain(r.label_matching)}")
     external_threshold(r.threshold.external)
     for column, values in (r.subgroups or {}).items():
         console.print(f"  by {column}: " + "; ".join(
-            f"{v} (n={g.n}) {format_metric(g.estimate(key))}" + (" [yellow](too few to judge)[/]" if g.caution else "")
+            f"{plain(v)} (n={g.n}) {format_metric(g.estimate(key))}" + (" [yellow](too few to judge)[/]" if g.caution else "")
             for v, g in values.items() if g.estimate(key) is not None))
         cautious = [v for v, g in values.items() if g.caution]
         if cautious:
-            console.print(f"  [yellow]caution:[/] by {column}, {', '.join(map(str, cautious))}: "
-                          f"{values[cautious[0]].caution}")
+            console.print(f"  [yellow]caution:[/] by {column}, {plain(', '.join(map(str, cautious)))}: "
+                          f"{plain(values[cautious[0]].caution)}")
     if r.threshold.reason:
-        console.print(f"[yellow]threshold:[/] {r.threshold.rule} ({r.threshold.reason})")
+        console.print(f"[yellow]threshold:[/] {plain(r.threshold.rule)} ({plain(r.threshold.reason)})")
     if r.overlap:
-        console.print(f"[yellow]overlap:[/] {r.overlap['note']}")
+        console.print(f"[yellow]overlap:[/] {plain(r.overlap['note'])}")
     for w in r.run_warnings:
-        console.print(f"[yellow]warning ({r.run_warnings_about}):[/] {w}")
+        console.print(f"[yellow]warning ({plain(r.run_warnings_about)}):[/] {plain(w)}")
 
 
 def external_threshold(ext: dict[str, Any] | None) -> None:
@@ -132,7 +132,7 @@ def external_threshold(ext: dict[str, Any] | None) -> None:
     console.print(f"  training threshold {format_probability(tr['threshold'])}: sensitivity {tr['sensitivity'] * 100:.1f} "
                   f"%, specificity {tr['specificity'] * 100:.1f} %; this set's own {format_probability(own['threshold'])} "
                   f"would give {own['sensitivity'] * 100:.1f} % / {own['specificity'] * 100:.1f} %")
-    console.print(f"[yellow]warning:[/] {ext['warning']}")
+    console.print(f"[yellow]warning:[/] {plain(ext['warning'])}")
 
 
 def compared(result: CompareResult) -> None:
@@ -141,7 +141,7 @@ def compared(result: CompareResult) -> None:
         console.print(frame_table(result.table[[c for c in cols if c in result.table]], "Test results (95 % CI)"))
     else:  # models trained on different data: the dataset matrix
         console.print(frame_table(result.table, "AUC by test set (95 % CI)"))
-    console.print(f"Report: [bold]{result.html}[/] (and {result.markdown.name}, results.json)")
+    console.print(f"Report: [bold]{plain(result.html)}[/] (and {plain(result.markdown.name)}, results.json)")
 
 
 def cross_validated(result: CrossValResult) -> None:
@@ -156,12 +156,12 @@ def cross_validated(result: CrossValResult) -> None:
         console.print("pooled out-of-fold " + metric_line("auc_malignant", pooled)
                       + f" ({pooled['n']} samples, {pooled['patients']} patients)")
         if pooled.get("interval_note"):
-            console.print(f"[yellow]note:[/] {pooled['interval_note']}")
+            console.print(f"[yellow]note:[/] {plain(pooled['interval_note'])}")
     for w in result.summary.get("threshold_notes", []):
-        console.print(f"[yellow]fold {w['fold']}:[/] threshold {w['rule']} ({w['reason']})")
+        console.print(f"[yellow]fold {w['fold']}:[/] threshold {plain(w['rule'])} ({plain(w['reason'])})")
     for w in result.summary.get("run_warnings", []):
-        console.print(f"[yellow]warning (fold {w['fold']}):[/] {w['warning']}")
-    console.print(f"Report: [bold]{result.html}[/] (and report.md, folds.csv, summary.json)")
+        console.print(f"[yellow]warning (fold {w['fold']}):[/] {plain(w['warning'])}")
+    console.print(f"Report: [bold]{plain(result.html)}[/] (and report.md, folds.csv, summary.json)")
 
 
 def ablated(result: AblationResult | None, *, setup_only: bool) -> None:
@@ -169,8 +169,8 @@ def ablated(result: AblationResult | None, *, setup_only: bool) -> None:
         console.print("Setup done: the cells are queued." if setup_only else "Worker finished: no queued cell left.")
         return
     if len(result.table):
-        console.print(frame_table(result.table.drop(columns=["overrides"], errors="ignore"), f"Study {result.spec.name}"))
-    console.print(f"Report: [bold]{result.html}[/] (and report.md, cells.csv, summary.json)")
+        console.print(frame_table(result.table.drop(columns=["overrides"], errors="ignore"), f"Study {plain(result.spec.name)}"))
+    console.print(f"Report: [bold]{plain(result.html)}[/] (and report.md, cells.csv, summary.json)")
 
 
 def weights_catalogue() -> None:
@@ -179,28 +179,31 @@ def weights_catalogue() -> None:
     console.print("[bold]Pretrained encoders[/] (model.pretrained: NAME, or {source: NAME, file: PATH})")
     for spec in ENCODERS.values():
         h, w = spec.input_size
-        where = f"hub {spec.hub_repo}, {spec.download}" if spec.hub_repo else f"a local file: {spec.download}"
-        console.print(f"\n[bold]{spec.name}[/]  {spec.architecture}, {h} x {w}, mean {spec.mean:.4f} / std "
-                      f"{spec.std:.4f}: {spec.title}", soft_wrap=True, highlight=False)
+        where = (f"hub {plain(spec.hub_repo)}, {plain(spec.download)}" if spec.hub_repo
+                 else f"a local file: {plain(spec.download)}")
+        console.print(f"\n[bold]{plain(spec.name)}[/]  {plain(spec.architecture)}, {h} x {w}, mean {spec.mean:.4f} / std "
+                      f"{spec.std:.4f}: {plain(spec.title)}", soft_wrap=True, highlight=False)
         for label, text in (("learnt from", spec.trained_on), ("weights", where),
                             ("licence", spec.licence.summary()), ("cite", spec.citation)):
-            console.print(f"  {label}: {text}", soft_wrap=True, highlight=False)
+            console.print(f"  {plain(label)}: {plain(text)}", soft_wrap=True, highlight=False)
 
 
 def bundle(path: Path, meta: BundleMeta, *, signed_with: Path | None = None) -> None:
-    console.print(f"Bundle [bold]{path}[/]: {meta.model.architecture}, classes {', '.join(meta.model.labels)}")
+    console.print(f"Bundle [bold]{plain(path)}[/]: {plain(meta.model.architecture)}, classes "
+                  f"{plain(', '.join(meta.model.labels))}")
     for label, t in meta.thresholds.items():
-        how = f"{t.rule}: {t.reason}" if t.reason else f"{t.rule or t.method}, chosen on {t.chosen_on}"
-        console.print(f"  decision threshold for {label}: {format_probability(t.value, digits=4)} ({how})")
+        how = (f"{plain(t.rule)}: {plain(t.reason)}" if t.reason
+               else f"{plain(t.rule or t.method)}, chosen on {plain(t.chosen_on)}")
+        console.print(f"  decision threshold for {plain(label)}: {format_probability(t.value, digits=4)} ({how})")
     if meta.onnx is not None:
-        console.print(f"  ONNX: {meta.onnx.file}, max |p_torch - p_onnx| = {meta.onnx_max_abs_difference:.1e} on "
-                      f"{meta.onnx_check}")
+        console.print(f"  ONNX: {plain(meta.onnx.file)}, max |p_torch - p_onnx| = {meta.onnx_max_abs_difference:.1e} on "
+                      f"{plain(meta.onnx_check)}")
     if signed_with is not None:
-        console.print(f"  signed with {signed_with}: bundle.sig (check with --trusted-key on predict / serve)")
+        console.print(f"  signed with {plain(signed_with)}: bundle.sig (check with --trusted-key on predict / serve)")
     for note in meta.weights_terms:
-        console.print(f"[yellow]weights' licence:[/] {note}")
+        console.print(f"[yellow]weights' licence:[/] {plain(note)}")
     if meta.tta:
-        console.print(f"  test-time augmentation: the image and its {' and '.join(meta.tta)} averaged")
+        console.print(f"  test-time augmentation: the image and its {plain(' and '.join(meta.tta))} averaged")
     ensemble(meta.ensemble)
 
 
@@ -208,14 +211,14 @@ def ensemble(summary: dict[str, Any] | None) -> None:
     if not summary:
         return
     members = summary["members"]
-    console.print(f"  ensemble of {len(members)} runs ({summary['average']} averaged); threshold and temperature "
-                  f"chosen on {summary['chosen_on']}")
+    console.print(f"  ensemble of {plain(len(members))} runs ({plain(summary['average'])} averaged); threshold and temperature "
+                  f"chosen on {plain(summary['chosen_on'])}")
     test = summary.get("test")
     if test:
-        console.print(f"  test AUC ({test['positive_label']}, {test['n']} samples): members "
+        console.print(f"  test AUC ({plain(test['positive_label'])}, {plain(test['n'])} samples): members "
                       + ", ".join(f"{a:.3f}" for a in test["auc_members"]) + f"; ensemble {test['auc_ensemble']:.3f}")
     elif summary.get("test_note"):
-        console.print(f"  [yellow]note:[/] {summary['test_note']}")
+        console.print(f"  [yellow]note:[/] {plain(summary['test_note'])}")
 
 
 def predictions(results: list[Prediction], out: Path) -> None:
@@ -224,14 +227,14 @@ def predictions(results: list[Prediction], out: Path) -> None:
     for r in results:
         if not r.error:
             counts[r.decision] = counts.get(r.decision, 0) + 1
-    console.print(f"{len(results) - len(failed)} predicted ({', '.join(f'{k}: {v}' for k, v in counts.items())}), "
-                  f"{len(failed)} unreadable -> [bold]{out}[/]")
+    console.print(f"{len(results) - len(failed)} predicted ({', '.join(f'{plain(k)}: {v}' for k, v in counts.items())}), "
+                  f"{plain(len(failed))} unreadable -> [bold]{plain(out)}[/]")
     for r in failed[:10]:
-        console.print(f"  [yellow]{r.path}[/]: {r.error}")
+        console.print(f"  [yellow]{plain(r.path)}[/]: {plain(r.error)}")
     noted = [r for r in results if r.note]
     if noted:
-        console.print(f"[yellow]{len(noted)} image(s) do not look like the model's training inputs[/] (column 'note'): "
-                      f"{noted[0].path}: {noted[0].note}")
+        console.print(f"[yellow]{plain(len(noted))} image(s) do not look like the model's training inputs[/] (column 'note'): "
+                      f"{plain(noted[0].path)}: {plain(noted[0].note)}")
 
 
 def exams(batch: ExamBatch, labels: list[str], files: tuple[Path, Path], *, temperature: float | None,
@@ -239,25 +242,27 @@ def exams(batch: ExamBatch, labels: list[str], files: tuple[Path, Path], *, temp
     import pandas as pd
 
     for message in batch.failed:
-        err_console.print(f"[yellow]exam not predicted:[/] {message}")
+        err_console.print(f"[yellow]exam not predicted:[/] {plain(message)}")
     rows = [b for e in batch.exams for b in e.breasts]
     table = pd.DataFrame([{"exam": b.exam, "side": b.laterality, "views": "+".join(b.views) or "-",
-                           **{f"P({label})": b.probabilities.get(label, float("nan")) for label in labels},
+                           **{f"P({plain(label)})": b.probabilities.get(label, float("nan")) for label in labels},
                            "decision": b.decision or b.error, "how": b.how} for b in rows])
-    rule = f"; {positive} when P >= {format_probability(threshold)})" if threshold is not None else ")"
+    rule = f"; {plain(positive)} when P >= {plain(format_probability(threshold))})" if threshold is not None else ")"
     console.print(frame_table(table, "Breasts (probabilities" + (", calibrated" if temperature else "") + rule))
-    console.print(f"{len(rows)} breast(s) of {len(batch.exams)} exam(s) -> [bold]{files[0]}[/] (images: {files[1]})")
+    console.print(f"{len(rows)} breast(s) of {len(batch.exams)} exam(s) -> [bold]{plain(files[0])}[/] "
+                  f"(images: {plain(files[1])})")
     if cams is not None:
-        console.print(f"Grad-CAM at full resolution: {cams}/<exam> (<image>_gradcam.png overlay, <image>_heatmap.png map)")
+        console.print(f"Grad-CAM at full resolution: {plain(cams)}/<exam> (<image>_gradcam.png overlay, <image>_heatmap.png map)")
     for output in batch.dicom:
-        console.print(f"DICOM: {output.report} (Structured Report) and {len(output.captures)} heat-map Secondary "
-                      f"Capture(s) in {output.report.parent}")
+        console.print(f"DICOM: {plain(output.report)} (Structured Report) and {plain(len(output.captures))} heat-map Secondary "
+                      f"Capture(s) in {plain(output.report.parent)}")
 
 
 def study(result: StudyResult, labels: list[str]) -> None:
     """A study predicted from a PACS: each breast, what was written, what was stored."""
     for b in result.exam.breasts:
-        probs = ", ".join(f"{k} {b.probabilities.get(k, float('nan')):.3f}" for k in labels)
-        console.print(f"study {result.study_uid} {b.laterality}: {probs}; {b.decision or b.error} ({b.how})")
-    console.print(f"DICOM: {result.output.report} and {len(result.output.captures)} heat map(s)"
-                  + (f"; {result.stored} instance(s) stored on the server" if result.stored else ""))
+        probs = ", ".join(f"{plain(k)} {b.probabilities.get(k, float('nan')):.3f}" for k in labels)
+        console.print(f"study {plain(result.study_uid)} {plain(b.laterality)}: {plain(probs)}; "
+                      f"{plain(b.decision or b.error)} ({plain(b.how)})")
+    console.print(f"DICOM: {plain(result.output.report)} and {plain(len(result.output.captures))} heat map(s)"
+                  + (f"; {plain(result.stored)} instance(s) stored on the server" if result.stored else ""))

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 import mammobench.cli.show as show
-from mammobench.cli.console import command, console
+from mammobench.cli.console import command, console, plain
 
 Opt = typer.Option
 Arg = typer.Argument
@@ -37,8 +37,8 @@ def weights_convert(
 
     result = convert_weights(src, out, source=source, arch=arch, key=key, strip_prefix=strip_prefix, overwrite=overwrite)
     info = result.info
-    console.print(f"Wrote [bold]{result.out}[/] ({info['architecture']}, {info['tensors']} tensors; "
-                  f"{info['left_out']} of the checkpoint's tensors left out) and {result.sidecar}")
+    console.print(f"Wrote [bold]{plain(result.out)}[/] ({plain(info['architecture'])}, {plain(info['tensors'])} tensors; "
+                  f"{plain(info['left_out'])} of the checkpoint's tensors left out) and {plain(result.sidecar)}")
     if info["placeholders"]:
-        console.print(f"  stored classes never imported: {', '.join(info['placeholders'])}")
-    console.print(f"  use it: --set model.pretrained={result.out} model.name={info['architecture']}")
+        console.print(f"  stored classes never imported: {plain(', '.join(info['placeholders']))}")
+    console.print(f"  use it: --set model.pretrained={plain(result.out)} model.name={plain(info['architecture'])}")

@@ -9,10 +9,11 @@
 ``prepare dicomweb`` (:mod:`~mammobench.data.sources.dicomweb`) builds a dataset from a query plus a labels table;
 ``predict --dicomweb`` (:mod:`~mammobench.serving.pacs`) predicts a study and stores its report.
 
-Credentials, in order: ``MAMMOBENCH_DICOMWEB_TOKEN`` (a bearer token); ``MAMMOBENCH_DICOMWEB_USER`` and
-``MAMMOBENCH_DICOMWEB_PASSWORD`` (basic); a JSON file (``--auth-file`` or ``MAMMOBENCH_DICOMWEB_AUTH_FILE``) holding
-``{"token": ...}`` or ``{"user": ..., "password": ...}``. A URL that carries them (``https://user:pw@host``) is
-refused: URLs end up in logs and run files.
+Credentials, in order: a JSON file given with ``--auth-file`` (what a user names on the command line wins; the
+environment's credentials are then not sent, and that is said); ``MAMMOBENCH_DICOMWEB_TOKEN`` (a bearer token);
+``MAMMOBENCH_DICOMWEB_USER`` and ``MAMMOBENCH_DICOMWEB_PASSWORD`` (basic); a file named by
+``MAMMOBENCH_DICOMWEB_AUTH_FILE``. A file holds ``{"token": ...}`` or ``{"user": ..., "password": ...}``. A URL
+that carries them (``https://user:pw@host``) is refused: URLs end up in logs and run files.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ logger = logging.getLogger(__name__)
 
 TOKEN_ENV, USER_ENV, PASSWORD_ENV, AUTH_FILE_ENV = ("MAMMOBENCH_DICOMWEB_TOKEN", "MAMMOBENCH_DICOMWEB_USER",
                                                     "MAMMOBENCH_DICOMWEB_PASSWORD", "MAMMOBENCH_DICOMWEB_AUTH_FILE")
-#: Seconds to connect and to read one response; attempts on a connection error or a 502/503/504.
+#: Seconds to connect and to read one response; further attempts on a 502/503/504 or 429 answer only. A refused or
+#: timed-out connection is said at once, in one line: retrying a server that is not there only delays the answer.
 TIMEOUT = (5.0, 60.0)
 RETRIES = 2
 MG = "MG"
@@ -45,7 +47,12 @@ _TAGS = {"study": "0020000D", "series": "0020000E", "sop": "00080018", "modality
 
 
 class DicomWebError(MammobenchError):
-    """A DICOMweb server that cannot be reached, refuses the credentials, or has no mammograms for the study."""
+    """A DICOMweb server that cannot be reached, refuses the credentials, or has no mammograms for the study;
+    ``server_wide``: the server or the credentials, not one study, are at fault."""
+
+    def __init__(self, message: str, *, server_wide: bool = False) -> None:
+        super().__init__(message)
+        self.server_wide = server_wide
 
 
 @dataclass(frozen=True)
@@ -68,15 +75,22 @@ def credentials(auth_file: str | Path | None = None) -> Credentials | None:
     Raises:
         DicomWebError: an auth file that is missing, not JSON, or holds neither a token nor a user and password.
     """
+    env = [k for k in (TOKEN_ENV, USER_ENV) if os.environ.get(k)]
+    if auth_file is not None:
+        if env:
+            logger.warning("using the credentials of --auth-file %s; %s in the environment not sent to this server",
+                           auth_file, " and ".join(env))
+        return _from_file(Path(auth_file))
     if os.environ.get(TOKEN_ENV):
         return Credentials(token=os.environ[TOKEN_ENV], source=TOKEN_ENV)
     if os.environ.get(USER_ENV):
         return Credentials(user=os.environ[USER_ENV], password=os.environ.get(PASSWORD_ENV, ""),
                            source=f"{USER_ENV}/{PASSWORD_ENV}")
-    path = auth_file or os.environ.get(AUTH_FILE_ENV)
-    if not path:
-        return None
-    path = Path(path)
+    path = os.environ.get(AUTH_FILE_ENV)
+    return _from_file(Path(path)) if path else None
+
+
+def _from_file(path: Path) -> Credentials:
     try:
         data = json.loads(path.read_text())
     except OSError as exc:
@@ -113,8 +127,8 @@ def connect(url: str, *, auth_file: str | Path | None = None, timeout: tuple[flo
         raise DicomWebError(f"{redact(url)}: credentials do not belong in a URL (it is logged and saved); set "
                             f"{USER_ENV} and {PASSWORD_ENV}, {TOKEN_ENV}, or an auth file")
     session = requests.Session()
-    retry = Retry(total=retries, connect=retries, read=retries, backoff_factor=0.5,
-                  status_forcelist=(502, 503, 504), allowed_methods=("GET", "HEAD"), raise_on_status=False)
+    retry = Retry(total=retries, connect=0, read=0, other=0, status=retries, backoff_factor=0.5,
+                  status_forcelist=(429, 502, 503, 504), allowed_methods=("GET", "HEAD"), raise_on_status=False)
     session.mount("http://", HTTPAdapter(max_retries=retry))
     session.mount("https://", HTTPAdapter(max_retries=retry))
     creds = credentials(auth_file)
@@ -122,7 +136,9 @@ def connect(url: str, *, auth_file: str | Path | None = None, timeout: tuple[flo
         session.headers["Authorization"] = f"Bearer {creds.token}"
     elif creds is not None:
         session.auth = (creds.user or "", creds.password or "")
-    return DICOMwebClient(url.rstrip("/"), session=session, timeout=timeout)
+    client = DICOMwebClient(url.rstrip("/"), session=session, timeout=timeout)
+    client.set_http_retry_params(retry=False)  # urllib3 above retries what is worth retrying, once per request
+    return client
 
 
 def redact(url: str) -> str:
@@ -146,11 +162,11 @@ def _server(client: DICOMwebClient, what: str) -> Iterator[None]:
         status = exc.response.status_code if exc.response is not None else None
         if status in (401, 403):
             raise DicomWebError(f"{url} refused the credentials ({status}) while {what}: set {USER_ENV} and "
-                                f"{PASSWORD_ENV}, {TOKEN_ENV}, or --auth-file") from None
+                                f"{PASSWORD_ENV}, {TOKEN_ENV}, or --auth-file", server_wide=True) from None
         raise DicomWebError(f"{url} answered {status} while {what}") from None
     except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
         raise DicomWebError(f"cannot reach {url} while {what} ({type(exc).__name__}): is the server running, and "
-                            "is this its DICOMweb root (e.g. http://host:8042/dicom-web)?") from None
+                            "is this its DICOMweb root (e.g. http://host:8042/dicom-web)?", server_wide=True) from None
 
 
 def _value(item: dict[str, Any], tag: str) -> str:

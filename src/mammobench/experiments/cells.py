@@ -41,7 +41,7 @@ def run_cell(spec: StudySpec, base: Config, out: Path, variant: str, overrides: 
 
     cfg = study_config(spec, [*overrides, *cell_overrides(spec, base, out, variant, repeat, fold, overrides)])
     try:
-        run_dir = train_or_reuse(cfg, on_change="refuse")
+        run_dir = train_or_reuse(cfg)
     except ConfigChanged as exc:
         raise StudyError(f"variant {variant!r}: {exc.run_dir} was trained with another config "
                          f"({', '.join(exc.differences[:5])} differ): the study file changed since its cells ran; use "

@@ -98,6 +98,7 @@ def compare(
     allow_overlap: bool = False,
     predictions: Mapping[str, str | Path] | None = None,
     allow_missing: bool = False,
+    overwrite: bool = False,
 ) -> CompareResult:
     """Train or reuse each config's run under ``out/runs``, evaluate all on the same test set, report.
 
@@ -129,7 +130,7 @@ def compare(
     check_external(cfgs, external or {}, external_split, allow_overlap=allow_overlap)
     models = []
     for cfg in cfgs:
-        run_dir = train_or_reuse(cfg, show_progress=show_progress)
+        run_dir = train_or_reuse(cfg, overwrite=overwrite, show_progress=show_progress)
         info = RunDir(run_dir).read_info()
         models.append(ModelResult(cfg.run_name(), run_dir, cfg, info, None, None))  # type: ignore[arg-type]
     if same_data:

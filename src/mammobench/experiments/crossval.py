@@ -26,7 +26,6 @@ from mammobench.evaluation.metrics import PatientBootstrap, safe_auc, too_few_pa
 from mammobench.evaluation.report import EvaluationReport
 from mammobench.formatting import format_estimate, format_metric
 from mammobench.runtime import MammobenchError, atomic_write_csv, atomic_write_json, utc_now
-from mammobench.training.fit import fit
 from mammobench.training.reuse import train_or_reuse
 
 FOLD_METRICS = ("auc_macro", "auc_malignant", "accuracy", "majority_accuracy", "balanced_accuracy")
@@ -75,8 +74,7 @@ def crossval(
     for k in folds:
         fold_cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"fold": k}),
                                           "output": cfg.output.model_copy(update={"name": f"{base}_fold{k}"})})
-        run_dir = (fit(fold_cfg, overwrite=True, show_progress=show_progress).run_dir if overwrite
-                   else train_or_reuse(fold_cfg, show_progress=show_progress))
+        run_dir = train_or_reuse(fold_cfg, overwrite=overwrite, show_progress=show_progress)
         ev = evaluate(run_dir, split="test", n_boot=n_boot, tta=tta)
         m = ev.metrics
         rows.append({"fold": k, "n": ev.report.n, "patients": ev.report.patients,

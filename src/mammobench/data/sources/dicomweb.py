@@ -24,8 +24,8 @@ from mammobench.data.dicom import equipment_columns, read_header_fields
 from mammobench.data.dicomweb import DicomWebError, connect, fetch_study, redact
 from mammobench.data.sources.base import Skipped, SourceResult, nothing_usable
 from mammobench.data.sources.table import read_text_table
-from mammobench.data.views import normalise_laterality, normalise_view
-from mammobench.runtime import MammobenchError
+from mammobench.data.views import normalise_laterality
+from mammobench.runtime import MammobenchError, format_list
 
 COLUMNS = ("studyinstanceuid", "laterality", "label")
 HEADER = ("PatientID", "ImageLaterality", "Laterality", "ViewPosition")
@@ -76,13 +76,17 @@ def load_dicomweb(root: str, *, mode: str = "full", labels_csv: Path | None = No
         try:
             files = fetch_study(client, study, folder / study)
         except DicomWebError as exc:
-            if "refused the credentials" in str(exc) or "cannot reach" in str(exc):
+            if exc.server_wide:
                 raise
             skipped.append(Skipped(f"study {study}", redact(root), str(exc)))
             continue
         for path in files:
+            import pydicom
+
+            from mammobench.data.views import header_view
+
             header = read_header_fields(path, HEADER)
-            side = normalise_laterality(header.get("ImageLaterality") or header.get("Laterality"))
+            side, view = header_view(pydicom.dcmread(path, stop_before_pixels=True)) or ("", "")
             label = by_breast.get((study, side))
             if label is None:
                 skipped.append(Skipped(f"study {study}", str(path), f"no label for side {side or '?'} in {labels_csv}"))
@@ -90,7 +94,7 @@ def load_dicomweb(root: str, *, mode: str = "full", labels_csv: Path | None = No
             records.append({
                 "sample_id": path.stem, "dataset": "dicomweb", "patient_id": header.get("PatientID", "") or study,
                 "image_path": str(path), "roi": "", "raw_label": label.upper(), "lesion_type": "",
-                "laterality": side, "view": normalise_view(header.get("ViewPosition", "")), "image_type": "full",
+                "laterality": side, "view": view, "image_type": "full",
                 "exam_id": study, **equipment_columns(path), "source": f"{labels_csv}: study {study}",
             })
     if not records:
@@ -99,4 +103,8 @@ def load_dicomweb(root: str, *, mode: str = "full", labels_csv: Path | None = No
                              skipped)
     notes = [f"{len(records)} images of {len({r['exam_id'] for r in records})} studies from {redact(root)} "
              f"(fetched into {folder})"]
+    no_view = [r["image_path"] for r in records if r["view"] not in ("CC", "MLO")]
+    if no_view:  # kept (a one-view model reads them), but a two-view model or a by-view report cannot place them
+        notes.append(f"{len(no_view)} image(s) say no view (CC or MLO) in ViewPosition, ViewCodeSequence, PatientID "
+                     f"or SeriesDescription: {format_list(no_view, 5)}")
     return SourceResult(pd.DataFrame(records), skipped, notes)
