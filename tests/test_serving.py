@@ -243,7 +243,9 @@ def test_an_edited_description_is_refused(plain_bundle, tmp_path):
     assert load_bundle(plain_bundle).info.labels[0] == "BENIGN"
 
 
-def test_signed_bundles(trained_runs, tmp_path):
+def test_signed_bundles(trained_runs, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))  # an empty trust store
+    monkeypatch.delenv("MAMMOBENCH_TRUSTED_KEYS", raising=False)
     private, public = generate_keypair(tmp_path / "keys")
     assert oct(private.stat().st_mode & 0o777) == "0o600"
     with pytest.raises(SignatureError, match="never overwritten"):
@@ -253,22 +255,98 @@ def test_signed_bundles(trained_runs, tmp_path):
     assert res.exit_code == 0, res.output
     signed = tmp_path / "signed"
     assert (signed / "bundle.sig").is_file()
-    assert Predictor.from_bundle(signed, trusted_key=public).labels
-    with pytest.raises(SignatureError, match="does not verify"):
+    predictor = Predictor.from_bundle(signed, trusted_key=public)
+    assert predictor.verification.verified and predictor.verification.signer.startswith("SHA256:")
+    with pytest.raises(SignatureError, match="a key you do not trust"):
         load_bundle(signed, trusted_key=other_public)
-    # A careful forger rewrites the description AND its checksum: only the signature catches that.
+    # A careful forger rewrites the description AND its checksum: the signature catches that, trusted key or not
+    # (it loaded without a word before when no --trusted-key was given).
     data = json.loads((signed / "bundle.json").read_text())
     data["model"]["labels"] = list(reversed(data["model"]["labels"]))
     data["description_sha256"] = description_digest(data)
     (signed / "bundle.json").write_text(json.dumps(data, indent=2))
-    assert load_bundle(signed).info.labels[0] == "BENIGN_WITHOUT_CALLBACK"  # the checksum alone cannot tell
-    with pytest.raises(SignatureError, match="changed after it was signed"):
-        load_bundle(signed, trusted_key=public)
+    for key in (public, None):
+        with pytest.raises(SignatureError, match="changed after it was signed"):
+            load_bundle(signed, trusted_key=key)
+    res = runner.invoke(app, ["predict", str(signed), str(tmp_path)])
+    assert res.exit_code == 2 and "changed after it was signed" in res.output
     unsigned = export_bundle(trained_runs["cnn"], tmp_path / "unsigned")
     res = runner.invoke(app, ["predict", str(unsigned), str(tmp_path), "--trusted-key", str(public)])
     assert res.exit_code == 2 and "is not signed" in res.output
     with pytest.raises(SignatureError, match="not a PEM public key"):
         load_bundle(signed, trusted_key=private)
+
+
+def test_bundles_are_verified_against_the_trust_store_and_say_so_on_every_use(trained_runs, tmp_path, monkeypatch):
+    """A trust store (the config folder, or MAMMOBENCH_TRUSTED_KEYS) says whom the user trusts: predict says
+    'verified: signed by <name> (<fingerprint>)' or 'NOT verified' and why; --require-signature refuses the rest;
+    a signature in the old raw format that verifies with no trusted key is refused once the user trusts someone."""
+    from mammobench.serving.signing import SIGNATURE_FILE, _read_key, fingerprint
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.delenv("MAMMOBENCH_TRUSTED_KEYS", raising=False)
+    private, public = generate_keypair(tmp_path / "keys", "lab")
+    signed = export_bundle(trained_runs["cnn"], tmp_path / "signed", sign=private)
+    unsigned = export_bundle(trained_runs["cnn"], tmp_path / "unsigned")
+    target = tmp_path / "img"
+    target.mkdir()
+    from PIL import Image
+
+    Image.fromarray((np.random.default_rng(0).random((64, 64)) * 255).astype("uint8")).save(target / "a.png")
+    fp = fingerprint(_read_key(public, private=False))
+    r = runner.invoke(app, ["predict", str(signed), str(target), "--out", str(tmp_path / "p.csv")])
+    assert r.exit_code == 0 and f"NOT verified: signed by {fp}, a key you do not trust" in " ".join(r.output.split())
+    r = runner.invoke(app, ["predict", str(unsigned), str(target), "--out", str(tmp_path / "p.csv")])
+    assert r.exit_code == 0 and "NOT verified: the bundle is not signed" in " ".join(r.output.split())
+    r = runner.invoke(app, ["predict", str(unsigned), str(target), "--require-signature"])
+    assert r.exit_code == 2 and "--require-signature" in r.output
+    r = runner.invoke(app, ["trust", "add", str(public)])
+    assert r.exit_code == 0 and fp in r.output
+    assert (tmp_path / "config" / "mammobench" / "trusted_keys" / "lab.pub.pem").is_file()
+    r = runner.invoke(app, ["predict", str(signed), str(target), "--out", str(tmp_path / "p.csv"), "--require-signature"])
+    assert r.exit_code == 0 and f"verified: signed by lab ({fp})" in " ".join(r.output.split())
+    assert runner.invoke(app, ["trust", "list"]).output.count(fp) == 1
+    # the environment names keys too (a cluster's shared list), without the store
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "elsewhere"))
+    monkeypatch.setenv("MAMMOBENCH_TRUSTED_KEYS", str(public))
+    assert Predictor.from_bundle(signed).verification.verified
+    # a bundle signed before signatures carried their key (64 raw bytes), then changed: refused by the trusted key
+    legacy = tmp_path / "legacy"
+    import shutil
+
+    shutil.copytree(unsigned, legacy)
+    key = _read_key(private, private=True)
+    (legacy / SIGNATURE_FILE).write_bytes(key.sign((legacy / "bundle.json").read_bytes()))
+    assert Predictor.from_bundle(legacy).verification.verified
+    data = json.loads((legacy / "bundle.json").read_text())
+    data["thresholds"] = {k: {**v, "value": 0.0} for k, v in data["thresholds"].items()}
+    data["description_sha256"] = description_digest(data)
+    (legacy / "bundle.json").write_text(json.dumps(data))
+    with pytest.raises(SignatureError, match="verifies with none of the 1 trusted"):
+        load_bundle(legacy)
+
+
+def test_every_file_a_bundle_names_lies_inside_it_and_members_are_counted(trained_runs, tmp_path):
+    import shutil
+
+    bundle = export_bundle(trained_runs["cnn"], tmp_path / "b")
+    for name in ("/etc/hostname", "../outside.md", "sub/MODEL_CARD.md"):
+        copy = tmp_path / f"c{abs(hash(name))}"
+        shutil.copytree(bundle, copy)
+        data = json.loads((copy / "bundle.json").read_text())
+        data["model_card"]["file"] = name
+        data["description_sha256"] = description_digest(data)
+        (copy / "bundle.json").write_text(json.dumps(data))
+        with pytest.raises(BundleError, match="bundle files must sit beside bundle.json"):
+            load_bundle(copy)
+    copy = tmp_path / "members"
+    shutil.copytree(bundle, copy)
+    data = json.loads((copy / "bundle.json").read_text())
+    data["model"]["ensemble"] = 1_000_000
+    data["description_sha256"] = description_digest(data)
+    (copy / "bundle.json").write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="declares 1000000 ensemble members, its weights hold 0"):
+        load_bundle(copy)
 
 
 def test_onnx_export_is_quiet_and_counts_its_check_images(trained_runs, tmp_path):

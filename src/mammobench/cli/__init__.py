@@ -244,6 +244,10 @@ def crossval(
     """
     from mammobench.experiments.crossval import crossval as run_cv
 
+    if ensemble is not None:  # before any fold trains: a folder that is not a bundle is refused now, not in an hour
+        from mammobench.serving.bundle import check_bundle_target
+
+        check_bundle_target(ensemble)
     result = run_cv(config, overrides=set_, n_boot=n_boot, overwrite=overwrite, show_progress=True)
     show.cross_validated(result)
     if ensemble is not None:
@@ -251,7 +255,9 @@ def crossval(
         from mammobench.serving.ensembles import export_ensemble
 
         path = export_ensemble(list(result.folds["run_dir"]), ensemble, average=average, onnx=onnx,
-                               out_of_fold=result.out_of_fold)
+                               out_of_fold=result.out_of_fold,
+                               out_of_fold_auc=result.summary.get("pooled_out_of_fold_auc_malignant"),
+                               name=f"{result.out.name.removesuffix('_cv')} ensemble of {len(result.folds)} folds")
         show.bundle(path, read_bundle_meta(path))
 
 
@@ -318,10 +324,11 @@ __all__ = ["app", "expand_set_args", "main"]
 
 def _add_groups() -> None:
     """The serving commands (:mod:`.serving`) and ``weights`` (:mod:`.weights`), listed after the ones above."""
-    from mammobench.cli import serving  # noqa: F401  (registers export, keygen, predict, serve)
+    from mammobench.cli import serving  # registers export, keygen, predict, serve
     from mammobench.cli.weights import weights_app
 
     app.add_typer(weights_app, name="weights")
+    app.add_typer(serving.trust_app, name="trust")
 
 
 _add_groups()

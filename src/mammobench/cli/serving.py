@@ -15,7 +15,9 @@ from mammobench.runtime import MammobenchError
 
 Opt = typer.Option
 Arg = typer.Argument
-TRUSTED_KEY_HELP = "Ed25519 public key: refuse a bundle not signed with its pair."
+TRUSTED_KEY_HELP = ("Ed25519 public key: refuse a bundle not signed with its pair (default: the keys of the trust "
+                    "store, mammobench trust add).")
+REQUIRE_HELP = "Refuse a bundle that is not signed by a trusted key (default: load it and say NOT verified)."
 TERMS_HELP = ("Acknowledge, by name, the terms of the pretrained weights the model is built on, where they restrict "
               "redistribution or serving (e.g. mammo-fm-weights-licence).")
 
@@ -62,6 +64,35 @@ def keygen(
     console.print(f"Public key:  [bold]{public}[/] (give it to users; predict/serve --trusted-key {public})")
 
 
+trust_app = typer.Typer(help="Whose bundles you trust: public keys a bundle's signature is checked against.",
+                        no_args_is_help=True)
+
+
+@command(trust_app, "add")
+def trust_add(
+    key: Annotated[Path, Arg(help="An Ed25519 public key (.pub.pem, from the bundle's maker: mammobench keygen).")],
+    name: Annotated[str | None, Opt(help="Name it is shown by (default: the file's).")] = None,
+) -> None:
+    """Trust bundles signed with KEY's pair: copy it into the trust store ($XDG_CONFIG_HOME/mammobench/trusted_keys)."""
+    from mammobench.serving.signing import trust_key
+
+    known = trust_key(key, name)
+    console.print(f"Trusted: {plain(known.name)} ({known.fingerprint}) in {plain(known.path)}")
+
+
+@command(trust_app, "list")
+def trust_list() -> None:
+    """The keys bundles are checked against (the trust store and MAMMOBENCH_TRUSTED_KEYS)."""
+    from mammobench.serving.signing import trust_store_dir, trusted_keys
+
+    keys = trusted_keys()
+    if not keys:
+        console.print(f"No trusted key: every bundle is said NOT verified (mammobench trust add KEY.pub.pem; store: "
+                      f"{plain(trust_store_dir())})")
+    for k in keys:
+        console.print(f"{plain(k.name)}  {k.fingerprint}  {plain(k.path)}")
+
+
 @command(app)
 def predict(
     bundle: Annotated[Path, Arg(help="A bundle folder (mammobench export).")],
@@ -89,6 +120,7 @@ def predict(
     study: Annotated[list[str] | None, Opt(help="--dicomweb: the StudyInstanceUID to predict (repeatable).")] = None,
     store: Annotated[bool, Opt(help="--dicomweb: send the report and heat maps back (STOW-RS).")] = False,
     auth_file: Annotated[Path | None, Opt(help="--dicomweb: a JSON file with {token} or {user, password}.")] = None,
+    require_signature: Annotated[bool, Opt(help=REQUIRE_HELP)] = False,
 ) -> None:
     """Predict images with a bundle; unreadable files are listed with their error, the rest still predicted.
 
@@ -99,7 +131,8 @@ def predict(
     from mammobench.serving.predictor import Predictor, write_predictions
 
     predictor = Predictor.from_bundle(bundle, backend=backend, device=device, batch_size=batch_size,
-                                      trusted_key=trusted_key)
+                                      trusted_key=trusted_key, require_signature=require_signature)
+    show.verification(bundle, predictor.verification)
     if dicomweb is not None:
         from mammobench.data.dicomweb import DicomWebError
         from mammobench.serving.exams import write_exam_predictions
@@ -164,6 +197,7 @@ def serve(
     max_file_mb: Annotated[int, Opt(help="Largest upload accepted.")] = 100,
     trusted_key: Annotated[Path | None, Opt(help=TRUSTED_KEY_HELP)] = None,
     accept_weights_terms: Annotated[str | None, Opt(help=TERMS_HELP)] = None,
+    require_signature: Annotated[bool, Opt(help=REQUIRE_HELP)] = False,
 ) -> None:
     """A local web page: upload a PNG/JPEG/DICOM, see probabilities, the decision and a Grad-CAM overlay."""
     from mammobench.serving.web import serve as run_serve
@@ -172,4 +206,4 @@ def serve(
         err_console.print(f"[yellow]warning:[/] binding to {host}: other machines can reach this page")
     console.print(f"Serving {bundle} at http://{host}:{port} (research use only; Ctrl+C to stop)")
     run_serve(bundle, host=host, port=port, backend=backend, max_file_mb=max_file_mb, trusted_key=trusted_key,
-              accept_weights_terms=accept_weights_terms)
+              accept_weights_terms=accept_weights_terms, require_signature=require_signature)

@@ -266,3 +266,11 @@ def study(result: StudyResult, labels: list[str]) -> None:
                       f"{plain(b.decision or b.error)} ({plain(b.how)})")
     console.print(f"DICOM: {plain(result.output.report)} and {plain(len(result.output.captures))} heat map(s)"
                   + (f"; {plain(result.stored)} instance(s) stored on the server" if result.stored else ""))
+
+
+def verification(bundle: Any, result: Any) -> None:
+    """A bundle's signature, said on every use: verified by whom, or NOT verified and why."""
+    if result.verified:
+        console.print(f"[green]{plain(bundle)}: {plain(result.line())}[/]", soft_wrap=True, highlight=False)
+    else:
+        err_console.print(f"[yellow]{plain(bundle)}: {plain(result.line())}[/]", soft_wrap=True, highlight=False)

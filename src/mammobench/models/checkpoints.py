@@ -41,7 +41,8 @@ from typing import Any, NamedTuple
 
 import torch
 
-from mammobench.runtime import MammobenchError, format_list
+from mammobench.models.pickle_budget import CheckpointError, _python3_name, check_pickle, check_zip
+from mammobench.runtime import format_list
 
 #: Suffixes of pickled PyTorch checkpoints (read restricted); ``.safetensors`` needs no pickle at all.
 PICKLE_SUFFIXES = (".pth", ".pt", ".tar", ".bin", ".ckpt", ".p", ".pkl")
@@ -57,10 +58,6 @@ CODE_MODULES = (
     "pip", "setuptools", "distutils", "torch.hub", "torch.jit", "torch._C", "torch.ops", "torch.utils.cpp_extension",
     "torch.load", "torch.save", "numpy.load", "numpy.testing",
 )
-
-
-class CheckpointError(MammobenchError):
-    """A weights file that cannot be read safely: missing, truncated, not a checkpoint, or carrying code."""
 
 
 class Placeholder:
@@ -211,21 +208,10 @@ def _read_safetensors(path: Path) -> CheckpointContents:
 
 def _within_budget(path: Path) -> None:
     """A zip checkpoint's records stored and its pickle within :mod:`~mammobench.models.pickle_budget`'s limits."""
-    from mammobench.models.pickle_budget import check_zip
-
     try:
         check_zip(str(path))
     except (zipfile.BadZipFile, OSError, KeyError) as exc:
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from None
-
-
-def _python3_name(name: str) -> str:
-    """A global as Python 3 names it (protocol 2 pickles write ``__builtin__.dict``, ``copy_reg._reconstructor``)."""
-    import _compat_pickle
-
-    module, _, attr = name.rpartition(".")
-    module, attr = _compat_pickle.NAME_MAPPING.get((module, attr), (module, attr))
-    return f"{_compat_pickle.IMPORT_MAPPING.get(module, module)}.{attr}"
 
 
 def _pickle_globals(path: Path, pickles: int = 4) -> set[str]:
@@ -238,8 +224,6 @@ def _pickle_globals(path: Path, pickles: int = 4) -> set[str]:
         torch_own = set(_get_allowed_globals())
     except (ImportError, AttributeError):  # a torch without it: its names are then treated like any other
         torch_own = set()
-    from mammobench.models.pickle_budget import check_pickle
-
     with open(path, "rb") as handle:  # the pickles sit before the tensor data
         head = handle.read(64 << 20)
     names = check_pickle(head, str(path), file_size=path.stat().st_size, pickles=pickles)

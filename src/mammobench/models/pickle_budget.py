@@ -36,7 +36,21 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from mammobench.models.checkpoints import CheckpointError, _python3_name
+from mammobench.runtime import MammobenchError
+
+
+class CheckpointError(MammobenchError):
+    """A weights file that cannot be read safely: missing, truncated, not a checkpoint, or carrying code
+    (re-exported by :mod:`~mammobench.models.checkpoints`, its reader)."""
+
+
+def _python3_name(name: str) -> str:
+    """A global as Python 3 names it (protocol 2 pickles write ``__builtin__.dict``, ``copy_reg._reconstructor``)."""
+    import _compat_pickle
+
+    module, _, attr = name.rpartition(".")
+    module, attr = _compat_pickle.NAME_MAPPING.get((module, attr), (module, attr))
+    return f"{_compat_pickle.IMPORT_MAPPING.get(module, module)}.{attr}"
 
 
 class PickleBudgetError(CheckpointError):

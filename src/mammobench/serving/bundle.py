@@ -59,6 +59,7 @@ from mammobench.serving.bundle_format import (  # noqa: F401  (re-exported: the 
     Threshold,
     description_digest,
 )
+from mammobench.serving.signing import Verification, check_signature
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,8 @@ class Bundle:
     path: Path
     meta: BundleMeta
     model: nn.Module
+    #: what its signature says (verified by a trusted key, or why not): said on every use
+    verification: Verification
 
     @property
     def info(self) -> ModelInfo:
@@ -102,8 +105,9 @@ def read_bundle_meta(path: str | Path) -> BundleMeta:
         raise BundleError(f"{meta_path} is malformed: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
     if meta.weights.sha256 != meta.model.weights_sha256:
         raise BundleError(f"{meta_path}: the weights checksum differs between 'weights' and 'model'")
-    for entry in (meta.weights, meta.onnx):
-        if entry is not None and (Path(entry.file).name != entry.file or entry.file.startswith(".")):
+    for entry in (meta.weights, meta.onnx, meta.model_card):
+        if entry is not None and (Path(entry.file).name != entry.file or entry.file.startswith(".")
+                                  or "\\" in entry.file):
             raise BundleError(f"{meta_path} names file {entry.file!r}; bundle files must sit beside bundle.json")
     return meta
 
@@ -120,9 +124,11 @@ def verified_file(folder: Path, entry: FileEntry, what: str) -> Path:
     return path
 
 
-def load_bundle(path: str | Path, *, trusted_key: str | Path | None = None) -> Bundle:
-    """Validate and load a bundle: signature (with ``trusted_key``), schema, checksums, then a strict load of
-    the weights into the architecture.
+def load_bundle(path: str | Path, *, trusted_key: str | Path | None = None,
+                require_signature: bool = False) -> Bundle:
+    """Validate and load a bundle: signature (against ``trusted_key``, else the trust store: a signature that does
+    not verify is refused; with ``require_signature`` or ``trusted_key``, so is one not made by a trusted key),
+    schema, checksums, then a strict load of the weights into the architecture.
 
     Raises:
         BundleError, SignatureError: naming the check that failed.
@@ -135,11 +141,8 @@ def load_bundle(path: str | Path, *, trusted_key: str | Path | None = None) -> B
     folder = Path(path)
     if not folder.is_dir():
         raise BundleError(f"bundle {folder} is not a folder")
-    if trusted_key is not None:
-        from mammobench.serving.signing import verify_bundle
-
-        verify_bundle(folder, trusted_key)
     meta = read_bundle_meta(folder)
+    verification = check_signature(folder, trusted_key=trusted_key, require=require_signature)
     weights_path = verified_file(folder, meta.weights, "weights")
     if meta.model_card is not None:
         verified_file(folder, meta.model_card, "model card")
@@ -147,11 +150,15 @@ def load_bundle(path: str | Path, *, trusted_key: str | Path | None = None) -> B
         weights = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise BundleError(f"{weights_path} is not a readable safetensors file: {exc}") from None
+    members = {k.split(".", 2)[1] for k in weights if k.startswith("members.")}
+    if (meta.model.ensemble or 0) != len(members) or (meta.model.ensemble is not None and meta.model.ensemble < 2):
+        raise BundleError(f"bundle {folder}: {BUNDLE_JSON} declares {meta.model.ensemble or 'no'} ensemble members, its "
+                          f"weights hold {len(members)}")
     try:
         model = build_model(meta.model, weights)
     except (MammobenchError, RuntimeError) as exc:
         raise BundleError(f"bundle {folder}: weights do not fit {meta.model.architecture} ({exc})") from None
-    return Bundle(folder, meta, model)
+    return Bundle(folder, meta, model, verification)
 
 
 def _val_threshold(run: RunDir, info: ModelInfo, method: str, temperature: float | None = None) -> dict[str, Threshold]:
@@ -241,6 +248,17 @@ def export_bundle(
                         sign=sign, tta=tta)
 
 
+def check_bundle_target(out: str | Path) -> None:
+    """Refuse a bundle folder that is a file or a folder of something else (checked before any work).
+
+    Raises:
+        BundleError: ``out`` exists and is not a bundle.
+    """
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / BUNDLE_JSON).is_file())):
+        raise BundleError(f"{out} exists and is not a bundle folder: choose another --out (nothing of yours is replaced)")
+
+
 def _check_before_writing(encoder: str | None, out: str | Path, threshold_method: str, sign: str | Path | None,
                           accept_weights_terms: str | None) -> list[str]:
     """Everything an export can check before it writes: the weights' terms (their notes returned), the threshold
@@ -256,9 +274,7 @@ def _check_before_writing(encoder: str | None, out: str | Path, threshold_method
         from mammobench.serving.signing import check_private_key
 
         check_private_key(sign)
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / BUNDLE_JSON).is_file())):
-        raise BundleError(f"{out} exists and is not a bundle folder: choose another --out (nothing of yours is replaced)")
+    check_bundle_target(out)
     return terms
 
 

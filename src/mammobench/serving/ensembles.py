@@ -47,7 +47,8 @@ def export_ensemble(
     run_dirs: Sequence[str | Path], out: str | Path, *, average: Average = "probabilities",
     out_of_fold: pd.DataFrame | None = None, onnx: bool = False, threshold_method: str = "youden",
     parity_tolerance: float = 1e-4, parity_samples: int = 64, sign: str | Path | None = None,
-    accept_weights_terms: str | None = None, tta: bool = False,
+    accept_weights_terms: str | None = None, tta: bool = False, out_of_fold_auc: dict[str, Any] | None = None,
+    name: str | None = None,
 ) -> Path:
     """Write one bundle that averages the models of ``run_dirs``.
 
@@ -90,11 +91,14 @@ def export_ensemble(
         ensemble = {"members": [{"run": str(run.path.resolve()), "evaluation": _test_summary(run)} for run in runs],
                     "average": average, "chosen_on": chosen_on, "calibration": calibration,
                     **_shared_test(runs, model, info)}
+        if out_of_fold_auc:  # a cross-validation's pooled out-of-fold AUC: what stands for the ensemble
+            ensemble["out_of_fold_auc"] = out_of_fold_auc
         provenance = {"runs": [str(run.path.resolve()) for run in runs], "exported": utc_now(),
                       "mammobench_version": mammobench.__version__, "environment": environment_info()["versions"],
                       "config": runs[0].read_config().model_dump(mode="json"),
                       "synthetic": any(bool((run.read_split()["dataset"] == "demo-synthetic").any()) for run in runs),
-                      "pretrained": runs[0].read_info().get("pretrained")}
+                      "pretrained": runs[0].read_info().get("pretrained"),
+                      "run_name": name or f"{info.architecture} ensemble of {len(runs)} runs"}
         return BundleContent(model, info, thresholds, temperature, provenance, runs[0], terms, ensemble)
 
     return write_bundle(content, Path(out), onnx=onnx, parity_tolerance=parity_tolerance,

@@ -47,8 +47,10 @@ def input_kind(meta: BundleMeta) -> str:
 
 
 def model_card(meta: BundleMeta, run: RunDir, *, name: str) -> str:
-    """The card's text for a bundle written from ``run`` (an ensemble: its first member's run for the data)."""
-    evaluations = _evaluations(run)
+    """The card's text for a bundle written from ``run`` (an ensemble: its first member's run for the data, and the
+    ensemble's own results: its test AUC on a test split its members share, else the pooled out-of-fold AUC of a
+    cross-validation; never one member's numbers as if they were the ensemble's)."""
+    evaluations = {} if meta.ensemble else _evaluations(run)
     test = evaluations.get("test") or evaluations.get("test_tta")
     front = _front_matter(meta, run, name, evaluations)
     sections = [
@@ -176,8 +178,37 @@ def _estimate(report: EvaluationReport, key: str) -> str:
     return format_metric(m)
 
 
+def _ensemble_results(meta: BundleMeta) -> list[str]:
+    """An ensemble's own evidence, with where its threshold and temperature were chosen."""
+    ens = meta.ensemble or {}
+    lines = ["## Evaluation", ""]
+    test, pooled = ens.get("test"), ens.get("out_of_fold_auc")
+    if test:
+        members = ", ".join(f"{a:.3f}" for a in test["auc_members"])
+        lines.append(f"On the test split its {len(ens.get('members', []))} members share ({test['n']} samples): "
+                     f"{test['positive_label']} AUC {test['auc_ensemble']:.3f} (members {members}).")
+    if pooled:
+        lines.append(f"Pooled out-of-fold {', '.join(pooled.get('labels', [])[-1:]) or 'malignant'} AUC of the "
+                     f"cross-validation its members come from: {format_metric(pooled)} over {pooled['n']} samples, "
+                     f"{pooled['patients']} patients (each scored once, by the member that did not train on it). The "
+                     "ensemble itself has no held-out test estimate: every patient was in some member's training "
+                     "data; test it on an external set (`mammobench evaluate`).")
+    elif not test:
+        lines.append(str(ens.get("test_note") or "The ensemble has no held-out estimate of its own."))
+    for label, t in meta.thresholds.items():
+        how = f"{t.rule}: {t.reason}" if t.reason else f"{t.method}"
+        lines += ["", f"Decision: {label} when its probability >= {format_probability(t.value)} ({how}), chosen on "
+                      f"{ens.get('chosen_on') or t.chosen_on}."]
+    if meta.temperature:
+        lines.append(f"Calibration: probabilities are temperature-scaled (T = {meta.temperature:.2f}, fitted on "
+                     f"{ens.get('chosen_on') or 'the validation split'}).")
+    return [*lines, ""]
+
+
 def _results_section(meta: BundleMeta, test: EvaluationReport | None,
                      evaluations: dict[str, EvaluationReport]) -> list[str]:
+    if meta.ensemble:
+        return _ensemble_results(meta)
     lines = ["## Evaluation", ""]
     if test is None:
         return [*lines, "The run was not evaluated on its test split before export (`mammobench evaluate RUN`).", ""]

@@ -119,6 +119,7 @@ class Predictor:
     def __init__(self, bundle: Bundle, *, backend: Backend = "torch", device: str = "auto", batch_size: int = 16):
         self.bundle = bundle
         self.meta = bundle.meta
+        self.verification = bundle.verification
         self.info = bundle.info
         self.device = resolve_device(device)
         self.batch_size = batch_size
@@ -143,9 +144,12 @@ class Predictor:
 
     @classmethod
     def from_bundle(cls, path: str | Path, *, backend: Backend = "torch", device: str = "auto",
-                    batch_size: int = 16, trusted_key: str | Path | None = None) -> Predictor:
-        """Load a bundle (verifying its signature against ``trusted_key`` when given) and wrap it."""
-        return cls(load_bundle(path, trusted_key=trusted_key), backend=backend, device=device, batch_size=batch_size)
+                    batch_size: int = 16, trusted_key: str | Path | None = None,
+                    require_signature: bool = False) -> Predictor:
+        """Load a bundle (its signature checked against ``trusted_key``, else the trust store:
+        :func:`~mammobench.serving.signing.check_signature`) and wrap it."""
+        return cls(load_bundle(path, trusted_key=trusted_key, require_signature=require_signature), backend=backend,
+                   device=device, batch_size=batch_size)
 
     @property
     def labels(self) -> list[str]:

@@ -81,6 +81,15 @@ def _gradio():  # type: ignore[no-untyped-def]
     return gr
 
 
+def choice_origin(meta: Any) -> str:
+    """Where a bundle's threshold and temperature were chosen: an ensemble's choice set (out-of-fold predictions,
+    or the validation split its members share), else the run's validation split."""
+    if meta.ensemble and meta.ensemble.get("chosen_on"):
+        return str(meta.ensemble["chosen_on"])
+    chosen = next((t.chosen_on for t in meta.thresholds.values()), "val")
+    return "the validation split" if chosen == "val" else str(chosen)
+
+
 def describe(predictor: Predictor) -> str:
     m = predictor.info
     lines = [f"**Model:** {m.architecture} · classes: {', '.join(m.labels)} · input {size_label(m.input_size)} px "
@@ -92,14 +101,18 @@ def describe(predictor: Predictor) -> str:
     if licence:
         forbids = f"; forbids {'; '.join(licence['forbids'])}" if licence.get("forbids") else ""
         lines.append(f"**Weights' licence:** {licence['governing']}{forbids}")
+    origin = choice_origin(predictor.meta)
     if predictor.threshold is not None:
         t = predictor.meta.thresholds.get(m.positive_label or "")
-        how = (f"{t.rule}: {t.reason}" if t is not None and t.reason else "threshold chosen on the validation split")
+        how = (f"{t.rule}: {t.reason}" if t is not None and t.reason else f"{t.rule or t.method}, chosen on {origin}"
+               if t is not None else f"chosen on {origin}")
         lines.append(f"**Decision:** {m.positive_label} when its probability ≥ "
                      f"{format_probability(predictor.threshold)} ({how})")
     if predictor.temperature is not None:
         lines.append(f"**Probabilities** calibrated by temperature scaling (T = {predictor.temperature:.2f}, fitted on "
-                     "the validation split).")
+                     f"{origin}).")
+    mark = "✓" if predictor.verification.verified else "⚠"
+    lines.append(f"**Signature:** {mark} {predictor.verification.line()}")
     if predictor.meta.provenance.get("synthetic"):
         lines.append("⚠ **This model was trained on SYNTHETIC demo data: its outputs mean nothing for real images.**")
     return "  \n".join(lines)
@@ -326,7 +339,7 @@ def _stop_on_sigterm() -> Any:
 
 def serve(bundle: str | Path, *, host: str = "127.0.0.1", port: int = 7860, backend: str = "torch",
           max_file_mb: int = 100, block: bool = True, trusted_key: str | Path | None = None,
-          accept_weights_terms: str | None = None) -> Any:
+          accept_weights_terms: str | None = None, require_signature: bool = False) -> Any:
     """Load a bundle and serve the page on ``host:port`` (127.0.0.1: only this machine can reach it).
 
     Every file Gradio writes for this page (uploads, its cache) goes to a private folder (mode 0700); uploads are
@@ -343,7 +356,11 @@ def serve(bundle: str | Path, *, host: str = "127.0.0.1", port: int = 7860, back
 
     from mammobench.encoders import check_weights_terms
 
-    predictor = Predictor.from_bundle(bundle, backend=backend, trusted_key=trusted_key)  # type: ignore[arg-type]
+    _port_free(host, port)
+    predictor = Predictor.from_bundle(bundle, backend=backend, trusted_key=trusted_key,  # type: ignore[arg-type]
+                                      require_signature=require_signature)
+    log = logger.info if predictor.verification.verified else logger.warning
+    log("bundle %s: %s", bundle, predictor.verification.line())
     predictor.log_paths = False  # uploads are patients' files: their names never reach the log
     for note in check_weights_terms(predictor.info.encoder, accept_weights_terms, "serve"):
         logger.warning("%s", note)
@@ -362,6 +379,24 @@ def serve(bundle: str | Path, *, host: str = "127.0.0.1", port: int = 7860, back
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
     return app
+
+
+def _port_free(host: str, port: int) -> None:
+    """Refuse, before anything loads, a port another program holds (Gradio would end in a traceback)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise MammobenchError(f"--host {host}: not an address of this machine ({exc.strerror})") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise MammobenchError(f"port {port} on {host} is in use by another program ({exc.strerror}): stop it, or "
+                                  "choose another with --port") from None
 
 
 def stop(app: Any) -> None:
