@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -234,6 +236,9 @@ def test_an_imported_model_is_paired_with_trained_ones(trained_runs, demo_prepar
         roc_auc_score(ours["label"] == "MALIGNANT", ours["prob_MALIGNANT"]))
     assert list(result.table["model"]) == ["demo_cnn", "gmic"]
     assert result.table.set_index("model").loc["gmic", "architecture"] == "imported (gmic)"
+    # a malignancy-only model has no macro AUC: its two-class one is not shown beside the 3-class ones
+    assert result.table.set_index("model").loc["gmic", "test macro AUC"] == "n/a (malignancy only)"
+    assert result.table.set_index("model").loc["demo_cnn", "test macro AUC"] != "n/a (malignancy only)"
     markdown = result.markdown.read_text()
     assert "p (DeLong)" in markdown and "another model's predictions (gmic file" in markdown
     assert "p (DeLong)" in result.html.read_text()
@@ -244,3 +249,34 @@ def test_an_imported_model_is_paired_with_trained_ones(trained_runs, demo_prepar
                       predictions={"gmic": tmp_path / "gmic_short.csv"}, allow_missing=True)
     assert partial.paired[0]["n"] == len(test) - 2
     assert "it has no prediction for 2 of them" in partial.markdown.read_text()
+
+
+def test_imported_predictions_keep_the_files_own_columns(gmic_set, tmp_path):
+    """GMIC's benign_pred is written as prob_BENIGN (it was 1 - malignant_pred); a plain id,prob_benign table is
+    P(BENIGN), not P(MALIGNANT) (its AUC came out as 1 - the truth), and the column read is said."""
+    prepared, exams = gmic_set
+    path = _gmic_file(exams, tmp_path / "gmic")
+    scored = score_predictions(path, prepared.out, n_boot=0)
+    written = pd.read_csv(path).set_index("image_index")
+    names = scored.matched.rows["image_path"].map(lambda p: Path(p).stem)
+    assert scored.predictions["prob_BENIGN"].to_numpy() == pytest.approx(written.loc[names, "benign_pred"].to_numpy())
+    assert "P(MALIGNANT) = column 'malignant_pred', P(BENIGN) = column 'benign_pred'" in scored.report.label_matching
+    frame = prepared.frame
+    p = np.random.default_rng(3).random(len(frame)).round(3)
+    pd.DataFrame({"id": frame["sample_id"], "prob_benign": p}).to_csv(tmp_path / "b.csv", index=False)
+    benign = score_predictions(tmp_path / "b.csv", prepared.out, n_boot=0)
+    assert benign.report.metrics["auc_malignant"].value == pytest.approx(
+        roc_auc_score(frame["label"] == "MALIGNANT", 1 - p))
+    assert "P(MALIGNANT) = 1 - column 'prob_benign' (the probability of BENIGN)" in benign.report.label_matching
+
+
+def test_a_label_mapping_naming_no_label_of_the_dataset_is_refused(tmp_path):
+    from mammobench.data.demo import generate_demo_dataset
+    from mammobench.data.labels import LabelError
+    from mammobench.data.prepare import prepare
+
+    table = generate_demo_dataset(tmp_path / "images", n_patients=6, seed=1)
+    with pytest.raises(LabelError, match=r"maps 'MALIGNAN' \(did you mean 'MALIGNANT'\?\), which the dataset does not "
+                                         r"hold; its raw labels are BENIGN"):
+        prepare("csv", table, tmp_path / "p", labels="MALIGNAN=CANCER")
+    assert not (tmp_path / "p" / "manifest.csv").exists()

@@ -127,6 +127,29 @@ def parse_label_spec(spec: str) -> LabelMapping:
     return LabelMapping("custom", mapping)
 
 
+def unused_labels(mapping: LabelMapping, raw: Iterable[str], spec: str) -> None:
+    """Refuse a ``RAW=CLASS`` mapping that names a raw label the dataset does not hold (a typo such as
+    ``MALIGNAN=CANCER`` would otherwise be ignored and the label left unmapped).
+
+    Raises:
+        LabelError: the unused raw labels, the closest of the dataset's, and every raw label it holds.
+    """
+    import difflib
+
+    if mapping.name != "custom":
+        return
+    present = sorted({str(r).strip().upper() for r in raw})
+    unused = [k for k in mapping.mapping if k not in present]
+    if not unused:
+        return
+    hints = []
+    for k in unused:
+        close = difflib.get_close_matches(k, present, n=1)
+        hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise LabelError(f"--labels {spec!r} maps {', '.join(hints)}, which the dataset does not hold; its raw labels are "
+                     f"{', '.join(present)}")
+
+
 def order_labels(labels: Iterable[str]) -> list[str]:
     """Unique labels in canonical order (known pathologies first, then others alphabetically)."""
     unique = set(labels)

@@ -31,6 +31,7 @@ from mammobench.data.labels import (
     order_labels,
     parse_label_spec,
     positive_label,
+    unused_labels,
 )
 from mammobench.data.manifest import ManifestInfo, cache_folder, validate_manifest, write_manifest
 from mammobench.data.options import size_label
@@ -152,6 +153,7 @@ def read_records(dataset: str, root: str | Path | None, out: Path, *, labels: st
             raise
         where = _write_failed_skipped(out, skipped)
         raise type(exc)(f"{exc}; every skipped row with its reason: {where}") from None
+    unused_labels(mapping, result.records["raw_label"], labels)
     native = registered.labels_as_given(source)
     if native:  # raw labels that already are the classes (VinDr's BI-RADS 1-5) map to themselves
         mapping = LabelMapping(mapping.name, {**{b: b for b in native}, **dict(mapping.mapping)})

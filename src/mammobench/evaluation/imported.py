@@ -67,6 +67,9 @@ class ImportedPredictions:
     probs: dict[str, np.ndarray] = field(default_factory=dict)
     labels: np.ndarray | None = None
     label_kind: str = ""  # "positive" (1 = malignant) or "class" (a class name)
+    #: the column the single probability came from, and the class its name says it is of ("" = the positive one)
+    prob_column: str = ""
+    prob_class: str = ""
 
 
 def read_predictions(path: str | Path, *, prob_column: str | None = None, id_column: str | None = None
@@ -99,8 +102,24 @@ def read_predictions(path: str | Path, *, prob_column: str | None = None, id_col
     else:
         assert prob_col is not None
         positive = _probabilities(path, table[prob_col], prob_col)
+    if fmt == "gmic" and "benign_pred" in lower:  # GMIC's own benign probability is kept, not 1 - malignant
+        probs = {"BENIGN": _probabilities(path, table[lower["benign_pred"]], lower["benign_pred"])}
     labels = table[label_col].astype(str).str.strip().to_numpy() if label_col else None
-    return ImportedPredictions(path, fmt, ids, positive, probs, labels, kind)
+    return ImportedPredictions(path, fmt, ids, positive, probs, labels, kind, prob_column=str(prob_col or ""),
+                               prob_class=_named_class(prob_col) if fmt == "table" and prob_col else "")
+
+
+#: A probability column named for a class: ``prob_benign``, ``p_benign``, ``benign_prob``, ``benign_pred`` ...
+_CLASS_COLUMN = re.compile(r"^(?:prob|p|probability|score)[_\- ](?P<a>.+)$|^(?P<b>.+?)[_\- ](?:prob|probability|pred|"
+                           r"score)$", re.I)
+
+
+def _named_class(column: str) -> str:
+    """The class a probability column's name says it is of (``prob_benign`` -> ``BENIGN``); "" when it names none
+    or the malignant class (``p_malignant``, ``malignancy``)."""
+    match = _CLASS_COLUMN.match(column.strip())
+    name = (match.group("a") or match.group("b")).strip().upper() if match else ""
+    return "" if name in ("", "MALIGNANT", "MALIGNANCY", "CANCER", "POSITIVE", "MALIGNANT_CLASS") else name
 
 
 def _recognise(path: Path, lower: dict[str, str], prob_column: str | None, id_column: str | None
@@ -340,6 +359,12 @@ def score_matched(imported: ImportedPredictions, matched: Matched, labels: list[
                                         unit=matched.level, about=about)
     synthetic = bool((rows["dataset"] == DEMO_DATASET).any())
     notes = []
+    if imported.prob_column and positive is not None:  # which column was read as what, said every time
+        named = imported.prob_class
+        notes.append(f"P({positive}) = " + (f"1 - column {imported.prob_column!r} (the probability of {named})"
+                                             if named and named != positive else f"column {imported.prob_column!r}")
+                     + (", P(BENIGN) = column 'benign_pred'" if "BENIGN" in imported.probs and "BENIGN" in labels
+                        else ""))
     if matched.missing:
         notes.append(f"{len(matched.missing)} {split} {matched.level}(s) without a prediction left out "
                      f"({format_list(matched.missing, 5)})")
@@ -378,9 +403,17 @@ def _as_classes(imported: ImportedPredictions, matched: Matched, labels: list[st
         raise PredictionsError(f"{imported.path} has no probability of {positive} (columns: prob_"
                                f"{', prob_'.join(imported.probs)}); give --prob-column")
     negative = next(lab for lab in labels if lab != positive) if len(labels) == 2 else f"NON_{positive}"
+    named = imported.prob_class
+    if named and named != positive:  # the column is another class's probability: never read as malignancy
+        if named != negative or len(labels) != 2:
+            raise PredictionsError(f"{imported.path}: column {imported.prob_column!r} is the probability of {named}, "
+                                   f"not of {positive}; give the malignancy column with --prob-column")
+        p = 1 - p
     rows = rows.assign(label=np.where(rows["label"] == positive, positive, negative))
     score = p[matched.index]
-    return [negative, positive], np.stack([1 - score, score], 1), rows, positive
+    other = imported.probs.get(negative)  # the file's own column of the other class (GMIC's benign_pred), as written
+    return [negative, positive], np.stack([other[matched.index] if other is not None else 1 - score, score], 1), \
+        rows, positive
 
 
 def _check_labels(imported: ImportedPredictions, matched: Matched, rows: pd.DataFrame, positive: str | None) -> None:

@@ -388,8 +388,13 @@ def _report(models: list[ModelResult], matrix: dict[str, Any], out: Path, *, tta
 def results_table(models: list[ModelResult]) -> pd.DataFrame:
     """The notebook's comparison table, with 95 % patient-bootstrap intervals."""
     rows = []
+    classes = max((len(m.test.report.labels) for m in models), default=0)
     for m in models:
         t, v = m.test.metrics, (m.val.metrics if m.val else {})
+        # a macro AUC only where a model scored every class: a malignancy-only model's two-class "macro" AUC is its
+        # malignant AUC, not comparable with the others' (it has its own column)
+        macro = (format_metric(t["auc_macro"]) if len(m.test.report.labels) == classes
+                 else "n/a (malignancy only)")
         rows.append({
             "model": m.name,
             "architecture": _architecture(m),
@@ -398,7 +403,7 @@ def results_table(models: list[ModelResult]) -> pd.DataFrame:
             "test accuracy %": format_metric(t["accuracy"], digits=1, scale=100),
             "test majority %": format_estimate(t["majority_accuracy"].value, digits=1, scale=100),
             "test balanced accuracy %": format_metric(t["balanced_accuracy"], digits=1, scale=100),
-            "test macro AUC": format_metric(t["auc_macro"]),
+            "test macro AUC": macro,
             "test malignant AUC": format_metric(t.get("auc_malignant")),
             "sensitivity %": format_metric(t.get("sensitivity"), digits=1, scale=100),
             "specificity %": format_metric(t.get("specificity"), digits=1, scale=100),
