@@ -248,3 +248,58 @@ def test_text_from_files_and_paths_is_printed_as_data_never_as_markup_or_termina
     assert "run [/] [green]✓ signature verified[/]" in result.output, "the markup is shown as text"
     assert "\x1b" not in result.output and "\\x1b]8;;http:/x" in result.output
     assert plain("a\x07b\x9bc\n") == "a\\x07b\\x9bc\n"
+
+
+def test_ctrl_c_in_train_says_where_it_stopped_and_how_to_go_on(demo_prepared, tmp_path, monkeypatch):
+    """Lightning turns Ctrl-C into a quiet exit(1); train now says which run stopped in which epoch and how to
+    resume it, with a shell's exit status for an interruption (130), and the run folder says 'interrupted'."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from mammobench.cli import app
+    from mammobench.training.module import LesionClassifier
+
+    def interrupted(self, batch, batch_idx):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(LesionClassifier, "training_step", interrupted)
+    args = ["train", "-c", "demo_cnn"]
+    for item in (f"data.manifest={demo_prepared.out}", f"output.dir={tmp_path}", "stages.head_epochs=0",
+                 "stages.finetune_epochs=1", "output.tensorboard=false"):
+        args += ["--set", item]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "300"})
+    assert result.exit_code == 130, result.output
+    assert "interrupted:" in result.output and "stopped in epoch 1" in result.output
+    assert "mammobench train --resume" in result.output
+    run = next(tmp_path.iterdir())
+    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
+
+
+def test_predict_with_nothing_readable_fails_and_a_roi_outside_the_image_is_named(trained_runs, tmp_path):
+    from typer.testing import CliRunner
+
+    from mammobench.cli import app
+    from mammobench.evaluation.inference import RoiError, checked_roi
+    from mammobench.serving.bundle import export_bundle
+
+    bundle = export_bundle(trained_runs["cnn"], tmp_path / "b")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "a.png").write_bytes(b"not an image")
+    r = CliRunner().invoke(app, ["predict", str(bundle), str(tmp_path / "bad"), "--out", str(tmp_path / "p.csv")])
+    assert r.exit_code == 2 and "none of the 1 image(s) could be predicted" in r.output
+    assert (tmp_path / "p.csv").is_file(), "the reasons are still written"
+    assert checked_roi((10, 10, 20, 20), (100, 50)) == ((10, 10, 20, 20), "")
+    box, note = checked_roi((40, 90, 60, 120), (100, 50))
+    assert box == (40, 90, 50, 100) and "clipped to 40 90 50 100" in note
+    with pytest.raises(RoiError, match="expected x0 < x1"):
+        checked_roi((30, 10, 20, 20), (100, 50))
+    with pytest.raises(RoiError, match=r"lies outside the image \(50 x 100 pixels"):
+        checked_roi((60, 10, 80, 20), (100, 50))
+    from PIL import Image
+
+    (tmp_path / "ok").mkdir()
+    Image.new("L", (50, 100), 128).save(tmp_path / "ok" / "m.png")
+    r = CliRunner().invoke(app, ["predict", str(bundle), str(tmp_path / "ok"), "--roi", "60", "10", "80", "20",
+                                 "--out", str(tmp_path / "q.csv")], env={"COLUMNS": "300"})
+    assert r.exit_code == 2 and "lies outside the image (50 x 100 pixels" in r.output and "Traceback" not in r.output

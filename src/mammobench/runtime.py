@@ -29,6 +29,15 @@ logger = logging.getLogger("mammobench")
 class MammobenchError(Exception):
     """Base class of the errors mammobench raises for bad input; the CLI prints them without a traceback."""
 
+    #: the command line's exit status for it (2: bad input)
+    exit_code = 2
+
+
+class Interrupted(MammobenchError):
+    """Work stopped by Ctrl-C or a signal: where it stopped and how to go on (exit status 130, as a shell's)."""
+
+    exit_code = 130
+
 
 _UMASK_LOCK = threading.Lock()
 

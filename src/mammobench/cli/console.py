@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from mammobench.runtime import MammobenchError
+from mammobench.runtime import Interrupted, MammobenchError
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -103,9 +103,11 @@ def quiet_lightning() -> None:
 
 
 def fail(exc: BaseException | str) -> NoReturn:
-    """One red line on stderr, exit status 2 (bad input; a bug keeps its traceback)."""
-    err_console.print(f"[bold red]error:[/] {plain(exc)}", soft_wrap=True, highlight=False)
-    raise typer.Exit(2)
+    """One red line on stderr, exit status 2 (bad input; a bug keeps its traceback), 130 for an interruption."""
+    code = getattr(exc, "exit_code", 2)
+    label = "interrupted" if code == 130 else "error"
+    err_console.print(f"[bold red]{label}:[/] {plain(exc)}", soft_wrap=True, highlight=False)
+    raise typer.Exit(code)
 
 
 def command(app: typer.Typer, name: str | None = None, *, trains: bool = False) -> Callable[[F], F]:
@@ -121,6 +123,9 @@ def command(app: typer.Typer, name: str | None = None, *, trains: bool = False) 
                 return fn(*args, **kwargs)
             except MammobenchError as exc:
                 fail(exc)
+            except KeyboardInterrupt:
+                fail(Interrupted("stopped by Ctrl-C; every file mammobench writes is written whole or not at all: "
+                                 "run the same command again (finished work is reused)"))
 
         app.command(name)(run)
         return fn

@@ -186,6 +186,8 @@ def predict(
         fail(f"no image found in {', '.join(map(str, paths))}")
     write_predictions(results, out, labels=predictor.labels)
     show.predictions(results, out)
+    if all(r.error for r in results):  # the CSV lists each file's reason; the exit status says nothing was done
+        fail(f"none of the {len(results)} image(s) could be predicted (each reason above and in {out})")
 
 
 @command(app)

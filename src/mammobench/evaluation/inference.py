@@ -19,6 +19,7 @@ from mammobench.data.transforms import AugmentSettings, create_transform
 from mammobench.data.views import breast_table
 from mammobench.models.factory import prefers_channels_last
 from mammobench.runs import ModelInfo
+from mammobench.runtime import MammobenchError
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,29 @@ CONTEXT_NOTE = ("this model sees each lesion with a set context (data.preprocess
                 "it holds: give its mammogram and --roi with the lesion's own box for the training geometry")
 SIDE_UNKNOWN_NOTE = ("the crop's side is unknown (no DICOM laterality, no L/R in its name): it was not flipped to the "
                      "side the model was trained on; give --laterality L|R")
+
+
+class RoiError(MammobenchError):
+    """A lesion box that is no box (x0 >= x1 or y0 >= y1) or lies wholly outside its image."""
+
+
+def checked_roi(roi: tuple[int, int, int, int], shape: tuple[int, ...]) -> tuple[tuple[int, int, int, int], str]:
+    """``roi`` (x0 y0 x1 y1, pixels) inside an image of ``shape`` and a note when it had to be clipped to it.
+
+    Raises:
+        RoiError: x0 >= x1 or y0 >= y1, or a box wholly outside the image (its size named).
+    """
+    x0, y0, x1, y1 = (int(v) for v in roi)
+    h, w = int(shape[0]), int(shape[1])
+    given = f"--roi {x0} {y0} {x1} {y1}"
+    if x0 >= x1 or y0 >= y1:
+        raise RoiError(f"{given}: expected x0 < x1 and y0 < y1 (left, top, right, bottom, in pixels)")
+    box = (max(0, x0), max(0, y0), min(w, x1), min(h, y1))
+    if box[0] >= box[2] or box[1] >= box[3]:
+        raise RoiError(f"{given} lies outside the image ({w} x {h} pixels, width x height)")
+    if box == (x0, y0, x1, y1):
+        return box, ""
+    return box, f"{given} reaches outside the {w} x {h} image: clipped to {' '.join(map(str, box))}"
 
 
 def model_input(raw: np.ndarray, info: ModelInfo, *, roi: tuple[int, int, int, int] | None = None,
@@ -55,6 +79,9 @@ def model_input(raw: np.ndarray, info: ModelInfo, *, roi: tuple[int, int, int, i
     from mammobench.data.preprocess import input_mismatch, preprocess_array, preprocess_lesion
 
     notes: list[str] = []
+    if roi is not None:
+        roi, clipped = checked_roi(roi, raw.shape)
+        notes += [clipped] if clipped else []
     settings = info.preprocess
     full = (info.mode == "full" or roi is not None) if full_image is None else full_image
     mismatch = input_mismatch(raw, mode=info.mode, roi=roi) if full_image is None else ""

@@ -25,7 +25,7 @@ from mammobench.evaluation.evaluate import evaluate
 from mammobench.evaluation.metrics import PatientBootstrap, safe_auc, too_few_patients
 from mammobench.evaluation.report import EvaluationReport
 from mammobench.formatting import format_estimate, format_metric
-from mammobench.runtime import MammobenchError, atomic_write_csv, atomic_write_json, utc_now
+from mammobench.runtime import Interrupted, MammobenchError, atomic_write_csv, atomic_write_json, utc_now
 from mammobench.training.reuse import train_or_reuse
 
 FOLD_METRICS = ("auc_macro", "auc_malignant", "accuracy", "majority_accuracy", "balanced_accuracy")
@@ -69,12 +69,18 @@ def crossval(
     unknown = sorted(set(folds) - set(all_folds))
     if unknown:
         raise MammobenchError(f"fold(s) {unknown} do not exist in {cfg.data.manifest} (folds {all_folds})")
-    rows, oof, evaluations = [], [], []
+    rows: list[dict[str, Any]] = []
+    oof: list[pd.DataFrame] = []
+    evaluations: list[EvaluationReport] = []
     base = cfg.output.name or cfg.name
     for k in folds:
         fold_cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"fold": k}),
                                           "output": cfg.output.model_copy(update={"name": f"{base}_fold{k}"})})
-        run_dir = train_or_reuse(fold_cfg, overwrite=overwrite, show_progress=show_progress)
+        try:
+            run_dir = train_or_reuse(fold_cfg, overwrite=overwrite, show_progress=show_progress)
+        except Interrupted as exc:
+            raise Interrupted(f"{exc}, or run the same crossval command again: the {len(rows)} fold(s) that finished "
+                              "are reused and this one resumed") from None
         ev = evaluate(run_dir, split="test", n_boot=n_boot, tta=tta)
         m = ev.metrics
         rows.append({"fold": k, "n": ev.report.n, "patients": ev.report.patients,

@@ -189,6 +189,8 @@ class Predictor:
             return self.prepare(image, roi=roi, full_image=full_image, laterality=side, pixel_mm=pixel_mm)
         except ImageReadError as exc:
             return exc.reason
+        except MammobenchError as exc:  # a --roi outside this image
+            return str(exc)
         except (ValueError, MemoryError) as exc:
             return f"{type(exc).__name__}: {exc}"
 

@@ -46,6 +46,7 @@ from mammobench.models.factory import (
 from mammobench.models.loading import LoadReport
 from mammobench.runs import RUN_FORMAT, ModelInfo, RunDir, RunError
 from mammobench.runtime import (
+    Interrupted,
     atomic_write_json,
     utc_now,
 )
@@ -208,12 +209,17 @@ def _train(trainer: pl.Trainer, training: Training, run: RunDir, base_info: dict
     except BaseException as exc:
         error = f"{type(exc).__name__}: {exc}"
         status = "interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed"
-        raise
+        if status != "interrupted":
+            raise
     finally:
         seconds = time.perf_counter() - t0
         if trainer.is_global_zero and status != "finished":
             atomic_write_json(run.info_path, {**base_info, "status": status, "error": error, "stopped": utc_now(),
                                               "train_seconds": seconds})
+    if status == "interrupted":  # Lightning turns Ctrl-C into a quiet exit(1): say where it stopped, and how on
+        kept = "its last checkpoint is kept" if run.last_checkpoint.is_file() else "no epoch had finished"
+        raise Interrupted(f"training of {run.path} stopped in epoch {trainer.current_epoch + 1} ({kept}); continue "
+                          f"it with: mammobench train --resume {run.path}")
     return status, seconds
 
 
