@@ -512,3 +512,42 @@ def test_dicom_out_on_the_real_cbis_ddsm_files(two_view_bundle, tmp_path, dciodv
         expected = {("left", "CC"): ["A", "R"], ("left", "MLO"): ["A", "FR"]}.get((wall, view), [])
         assert list(capture.PatientOrientation or []) == expected
         assert f"image L {view}" in str(pydicom.dcmread(output.report))
+
+
+def test_the_pacs_client_does_what_it_is_told_and_fails_fast(orthanc, two_view_bundle, full_prepared, tmp_path,
+                                                               monkeypatch):
+    """--out is written with --dicomweb; a bad study among good ones is reported and the good ones still predicted
+    (exit status 2 at the end); --auth-file wins over the environment's credentials (said, never both sent); a
+    refused connection is one line, no retries."""
+    import pandas as pd
+    import requests
+    from dicomweb_client.api import DICOMwebClient
+    from typer.testing import CliRunner
+
+    from mammobench.cli import app
+
+    url, user, password = orthanc
+    study, files = four_view_study(tmp_path / "upload", full_prepared, seed=3, patient="MB-TEST-3")
+    session = requests.Session()
+    session.auth = (user, password)
+    DICOMwebClient(url, session=session).store_instances([pydicom.dcmread(f) for f in files])
+    auth = tmp_path / "auth.json"
+    auth.write_text(json.dumps({"user": user, "password": password}))
+    os.chmod(auth, 0o600)
+    monkeypatch.setenv("MAMMOBENCH_DICOMWEB_USER", user)
+    monkeypatch.setenv("MAMMOBENCH_DICOMWEB_PASSWORD", "meant-for-another-server")
+    out = tmp_path / "pacs.csv"
+    args = ["predict", str(two_view_bundle), "--dicomweb", url, "--study", "1.2.3.4", "--study", study,
+            "--auth-file", str(auth), "--out", str(out), "--dicom-out", str(tmp_path / "work")]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "300"})
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    assert "study 1.2.3.4 is not on the server" in text and "1 of 2 studies failed" in text
+    assert f"using the credentials of --auth-file {auth}" in text, "the environment's password was not sent"
+    breasts = pd.read_csv(out)
+    assert set(breasts["laterality"]) == {"L", "R"} and len(breasts) == 2
+    assert (tmp_path / "work" / study).is_dir() and not (tmp_path / "work" / "1.2.3.4").exists()
+    refused = CliRunner().invoke(app, ["predict", str(two_view_bundle), "--dicomweb",
+                                       f"http://127.0.0.1:{_free_port()}/dicom-web", "--study", study])
+    assert refused.exit_code == 2 and "cannot reach" in refused.output
+    assert "Retrying" not in refused.output and refused.output.count("cannot reach") == 1

@@ -280,3 +280,23 @@ def test_a_label_mapping_naming_no_label_of_the_dataset_is_refused(tmp_path):
                                          r"hold; its raw labels are BENIGN"):
         prepare("csv", table, tmp_path / "p", labels="MALIGNAN=CANCER")
     assert not (tmp_path / "p" / "manifest.csv").exists()
+
+
+def test_rows_outside_the_split_are_counted_once_and_a_kfold_manifest_gets_a_hint_that_works(gmic_set, tmp_path):
+    """Several manifest rows sharing one file id (an image's lesions, or a breast's views scored per image) made the
+    note say '-4 of the file's rows'; the hint for a k-fold manifest sent the user to --split cv, another error."""
+    from mammobench.evaluation.imported import match_predictions
+
+    prepared, exams = gmic_set
+    frame = prepared.frame
+    imported = read_predictions(_gmic_file(exams, tmp_path / "gmic"))
+    doubled = pd.concat([frame, frame.assign(sample_id=frame["sample_id"] + "_lesion2")], ignore_index=True)
+    matched = match_predictions(imported, doubled, key="image")
+    assert matched.elsewhere == 0 and len(matched.rows) == 2 * len(frame)
+    kfold = frame.assign(split="cv")
+    some = imported.ids[: len(imported.ids) // 2]
+    half = type(imported)(imported.path, imported.format, some, imported.positive[: len(some)])
+    with pytest.raises(PredictionsError, match="k-fold .* --allow-missing") as err:
+        match_predictions(half, kfold, key="image")
+    assert "--split cv" not in str(err.value)
+    assert len(match_predictions(half, kfold, key="image", allow_missing=True).rows) == len(some)

@@ -203,9 +203,10 @@ def fetch_study(client: DICOMwebClient, study_uid: str, folder: str | Path) -> l
     from mammobench.runtime import atomic_path
 
     folder = Path(folder)
+    found = study_mammograms(client, study_uid)  # a study the server lacks leaves no folder behind
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for series_uid, sop_uid in study_mammograms(client, study_uid):
+    for series_uid, sop_uid in found:
         path = folder / f"{sop_uid}.dcm"
         if not path.is_file():
             with _server(client, f"retrieving instance {sop_uid}"):

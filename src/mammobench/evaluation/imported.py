@@ -267,7 +267,10 @@ def match_predictions(imported: ImportedPredictions, frame: pd.DataFrame, *, spl
     if missing and not allow_missing:
         hint = "score the rest with --allow-missing"
         covered = set(rows.loc[have, "split"].astype(str)) if "split" in rows else set()
-        if split == "all" and len(covered) == 1:  # e.g. a model's test-set predictions scored against every row
+        if split == "all" and covered == {"cv"}:  # a k-fold manifest: the file is one fold's (its split is 'cv')
+            hint = ("the manifest is k-fold (every row's split is cv) and the file covers some of its rows, as one "
+                    "fold's test predictions do: score the rows it has with --allow-missing")
+        elif split == "all" and len(covered) == 1:  # e.g. a model's test-set predictions scored against every row
             hint = f"every prediction is of a {next(iter(covered))} row: score that split with --split " \
                    f"{next(iter(covered))}, or the rest with --allow-missing"
         raise PredictionsError(f"{imported.path} has no prediction for {len(missing)} of the {len(rows)} {split} "
@@ -276,7 +279,8 @@ def match_predictions(imported: ImportedPredictions, frame: pd.DataFrame, *, spl
         raise PredictionsError(f"{imported.path} predicts none of the {split} {level}s of {where}")
     rows = rows[have].reset_index(drop=True)
     index = np.array([position[k] for k in row_keys[have]])
-    return Matched(rows, index, best, level, missing, int(len(file_ids) - len(index)))
+    # the file's rows no scored row used (several manifest rows, e.g. lesions of one image, may share one)
+    return Matched(rows, index, best, level, missing, int(len(file_ids) - len(np.unique(index))))
 
 
 def _isin(values: np.ndarray, universe: np.ndarray) -> np.ndarray:
