@@ -18,7 +18,7 @@ from .conftest import REPO
 runner = CliRunner()
 
 COMMANDS = ["prepare", "presets", "train", "evaluate", "compare", "crossval", "ablate", "explain", "demo", "export",
-            "keygen", "predict", "serve", "weights"]
+            "keygen", "predict", "serve", "weights", "trust"]
 
 
 def test_the_command_list_is_every_command():
@@ -167,6 +167,8 @@ def _readme_commands() -> list[list[str]]:
         for line in joined.splitlines():
             line = line.split(" #")[0].strip()
             for part in re.split(r"\s*(?:&&|;)\s*", line):
+                if not re.match(r"(mammobench|srun|torchrun)\b", part):  # a python -c line, mkdir, ...
+                    continue
                 words = shlex.split(part)
                 if words[:1] == ["srun"] or words[:1] == ["torchrun"]:
                     words = words[words.index("mammobench.cli") + 1:] if "mammobench.cli" in words else words[1:]
