@@ -305,3 +305,28 @@ def test_predict_with_nothing_readable_fails_and_a_roi_outside_the_image_is_name
     r = CliRunner().invoke(app, ["predict", str(bundle), str(tmp_path / "ok"), "--roi", "60", "10", "80", "20",
                                  "--out", str(tmp_path / "q.csv")], env={"COLUMNS": "300"})
     assert r.exit_code == 2 and "lies outside the image (50 x 100 pixels" in r.output and "Traceback" not in r.output
+
+
+def test_serve_on_a_busy_port_and_crossval_into_a_foreign_folder_are_refused_before_any_work(tmp_path):
+    """serve on a port another program holds was a Gradio traceback; crossval --ensemble into a folder that is not
+    a bundle was refused only after every fold had trained."""
+    import socket
+
+    from typer.testing import CliRunner
+
+    from mammobench.cli import app
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        port = holder.getsockname()[1]
+        r = CliRunner().invoke(app, ["serve", str(tmp_path / "no_bundle"), "--port", str(port)],
+                               env={"COLUMNS": "300"})
+    assert r.exit_code == 2 and f"port {port} on 127.0.0.1 is in use" in r.output and "Traceback" not in r.output
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("a user's file")
+    r = CliRunner().invoke(app, ["crossval", "-c", "demo_cnn", "--set", f"data.manifest={tmp_path / 'none'}",
+                                 "--ensemble", str(foreign)], env={"COLUMNS": "300"})
+    assert r.exit_code == 2 and "is not a bundle folder" in r.output
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]

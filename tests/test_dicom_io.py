@@ -88,6 +88,8 @@ def test_an_exam_of_dicom_images_gets_a_report_and_heat_maps_that_reference_it(t
     result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "Structured Report" in result.output
+    # nothing of the patient reaches the console (highdicom logs every attribute it copies, identifiers included)
+    assert "copy Patient" not in result.output and "MB-TEST-1" not in result.output and "Test^Mammo" not in result.output
     folder = tmp_path / "dicom" / study
     (sr_path,) = sorted(folder.glob("sr_*.dcm"))
     sr = hd.sr.srread(sr_path)

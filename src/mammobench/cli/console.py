@@ -22,7 +22,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 
 #: Third-party loggers whose INFO chatter ("GPU available", onnxscript's export steps) says nothing to a user.
-CHATTY = ("lightning", "onnxscript", "onnx_ir", "torch.onnx", "torch._dynamo", "torch.export", "httpx", "gradio")
+CHATTY = ("lightning", "onnxscript", "onnx_ir", "torch.onnx", "torch._dynamo", "torch.export", "httpx", "gradio",
+          "highdicom")
 
 
 #: C0 and C1 control characters but tab and newline (ESC starts a terminal sequence: colours, hyperlinks, titles).
@@ -72,7 +73,8 @@ def setup_logging(verbose: bool) -> None:
         handler.addFilter(lambda r: r.levelno >= logging.WARNING or not r.name.startswith(CHATTY))
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", handlers=[handler],
                         force=True)
-    for noisy in ("PIL", "matplotlib", "urllib3", "httpx", "fsspec", "onnxscript", "onnx_ir"):
+    # highdicom logs each attribute it copies from a source (patients' identifiers among them) at INFO
+    for noisy in ("PIL", "matplotlib", "urllib3", "httpx", "fsspec", "onnxscript", "onnx_ir", "highdicom"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if not verbose:
         # A Python warning is one line like every other message, not "file:line: Category: text" and the source line.
