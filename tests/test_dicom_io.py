@@ -215,7 +215,7 @@ def orthanc(tmp_path_factory):
 
 
 def test_a_study_from_orthanc_is_predicted_and_its_report_stored_back(orthanc, two_view_bundle, full_prepared, tmp_path,
-                                                                       monkeypatch):
+                                                                       monkeypatch, dciodvfy):
     import requests
     from dicomweb_client.api import DICOMwebClient
     from typer.testing import CliRunner
@@ -245,6 +245,8 @@ def test_a_study_from_orthanc_is_predicted_and_its_report_stored_back(orthanc, t
     sr_series = next(s for s in series if s["00080060"]["Value"][0] == "SR")["0020000E"]["Value"][0]
     sr_uid = pacs.search_for_instances(study_instance_uid=study, series_instance_uid=sr_series)[0]["00080018"]["Value"][0]
     stored = pacs.retrieve_instance(study, sr_series, sr_uid)
+    for written in (tmp_path / "work" / study).glob("s[rc]_*.dcm"):
+        dciodvfy(written)
     assert _report_probabilities(stored) == _report_probabilities(
         pydicom.dcmread(next((tmp_path / "work" / study).glob("sr_*.dcm"))))
     # a second run fetches nothing new and stores the same UIDs again: the study holds no duplicate
@@ -311,7 +313,13 @@ def test_a_research_pacs_is_a_dataset_prepare_reads(orthanc, full_prepared, tmp_
     studies = []
     for k in range(3):
         study, files = four_view_study(tmp_path / f"s{k}", full_prepared, seed=2 * k, patient=f"MB-PREP-{k}")
-        pacs.store_instances([pydicom.dcmread(f) for f in files])
+        datasets = [pydicom.dcmread(f) for f in files]
+        if k == 1:  # as a CBIS-DDSM study sits in a PACS: no ViewPosition, the view only in a description
+            for i, ds in enumerate(datasets):
+                view = ds.ViewPosition
+                del ds.ViewPosition
+                ds.SeriesDescription = f"{ds.ImageLaterality}_{view}" if i else "full mammogram images"
+        pacs.store_instances(datasets)
         studies.append(study)
     rows = [(studies[0], "L", "MALIGNANT"), (studies[0], "R", "BENIGN"), (studies[1], "L", "BENIGN"),
             (studies[1], "R", "BENIGN"), (studies[2], "L", "MALIGNANT"), ("1.2.3.999", "L", "BENIGN")]  # s2 R: none
@@ -328,6 +336,9 @@ def test_a_research_pacs_is_a_dataset_prepare_reads(orthanc, full_prepared, tmp_
     assert len(frame) == 10 and set(frame["exam_id"]) == set(studies) and frame["patient_id"].nunique() == 3
     labels = frame.groupby(["exam_id", "laterality"])["label"].first().to_dict()
     assert labels[(studies[0], "L")] == "MALIGNANT" and labels[(studies[1], "R")] == "BENIGN"
+    views = frame[frame["exam_id"] == studies[1]]["view"].fillna("").tolist()
+    assert sorted(views) == ["", "CC", "MLO", "MLO"] or sorted(views) == ["", "CC", "CC", "MLO"]
+    assert "1 image(s) say no view (CC or MLO)" in " ".join(result.output.split())
     skipped = pd.read_csv(tmp_path / "pacs" / "skipped.csv")
     reasons = " ".join(skipped["reason"])
     assert "study 1.2.3.999 is not on the server" in reasons and "no label for side R" in reasons
@@ -339,7 +350,7 @@ def test_a_research_pacs_is_a_dataset_prepare_reads(orthanc, full_prepared, tmp_
 
 
 def test_what_is_written_is_valid_dicom_whatever_the_model_is_called(two_view_bundle, full_prepared, tmp_path,
-                                                                      monkeypatch):
+                                                                      monkeypatch, dciodvfy):
     """Every value fits its VR (pydicom refuses to write one that does not) with a long timm model name: a series
     description of 76 characters in a 64-character LO was written before."""
     from pydicom import config
@@ -354,6 +365,7 @@ def test_what_is_written_is_valid_dicom_whatever_the_model_is_called(two_view_bu
     monkeypatch.setattr(config.settings, "writing_validation_mode", config.RAISE)
     output = write_study(exam, predictor, tmp_path / "out")
     for path in [output.report, *output.captures]:
+        dciodvfy(path)
         ds = pydicom.dcmread(path)
         for element in ds.iterall():
             if element.VR == "LO" and isinstance(element.value, str):

@@ -79,6 +79,15 @@ def test_a_cross_validation_becomes_one_ensemble_bundle(cv_runs):
     said = " ".join(res.output.split())
     assert "ensemble of 2 runs (probabilities averaged)" in said and "no held-out estimate of its own" in said
     assert read_bundle_meta(work / "ens_cli").model.ensemble == 2
+    # its model card is the ensemble's: its name, the pooled out-of-fold AUC that stands for it, where its threshold
+    # was chosen; never fold 0's title, AUC or "never chosen on the test set" (4 of 5 members trained on it)
+    card = (work / "ens_cli" / "MODEL_CARD.md").read_text()
+    pooled = result.summary["pooled_out_of_fold_auc_malignant"]
+    assert "# demo_cnn ensemble of 2 folds" in card and "_fold0" not in card.split("## Provenance")[0]
+    assert f"Pooled out-of-fold MALIGNANT AUC of the cross-validation its members come from: {pooled['value']:.3f}" \
+        in " ".join(card.split())
+    assert "chosen on out-of-fold predictions" in " ".join(card.split())
+    assert "never chosen on the test set" not in card
 
 
 def test_seeds_of_one_split_share_their_validation_and_test_sets(demo_prepared, tmp_path):
@@ -92,6 +101,10 @@ def test_seeds_of_one_split_share_their_validation_and_test_sets(demo_prepared, 
     assert meta.ensemble["average"] == "logits" and meta.ensemble["chosen_on"].startswith("the validation split")
     test = meta.ensemble["test"]
     assert len(test["auc_members"]) == 2 and 0 <= test["auc_ensemble"] <= 1 and test["n"] > 0
+    card = (tmp_path / "b" / "MODEL_CARD.md").read_text()
+    said = " ".join(card.split())
+    assert f"AUC {test['auc_ensemble']:.3f} (members" in said and "ensemble of 2 runs" in said
+    assert "seed1" not in card.split("## Provenance")[0], "the card is not the first member's"
     with pytest.raises(BundleError, match="at least two runs"):
         export_ensemble(runs[:1], tmp_path / "one")
 

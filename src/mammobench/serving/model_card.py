@@ -188,7 +188,7 @@ def _ensemble_results(meta: BundleMeta) -> list[str]:
         lines.append(f"On the test split its {len(ens.get('members', []))} members share ({test['n']} samples): "
                      f"{test['positive_label']} AUC {test['auc_ensemble']:.3f} (members {members}).")
     if pooled:
-        lines.append(f"Pooled out-of-fold {', '.join(pooled.get('labels', [])[-1:]) or 'malignant'} AUC of the "
+        lines.append(f"Pooled out-of-fold {meta.model.positive_label or 'malignant'} AUC of the "
                      f"cross-validation its members come from: {format_metric(pooled)} over {pooled['n']} samples, "
                      f"{pooled['patients']} patients (each scored once, by the member that did not train on it). The "
                      "ensemble itself has no held-out test estimate: every patient was in some member's training "
