@@ -4,7 +4,6 @@ files named before anything is written; imported models paired with trained ones
 from __future__ import annotations
 
 import json
-
 from pathlib import Path
 
 import numpy as np

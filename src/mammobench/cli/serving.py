@@ -4,7 +4,7 @@ DICOMweb) and ``serve`` (the local page)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
@@ -12,6 +12,9 @@ import mammobench.cli.show as show
 from mammobench.cli.app import THRESHOLD_HELP, Aggregate, Average, Backend, Threshold, app
 from mammobench.cli.console import command, console, err_console, fail, plain
 from mammobench.runtime import MammobenchError
+
+if TYPE_CHECKING:
+    from mammobench.serving.predictor import Predictor
 
 Opt = typer.Option
 Arg = typer.Argument
@@ -134,35 +137,8 @@ def predict(
                                       trusted_key=trusted_key, require_signature=require_signature)
     show.verification(bundle, predictor.verification)
     if dicomweb is not None:
-        from mammobench.data.dicomweb import DicomWebError
-        from mammobench.serving.exams import write_exam_predictions
-        from mammobench.serving.pacs import predict_study
-
-        if paths or not study:
-            fail("--dicomweb URL predicts studies given with --study UID (not files)")
-        done, failed = [], []
-        for uid in dict.fromkeys(study):
-            try:  # one bad study is reported; the others are still predicted
-                result = predict_study(predictor, dicomweb, uid, dicom_out or Path("dicom_out"), store_results=store,
-                                       auth_file=auth_file, aggregate=aggregate)
-            except DicomWebError as exc:
-                if exc.server_wide:  # unreachable, or the credentials refused: every study would fail alike
-                    fail(exc)
-                failed.append(f"study {uid}: {exc}")
-                err_console.print(f"[red]study failed:[/] {plain(str(exc))}", soft_wrap=True, highlight=False)
-                continue
-            except MammobenchError as exc:
-                failed.append(f"study {uid}: {exc}")
-                err_console.print(f"[red]study {uid} failed:[/] {plain(str(exc))}", soft_wrap=True,
-                                  highlight=False)
-                continue
-            done.append(result)
-            show.study(result, predictor.labels)
-        if done:
-            files = write_exam_predictions([r.exam for r in done], out, labels=predictor.labels)
-            console.print(f"Predictions of {len(done)} studies: {plain(', '.join(map(str, files)))}")
-        if failed:
-            fail(f"{len(failed)} of {len(failed) + len(done)} studies failed (each named above)")
+        _predict_studies(predictor, dicomweb, paths, study, dicom_out=dicom_out, store=store, auth_file=auth_file,
+                         aggregate=aggregate, out=out)
         return
     if not paths:
         fail("give image files or folders (or --dicomweb URL --study UID)")
@@ -209,3 +185,33 @@ def serve(
     console.print(f"Serving {bundle} at http://{host}:{port} (research use only; Ctrl+C to stop)")
     run_serve(bundle, host=host, port=port, backend=backend, max_file_mb=max_file_mb, trusted_key=trusted_key,
               accept_weights_terms=accept_weights_terms, require_signature=require_signature)
+
+
+def _predict_studies(predictor: Predictor, url: str, paths: list[Path] | None, study: list[str] | None, *,
+                     dicom_out: Path | None, store: bool, auth_file: Path | None, aggregate: str, out: Path) -> None:
+    """``predict --dicomweb``: each study fetched, predicted and written; a bad study reported and the others still
+    predicted; the breasts of every study predicted in ``out``; exit status 2 when any failed."""
+    from mammobench.data.dicomweb import DicomWebError
+    from mammobench.serving.exams import write_exam_predictions
+    from mammobench.serving.pacs import predict_study
+
+    if paths or not study:
+        fail("--dicomweb URL predicts studies given with --study UID (not files)")
+    done, failed = [], []
+    for uid in dict.fromkeys(study):
+        try:  # one bad study is reported; the others are still predicted
+            result = predict_study(predictor, url, uid, dicom_out or Path("dicom_out"), store_results=store,
+                                   auth_file=auth_file, aggregate=aggregate)
+        except MammobenchError as exc:
+            if isinstance(exc, DicomWebError) and exc.server_wide:  # unreachable, credentials refused: all would fail
+                fail(exc)
+            failed.append(f"study {uid}: {exc}")
+            err_console.print(f"[red]study {plain(uid)} failed:[/] {plain(exc)}", soft_wrap=True, highlight=False)
+            continue
+        done.append(result)
+        show.study(result, predictor.labels)
+    if done:
+        files = write_exam_predictions([r.exam for r in done], out, labels=predictor.labels)
+        console.print(f"Predictions of {len(done)} studies: {plain(', '.join(map(str, files)))}")
+    if failed:
+        fail(f"{len(failed)} of {len(failed) + len(done)} studies failed (each named above)")

@@ -21,12 +21,17 @@ import numpy as np
 
 from mammobench.data.dicom import ImageReadError
 from mammobench.data.options import IntensityStats, size_label
-from mammobench.data.preprocess import PreprocessSettings, load_and_preprocess
+from mammobench.data.preprocess import (
+    Geometry,
+    PreprocessSettings,
+    load_and_preprocess_geometry,
+)
 from mammobench.runtime import atomic_path, atomic_write_text, progress, stable_hash
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = 2  # 2: 16-bit PNG/TIFF scaled by the bits their data holds (was: by 65535)
+CACHE_FORMAT = 3  # 3: an export's inverted whole image turned back, blank images refused, what was done recorded
+#                   2: 16-bit PNG/TIFF scaled by the bits their data holds (was: by 65535)
 _SCALE = 65535.0
 
 
@@ -57,6 +62,30 @@ class CacheReport:
     built: int = 0
     reused: int = 0
     failed: list[tuple[int, str, str]] = field(default_factory=list)
+    #: whole images (no lesion box): inverted back (an export's white background), cropped to the breast, or
+    #: left whole (no breast apart from the frame); ``unrecorded``: cached before these were recorded
+    inverted: int = 0
+    cropped: int = 0
+    whole: int = 0
+    unrecorded: int = 0
+
+    def count(self, flags: dict[str, bool] | None) -> None:
+        if flags is None:
+            self.unrecorded += 1
+            return
+        self.inverted += bool(flags.get("inverted"))
+        self.cropped += bool(flags.get("cropped"))
+        self.whole += not flags.get("cropped")
+
+    def summary(self) -> str:
+        """``156 inverted back (...), 1,160 cropped to the breast, 8 left whole``; empty without whole images."""
+        if not (self.cropped or self.whole or self.inverted):
+            return ""
+        parts = [f"{self.inverted:,} inverted back (a bright background: an export's inversion undone)",
+                 f"{self.cropped:,} cropped to the breast", f"{self.whole:,} left whole (no breast apart from the frame)"]
+        if self.unrecorded:
+            parts.append(f"{self.unrecorded:,} cached before this was recorded")
+        return "whole images: " + ", ".join(parts)
 
 
 class ImageCache:
@@ -110,9 +139,13 @@ class ImageCache:
     def _build_entry(self, request: CacheRequest, entry: Path) -> np.ndarray:
         """Preprocess, store as 16 bits, and return what the entry holds: the first read of an image (an epoch
         that builds it) and every later one (from the cache) see the same pixels."""
-        image = preprocess_request(request, self.settings)
+        image, geometry = load_and_preprocess_geometry(request.path, self.settings, roi=request.roi,
+                                                       full_image=request.full_image, lesion=request.lesion,
+                                                       pixel_mm=request.pixel_mm)
         self._write_settings()
         entry.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(flags_path(entry)) as tmp:
+            tmp.write_text(json.dumps(geometry_flags(geometry)))
         stored = np.round(image * _SCALE).astype(np.uint16)
         with atomic_path(entry) as tmp:
             np.save(tmp, stored, allow_pickle=False)
@@ -143,6 +176,10 @@ class ImageCache:
         entries = [self.entry_path(r) for r in requests]
         todo = [i for i, e in enumerate(entries) if not e.is_file()]
         report.reused = len(requests) - len(todo)
+        pending = set(todo)
+        for i, entry in enumerate(entries):
+            if i not in pending and _whole(requests[i]):
+                report.count(read_flags(entry))
         if not todo:
             return report
         self._write_settings()
@@ -158,11 +195,13 @@ class ImageCache:
         with executor as pool:
             mapped = pool.map(_build_job, jobs, chunksize=4 if processes else 1)
             outcomes = list(progress(mapped, total=len(jobs), description="Preprocessing images", enabled=show_progress))
-        for i, error in zip(todo, outcomes, strict=True):
-            if error is None:
+        for i, outcome in zip(todo, outcomes, strict=True):
+            if isinstance(outcome, dict):
                 report.built += 1
+                if _whole(requests[i]):
+                    report.count(outcome)
             else:
-                report.failed.append((i, requests[i].path, error))
+                report.failed.append((i, requests[i].path, outcome))
         return report
 
 
@@ -203,27 +242,48 @@ def holds_the_gil(path: str | Path) -> bool:
     return str(getattr(meta, "TransferSyntaxUID", "")) in _GIL_BOUND_SYNTAXES
 
 
-def preprocess_request(request: CacheRequest, settings: PreprocessSettings) -> np.ndarray:
-    """One request's model input: ``(H, W)``, or ``(C, H, W)`` for several scales (float32 in [0, 1])."""
-    return load_and_preprocess(request.path, settings, roi=request.roi, full_image=request.full_image,
-                               lesion=request.lesion, pixel_mm=request.pixel_mm)
-
-
 def load_entry(entry: str | Path) -> np.ndarray:
     """Read a cache entry back as float32 in [0, 1] (never unpickles)."""
     return np.load(entry, allow_pickle=False).astype(np.float32) / _SCALE
 
 
-def _build_job(job: tuple[CacheRequest, str, PreprocessSettings]) -> str | None:
-    """Worker: build one entry; return ``None`` on success or the reason it failed."""
+def _whole(request: CacheRequest) -> bool:
+    return request.full_image and request.roi is None and request.lesion is None
+
+
+def flags_path(entry: str | Path) -> Path:
+    """The entry's record of what preprocessing did to the image (inverted back, cropped), beside it."""
+    return Path(entry).with_suffix(".json")
+
+
+def read_flags(entry: str | Path) -> dict[str, bool] | None:
+    try:
+        return dict(json.loads(flags_path(entry).read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+def geometry_flags(geometry: Geometry) -> dict[str, bool]:
+    return {"inverted": geometry.inverted, "cropped": geometry.cropped}
+
+
+def _build_job(job: tuple[CacheRequest, str, PreprocessSettings]) -> dict[str, bool] | str:
+    """Worker: build one entry; return what preprocessing did (:func:`geometry_flags`) or the reason it failed."""
     request, entry, settings = job
     try:
-        image = preprocess_request(request, settings)
+        image, geometry = load_and_preprocess_geometry(request.path, settings, roi=request.roi,
+                                                       full_image=request.full_image, lesion=request.lesion,
+                                                       pixel_mm=request.pixel_mm)
     except ImageReadError as exc:
         return exc.reason
-    except (ValueError, OSError, MemoryError) as exc:
+    except ValueError as exc:  # what preprocessing refuses says why (blank, far too small)
+        return f"not used: {exc}"
+    except (OSError, MemoryError) as exc:
         return f"{type(exc).__name__}: {exc}"
     Path(entry).parent.mkdir(parents=True, exist_ok=True)
+    flags = geometry_flags(geometry)
+    with atomic_path(flags_path(entry)) as tmp:
+        tmp.write_text(json.dumps(flags))
     with atomic_path(entry) as tmp:
         np.save(tmp, np.round(image * _SCALE).astype(np.uint16), allow_pickle=False)
-    return None
+    return flags

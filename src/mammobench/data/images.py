@@ -103,12 +103,34 @@ def _pil_to_float(img: Image.Image, path: Path) -> np.ndarray:
         arr = np.asarray(img, dtype=np.float32)
         lo, hi = float(arr.min()), float(arr.max())
         return (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+    if mode not in ("L", "1", "LA", "I;8"):
+        colour_check(np.asarray(img.convert("RGB")), path)
     if mode != "L":
         img = img.convert("L")
     arr = np.asarray(img, dtype=np.uint8)
     if arr.ndim != 2:
         raise ImageReadError(path, f"expected a 2-D grayscale image, got shape {arr.shape}")
     return arr.astype(np.float32) / 255.0
+
+
+#: A grey image stored as RGB has three equal channels (JPEG's rounding moves them a level or two); a photograph's
+#: differ in most pixels. More than this share of pixels with channels further apart than 16 grey levels is colour.
+COLOUR_PIXEL_SHARE = 0.01
+
+
+def colour_check(rgb: np.ndarray, path: str | Path) -> None:
+    """Refuse a colour image: a photograph or a screenshot is no mammogram (a mammogram exported as RGB, three
+    equal channels, or one with a small coloured marker, passes).
+
+    Raises:
+        ImageReadError: the share of colour pixels named.
+    """
+    rgb = rgb[..., :3].astype(np.int16)
+    spread = rgb.max(axis=-1) - rgb.min(axis=-1)
+    share = float((spread > 16).mean())
+    if share > COLOUR_PIXEL_SHARE:
+        raise ImageReadError(path, f"a colour image ({share:.0%} of its pixels have red, green and blue apart): not a "
+                                   "grey mammogram (one exported as RGB has three equal channels)")
 
 
 def image_size(path: str | Path) -> tuple[int, int]:

@@ -35,6 +35,9 @@ class PreprocessOptions(BaseModel):
             from the image's pixel size (``pixel_mm``).
         scales: several contexts at once (e.g. ``[0.5, 2.0]``): one input channel per context, the same lesion at
             each (a multi-scale input; the model takes ``len(scales)`` channels).
+        invert: ``auto`` turns a whole image with a bright frame whose brightest pixels outnumber its darkest
+            (an export that inverted it: white background, dark breast; 156 of the 1,168 RSNA Kaggle images) back
+            into a mammogram as a radiologist sees it, before anything else; ``never`` keeps every image as read.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -50,6 +53,7 @@ class PreprocessOptions(BaseModel):
     context: float | None = Field(None, ge=0, le=20)
     field_mm: float | None = Field(None, gt=0, le=500)
     scales: tuple[float, ...] | None = None
+    invert: Literal["auto", "never"] = "auto"
 
     @field_validator("scales")
     @classmethod

@@ -246,9 +246,12 @@ def _decode(records: Records, cache: ImageCache, *, workers: int, processes: boo
     report = cache.build([cache_request(r) for _, r in frame.iterrows()], workers=workers, show_progress=show_progress,
                          processes=processes)
     for i, path, reason in report.failed:
-        records.skipped.append(Skipped(str(frame.iloc[i]["source"]), path, f"unreadable image: {reason}"))
+        said = reason if reason.startswith("not used: ") else f"unreadable image: {reason}"
+        records.skipped.append(Skipped(str(frame.iloc[i]["source"]), path, said))
     records.frame = frame.drop(frame.index[[i for i, _, _ in report.failed]]).reset_index(drop=True)
     records.notes.append(f"cache {cache.folder}: {report.built} built, {report.reused} reused, {len(report.failed)} failed")
+    if report.summary():
+        records.notes.append(report.summary())
 
 
 def _split(records: Records, options: SplitOptions) -> tuple[pd.DataFrame, SplitReport]:
