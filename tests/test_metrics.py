@@ -201,3 +201,43 @@ def test_thresholds_keep_their_meaning_at_the_ends_and_small_subgroups_carry_a_c
     scored = ScoredSet(rows, y, probs, ["BENIGN", "MALIGNANT"], rows["patient_id"].to_numpy(), "MALIGNANT", 0.5)
     out = subgroups(scored, ReportOptions(n_boot=50, by=("site",)))
     assert "caution" not in out["site"]["big"] and out["site"]["small"]["caution"].startswith("no 95 % intervals")
+
+
+def _kaggle_pfbeta(labels, predictions, beta=1):
+    """The RSNA Screening Mammography challenge's metric as its organisers published it (Kaggle, "pfbeta" in the
+    competition's evaluation notebook): probabilistic F-beta, predictions clipped to [0, 1]."""
+    y_true_count = ctp = cfp = 0
+    for idx in range(len(labels)):
+        prediction = min(max(predictions[idx], 0), 1)
+        if labels[idx]:
+            y_true_count += 1
+            ctp += prediction
+        else:
+            cfp += prediction
+    beta_squared = beta * beta
+    c_precision = ctp / (ctp + cfp)
+    c_recall = ctp / y_true_count
+    if c_precision > 0 and c_recall > 0:
+        return (1 + beta_squared) * (c_precision * c_recall) / (beta_squared * c_precision + c_recall)
+    return 0
+
+
+def test_screening_metrics_follow_their_definitions():
+    """pF1 equals the challenge's own function; the sensitivity at a specificity is the best the ROC curve reaches
+    with at most 1 - specificity false positives (checked against a brute force over every threshold)."""
+    from mammobench.evaluation.metrics import compute_metrics, probabilistic_f1, sensitivity_at_specificities
+
+    rng = np.random.default_rng(0)
+    for n, prevalence in ((50, 0.3), (400, 0.02), (1000, 0.1)):
+        y = rng.random(n) < prevalence
+        y[0] = True
+        score = np.clip(0.3 * y + rng.normal(0.3, 0.25, n), -0.2, 1.2)
+        assert probabilistic_f1(y, score) == pytest.approx(_kaggle_pfbeta(y, score))
+        found = sensitivity_at_specificities(y, score)
+        for spec in (0.8, 0.9, 0.95):
+            best = max(((score[y] >= t).mean() for t in np.unique(score)
+                        if (score[~y] < t).mean() >= spec - 1e-12), default=0.0)
+            assert found[f"sens_at_spec_{round(spec * 100)}"] == pytest.approx(best)
+    probs = np.stack([1 - score, score], 1).clip(0, 1)
+    metrics = compute_metrics(y.astype(int), probs / probs.sum(1, keepdims=True), ["BENIGN", "MALIGNANT"])
+    assert {"sens_at_spec_80", "sens_at_spec_90", "sens_at_spec_95", "probabilistic_f1"} <= set(metrics)

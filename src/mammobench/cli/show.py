@@ -81,6 +81,21 @@ def evaluated(result: EvaluationResult) -> None:
                   "plots)")
 
 
+def screening(r: EvaluationReport) -> None:
+    """Where screening is measured: per breast when the rows say which (else per woman, else per image), the
+    sensitivity at a screening programme's specificities and the RSNA challenge's probabilistic F1."""
+    level = next((lv for name in ("breast", "patient") if (lv := r.levels.get(name)) is not None), None)
+    name = next((n for n in ("breast", "patient") if n in r.levels), "image")
+    m = level.metrics if level is not None else r.metrics
+    keys = [k for k in ("sens_at_spec_80", "sens_at_spec_90", "sens_at_spec_95") if k in m and m[k].defined]
+    if not keys:
+        return
+    parts = [f"sensitivity at specificity {k[-2:]} % {format_metric(m[k], digits=1, scale=100, unit=' %')}" for k in keys]
+    if "probabilistic_f1" in m and m["probabilistic_f1"].defined:
+        parts.append(f"RSNA pF1 {format_metric(m['probabilistic_f1'])}")
+    console.print(f"  screening, per {name}: " + "; ".join(parts))
+
+
 def evaluation(r: EvaluationReport) -> None:
     """An evaluation's report: metrics with intervals, levels, calibration, external thresholds, subgroups, and the
     training run's warnings (this set's own were logged as they arose, naming the set)."""
@@ -100,6 +115,7 @@ def evaluation(r: EvaluationReport) -> None:
     if len(r.levels) > 1:
         parts = [f"{name} ({lv.n}): {format_metric(lv.metrics[key])}" for name, lv in r.levels.items() if key in lv.metrics]
         console.print(f"  {key} by level ({r.aggregate} over images): " + "; ".join(parts))
+    screening(r)
     for note in r.level_notes:
         console.print(f"[yellow]note:[/] {plain(note)}")
     cal = r.calibration

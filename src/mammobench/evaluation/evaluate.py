@@ -42,7 +42,6 @@ from mammobench.evaluation.metrics import (
     confusion,
     expected_calibration_error,
     per_class_table,
-    probabilistic_f1,
     too_few_patients,
 )
 from mammobench.evaluation.predictions import (
@@ -261,13 +260,6 @@ def _levels(scored: ScoredSet, headline: dict[str, Any], *, unit: str, options: 
             level = ScoredSet(lrows, targets(lrows, labels, name), lprobs, labels, groups(lrows), positive,
                               scored.threshold)
             out[name] = {"n": int(len(lrows)), "metrics": level.metrics(options.n_boot, options.seed)}
-    if positive is not None:
-        k = labels.index(positive)
-        for name, level_out in out.items():
-            if name != "image":
-                lrows, lprobs = levels.get(name, (scored.rows, scored.probs))
-                level_out["metrics"]["probabilistic_f1"] = {
-                    "value": probabilistic_f1(targets(lrows, labels, name) == k, lprobs[:, k]), "ci": [None, None]}
     return {name: Level.model_validate(level) for name, level in out.items()}, tables, notes
 
 

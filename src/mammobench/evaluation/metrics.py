@@ -212,7 +212,27 @@ def compute_metrics(
         out["auc_malignant"] = aucs[positive]
         called = probs[:, k] >= threshold if threshold is not None else pred == k
         out.update(binary_rates(is_pos, called))
+        out.update(sensitivity_at_specificities(is_pos, probs[:, k]))
+        out["probabilistic_f1"] = probabilistic_f1(is_pos, probs[:, k])
     return out
+
+
+#: The specificities a screening programme works at (its recall rate is about 1 - specificity): the sensitivity a
+#: model reaches there is what a screening reader compares, beside the AUC.
+SCREENING_SPECIFICITIES = (0.80, 0.90, 0.95)
+
+
+def sensitivity_at_specificities(y_positive: np.ndarray, score: np.ndarray,
+                                 specificities: Sequence[float] = SCREENING_SPECIFICITIES) -> dict[str, float]:
+    """``{"sens_at_spec_90": ...}``: the highest sensitivity of any threshold whose specificity is at least each of
+    ``specificities`` (the ROC curve's best point with false-positive rate <= 1 - specificity). NaN without both
+    classes."""
+    y_positive = np.asarray(y_positive).astype(bool)
+    keys = [f"sens_at_spec_{round(s * 100)}" for s in specificities]
+    if y_positive.all() or not y_positive.any():
+        return dict.fromkeys(keys, float("nan"))
+    fpr, tpr, _ = roc_curve(y_positive, score)
+    return {key: float(tpr[fpr <= 1.0 - s + 1e-12].max()) for key, s in zip(keys, specificities, strict=True)}
 
 
 @dataclass
