@@ -15,7 +15,13 @@ from PIL import Image
 
 from mammobench.data.images import read_image
 from mammobench.data.prepare import CacheOptions, SplitOptions, prepare
-from mammobench.data.preprocess import PreprocessSettings, breast_mask, bbox_of, looks_inverted, preprocess_with_geometry
+from mammobench.data.preprocess import (
+    PreprocessSettings,
+    bbox_of,
+    breast_mask,
+    looks_inverted,
+    preprocess_with_geometry,
+)
 
 from .conftest import SHARED, fake_mammogram, requires_shared
 
@@ -95,7 +101,8 @@ def test_the_real_export_inverted_images_and_crops_are_as_stated():
     """The numbers the code states, on every eighth of the 1,168 RSNA Kaggle images (all of them: 156 inverted, and
     tissue outside the crop in more than 5 % of an image in 33, 110 with the mask before): 18 of 146 inverted, 0 of
     mini-MIAS and CBIS-DDSM; the crop keeps the breast's faint periphery (6 of 146 lose tissue; about 14 before)."""
-    rows = list(csv.DictReader(open(RSNA / "labels.csv")))[::8]
+    with open(RSNA / "labels.csv") as handle:
+        rows = list(csv.DictReader(handle))[::8]
     inverted, lost = 0, 0
     for row in rows:
         image = read_image(RSNA / "images" / row["image"])
