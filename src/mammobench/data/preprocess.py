@@ -245,7 +245,7 @@ def preprocess_with_geometry(
     box = (0, 0, w, h)
     mask: np.ndarray | None = None
     flip = False
-    image, inverted = _as_displayed(image, settings) if full_image else (image, False)
+    image, inverted = _as_displayed(image, settings, whole=roi is None) if full_image else (image, False)
     limits: tuple[float, float] | None = None  # the window, when it is measured before the ROI is cut out
     needs_mask = settings.crop_breast or settings.canonical_side != "none" or settings.window_from == "image"
     if full_image and needs_mask:
@@ -292,14 +292,15 @@ def preprocess_with_geometry(
                          window=limits, clahe=clahe, inverted=inverted)
 
 
-def _as_displayed(image: np.ndarray, settings: PreprocessSettings) -> tuple[np.ndarray, bool]:
+def _as_displayed(image: np.ndarray, settings: PreprocessSettings, *, whole: bool) -> tuple[np.ndarray, bool]:
     """A whole image as a radiologist sees it (an export's inversion undone: :func:`looks_inverted`), and whether
     it was inverted back.
 
     Raises:
-        ValueError: a blank image (one value everywhere: no breast).
+        ValueError: ``whole`` (the breast is to be found, no lesion box given) and a blank image (one value
+            everywhere: no breast).
     """
-    if float(image.max()) - float(image.min()) < 1e-6:
+    if whole and float(image.max()) - float(image.min()) < 1e-6:
         raise ValueError(f"the image is blank (every pixel {float(image.min()):.3g}): there is no breast in it")
     if settings.invert == "auto" and looks_inverted(image):
         return (1.0 - image).astype(np.float32), True
