@@ -68,6 +68,11 @@ def test_a_cross_validation_becomes_one_ensemble_bundle(cv_runs):
     from mammobench.evaluation.calibration import apply_temperature
 
     assert np.abs(apply_temperature(np.mean(members, 0), meta.temperature) - a).max() <= 1e-5
+    from mammobench.serving.web import describe
+
+    said = describe(torch_p)  # the page says where the ensemble's threshold and temperature were chosen
+    assert "chosen on out-of-fold predictions" in said and "validation split" not in said
+    assert "NOT verified: the bundle is not signed" in said
     image = torch_p.prepare(read_image(paths[0]))[0]
     cam = torch_p.explain(image)  # the members' Grad-CAMs, averaged
     assert cam.shape == image.shape and 0 <= cam.min() <= cam.max() <= 1
