@@ -64,9 +64,9 @@ def breast_mask(image: np.ndarray) -> np.ndarray:
     # cut 110 of 1,168 RSNA Kaggle images inside the skin line): grow into pixels just above the background (its
     # 10th percentile + 12 grey levels) within 15 % of the image of that core, so that a film scan's bright edge
     # or a label further away stays out (docs/recipe.md, "Whole mammograms").
-    r = max(3, int(round(min(thumb.shape) * 0.15)))
-    near = cv2.dilate(core, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
-    faint = (u8 > max(1.0, min(otsu * 0.5, float(np.percentile(u8, 10)) + 12))) & near.astype(bool)
+    # (a distance transform, not a dilation: an elliptic kernel 15 % of the image wide made the mask 16x slower)
+    near = cv2.distanceTransform((1 - core).astype(np.uint8), cv2.DIST_L2, 3) <= min(thumb.shape) * 0.15
+    faint = (u8 > max(1.0, min(otsu * 0.5, float(np.percentile(u8, 10)) + 12))) & near
     grown = _largest_region(faint, k)
     mask_small = grown if grown is not None else core
     return cv2.resize(mask_small, (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
