@@ -15,7 +15,6 @@ import json
 import pathlib
 import pickle
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -331,11 +330,22 @@ def test_the_hub_path_offline_uses_the_cache_or_says_where_to_put_the_file(mammo
 
 
 def test_offline_a_download_says_so_at_once_without_retries(monkeypatch, tmp_path, caplog):
-    """No route to the hub and nothing cached: one short request, then the way out, in under 5 s and without the
-    hub client's five retries (about 25 s and a dozen warning lines before); timm's ImageNet weights too."""
+    """No route to the hub and nothing cached: one short request, then the way out, without the hub client's five
+    retries (about 25 s and a dozen warning lines before); timm's ImageNet weights too. Connection attempts are
+    counted (a wall-clock bound failed on a busy machine; timings live in benchmarks/)."""
     import logging
+    import socket
 
     import huggingface_hub.constants
+
+    attempts: list[object] = []
+    real_connect = socket.create_connection
+
+    def counted(address, *args, **kwargs):
+        attempts.append(address)
+        return real_connect(address, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "create_connection", counted)
 
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
@@ -347,14 +357,16 @@ def test_offline_a_download_says_so_at_once_without_retries(monkeypatch, tmp_pat
              r"reaches the hub, download https://huggingface.co/shawn24/Mammo-CLIP/resolve/main/Pre-trained-checkpoints/"),
             ("tf_efficientnet_b5", "mammo-fm", r"could not download mammo-fm \(batmanLab/Mammo-FM, Mammo-FM_BatmanlabTrained"),
             ("resnet18", "hub", r"could not fetch pretrained weights for resnet18 .*Offline\? Set model.pretrained to a local")):
-        t0 = time.perf_counter()
+        attempts.clear()
         with pytest.raises(ModelError, match=message):
             create_model(name, num_classes=2, pretrained=pretrained)
-        assert time.perf_counter() - t0 < 5, name
+        assert 1 <= len(attempts) <= 2, (name, attempts)  # one request (and at most one redirect), no retries
     assert not [r for r in caplog.records if "Retry" in r.getMessage()]
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # said by the user: not even one request
+    attempts.clear()
     with pytest.raises(ModelError, match="HF_HUB_OFFLINE is set"):
         create_model("tf_efficientnet_b2", num_classes=2, pretrained="mammo-clip-b2")
+    assert not attempts
 
 
 @pytest.mark.parametrize(("overrides", "message"), [

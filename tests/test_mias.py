@@ -30,8 +30,12 @@ def test_roi_mode_counts_and_bounds():
     for roi in frame["roi"]:
         x0, y0, x1, y1 = parse_roi(roi)
         assert 0 <= x0 < x1 <= 1024 and 0 <= y0 < y1 <= 1024
-    # Pairs of images are one woman: mdb001 (right) and mdb002 (left) share a patient.
-    assert frame["patient_id"].nunique() < frame["image_path"].nunique() + 1
+    # Pairs of images are one woman: mdb2k-1 (right) and mdb2k (left) share a patient.
+    numbers = frame["image_path"].str.extract(r"mdb(\d{3})")[0].astype(int)
+    assert (frame["patient_id"] == numbers.map(lambda n: f"mias_{(n + 1) // 2:03d}")).all()
+    pairs = frame.assign(n=numbers).groupby("patient_id")["n"].agg(lambda s: sorted(set(s)))
+    assert all(len(p) == 1 or p == [p[0], p[0] + 1] and p[0] % 2 == 1 for p in pairs)
+    assert frame["patient_id"].nunique() < frame["image_path"].nunique(), "some women have both breasts' images here"
     assert set(frame["laterality"]) == {"L", "R"}
 
 

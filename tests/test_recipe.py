@@ -155,7 +155,10 @@ def test_runs_record_their_warnings(demo_prepared, tmp_path):
     ])
     run = fit(cfg).run_dir
     info = json.loads((run / "run.json").read_text())
-    assert info["initial_loss"] == pytest.approx(info["initial_loss"]) and info["uniform_loss"] > 0
+    classes = len(json.loads((run / "model.json").read_text())["labels"])
+    # the focal loss (gamma 2, demo_cnn's) of uniform predictions: (1 - 1/C)^gamma ln C
+    assert info["uniform_loss"] == pytest.approx((1 - 1 / classes) ** cfg.loss.gamma * math.log(classes), rel=1e-3)
+    assert math.isfinite(info["initial_loss"]) and 0 < info["initial_loss"] < 10 * info["uniform_loss"]
     assert any("val split holds only" in w for w in info["warnings"])  # the demo's validation set is small
 
 
@@ -274,7 +277,11 @@ def test_a_real_architecture_from_random_weights_is_warned_about():
 
     assert pretrained_warnings(load_config("efficientnet_lite0_local"))[0].startswith(
         "model.pretrained is none: tf_efficientnet_lite0 starts from random weights")
-    assert pretrained_warnings(load_config("demo_cnn", ["model.pretrained=none"])) == []  # a tiny test model
+    # a tiny network (the demo's timm test model) is exempt by its size, not by its name
+    demo = load_config("demo_cnn", ["model.pretrained=none"])
+    assert pretrained_warnings(demo, parameters=40_000) == []
+    assert pretrained_warnings(demo)[0].startswith("model.pretrained is none: test_resnet"), "size unknown: said"
+    assert pretrained_warnings(load_config("efficientnet_lite0_local"), parameters=3_400_000)
     assert pretrained_warnings(load_config("efficientnet_lite0_local", ["model.pretrained=w.safetensors"])) == []
 
 

@@ -71,9 +71,9 @@ def test_corrupt_image_is_reported_and_skipped(tmp_path):
 
 def test_empty_folder_and_no_images_are_errors(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(MammobenchError):
+    with pytest.raises(MammobenchError, match="no Info.txt in .*expected the mini-MIAS folder"):
         prepare("mias", tmp_path / "empty", tmp_path / "o1")
-    with pytest.raises(MammobenchError):
+    with pytest.raises(MammobenchError, match="holds neither the Kaggle JPEG mirror .* nor a TCIA DICOM tree"):
         prepare("cbis-ddsm", tmp_path / "empty", tmp_path / "o2")
     pd.DataFrame({"path": ["x.png"], "label": ["BENIGN"], "patient_id": ["p"]}).to_csv(tmp_path / "t.csv", index=False)
     with pytest.raises(TableError, match="none of the 1 images exist"):

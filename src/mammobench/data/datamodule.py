@@ -193,9 +193,6 @@ class MammoDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", train=False)
 
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", train=False)
-
     def loader(self, split: str) -> DataLoader:
         """An evaluation loader (no augmentation, fixed order) for any split."""
         return self._loader(split, train=False)

@@ -20,10 +20,6 @@ import numpy as np
 from scipy.stats import rankdata
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_curve
 
-#: Metrics reported with a bootstrap interval.
-HEADLINE = ("accuracy", "balanced_accuracy", "auc_macro", "auc_malignant", "f1_macro", "sensitivity",
-            "specificity", "ece")
-
 
 class UndefinedMetricWarning(UserWarning):
     """A metric that cannot be computed on this set (reported as NaN)."""

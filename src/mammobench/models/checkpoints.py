@@ -44,9 +44,6 @@ import torch
 from mammobench.models.pickle_budget import CheckpointError, _python3_name, check_pickle, check_zip
 from mammobench.runtime import format_list
 
-#: Suffixes of pickled PyTorch checkpoints (read restricted); ``.safetensors`` needs no pickle at all.
-PICKLE_SUFFIXES = (".pth", ".pt", ".tar", ".bin", ".ckpt", ".p", ".pkl")
-
 #: Modules (and one module's names) that run code: a checkpoint naming anything in them is refused outright.
 #: ``builtins`` is here too: only its data constructors (:data:`DATA_GLOBALS`) are allowed.
 CODE_MODULES = (

@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 NOTICE = ("**Research use only.** This model is not a medical device: it has not been cleared or approved for "
           "clinical use, and its outputs must not guide the care of a patient.")
 _PERCENT = ("accuracy", "majority_accuracy", "balanced_accuracy", "sensitivity", "specificity")
-_AREAS = ("auc_malignant", "auc_macro", "ece")
 
 
 def input_kind(meta: BundleMeta) -> str:

@@ -137,7 +137,7 @@ def fit(
                                  has_val=training.has_val, show_progress=show_progress and interactive())
         base_info = _base_info(config, run, data, model, load_report, training, trainer, monitor)
         warned = (split_warnings(base_info["counts"], kfold=config.data.fold is not None) + training.notes + data.notes
-                  + pretrained_warnings(config))
+                  + pretrained_warnings(config, parameters=base_info["parameters"]))
         if trainer.is_global_zero:  # 6. what reproduces the run, before the first step
             write_reproducibility(run, requested, data, training)
             _say_validation_policy(config, data, training, warned)

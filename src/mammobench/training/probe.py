@@ -377,7 +377,7 @@ def fit_probe(config: Config, *, overwrite: bool = False, show_progress: bool = 
                 "pretrained": load_report.provenance(), "encoder": encoder_settings(config),
                 "parameters": count_parameters(model), "input_size": training.input_cfg.size, "counts": counts}
         warned = (split_warnings(counts, kfold=config.data.fold is not None, val_use="decision threshold")
-                  + data.notes + pretrained_warnings(config))
+                  + data.notes + pretrained_warnings(config, parameters=count_parameters(model)))
         for w in warned:
             logger.warning("%s", w)
         atomic_write_json(run.info_path, {**base, "status": "running"})

@@ -43,7 +43,6 @@ FINDING_CSV = "finding_annotations.csv"
 BREAST_COLUMNS = ("study_id", "image_id", "laterality", "view_position", "breast_birads", "split")
 FINDING_COLUMNS = ("study_id", "image_id", "finding_categories", "finding_birads", "xmin", "ymin", "xmax", "ymax")
 LABEL_SETS = ("suspicious", "birads")
-BIRADS_LABELS = tuple(f"BIRADS_{k}" for k in range(1, 6))
 
 
 class VindrError(MammobenchError):
