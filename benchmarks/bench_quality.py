@@ -2,6 +2,16 @@
 
     python benchmarks/bench_quality.py [--shared ../shared] [--repeats 3] [--folds 5] [--fold-seed 0]
                                        [--out /tmp/bench_quality] [--set key=value ...]
+    python benchmarks/bench_quality.py --whole [--repeats 2] [--folds 3] [--fold-seed 0] [--epochs 8] [--size 256]
+
+Whole mammograms (``--whole``): the 1,168 real screening images of ``../shared/data/rsna-screening``, cancer vs no
+cancer. The plain arm is ``../shared/tools/rsna_plain_reference.py`` as written, run once per repeat (its folds:
+``StratifiedGroupKFold(K, shuffle=True, random_state=seed)`` on the labels table's rows, seed = fold seed + r); the
+mammobench arm is ``efficientnet_lite0_whole`` as shipped on exactly those folds, its images prepared as a user
+prepares the export (``prepare csv labels.csv --columns path=image,label=cancer ...``). Both at the reference's
+budget (``--size``, ``--epochs``). Each arm's finished cells are kept in ``--out``: a rerun resumes.
+
+Lesions (the default):
 
 Data: the real mini-MIAS subset in ``../shared``, benign vs malignant lesions, prepared as a user would
 (``mammobench prepare mias ... --split kfold``: ``prepare``'s default ROI margin, the lesion's own box kept beside).
@@ -26,6 +36,8 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,6 +52,7 @@ from mammobench.config import load_config  # noqa: E402
 from mammobench.data.manifest import format_roi, parse_roi, read_manifest, read_manifest_info, write_manifest  # noqa: E402
 from mammobench.data.prepare import CacheOptions, SplitOptions, prepare  # noqa: E402
 from mammobench.data.preprocess import PreprocessSettings, context_box  # noqa: E402
+from mammobench.data.sources import SourceOptions  # noqa: E402
 from mammobench.data.splits import split_kfold  # noqa: E402
 from mammobench.evaluation.evaluate import evaluate  # noqa: E402
 from mammobench.evaluation.metrics import PatientBootstrap, safe_auc  # noqa: E402
@@ -108,6 +121,124 @@ def run_cells(frame: pd.DataFrame, prepared: Path, weights: Path, args: argparse
     return pd.DataFrame(cells), pd.concat(oof, ignore_index=True)
 
 
+# --------------------------------------------------------------------------- whole mammograms
+
+FOLD_LINE = re.compile(r"^fold (\d+): (\d+) test images .*AUC ([0-9.]+|nan) \((\d+) s\)")
+
+
+def reference_folds(table: pd.DataFrame, folds: int, seed: int) -> np.ndarray:
+    """The fold of every row of the labels table as ``rsna_plain_reference.py`` makes them (same call, same order)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    fold = np.full(len(table), -1)
+    y, g = table["cancer"].astype(int).to_numpy(), table["patient_id"].to_numpy()
+    for k, (_, test) in enumerate(StratifiedGroupKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y, g)):
+        fold[test] = k
+    return fold
+
+
+def plain_whole(rsna: Path, weights: Path, args: argparse.Namespace, seed: int) -> dict[int, tuple[float, float]]:
+    """``{fold: (AUC, seconds)}`` of the reference script as written, run once for fold seed ``seed`` (its log kept
+    in ``--out``; a complete log is read instead of running it again)."""
+    log = args.out / f"plain_seed{seed}_{args.folds}fold_{args.size}px_{args.epochs}ep.log"
+
+    def parsed() -> dict[int, tuple[float, float]]:
+        lines = log.read_text().splitlines() if log.is_file() else []
+        return {int(m[1]): (float(m[3]), float(m[4])) for m in map(FOLD_LINE.match, lines) if m}
+
+    if len(parsed()) < args.folds:
+        script = args.shared / "tools" / "rsna_plain_reference.py"
+        with log.open("w") as out:
+            subprocess.run([sys.executable, str(script), str(rsna), str(weights), "tf_efficientnet_lite0", str(args.epochs),
+                            str(args.size), str(args.folds), str(seed)], stdout=out, stderr=subprocess.STDOUT, check=True)
+    return parsed()
+
+
+def mammobench_whole(folder: Path, prepared: Path, weights: Path, args: argparse.Namespace, r: int, k: int) -> pd.DataFrame:
+    """The shipped whole-image preset on fold ``k`` of ``folder``'s manifest: its test predictions (a finished run is
+    reused)."""
+    from mammobench.training.reuse import train_or_reuse
+
+    cfg = load_config("efficientnet_lite0_whole", [
+        f"data.manifest={folder}", f"data.fold={k}", f"data.cache_dir={prepared / 'cache'}", f"model.pretrained={weights}",
+        f"data.image_size={args.size}", f"stages.finetune_epochs={args.epochs}", f"seed={42 + r}",
+        f"output.dir={args.out / 'runs'}", f"output.name=r{r}_f{k}", "output.tensorboard=false", *args.set])
+    run = train_or_reuse(cfg)
+    return evaluate(run, split="test", n_boot=0).predictions[["sample_id", "patient_id", "label", "prob_MALIGNANT"]]
+
+
+def whole(args: argparse.Namespace) -> None:
+    """Preset vs reference on whole screening mammograms: per-cell paired AUCs with corrected intervals."""
+    rsna = args.shared / "data" / "rsna-screening"
+    weights = args.shared / "weights" / "tf_efficientnet_lite0.safetensors"
+    if not (rsna / "labels.csv").is_file() or not weights.is_file():
+        raise SystemExit(f"needs {rsna / 'labels.csv'} and {weights}")
+    t0 = time.time()
+    args.out.mkdir(parents=True, exist_ok=True)
+    table = pd.read_csv(rsna / "labels.csv", dtype=str)
+    prepared = prepare("csv", rsna / "labels.csv", args.out / "prepared", mode="full", labels="1=MALIGNANT,0=NORMAL",
+                       source=SourceOptions(columns={"path": "image", "label": "cancer"}, image_dir=rsna / "images"),
+                       preprocess=PreprocessSettings(size=args.size), split=SplitOptions(kind="kfold", folds=args.folds),
+                       cache=CacheOptions(preview=False))  # as a user prepares the export
+    frame = read_manifest(prepared.out).drop(columns=["fold"]).assign(split="cv")
+    row_of = {Path(p).name: i for i, p in enumerate(table["image"])}
+    rows = frame["image_path"].map(lambda p: row_of[Path(p).name]).to_numpy()
+    cells, oof = [], []
+    for r in range(args.repeats):
+        seed = args.fold_seed + r
+        folded = frame.assign(fold=reference_folds(table, args.folds, seed)[rows])
+        folder = args.out / f"repeat{r}"
+        write_manifest(folded, folder, read_manifest_info(prepared.out))
+        plain = plain_whole(rsna, weights, args, seed) if args.only != "mammobench" else {}
+        for k in range(args.folds if args.only != "plain" else 0):
+            t = time.time()
+            preds = mammobench_whole(folder, prepared.out, weights, args, r, k)
+            y = (preds["label"] == "MALIGNANT").to_numpy()
+            test = folded[folded["fold"] == k]
+            cells.append({"repeat": r, "fold": k, "n_test": len(test), "n_train": len(folded) - len(test),
+                          "plain": plain.get(k, (np.nan, np.nan))[0], "plain_seconds": plain.get(k, (np.nan, np.nan))[1],
+                          "mammobench": safe_auc(y, preds["prob_MALIGNANT"].to_numpy(), warn=False),
+                          "mammobench_seconds": time.time() - t})
+            oof.append(preds.assign(repeat=r))
+            print(f"repeat {r} fold {k}: plain {cells[-1]['plain']:.3f}  mammobench {cells[-1]['mammobench']:.3f}", flush=True)
+    if args.only:
+        return  # one arm's cells, kept for the run that compares them
+    report_whole(pd.DataFrame(cells), pd.concat(oof, ignore_index=True), frame, args, time.time() - t0)
+
+
+def report_whole(cells: pd.DataFrame, oof: pd.DataFrame, frame: pd.DataFrame, args: argparse.Namespace,
+                 seconds: float) -> None:
+    ratio = float((cells["n_test"] / cells["n_train"]).mean())
+    print(f"\n# whole mammograms: efficientnet_lite0_whole vs rsna_plain_reference.py - {time.strftime('%Y-%m-%d')} - "
+          f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{seconds:.0f} s")
+    print(f"{len(frame)} images ({(frame['label'] == 'MALIGNANT').sum()} with cancer), {frame['patient_id'].nunique()} "
+          f"women; {args.repeats} x {args.folds}-fold, fold seeds {[args.fold_seed + r for r in range(args.repeats)]}, "
+          f"{args.size} px, {args.epochs} epochs; overrides: {args.set or 'none (as shipped)'}")
+    print("| arm | mean test-fold AUC [corrected 95 % CI] | s per fit |")
+    print("|---|---|---|")
+    summary: dict[str, object] = {"cells": cells.to_dict("records")}
+    for arm in ARMS:
+        c = corrected_mean(cells[arm].to_numpy(), test_train_ratio=ratio, bounds=METRIC_RANGE)
+        summary[arm] = {"mean": c.mean, "ci": c.ci}
+        print(f"| {arm} | {c.mean:.3f} [{c.ci[0]:.3f}, {c.ci[1]:.3f}] | {cells[f'{arm}_seconds'].mean():.0f} |")
+    d = corrected_mean((cells["mammobench"] - cells["plain"]).to_numpy(), test_train_ratio=ratio, bounds=DIFFERENCE_RANGE)
+    summary["difference"] = {"mean": d.mean, "ci": d.ci, "p": d.p, "n": d.n}
+    print(f"\nmammobench - plain, per cell: {d.mean:+.3f} [{d.ci[0]:+.3f}, {d.ci[1]:+.3f}] (corrected resampled t-test, "
+          f"p = {d.p:.3f}, {d.n} paired cells; mammobench ahead in {int((cells['mammobench'] > cells['plain']).sum())})")
+    y = (oof["label"] == "MALIGNANT").to_numpy()
+    woman = oof.groupby(["repeat", "patient_id"]).agg(y=("label", lambda s: (s == "MALIGNANT").any()),
+                                                      p=("prob_MALIGNANT", "max"))
+    print(f"mammobench pooled out-of-fold AUC per image {safe_auc(y, oof['prob_MALIGNANT'].to_numpy(), warn=False):.3f}, "
+          f"per woman (her highest image) {safe_auc(woman['y'].to_numpy(), woman['p'].to_numpy(), warn=False):.3f}")
+    cells.to_csv(args.out / "cells.csv", index=False)
+    oof.to_csv(args.out / "out_of_fold.csv", index=False)
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+
+
+# --------------------------------------------------------------------------- lesions
+
+
 def main() -> None:
     here = Path(__file__).resolve().parents[1]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -115,10 +246,18 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/mammobench_bench_quality"))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--epochs", type=int, default=None, help="default: 15 for lesions, 8 for --whole (the references')")
     parser.add_argument("--fold-seed", type=int, default=0, help="repeat r splits with fold seed FOLD_SEED + r")
     parser.add_argument("--set", nargs="*", default=[], help="overrides for the mammobench arm")
+    parser.add_argument("--whole", action="store_true", help="whole screening mammograms (RSNA export) instead of lesions")
+    parser.add_argument("--size", type=int, default=256, help="--whole: the input side of both arms")
+    parser.add_argument("--only", choices=["plain", "mammobench"], help="--whole: run (and keep) one arm's cells only, "
+                        "e.g. both at once on two machines; a run without it then compares them")
     args = parser.parse_args()
+    args.epochs = args.epochs or (8 if args.whole else 15)
+    if args.whole:
+        whole(args)
+        return
     mias = args.shared / "data" / "mini-mias"
     weights = args.shared / "weights" / "tf_efficientnet_lite0.safetensors"
     if not mias.is_dir() or not weights.is_file():

@@ -126,3 +126,41 @@ def test_the_whole_image_pipeline_takes_the_export_as_is(size, tmp_path):
     _export(tmp_path / "x.jpg", grey, invert=True)
     out, geometry = preprocess_with_geometry(read_image(tmp_path / "x.jpg"), PreprocessSettings(size=size))
     assert out.shape == size and geometry.inverted and geometry.flipped and geometry.cropped
+
+
+def _kaggle_export(root) -> None:
+    """A Kaggle export's layout: ``labels.csv`` (image, patient_id, image_id, cancer 0/1) beside ``images/``."""
+    (root / "images").mkdir(parents=True)
+    rows = []
+    for i in range(8):
+        _export(root / "images" / f"{i // 2}_{i}.jpg", fake_mammogram(160, 160, side="L", seed=i), invert=i == 3)
+        rows.append({"image": f"{i // 2}_{i}.jpg", "patient_id": str(i // 2), "image_id": str(i), "cancer": str(i % 2)})
+    pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
+
+
+def test_a_table_someone_else_wrote_is_read_with_its_own_column_names(tmp_path):
+    from typer.testing import CliRunner
+
+    from mammobench.cli import app
+
+    _kaggle_export(tmp_path / "export")
+    args = ["prepare", "csv", str(tmp_path / "export" / "labels.csv"), "--columns", "path=image,label=cancer",
+            "--image-dir", str(tmp_path / "export" / "images"), "--labels", "1=MALIGNANT,0=NORMAL", "--mode", "full",
+            "--split", "kfold", "--folds", "2", "--size", "64", "--out", str(tmp_path / "prepared")]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    manifest = pd.read_csv(tmp_path / "prepared" / "manifest.csv", dtype=str)
+    assert sorted(manifest["label"].value_counts().items()) == [("MALIGNANT", 4), ("NORMAL", 4)]
+    assert manifest["image_path"].str.endswith("images/3_7.jpg").any() and set(manifest["image_type"]) == {"full"}
+    assert "1 inverted back" in result.output
+    # what cannot be read is said by name
+    for columns, image_dir, expected in [("path=image,label=verdict", "images", "has no column 'verdict'"),
+                                         ("path=image,lable=cancer", "images", "'lable' is not a manifest column"),
+                                         ("path=image,label=cancer", "pictures", "--image-dir"),
+                                         ("path=image,label", "images", "expected MANIFEST_COLUMN=TABLE_COLUMN")]:
+        bad = [*args[:4], columns, "--image-dir", str(tmp_path / "export" / image_dir), *args[7:]]
+        result = CliRunner().invoke(app, bad, env={"COLUMNS": "200"})
+        assert result.exit_code != 0 and expected in " ".join(result.output.split()), (columns, result.output)
+    # without --image-dir the paths start from the table's folder: every image is missing, and that is said
+    result = CliRunner().invoke(app, [*args[:5], *args[7:], "--no-cache"], env={"COLUMNS": "200"})
+    assert result.exit_code != 0 and "none of the 8 images exist" in " ".join(result.output.split())

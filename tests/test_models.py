@@ -37,6 +37,19 @@ def test_single_channel_forward_and_stages(name):
     assert everything == {n for n, _ in model.named_parameters()}
 
 
+def test_gem_pooling_is_the_generalised_mean_and_only_where_timm_pools_adaptively():
+    model, report = create_model("test_efficientnet", num_classes=2, pretrained="none", global_pool="gem")
+    gem = model.global_pool.pool
+    x = torch.rand(2, 3, 4, 4) + 0.1
+    assert report.global_pool == "gem" and float(gem.p) == 3.0
+    assert torch.allclose(gem(x).flatten(1), x.pow(3).mean((-2, -1)).pow(1 / 3))
+    with torch.no_grad():
+        gem.p.fill_(1.0)
+    assert torch.allclose(gem(x).flatten(1), x.mean((-2, -1)), atol=1e-6), "p = 1 is average pooling"
+    with pytest.raises(ModelError, match="does not pool with timm's SelectAdaptivePool2d"):
+        create_model("test_vit", num_classes=2, pretrained="none", global_pool="gem")
+
+
 def test_vit_blocks_are_transformer_blocks():
     model, _ = create_model("test_vit", num_classes=2)
     plan = parameter_plan(model)

@@ -21,16 +21,18 @@ from .test_fit import tiny
 
 @pytest.mark.slow  # it trains a model
 def test_non_square_whole_images_end_to_end(full_prepared, tmp_path):
-    """data.image_size [H, W]: cache, training, model.json, evaluation, bundle and ONNX all keep H x W."""
+    """data.image_size [H, W]: cache, training, model.json, evaluation, bundle and ONNX all keep H x W (and the
+    GeM pooling the run was trained with)."""
     from mammobench.evaluation.evaluate import evaluate
     from mammobench.serving.bundle import export_bundle
     from mammobench.serving.predictor import Predictor
 
     result = fit(tiny(full_prepared.out, tmp_path, "data.image_size=[96, 64]", "trainer.limit_train_batches=2",
                       "stages.head_epochs=0", "model.grad_checkpointing=true", "trainer.accumulate=2",
-                      "data.batch_size=4"))
+                      "data.batch_size=4", "model.global_pool=gem"))
     info = RunDir(result.run_dir).read_model_info()
-    assert tuple(info.input_size) == (96, 64) and info.preprocess.hw == (96, 64)
+    assert tuple(info.input_size) == (96, 64) and info.preprocess.hw == (96, 64) and info.global_pool == "gem"
+    assert "global_pool.pool.p" in load_file(RunDir(result.run_dir).weights_path)
     run = json.loads((result.run_dir / "run.json").read_text())
     assert run["batch"] == {"per_step": 4, "accumulate": 2, "effective": 8} and run["grad_checkpointing"]
     cached = list((full_prepared.out / "cache").glob("96x64px-*"))

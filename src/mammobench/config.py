@@ -122,6 +122,10 @@ class ModelConfig(_Strict):
         None, description="for ViTs built for a size: build at this size (a side or [height, width])")
     mean: float | None = None
     std: float | None = Field(None, gt=0)
+    global_pool: Literal["avg", "max", "avgmax", "gem"] | None = Field(
+        None, description="how the feature map becomes one vector: avg | max | avgmax (their mean) | gem (generalised "
+        "mean, p learnt; the RSNA 2023 winners pooled whole mammograms with max or GeM). None = the architecture's "
+        "(or a catalogue encoder's authors')")
     head_init: Literal["small", "timm"] = Field(
         "small", description="new head: small = N(0, 0.01^2) weights and zero bias (initial loss ln C); timm = as built")
     grad_checkpointing: bool = Field(

@@ -21,6 +21,7 @@ from mammobench.cli.console import (
     fail,
     named_paths,
     options,
+    parse_columns,
     parse_size,
 )
 
@@ -59,6 +60,10 @@ def prepare(
     label_set: Annotated[str | None, Opt(help="VinDr-Mammo: suspicious (BI-RADS 4-5 vs 1-3) | birads (5 classes).")] = None,
     labels_csv: Annotated[Path | None, Opt(help="DICOMweb: StudyInstanceUID,laterality,label per breast.")] = None,
     auth_file: Annotated[Path | None, Opt(help="DICOMweb: a JSON file with {token} or {user, password}.")] = None,
+    columns: Annotated[str | None, Opt(help="csv: the table's names for the manifest's columns, e.g. "
+                                            "path=image,label=cancer (a table someone else wrote).")] = None,
+    image_dir: Annotated[Path | None, Opt(help="csv: the folder the table's relative image paths start from "
+                                               "(default: the table's).")] = None,
     size: Annotated[str, Opt(help="Preprocessed size for the cache and preview: a side (224) or HEIGHTxWIDTH "
                                   "(1152x896).")] = "224",
     clahe: Annotated[bool, Opt(help="Apply CLAHE after the percentile window.")] = False,
@@ -82,7 +87,7 @@ def prepare(
     # only what was given: an option the dataset's source does not read is then an error, not ignored
     source = options(SourceOptions, roi_source=roi_source, roi_margin=roi_margin, include_normal=include_normal or None,
                      csv_dir=csv_dir, clinical=clinical, label_set=label_set, labels_csv=labels_csv,
-                     auth_file=auth_file)
+                     auth_file=auth_file, columns=parse_columns(columns) if columns else None, image_dir=image_dir)
     decoding = CacheOptions(build=cache, workers=workers, processes=processes)
     if shard is not None:
         part = prepare_shard(dataset, root, out, parse_shard(shard), mode=mode, labels=labels, source=source,

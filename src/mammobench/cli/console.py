@@ -165,6 +165,18 @@ def parse_size(text: str) -> int | tuple[int, int]:
         raise typer.BadParameter(f"--size {text!r}: expected a side in pixels (224) or HEIGHTxWIDTH (1152x896)") from None
 
 
+def parse_columns(text: str) -> dict[str, str]:
+    """``path=image,label=cancer`` as ``{"path": "image", "label": "cancer"}``."""
+    out: dict[str, str] = {}
+    for item in text.split(","):
+        name, sep, column = (part.strip() for part in item.partition("="))
+        if not sep or not name or not column:
+            raise typer.BadParameter(f"--columns {text!r}: expected MANIFEST_COLUMN=TABLE_COLUMN pairs separated by "
+                                     "commas, e.g. path=image,label=cancer")
+        out[name] = column
+    return out
+
+
 def named_paths(items: list[str] | None, flag: str, example: str) -> dict[str, str]:
     """``NAME=PATH`` options as ``{name: path}``; a clear error for anything else."""
     out: dict[str, str] = {}

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import timm
+import torch
 from torch import nn
 
 from mammobench.models.loading import LoadReport, ModelError, check_model_name
@@ -136,11 +137,11 @@ def _timm_model(name: str, *, hub: bool, num_classes: int, in_chans: int, drop_r
     if img_size is not None:
         kwargs["img_size"] = img_size
     if global_pool is not None:
-        kwargs["global_pool"] = global_pool
+        kwargs["global_pool"] = "avg" if global_pool == "gem" else global_pool
     if hub:
         _check_hub_weights(name)
     try:
-        return timm.create_model(name, pretrained=hub, **kwargs)
+        model = timm.create_model(name, pretrained=hub, **kwargs)
     except TypeError as exc:
         if "img_size" in kwargs and "img_size" in str(exc):
             raise ModelError(f"{name} has no fixed input size; leave model.img_size unset") from None
@@ -152,6 +153,38 @@ def _timm_model(name: str, *, hub: bool, num_classes: int, in_chans: int, drop_r
                 "Offline? Set model.pretrained to a local .safetensors file, or to none."
             ) from None
         raise ModelError(f"cannot create {name}: {exc}") from None
+    if global_pool == "gem":
+        use_gem(model, name)
+    return model
+
+
+class GeM(nn.Module):
+    """Generalised mean pooling (Radenovic et al. 2018): ``mean(x^p)^(1/p)`` over the feature map, ``p`` learnt
+    (3 at the start). ``p = 1`` is average pooling and ``p -> inf`` max pooling: between the two, what the RSNA
+    2023 screening winners pooled whole mammograms with."""
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.p = nn.Parameter(torch.tensor(float(p)))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp(min=self.eps).pow(self.p).mean(dim=(-2, -1), keepdim=True).pow(1.0 / self.p)
+
+
+def use_gem(model: nn.Module, name: str) -> None:
+    """Swap the average pooling of a timm CNN (``SelectAdaptivePool2d``) for :class:`GeM`.
+
+    Raises:
+        ModelError: the model pools otherwise (a ViT's token, a head without timm's adaptive pooling).
+    """
+    from timm.layers import SelectAdaptivePool2d
+
+    pool = getattr(model, "global_pool", None)
+    if not isinstance(pool, SelectAdaptivePool2d):
+        raise ModelError(f"model.global_pool=gem: {name} does not pool with timm's SelectAdaptivePool2d (a "
+                         "transformer's token or a custom head); use avg or max, or leave it unset")
+    pool.pool = GeM()  # type: ignore[assignment]
 
 
 def _check_hub_weights(name: str) -> None:

@@ -202,7 +202,8 @@ def build_model(config: Config, data: SplitData) -> tuple[nn.Module, LoadReport]
         in_chans=config.data.preprocess.channels, drop_rate=config.model.drop_rate, drop_path_rate=config.model.drop_path_rate,
         img_size=config.model.img_size, head_init=config.model.head_init,
         fusion=views.fusion if views else None, num_views=len(views.views) if views else 2,
-        static_padding=source.static_padding if source else None, global_pool=source.global_pool if source else None,
+        static_padding=source.static_padding if source else None,
+        global_pool=config.model.global_pool or (source.global_pool if source else None),
     )
     if transfer is not None:
         load_report = init_from_run(model, transfer, config.model.name)

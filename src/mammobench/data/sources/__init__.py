@@ -64,7 +64,7 @@ SOURCES: dict[str, Source] = {
     "rsna": Source("rsna", "load_rsna"),
     "inbreast": Source("inbreast", "load_inbreast"),
     "dicomweb": Source("dicomweb", "load_dicomweb", ("labels_csv", "auth_file"), progress=True, remote=True),
-    "csv": Source("table", "load_table", fixed=(("dataset", "csv"),)),
+    "csv": Source("table", "load_table", ("columns", "image_dir"), fixed=(("dataset", "csv"),)),
     "demo": Source("table", "load_table", fixed=(("dataset", DEMO_DATASET),)),
 }
 

@@ -35,6 +35,9 @@ class SourceOptions(BaseModel):
         label_set: VinDr-Mammo: ``suspicious`` (BI-RADS 4-5 vs 1-3) or ``birads`` (five classes).
         labels_csv: DICOMweb: the table of ``StudyInstanceUID, laterality, label`` (one row per breast).
         auth_file: DICOMweb: a JSON file with the server's credentials (never on the command line).
+        columns: a user table: which of its columns is which manifest column (``{"path": "image", "label":
+            "cancer"}``), for a table written by someone else (a Kaggle export's ``labels.csv``).
+        image_dir: a user table: the folder its relative image paths start from (default: the table's own).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -47,6 +50,8 @@ class SourceOptions(BaseModel):
     label_set: Literal["suspicious", "birads"] | None = None
     labels_csv: Path | None = None
     auth_file: Path | None = None
+    columns: dict[str, str] | None = None
+    image_dir: Path | None = None
 
     def given(self) -> set[str]:
         """The options set to something (not left to the source's default)."""

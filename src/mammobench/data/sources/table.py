@@ -3,7 +3,11 @@
 Optional columns: ``roi`` (``x0 y0 x1 y1``), ``lesion`` (the lesion's own box, for ``data.preprocess.context``),
 ``pixel_mm``, ``lesion_type``, ``laterality``, ``view``, ``exam_id`` (one screening exam of a woman), ``split``
 (used by ``--split official``), ``sample_id``, ``image_type`` (``full``/``crop``), ``dataset``.
-Relative paths are relative to the table's folder.
+Relative paths are relative to the table's folder (or ``image_dir``). A table someone else wrote (a Kaggle export's
+``labels.csv`` with ``image,patient_id,cancer``) is read as it is, its columns named with ``columns``::
+
+    mammobench prepare csv DATA/labels.csv --columns path=image,label=cancer --image-dir DATA/images \\
+        --labels 1=MALIGNANT,0=NORMAL --mode full
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from mammobench.data.sources.base import Skipped, SourceResult, nothing_usable
 from mammobench.runtime import MammobenchError
 
 REQUIRED = ("path", "label", "patient_id")
+OPTIONAL = ("roi", "lesion", "pixel_mm", "lesion_type", "laterality", "view", "exam_id", "split", "sample_id",
+            "image_type", "dataset")
 DATASET = "csv"
 
 
@@ -56,15 +62,8 @@ def read_text_table(path: Path, *, what: str) -> tuple[pd.DataFrame, list[str]]:
     return table, notes
 
 
-def load_table(path: str | Path, *, dataset: str = DATASET, mode: str = "roi") -> SourceResult:
-    """Manifest records from a user CSV; rows whose image is missing are skipped and listed. In ``full`` mode the
-    table's lesion boxes are left out: the whole image is the input.
-
-    Raises:
-        TableError: the file is missing or empty, a required column is absent, or a row has an empty
-            required value or a malformed ROI (naming the row).
-    """
-    path = Path(path)
+def _table_file(path: Path) -> Path:
+    """The table at ``path``, or the one CSV in the folder ``path``."""
     if path.is_dir():
         candidates = sorted(path.glob("*.csv"))
         if len(candidates) != 1:
@@ -72,15 +71,56 @@ def load_table(path: str | Path, *, dataset: str = DATASET, mode: str = "roi") -
         path = candidates[0]
     if not path.is_file():
         raise TableError(f"table {path} does not exist")
+    return path
+
+
+def rename_columns(table: pd.DataFrame, columns: dict[str, str], path: Path) -> pd.DataFrame:
+    """``table`` with its columns renamed to the manifest's: ``columns`` is ``{manifest column: table column}``.
+
+    Raises:
+        TableError: a manifest column that does not exist, or a table column that is not in the table (naming both).
+    """
+    known = REQUIRED + OPTIONAL
+    unknown = sorted(set(columns) - set(known))
+    if unknown:
+        raise TableError(f"--columns {unknown[0]}=...: {unknown[0]!r} is not a manifest column; expected one of "
+                         f"{', '.join(known)}")
+    absent = [c for c in columns.values() if c not in table.columns]
+    if absent:
+        raise TableError(f"--columns: {path} has no column {absent[0]!r}; its columns: {', '.join(table.columns)}")
+    renamed = {table_column: name for name, table_column in columns.items()}
+    # a table column already called what another column becomes gives way to it (path=image over an old "path")
+    shadowed = [name for name in columns if name in table.columns and name not in renamed]
+    return table.drop(columns=shadowed).rename(columns=renamed)
+
+
+def load_table(path: str | Path, *, dataset: str = DATASET, mode: str = "roi", columns: dict[str, str] | None = None,
+               image_dir: str | Path | None = None) -> SourceResult:
+    """Manifest records from a user CSV; rows whose image is missing are skipped and listed. In ``full`` mode the
+    table's lesion boxes are left out: the whole image is the input.
+
+    Args:
+        columns: ``{manifest column: table column}`` for a table whose columns have other names.
+        image_dir: where relative image paths start (default: the table's folder).
+
+    Raises:
+        TableError: the file is missing or empty, a required column is absent, or a row has an empty
+            required value or a malformed ROI (naming the row).
+    """
+    path = _table_file(Path(path))
     table, notes = read_text_table(path, what=f"expected a header with {', '.join(REQUIRED)}")
     table.columns = [c.strip().lower() for c in table.columns]
+    if columns:
+        table = rename_columns(table, {k.strip().lower(): v.strip().lower() for k, v in columns.items()}, path)
     missing = [c for c in REQUIRED if c not in table.columns]
     if missing:
         raise TableError(f"{path}: missing column(s) {', '.join(missing)}; required: {', '.join(REQUIRED)}; "
                          f"found: {', '.join(table.columns)}")
     if table.empty:
         raise TableError(f"{path}: no rows")
-    base = path.parent.resolve()
+    base = path.parent.resolve() if image_dir is None else Path(image_dir).resolve()
+    if not base.is_dir():
+        raise TableError(f"--image-dir {image_dir}: no such folder (the folder the table's image paths start from)")
     records, skipped = [], []
     for i, row in table.iterrows():
         ref = f"{path.name}:{int(i) + 2}"
