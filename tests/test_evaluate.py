@@ -65,11 +65,32 @@ def test_a_metrics_json_of_an_older_version_reads_typed_and_a_broken_one_is_name
         EvaluationReport.read(tmp_path / "metrics.json")
 
 
-def test_tta_and_val_split(trained_runs):
+class _Flipped(torch.nn.Module):
+    """The model shown its input mirrored along ``dim``."""
+
+    def __init__(self, model, dim):
+        super().__init__()
+        self.model, self.dim = model, dim
+
+    def forward(self, x):
+        return self.model(x.flip(self.dim))
+
+
+def test_tta_is_the_mean_over_the_image_and_its_two_flips(trained_runs):
+    from mammobench.evaluation.inference import predict_probs
+
     plain = evaluate(trained_runs["cnn"], split="val", n_boot=50)
     tta = evaluate(trained_runs["cnn"], split="val", n_boot=50, tta=True)
     assert tta.out_dir.name == "val_tta" and plain.out_dir.name == "val"
-    assert not np.allclose(plain.predictions.filter(like="prob_"), tta.predictions.filter(like="prob_"))
+    run = RunDir(trained_runs["cnn"])
+    model, info = run.load_model()
+    rows = run.read_split().set_index("sample_id").loc[tta.predictions["sample_id"]].reset_index()
+    by_hand = np.mean([predict_probs(m, info, rows, run.cache_root()) for m in (model, _Flipped(model, -1),
+                                                                                _Flipped(model, -2))], axis=0)
+    columns = [f"prob_{label}" for label in info.labels]
+    assert np.allclose(tta.predictions[columns].to_numpy(), by_hand, atol=1e-5)
+    assert np.allclose(plain.predictions[columns].to_numpy(), predict_probs(model, info, rows, run.cache_root()), atol=1e-5)
+    assert not np.allclose(plain.predictions[columns].to_numpy(), by_hand, atol=1e-3), "the flips change something"
 
 
 def test_gradcam_maps_have_the_image_shape_and_vary(trained_runs):

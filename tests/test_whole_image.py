@@ -148,6 +148,24 @@ def test_init_from_refuses_another_architecture_or_an_unfinished_run(crops_run, 
     assert not (tmp_path / "demo_cnn").exists(), "nothing was written for a run refused before it began"
 
 
+def test_weights_changed_after_the_run_are_refused_wherever_they_are_read(crops_run, full_prepared, tmp_path):
+    """One checksum check of a run's weights (RunDir.read_weights): loading the model and starting a run from it."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    changed = shutil.copytree(crops_run, tmp_path / "changed")
+    weights = RunDir(changed).weights_path
+    state = load_file(weights)
+    first = next(iter(state))
+    save_file({**state, first: state[first] + 1}, weights)
+    with pytest.raises(RunError, match="does not match the checksum in model.json"):
+        RunDir(changed).load_model()
+    with pytest.raises(RunError, match="does not match the checksum in model.json"):
+        fit(tiny(full_prepared.out, tmp_path / "out", f"model.init_from={changed}"))
+    assert RunDir(crops_run).load_model()[1].architecture == "test_resnet", "the untouched run still loads"
+
+
 # --------------------------------------------------------------------------- two views of one breast
 
 

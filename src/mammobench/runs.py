@@ -325,17 +325,27 @@ class RunDir:
         return cache_folder(manifest, cfg.data.cache_dir)
 
     # ----------------------------------------------------------------- the model
-    def load_model(self) -> tuple[nn.Module, ModelInfo]:
-        """The kept model (weights checked against the SHA-256 in ``model.json``) and its info."""
+    def read_weights(self, info: ModelInfo | None = None) -> dict[str, torch.Tensor]:
+        """The kept weights, checked against the SHA-256 ``model.json`` recorded for them (the one check of a run's
+        weights: loading a model, starting another run from this one).
+
+        Raises:
+            RunError: no weights file, or one that is not the file the run wrote.
+        """
         from safetensors.torch import load_file
 
-        info = self.read_model_info()
+        info = info or self.read_model_info()
         if not self.weights_path.is_file():
             raise RunError(f"run {self.path} has no {MODEL_FILE}")
         if sha256_file(self.weights_path) != info.weights_sha256:
             raise RunError(f"{self.weights_path} does not match the checksum in model.json: the weights were changed "
                            "or damaged")
-        return build_model(info, load_file(str(self.weights_path))), info
+        return load_file(str(self.weights_path))
+
+    def load_model(self) -> tuple[nn.Module, ModelInfo]:
+        """The kept model (weights checked against the SHA-256 in ``model.json``) and its info."""
+        info = self.read_model_info()
+        return build_model(info, self.read_weights(info)), info
 
 
 def build_model(info: ModelInfo, weights: dict[str, torch.Tensor]) -> nn.Module:

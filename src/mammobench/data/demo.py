@@ -23,10 +23,10 @@ import numpy as np
 import pandas as pd
 
 from mammobench.data.labels import BENIGN, BENIGN_WITHOUT_CALLBACK, MALIGNANT
-from mammobench.data.sources.base import DEMO_DATASET
+from mammobench.data.sources.base import DEMO_DATASET, is_synthetic
 from mammobench.runtime import atomic_write_bytes, atomic_write_csv, atomic_write_text
 
-__all__ = ["DEMO_DATASET", "SYNTHETIC_NOTICE", "generate_demo_dataset", "generate_image"]
+__all__ = ["DEMO_DATASET", "SYNTHETIC_NOTICE", "generate_demo_dataset", "generate_image", "is_synthetic"]
 SYNTHETIC_NOTICE = "SYNTHETIC DEMO DATA - generated images, not patients; results say nothing about real mammograms."
 
 _CLASS_SHARE = ((BENIGN, 0.40), (MALIGNANT, 0.38), (BENIGN_WITHOUT_CALLBACK, 0.22))

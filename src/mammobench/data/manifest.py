@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mammobench.data.labels import order_labels
+from mammobench.data.labels import order_labels, positive_label
 from mammobench.runtime import MammobenchError, atomic_write_csv, atomic_write_json, format_list
 
 REQUIRED_COLUMNS: tuple[str, ...] = (
@@ -190,7 +190,7 @@ def read_manifest_info(path: str | Path) -> ManifestInfo:
     return ManifestInfo(
         dataset=",".join(sorted(set(frame["dataset"]))), mode="unknown", labels=labels,
         label_mapping={"name": "as-is", "mapping": {}},
-        positive_label="MALIGNANT" if "MALIGNANT" in labels else None,
+        positive_label=positive_label(labels),
     )
 
 

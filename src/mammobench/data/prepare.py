@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import mammobench
 from mammobench.data.cache import ImageCache, cache_request
-from mammobench.data.demo import DEMO_DATASET, SYNTHETIC_NOTICE, generate_demo_dataset
+from mammobench.data.demo import DEMO_DATASET, SYNTHETIC_NOTICE, generate_demo_dataset, is_synthetic
 from mammobench.data.labels import (
     LabelError,
     LabelMapping,
@@ -276,7 +276,7 @@ def _split(records: Records, options: SplitOptions) -> tuple[pd.DataFrame, Split
 def _manifest_info(dataset: str, mode: str, frame: pd.DataFrame, records: Records, report: SplitReport) -> ManifestInfo:
     """``manifest.json``: the label set and what was mapped to what, the split, where the data came from."""
     classes = order_labels(frame["label"])
-    synthetic = bool((frame["dataset"] == DEMO_DATASET).any())
+    synthetic = is_synthetic(frame)
     if synthetic and dataset != "demo":
         records.notes.insert(0, SYNTHETIC_NOTICE)
     applied = mapping_summary(frame["raw_label"], frame["label"], records.mapping)

@@ -19,8 +19,9 @@ decoded intensities, 0-1 over the file's bit depth), which keeps the absolute br
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -322,6 +323,18 @@ def looks_inverted(image: np.ndarray) -> bool:
 def as_channels(image: np.ndarray) -> np.ndarray:
     """A preprocessed image as ``(C, H, W)``: one channel, or one per scale."""
     return image[None] if image.ndim == 2 else image
+
+
+def normalise(x: Any, mean: float, std: float) -> Any:
+    """The one input normalisation, ``(x - mean) / std`` with the model's scalar statistics (a numpy array or a tensor;
+    training's transform, the predictor, explanations and the bundle's parity check all call it)."""
+    return (x - mean) / std
+
+
+def input_batch(images: Sequence[np.ndarray], mean: float, std: float) -> np.ndarray:
+    """Preprocessed images (``(H, W)``, or ``(C, H, W)`` for several scales) as the network's ``(N, C, H, W)`` float32
+    input."""
+    return np.stack([normalise(as_channels(img), mean, std) for img in images]).astype(np.float32)
 
 
 def display_channel(image: np.ndarray) -> np.ndarray:

@@ -74,26 +74,28 @@ def _group_fold(labels: np.ndarray, groups: np.ndarray, fraction: float, seed: i
     return mask
 
 
-#: ``val_fraction: auto``: the share carved when it gives at least ``AUTO_VAL_MIN_CLASS`` samples of every class.
+#: Fewer samples of a class than this in a validation or test split: its metrics and threshold are noise (the one
+#: minimum: ``val_fraction: auto`` carves no validation split below it; training and evaluation warn below it).
+MIN_CLASS_SAMPLES = 10
+#: ``val_fraction: auto``: the share carved when it gives at least ``MIN_CLASS_SAMPLES`` of every class.
 AUTO_VAL_FRACTION = 0.1
-AUTO_VAL_MIN_CLASS = 10
 
 
 def auto_val_fraction(train_labels: pd.Series) -> tuple[float, str]:
     """What ``val_fraction: auto`` means for these training rows: the share, and why.
 
-    A validation split too small to rank epochs or choose a threshold (fewer than ``AUTO_VAL_MIN_CLASS`` of a
+    A validation split too small to rank epochs or choose a threshold (fewer than ``MIN_CLASS_SAMPLES`` of a
     class) only costs training data: on 40 mini-MIAS lesions carving one cost the default recipe 0.13 of
     mean fold AUC against training on every other fold (docs/recipe.md). Then none is carved, the last epoch
     is kept and the threshold falls back to its stated rule.
     """
     counts = train_labels.value_counts()
     smallest = int(counts.min()) if len(counts) else 0
-    if smallest * AUTO_VAL_FRACTION >= AUTO_VAL_MIN_CLASS:
-        return AUTO_VAL_FRACTION, f"{AUTO_VAL_FRACTION:g} of the training folds (every class has >= {AUTO_VAL_MIN_CLASS} in it)"
+    if smallest * AUTO_VAL_FRACTION >= MIN_CLASS_SAMPLES:
+        return AUTO_VAL_FRACTION, f"{AUTO_VAL_FRACTION:g} of the training folds (every class has >= {MIN_CLASS_SAMPLES} in it)"
     return 0.0, (f"no validation split: {AUTO_VAL_FRACTION:g} of the training folds would hold about "
                  f"{smallest * AUTO_VAL_FRACTION:.0f} of the smallest class ({counts.idxmin() if len(counts) else '-'}), "
-                 f"too few to rank epochs or choose a threshold (< {AUTO_VAL_MIN_CLASS}); training on every other fold, "
+                 f"too few to rank epochs or choose a threshold (< {MIN_CLASS_SAMPLES}); training on every other fold, "
                  "keeping the last epoch (set data.val_fraction to carve one anyway)")
 
 

@@ -12,6 +12,7 @@ import torch
 from torchvision.transforms import v2
 
 from mammobench.data.options import NOTEBOOK_AUGMENT, AugmentSettings
+from mammobench.data.preprocess import normalise
 
 __all__ = ["NOTEBOOK_AUGMENT", "AugmentSettings", "create_transform"]
 
@@ -37,7 +38,7 @@ class Normalize1(torch.nn.Module):
         self.mean, self.std = float(mean), float(std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
+        return normalise(x, self.mean, self.std)
 
 
 def create_transform(*, train: bool, augment: AugmentSettings, mean: float, std: float) -> v2.Compose:

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 import mammobench
-from mammobench.data.demo import DEMO_DATASET, SYNTHETIC_NOTICE
+from mammobench.data.demo import SYNTHETIC_NOTICE, is_synthetic
 from mammobench.evaluation.breakdowns import (
     ScoredSet,
     aggregate_levels,
@@ -42,6 +42,7 @@ from mammobench.evaluation.metrics import (
     confusion,
     expected_calibration_error,
     per_class_table,
+    positive_call,
     too_few_patients,
 )
 from mammobench.evaluation.predictions import (
@@ -168,7 +169,7 @@ def evaluate(
 def _header(run: RunDir, predictions: Predictions, *, split: str, tta: bool, data: str | Path | None, n_boot: int,
             seed: int) -> dict[str, Any]:
     """What was evaluated, by what and how: the first keys of ``metrics.json``."""
-    synthetic = bool((predictions.rows["dataset"] == DEMO_DATASET).any())
+    synthetic = is_synthetic(predictions.rows)
     return {
         "format": EVAL_FORMAT, "mammobench_version": mammobench.__version__, "created": utc_now(),
         "run": str(run.path), "architecture": predictions.info.architecture, "split": split, "tta": tta,
@@ -185,7 +186,7 @@ def evaluated_set_warnings(y: np.ndarray, groups: np.ndarray, labels: list[str],
     """The guard rails of training's splits (:func:`~mammobench.training.checks.split_warnings`) applied to any
     evaluated set, each sentence naming the set: a class with fewer than ``MIN_CLASS_SAMPLES`` samples, and
     intervals left out for too few patients of a class (:func:`~mammobench.evaluation.metrics.too_few_patients`)."""
-    from mammobench.training.checks import MIN_CLASS_SAMPLES
+    from mammobench.data.splits import MIN_CLASS_SAMPLES
 
     out = []
     counts = np.bincount(np.asarray(y, dtype=int), minlength=len(labels))
@@ -271,7 +272,7 @@ def prediction_table(rows: pd.DataFrame, probs: np.ndarray, labels: list[str], p
         preds[f"prob_{lab}"] = probs[:, i]
     preds["predicted"] = [labels[i] for i in probs.argmax(1)]
     if positive is not None and threshold is not None:
-        preds[f"{positive.lower()}_call"] = probs[:, labels.index(positive)] >= threshold
+        preds[f"{positive.lower()}_call"] = positive_call(probs[:, labels.index(positive)], threshold)
     return preds
 
 

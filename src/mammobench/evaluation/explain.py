@@ -181,9 +181,9 @@ def explain_arrays(model: nn.Module, info: ModelInfo, images: Sequence[np.ndarra
     if target is not None and target not in info.labels:
         raise MammobenchError(f"class {target!r} is not one of the model's classes {info.labels}")
     model = model.to(device).eval()
-    from mammobench.data.preprocess import as_channels
+    from mammobench.data.preprocess import input_batch
 
-    x = torch.stack([torch.from_numpy((as_channels(img) - info.mean) / info.std) for img in images]).float().to(device)
+    x = torch.from_numpy(input_batch(images, info.mean, info.std)).to(device)
     with torch.no_grad():
         probs = model(x).float().softmax(1).cpu().numpy()
     predicted = probs.argmax(1)

@@ -28,7 +28,8 @@ import numpy as np
 import pandas as pd
 
 import mammobench
-from mammobench.data.demo import DEMO_DATASET, SYNTHETIC_NOTICE
+from mammobench.data.demo import SYNTHETIC_NOTICE, is_synthetic
+from mammobench.data.labels import positive_label
 from mammobench.data.manifest import read_manifest, read_manifest_info
 from mammobench.data.views import breast_ids, normalise_laterality, normalise_view
 from mammobench.evaluation.report import Calibration, EvaluationReport, ReportOptions, Threshold
@@ -301,7 +302,7 @@ def _level_rows(frame: pd.DataFrame, level: str) -> pd.DataFrame:
     info_labels = sorted(set(frame["label"]))
     out = frame.assign(breast_id=breast_ids(frame)).groupby("breast_id", sort=True).agg(
         dataset=("dataset", "first"), patient_id=("patient_id", "first"), split=("split", "first"),
-        label=("label", lambda s: worst_label(list(s), info_labels, "MALIGNANT" if "MALIGNANT" in info_labels else None)))
+        label=("label", lambda s: worst_label(list(s), info_labels, positive_label(info_labels))))
     return out.reset_index().assign(sample_id=lambda f: f["breast_id"])
 
 
@@ -361,7 +362,7 @@ def score_matched(imported: ImportedPredictions, matched: Matched, labels: list[
     cut = threshold if threshold is not None else (0.5 if positive is not None else None)
     set_report, tables = compute_report(rows, probs, labels, positive, threshold=cut, options=options,
                                         unit=matched.level, about=about)
-    synthetic = bool((rows["dataset"] == DEMO_DATASET).any())
+    synthetic = is_synthetic(rows)
     notes = []
     if imported.prob_column and positive is not None:  # which column was read as what, said every time
         named = imported.prob_class

@@ -5,7 +5,9 @@ A run's model is loaded by :meth:`mammobench.runs.RunDir.load_model`."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,6 +34,19 @@ CONTEXT_NOTE = ("this model sees each lesion with a set context (data.preprocess
                 "it holds: give its mammogram and --roi with the lesion's own box for the training geometry")
 SIDE_UNKNOWN_NOTE = ("the crop's side is unknown (no DICOM laterality, no L/R in its name): it was not flipped to the "
                      "side the model was trained on; give --laterality L|R")
+
+
+#: The test-time flips (``--tta``, a bundle's ``tta``): the image, mirrored left-right and top-bottom, averaged.
+TTA_FLIPS = ("hflip", "vflip")
+_FLIP_AXES = {"hflip": -1, "vflip": -2}
+
+
+def with_flips(x: Any, flips: Sequence[str] = TTA_FLIPS) -> list[Any]:
+    """``x`` (a batch, ``(..., H, W)``: a tensor or a numpy array) followed by its test-time flips: the test-time
+    augmented prediction is the mean of the model's probabilities over these (evaluate, predict, a bundle)."""
+    if isinstance(x, np.ndarray):
+        return [x, *(np.ascontiguousarray(np.flip(x, _FLIP_AXES[f])) for f in flips)]
+    return [x, *(x.flip(_FLIP_AXES[f]) for f in flips)]
 
 
 class RoiError(MammobenchError):
@@ -143,8 +158,7 @@ def predict_probs(
         x = batch["image"].to(dev)
         if nhwc:
             x = x.contiguous(memory_format=torch.channels_last)
-        views = [x, x.flip(-1), x.flip(-2)] if tta else [x]
-        probs = torch.stack([model(v).float().softmax(1) for v in views]).mean(0)
+        probs = torch.stack([model(v).float().softmax(1) for v in (with_flips(x) if tta else [x])]).mean(0)
         out.append(probs.cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, len(info.labels)), np.float32)
 
@@ -170,7 +184,6 @@ def predict_breasts(
     out = []
     for batch in DataLoader(ds, batch_size=batch_size, shuffle=False):
         x, mask = batch["image"].to(dev), batch["view_mask"].to(dev)
-        flips = [x, x.flip(-1), x.flip(-2)] if tta else [x]
-        out.append(torch.stack([model(v, mask).float().softmax(1) for v in flips]).mean(0).cpu())
+        out.append(torch.stack([model(v, mask).float().softmax(1) for v in (with_flips(x) if tta else [x])]).mean(0).cpu())
     probs = torch.cat(out).numpy() if out else np.zeros((0, len(info.labels)), np.float32)
     return breasts, probs

@@ -15,10 +15,13 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.stats import rankdata
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_curve
+
+from mammobench.data.labels import MALIGNANT
 
 
 class UndefinedMetricWarning(UserWarning):
@@ -107,6 +110,12 @@ class ThresholdChoice:
     reason: str = ""
 
 
+def positive_call(score: Any, threshold: float) -> Any:
+    """The one decision rule: a case is called positive when its probability reaches the threshold (``score >=
+    threshold``, a number or an array), in metrics, evaluation tables, the predictor and the page alike."""
+    return score >= threshold
+
+
 def select_threshold(y_positive: np.ndarray, score: np.ndarray, *, method: str = "youden",
                      target_sensitivity: float = 0.9, min_cases: int = MIN_THRESHOLD_CASES) -> ThresholdChoice:
     """Decision threshold on a positive-class score, chosen on a validation set, with a stated fallback.
@@ -169,7 +178,7 @@ def binary_rates(y_positive: np.ndarray, called: np.ndarray) -> dict[str, float]
 
 
 def compute_metrics(
-    y: np.ndarray, probs: np.ndarray, labels: Sequence[str], *, positive: str | None = "MALIGNANT",
+    y: np.ndarray, probs: np.ndarray, labels: Sequence[str], *, positive: str | None = MALIGNANT,
     threshold: float | None = None, warn: bool = True,
 ) -> dict[str, float]:
     """Scalar metrics of one set (what the bootstrap resamples).
@@ -206,7 +215,7 @@ def compute_metrics(
         k = list(labels).index(positive)
         is_pos = y == k
         out["auc_malignant"] = aucs[positive]
-        called = probs[:, k] >= threshold if threshold is not None else pred == k
+        called = positive_call(probs[:, k], threshold) if threshold is not None else pred == k
         out.update(binary_rates(is_pos, called))
         out.update(sensitivity_at_specificities(is_pos, probs[:, k]))
         out["probabilistic_f1"] = probabilistic_f1(is_pos, probs[:, k])
@@ -305,7 +314,7 @@ def too_few_patients(y: np.ndarray, groups: np.ndarray, labels: Sequence[str], *
 
 def metrics_with_ci(
     y: np.ndarray, probs: np.ndarray, labels: Sequence[str], groups: np.ndarray, *,
-    positive: str | None = "MALIGNANT", threshold: float | None = None, n_boot: int = 1000, seed: int = 0,
+    positive: str | None = MALIGNANT, threshold: float | None = None, n_boot: int = 1000, seed: int = 0,
     min_patients: int = MIN_CI_PATIENTS,
 ) -> dict[str, dict[str, float | list[float]]]:
     """``{metric: {"value": v, "ci": [lo, hi]}}`` for every scalar metric (intervals for all of them).

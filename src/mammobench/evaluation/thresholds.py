@@ -15,7 +15,12 @@ import numpy as np
 import pandas as pd
 
 from mammobench.evaluation.calibration import apply_temperature
-from mammobench.evaluation.metrics import ThresholdChoice, UndefinedMetricWarning, select_threshold
+from mammobench.evaluation.metrics import (
+    ThresholdChoice,
+    UndefinedMetricWarning,
+    positive_call,
+    select_threshold,
+)
 from mammobench.evaluation.predictions import Predictions, run_predictions
 from mammobench.evaluation.report import Threshold
 from mammobench.runs import RunDir
@@ -70,7 +75,7 @@ def external_threshold(y: np.ndarray, probs: np.ndarray, labels: list[str], posi
     pos, score = y == k, probs[:, k]
 
     def rates(t: float) -> dict[str, float]:
-        call = score >= t
+        call = positive_call(score, t)
         sens = float(call[pos].mean()) if pos.any() else float("nan")
         spec = float((~call[~pos]).mean()) if (~pos).any() else float("nan")
         return {"threshold": t, "sensitivity": sens, "specificity": spec}

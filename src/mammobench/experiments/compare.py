@@ -27,7 +27,7 @@ import pandas as pd
 import mammobench
 from mammobench.config import Config, load_config
 from mammobench.data.cache import ImageCache, cache_request
-from mammobench.data.demo import DEMO_DATASET, SYNTHETIC_NOTICE
+from mammobench.data.demo import SYNTHETIC_NOTICE, is_synthetic
 from mammobench.data.manifest import manifest_folder, patient_key
 from mammobench.evaluation.evaluate import EvaluationResult, evaluate
 from mammobench.evaluation.explain import explain_arrays, explanation_title, overlay
@@ -359,7 +359,7 @@ def _report(models: list[ModelResult], matrix: dict[str, Any], out: Path, *, tta
     paired, curves, level, n_common = _paired(models, labels, positive, n_boot)
     assert models[0].run_dir is not None
     split = RunDir(models[0].run_dir).read_split()
-    synthetic = bool((split["dataset"] == DEMO_DATASET).any())
+    synthetic = is_synthetic(split)
     mark = " (SYNTHETIC DEMO DATA)" if synthetic else ""
     figures = {"roc_macro": plot_roc_overlay(curves, out / "roc_macro.png", column=None, label="macro one-vs-rest",
                                              title=f"ROC: macro one-vs-rest{mark}")}

@@ -33,6 +33,8 @@ from pydantic import ValidationError
 from torch import nn
 
 import mammobench
+from mammobench.data.sources.base import is_synthetic
+from mammobench.evaluation.inference import TTA_FLIPS
 from mammobench.runs import MODEL_FILE, ModelInfo, RunDir
 from mammobench.runtime import (
     FileLimitError,
@@ -188,10 +190,6 @@ def _test_summary(run: RunDir) -> dict[str, Any]:
     return summary
 
 
-#: The flips ``export --tta`` may average over.
-TTA_FLIPS = ("hflip", "vflip")
-
-
 @dataclass
 class BundleContent:
     """What a bundle is written from: the model and its description, the thresholds and temperature, where it came
@@ -340,7 +338,7 @@ def _write_bundle(content: BundleContent, out: Path, *, onnx: bool, parity_toler
     meta = BundleMeta(model=info.model_copy(update={"weights_sha256": digest}), thresholds=content.thresholds,
                       temperature=content.temperature, weights=FileEntry(file=MODEL_FILE, sha256=digest),
                       provenance=content.provenance, weights_terms=content.terms, ensemble=content.ensemble,
-                      tta=list(TTA_FLIPS) if tta else [])
+                      tta=list(TTA_FLIPS) if tta else [])  # the flips evaluate --tta averages
     licence = weights_licence(info.encoder)
     meta.weights_licence = licence.as_dict() if licence is not None else None
     name = str(content.provenance.get("run_name") or content.check_run.name)
@@ -368,7 +366,7 @@ def _provenance(run: RunDir) -> dict[str, Any]:
         "environment": environment_info()["versions"], "config": run.read_config().model_dump(mode="json"),
         "best_epoch": info.get("best_epoch"), "best_validation": {info.get("monitor"): info.get("best_score")},
         "counts": info.get("counts"), "evaluation": _test_summary(run), "split_rows": len(split),
-        "synthetic": bool((split["dataset"] == "demo-synthetic").any()),
+        "synthetic": is_synthetic(split),
         "pretrained": info.get("pretrained"), "linear_probe": info.get("probe"),
     }
 
@@ -418,6 +416,6 @@ def _real_inputs(run: RunDir, info: ModelInfo, n: int) -> tuple[torch.Tensor, st
     counts = rows["split"].value_counts()
     what = " and ".join(f"{int(counts[s])} {name} image{'s' if counts[s] != 1 else ''}"
                         for s, name in (("val", "validation"), ("test", "test")) if s in counts)
-    from mammobench.data.preprocess import as_channels
+    from mammobench.data.preprocess import input_batch
 
-    return torch.stack([torch.from_numpy((as_channels(img) - info.mean) / info.std) for img in images]).float(), what, None
+    return torch.from_numpy(input_batch(images, info.mean, info.std)), what, None

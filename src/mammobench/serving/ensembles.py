@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 import mammobench
+from mammobench.data.sources.base import is_synthetic
 from mammobench.models.ensemble import Average
 from mammobench.runs import ModelInfo, RunDir
 from mammobench.runtime import environment_info, utc_now
@@ -96,7 +97,7 @@ def export_ensemble(
         provenance = {"runs": [str(run.path.resolve()) for run in runs], "exported": utc_now(),
                       "mammobench_version": mammobench.__version__, "environment": environment_info()["versions"],
                       "config": runs[0].read_config().model_dump(mode="json"),
-                      "synthetic": any(bool((run.read_split()["dataset"] == "demo-synthetic").any()) for run in runs),
+                      "synthetic": any(is_synthetic(run.read_split()) for run in runs),
                       "pretrained": runs[0].read_info().get("pretrained"),
                       "run_name": name or f"{info.architecture} ensemble of {len(runs)} runs"}
         return BundleContent(model, info, thresholds, temperature, provenance, runs[0], terms, ensemble)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 import mammobench
+from mammobench.data.sources.base import is_synthetic
 from mammobench.formatting import format_estimate, format_metric, format_probability
 
 if TYPE_CHECKING:
@@ -133,7 +134,7 @@ def _data_section(run: RunDir) -> list[str]:
     split = run.read_split()
     lines = ["## Training data", ""]
     datasets = ", ".join(sorted(set(split["dataset"])))
-    if (split["dataset"] == "demo-synthetic").any():
+    if is_synthetic(split):
         lines.append("**SYNTHETIC DEMO DATA**: generated images, not patients; the numbers below say nothing about "
                      "real mammograms.")
         lines.append("")

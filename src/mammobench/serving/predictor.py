@@ -22,9 +22,10 @@ import torch
 
 from mammobench.data.dicom import ImageReadError
 from mammobench.data.images import IMAGE_SUFFIXES, is_dicom, read_image
-from mammobench.data.preprocess import as_channels
+from mammobench.data.preprocess import input_batch
 from mammobench.data.views import ViewId, laterality_of
-from mammobench.evaluation.inference import model_input, resolve_device
+from mammobench.evaluation.inference import TTA_FLIPS, model_input, resolve_device, with_flips
+from mammobench.evaluation.metrics import positive_call
 from mammobench.models.factory import prefers_channels_last
 from mammobench.runtime import MammobenchError, atomic_write_csv, atomic_write_text, progress
 from mammobench.serving.bundle import Bundle, BundleError, load_bundle, verified_file
@@ -202,7 +203,7 @@ class Predictor:
 
         if self.breast_model:
             return self.breast_probabilities([{(self.info.views or ["CC"])[0]: img} for img in images])
-        batch = np.stack([(as_channels(img) - self.info.mean) / self.info.std for img in images]).astype(np.float32)
+        batch = input_batch(images, self.info.mean, self.info.std)
         return apply_temperature(self._averaged(self._image_forward, batch), self.temperature)
 
     def _image_forward(self, batch: np.ndarray) -> np.ndarray:
@@ -216,15 +217,13 @@ class Predictor:
 
     def _averaged(self, forward: Any, batch: np.ndarray, *rest: np.ndarray) -> np.ndarray:
         """``forward``'s probabilities, averaged over the bundle's test-time flips (``bundle.json`` ``tta``)."""
-        axes = {"hflip": -1, "vflip": -2}
-        flipped = [batch] + [np.ascontiguousarray(np.flip(batch, axes[f])) for f in self.meta.tta if f in axes]
-        return np.mean([forward(x, *rest) for x in flipped], axis=0)
+        return np.mean([forward(x, *rest) for x in with_flips(batch, [f for f in self.meta.tta if f in TTA_FLIPS])], axis=0)
 
     def _result(self, path: str, probs: np.ndarray) -> Prediction:
         probabilities = {lab: float(p) for lab, p in zip(self.labels, probs, strict=True)}
         predicted = self.labels[int(np.argmax(probs))]
         if self.positive is not None and self.threshold is not None:
-            malignant = probabilities[self.positive] >= self.threshold
+            malignant = positive_call(probabilities[self.positive], self.threshold)
             decision = self.positive if malignant else f"not {self.positive}"
         else:
             decision = predicted
@@ -299,7 +298,7 @@ class Predictor:
         for i, breast in enumerate(breasts):
             for j, view in enumerate(views):
                 if view in breast:
-                    x[i, j, 0] = (breast[view] - self.info.mean) / self.info.std
+                    x[i, j] = input_batch([breast[view]], self.info.mean, self.info.std)[0]
                     mask[i, j] = True
         from mammobench.evaluation.calibration import apply_temperature
 

@@ -15,9 +15,8 @@ import pandas as pd
 import torch
 
 from mammobench.config import Config
+from mammobench.data.splits import MIN_CLASS_SAMPLES
 
-#: Fewer samples of a class than this in a validation or test split: its metrics and threshold are noise.
-MIN_CLASS_SAMPLES = 10
 #: First training loss above this multiple of the loss of uniform predictions: a broken head or input.
 INITIAL_LOSS_FACTOR = 2.0
 

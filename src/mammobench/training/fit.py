@@ -39,7 +39,7 @@ from torch import nn
 
 import mammobench
 from mammobench.config import Config, encoder_settings, load_config
-from mammobench.data.demo import DEMO_DATASET
+from mammobench.data.demo import is_synthetic
 from mammobench.models.factory import (
     count_parameters,
 )
@@ -261,7 +261,7 @@ def finish(run: RunDir, config: Config, data: SplitData, base_info: dict[str, An
         best_epoch = int(hist.loc[(hist[monitor] - best_score).abs().idxmin(), "epoch"])
     kept_epoch = int(hist["epoch"].max()) if weights_rule == "last" and len(hist) else best_epoch
     if len(hist):
-        synthetic = " - SYNTHETIC DEMO DATA" if (data.frame["dataset"] == DEMO_DATASET).any() else ""
+        synthetic = " - SYNTHETIC DEMO DATA" if is_synthetic(data.frame) else ""
         plot_training_curves(hist, run.curves_path, title=f"{config.run_name()} ({config.model.name}){synthetic}",
                              best_epoch=kept_epoch)
     ips = hist["train/images_per_s"].median() if "train/images_per_s" in hist else None

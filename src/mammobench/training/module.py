@@ -20,6 +20,7 @@ from torch import nn
 from torchmetrics.functional.classification import binary_auroc
 
 from mammobench.config import OptimConfig, StagesConfig
+from mammobench.data.labels import MALIGNANT
 from mammobench.models.finetune import ParameterPlan, apply_stage
 from mammobench.models.multiview import MultiViewClassifier
 from mammobench.runtime import MammobenchError
@@ -77,7 +78,7 @@ class LesionClassifier(pl.LightningModule):
         plan: ParameterPlan,
         optim: OptimConfig,
         stages: StagesConfig,
-        positive_label: str | None = "MALIGNANT",
+        positive_label: str | None = MALIGNANT,
         channels_last: bool = False,
         compile: bool = False,
     ):

@@ -17,7 +17,6 @@ from torch import nn
 
 from mammobench.models.loading import LoadReport, ModelError, load_state
 from mammobench.runs import RunDir, RunError
-from mammobench.runtime import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -41,11 +40,7 @@ def init_from_run(model: nn.Module, run_dir: str | Path, architecture: str) -> L
         raise ModelError(f"model.init_from={run.path} is a {info.architecture} run but this run builds {architecture}: "
                          "weights transfer within one architecture only (train the crops model with the same model.name)")
     path = run.weights_path
-    if sha256_file(path) != info.weights_sha256:
-        raise RunError(f"{path} does not match the checksum in its model.json: the weights were changed or damaged")
-    from safetensors.torch import load_file
-
-    state = load_file(str(path))
+    state = run.read_weights(info)
     if info.views:  # a breast-level run: its backbone alone
         state = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
     target: nn.Module = getattr(model, "backbone", model)  # a breast-level model takes the backbone

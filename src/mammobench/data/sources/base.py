@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
@@ -13,6 +13,12 @@ from mammobench.runtime import MammobenchError
 
 #: The ``dataset`` of the built-in synthetic images (``prepare demo``); every report marks it as not patients.
 DEMO_DATASET = "demo-synthetic"
+
+
+def is_synthetic(rows: Any) -> bool:
+    """Whether any of these manifest rows (a frame with a ``dataset`` column) is a generated demo image: the one test
+    behind every report's SYNTHETIC notice."""
+    return "dataset" in rows and bool((rows["dataset"] == DEMO_DATASET).any())
 
 E = TypeVar("E", bound=MammobenchError)
 
