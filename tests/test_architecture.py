@@ -90,3 +90,88 @@ def test_no_module_imports_itself_round_a_circle():
         if node not in state:
             visit(node, [node])
     assert not cycles, cycles
+
+
+# --------------------------------------------------------------------------- what docs/architecture.md claims
+
+
+def _code_strings(path):
+    """The string constants of a module's code (docstrings left out), with their lines."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.body
+                  and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    return [(node.value, node.lineno) for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings]
+
+
+#: The modules docs/architecture.md says a command line or a notebook meets without torch, Lightning or timm.
+LIGHT = ("cli", "config", "encoders", "runs", "data", "evaluation", "experiments")
+#: ... except these, named there as torch code (datasets, inference, explanations).
+HEAVY = ("data.dataset", "data.datamodule", "data.transforms", "evaluation.inference", "evaluation.explain",
+         "cli.__main__")
+
+
+def test_the_modules_the_docs_call_light_import_no_torch():
+    import subprocess
+    import sys
+
+    root = REPO / "src" / "mammobench"
+    modules = []
+    for path in sorted(root.rglob("*.py")):
+        dotted = ".".join(path.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+        if dotted.split(".")[0] in LIGHT and dotted not in HEAVY:
+            modules.append(f"mammobench.{dotted}")
+    assert len(modules) > 40
+    code = ("import importlib, sys\nfor m in sys.argv[1:]:\n    importlib.import_module(m)\n"
+            "print(sorted(k for k in ('torch', 'lightning', 'timm', 'optuna', 'gradio') if k in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code, *modules], capture_output=True, text=True, check=True)
+    if done.stdout.strip() != "[]":  # which one: each alone
+        culprits = [m for m in modules if subprocess.run([sys.executable, "-c", code, m], capture_output=True,
+                                                         text=True).stdout.strip() != "[]"]
+        raise AssertionError(f"{done.stdout.strip()} imported by {culprits}")
+
+
+def test_a_state_dict_meets_a_model_in_models_loading_only():
+    import ast
+
+    root = REPO / "src" / "mammobench"
+    calls = [f"{path.relative_to(root)}:{node.lineno}" for path in root.rglob("*.py")
+             if path.relative_to(root).as_posix() != "models/loading.py"
+             for node in ast.walk(ast.parse(path.read_text()))
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load_state_dict"]
+    assert calls == [], calls
+
+
+#: A run folder's own files: named in runs.py (RunDir) and nowhere else.
+RUN_FILES = ("model.json", "run.json", "split.csv", "history.csv", "curves.png", "calibration.json", "fingerprints.csv",
+             "last.ckpt", "best.ckpt")
+
+
+def test_a_run_folder_layout_is_named_in_runs_py_only():
+    root = REPO / "src" / "mammobench"
+    named = [f"{path.relative_to(root)}:{line} {value!r}" for path in root.rglob("*.py") if path.name != "runs.py"
+             for value, line in _code_strings(path) if any(value.endswith(name) for name in RUN_FILES)]
+    assert named == [], named
+    assert all(f'"{name}"' in (root / "runs.py").read_text() for name in RUN_FILES)
+
+
+def test_no_function_outside_the_command_line_is_longer_than_60_lines():
+    """Orchestrators read top to bottom: a function's body (its docstring aside) fits on a screen."""
+    import ast
+
+    root = REPO / "src" / "mammobench"
+    long = []
+    for path in root.rglob("*.py"):
+        if path.relative_to(root).parts[0] == "cli":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                first = node.body[0]
+                documented = isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and len(node.body) > 1
+                start = node.body[1].lineno if documented else first.lineno
+                if node.end_lineno - start + 1 > 60:
+                    long.append(f"{path.relative_to(root)}:{node.name} ({node.end_lineno - start + 1} lines)")
+    assert long == [], long

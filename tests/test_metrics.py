@@ -241,3 +241,40 @@ def test_screening_metrics_follow_their_definitions():
     probs = np.stack([1 - score, score], 1).clip(0, 1)
     metrics = compute_metrics(y.astype(int), probs / probs.sum(1, keepdims=True), ["BENIGN", "MALIGNANT"])
     assert {"sens_at_spec_80", "sens_at_spec_90", "sens_at_spec_95", "probabilistic_f1"} <= set(metrics)
+
+
+def test_every_metric_computed_has_a_registry_entry_and_no_module_lists_metrics_by_hand():
+    """The metric registry is the one list: compute_metrics returns nothing it lacks, and no other module spells out
+    two registry names in one literal (a list of metrics kept by hand goes stale when a metric is added)."""
+    import re
+    from pathlib import Path
+
+    import mammobench
+    from mammobench.evaluation.metrics import METRICS, metric
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 200)
+    probs = rng.dirichlet(np.ones(3), 200)
+    computed = compute_metrics(y, probs, ["BENIGN", "MALIGNANT", "NORMAL"], threshold=0.4)
+    assert {m.key for m in METRICS} <= set(computed)
+    assert all(metric(key).key == key for key in computed)
+    with pytest.raises(KeyError, match="'accuracy_typo' is not a metric"):
+        metric("accuracy_typo")
+    keys = {m.key for m in METRICS}
+    by_hand = []
+    for path in Path(mammobench.__file__).parent.rglob("*.py"):
+        if path.name == "metrics.py" and path.parent.name == "evaluation":
+            continue
+        text = path.read_text()
+        for literal in re.finditer(r"[(\[{]([^()\[\]{}]*)[)\]}]", text):
+            named = set(re.findall(r'"([a-z_0-9]+)"', literal.group(1))) & keys
+            if len(named) >= 2 and "return" not in text[max(0, literal.start() - 12):literal.start()]:
+                by_hand.append(f"{path.name}:{text[:literal.start()].count(chr(10)) + 1} {sorted(named)}")
+    assert by_hand == [], by_hand
+
+
+def test_a_study_ranks_by_the_metric_direction_the_registry_gives():
+    from mammobench.evaluation.metrics import STUDY_METRICS, metric
+
+    assert "ece" in STUDY_METRICS and not metric("ece").higher_is_better
+    assert "majority_accuracy" not in STUDY_METRICS, "the data's own baseline is not a model's score"

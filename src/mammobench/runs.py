@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from mammobench.data.options import IntensityStats
 from mammobench.data.preprocess import PreprocessSettings
+from mammobench.models.provenance import WeightsProvenance
 from mammobench.runtime import FileLimitError, MammobenchError, load_json_text, read_text_bounded, sha256_file
 
 if TYPE_CHECKING:  # heavy imports only where a model is built
@@ -87,6 +88,51 @@ class ModelInfo(BaseModel):
     global_pool: str | None = None  # timm's pooling when not the architecture's default (an encoder's, e.g. max)
     ensemble: int | None = None  # an ensemble bundle: its number of members (weights under members.<i>.)
     ensemble_average: str | None = None  # how the members combine: probabilities or logits (models.ensemble)
+
+
+class _Record(BaseModel):
+    """A JSON record a run writes: fields a newer mammobench adds are kept (``extra``), fields an older run lacks
+    take their defaults, so every run folder ever written still reads."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class RunRecord(_Record):
+    """``run.json``: what a run was and how it went. Written when a run starts (``status: running``), when it stops
+    and when it finishes; read through :meth:`RunDir.read_info` only."""
+
+    format: int = RUN_FORMAT
+    mammobench_version: str | None = None
+    name: str | None = None
+    status: Literal["running", "finished", "failed", "interrupted"] | None = None
+    started: str | None = None
+    finished: str | None = None
+    stopped: str | None = None
+    error: str | None = None
+    monitor: str | None = None
+    labels: list[str] = []
+    weights: str | None = None  # the starting weights in one line
+    pretrained: WeightsProvenance | None = None
+    encoder: dict[str, Any] | None = None  # the catalogue encoder's preprocessing and what the config overrode
+    parameters: int | None = None
+    input_size: int | tuple[int, int] | None = None
+    device: str | None = None
+    counts: dict[str, dict[str, int]] = {}  # {split: {label: samples}}
+    kept_weights: str | None = None
+    batch: dict[str, int] | None = None
+    grad_checkpointing: bool = False
+    validation: str | None = None
+    train_seconds: float | None = None
+    epochs_run: int | None = None
+    stopped_early: bool | None = None
+    best_epoch: int | None = None
+    best_score: float | None = None
+    kept_epoch: int | None = None
+    train_images_per_s: float | None = None
+    initial_loss: float | None = None
+    uniform_loss: float | None = None
+    warnings: list[str] = []
+    probe: dict[str, Any] | None = None  # a linear probe's fit (training.probe.probe_record)
 
 
 def read_json(path: Path, what: str) -> dict[str, Any]:
@@ -237,7 +283,7 @@ class RunDir:
 
     def warnings(self) -> list[str]:
         """The run's warnings (``run.json``), empty when it has none or no ``run.json``."""
-        return list(self.read_info().get("warnings", [])) if self.exists() else []
+        return list(self.read_info().warnings) if self.exists() else []
 
     @staticmethod
     def external_name(data: str | Path, split: str) -> str:
@@ -249,13 +295,30 @@ class RunDir:
         """Whether a run was started here (its ``run.json`` exists)."""
         return self.info_path.is_file()
 
-    def read_info(self) -> dict[str, Any]:
-        """``run.json``: status, timings, counts, warnings."""
-        return read_json(self.info_path, "the run's status")
+    def read_info(self) -> RunRecord:
+        """``run.json``: status, timings, counts, warnings (any run folder ever written; unknown fields kept).
+
+        Raises:
+            RunError: no ``run.json``, or one whose fields are not what a run writes (naming the field).
+        """
+        data = read_json(self.info_path, "the run's status")
+        try:
+            return RunRecord.model_validate(data)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise RunError(f"{self.info_path} is malformed: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+
+    def write_info(self, record: RunRecord | dict[str, Any]) -> RunRecord:
+        """Validate ``record`` and write it as ``run.json`` (atomically)."""
+        from mammobench.runtime import atomic_write_json
+
+        checked = record if isinstance(record, RunRecord) else RunRecord.model_validate(record)
+        atomic_write_json(self.info_path, checked.model_dump(mode="json"))
+        return checked
 
     def status(self) -> str | None:
         """The run's status, or ``None`` when no run was started here."""
-        return self.read_info().get("status") if self.exists() else None
+        return self.read_info().status if self.exists() else None
 
     def read_model_info(self) -> ModelInfo:
         """Validate and return ``model.json``; a file from another format version is refused by name."""
@@ -276,12 +339,12 @@ class RunDir:
 
         return load_config(self.config_path)
 
-    def require_finished(self) -> dict[str, Any]:
+    def require_finished(self) -> RunRecord:
         """The run's ``run.json`` if it finished with every file a later step reads; a clear error otherwise."""
         if not self.path.is_dir():
             raise RunError(f"run directory {self.path} does not exist")
         info = self.read_info()
-        status = info.get("status")
+        status = info.status
         if status != "finished":
             hint = (" Resume it with `mammobench train --resume RUN_DIR`."
                     if status in ("interrupted", "failed", "running") else "")
@@ -358,10 +421,12 @@ def build_model(info: ModelInfo, weights: dict[str, torch.Tensor]) -> nn.Module:
                                          info.ensemble_average or "probabilities")  # type: ignore[arg-type]
     else:
         model = _network(info)
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise RunError(f"weights do not fit {info.architecture}: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    return model.eval()
+    from mammobench.models.loading import ModelError, load_exact
+
+    try:
+        return load_exact(model, weights, f"the weights of this {info.architecture}").eval()
+    except ModelError as exc:
+        raise RunError(str(exc)) from None
 
 
 def _network(info: ModelInfo) -> nn.Module:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mammobench.cli.console import console, err_console, frame_table, plain
+from mammobench.evaluation.metrics import SCREENING_METRICS, is_percent, metric, metrics_up_to
 from mammobench.formatting import format_metric, format_probability
 
 if TYPE_CHECKING:
@@ -55,21 +56,21 @@ def trained(result: RunResult) -> None:
 
     run = RunDir(result.run_dir)
     info = run.read_info()
-    kept = info.get("kept_epoch")
+    kept = info.kept_epoch
     score = "n/a" if result.best_score is None else f"{result.best_score:.4f}"
     best = f"best {result.monitor} = {score} (epoch {result.best_epoch})" if result.monitor else "no validation split"
-    if info.get("probe"):
+    if info.probe:
         from mammobench.training.probe import probe_summary
 
         console.print(f"Run [bold]{plain(result.run_dir)}[/] {result.status} in {result.train_seconds:.1f} s: "
                       f"{plain(probe_summary(info))}")
     else:
-        epochs = info.get("epochs_run")
+        epochs = info.epochs_run
         console.print(f"Run [bold]{plain(result.run_dir)}[/] {result.status} after {epochs} epoch{'' if epochs == 1 else 's'}, "
                       f"{result.train_seconds:.0f} s: {best}; "
-                      f"weights kept from epoch {kept} ({'last' if kept == info.get('epochs_run') else 'best'})")
-    if info.get("warnings"):  # each was logged as it arose
-        console.print(f"[yellow]{len(info['warnings'])} warning(s)[/] about this run's numbers (above; kept in run.json)")
+                      f"weights kept from epoch {kept} ({'last' if kept == info.epochs_run else 'best'})")
+    if info.warnings:  # each was logged as it arose
+        console.print(f"[yellow]{len(info.warnings)} warning(s)[/] about this run's numbers (above; kept in run.json)")
     curves = f"Curves: {plain(run.curves_path)}   " if run.curves_path.is_file() else ""
     console.print(f"{curves}next: mammobench evaluate {plain(result.run_dir)}")
 
@@ -87,12 +88,10 @@ def screening(r: EvaluationReport) -> None:
     level = next((lv for name in ("breast", "patient") if (lv := r.levels.get(name)) is not None), None)
     name = next((n for n in ("breast", "patient") if n in r.levels), "image")
     m = level.metrics if level is not None else r.metrics
-    keys = [k for k in ("sens_at_spec_80", "sens_at_spec_90", "sens_at_spec_95") if k in m and m[k].defined]
-    if not keys:
+    keys = [k for k in SCREENING_METRICS if k in m and m[k].defined]
+    if not any(is_percent(k) for k in keys):
         return
-    parts = [f"sensitivity at specificity {k[-2:]} % {format_metric(m[k], digits=1, scale=100, unit=' %')}" for k in keys]
-    if "probabilistic_f1" in m and m["probabilistic_f1"].defined:
-        parts.append(f"RSNA pF1 {format_metric(m['probabilistic_f1'])}")
+    parts = [metric_line(metric(k).name, m[k], percent=is_percent(k)) for k in keys]
     console.print(f"  screening, per {name}: " + "; ".join(parts))
 
 
@@ -104,14 +103,11 @@ def evaluation(r: EvaluationReport) -> None:
     m, key = r.metrics, r.headline_key
     console.print(f"[bold]{plain(r.architecture)}[/] on {r.split} ({r.n} samples, {r.patients} patients), 95 % CI by patient "
                   "bootstrap:")
-    for name in ("accuracy", "balanced_accuracy", "sensitivity", "specificity"):
+    for name in metrics_up_to(2, baseline=False):
         if name in m:
             majority = m["majority_accuracy"].value if "majority_accuracy" in m else None
             extra = f" (always-majority {majority * 100:.1f} %)" if name == "accuracy" and majority is not None else ""
-            console.print("  " + metric_line(name, m[name], percent=True) + extra)
-    for name in ("auc_macro", "auc_malignant", "f1_macro", "ece"):
-        if name in m:
-            console.print("  " + metric_line(name, m[name]))
+            console.print("  " + metric_line(name, m[name], percent=is_percent(name)) + extra)
     if len(r.levels) > 1:
         parts = [f"{name} ({lv.n}): {format_metric(lv.metrics[key])}" for name, lv in r.levels.items() if key in lv.metrics]
         console.print(f"  {key} by level ({r.aggregate} over images): " + "; ".join(parts))

@@ -11,7 +11,12 @@ import numpy as np
 import pandas as pd
 
 from mammobench.data.manifest import patient_key
-from mammobench.evaluation.metrics import UndefinedMetricWarning, metrics_with_ci, too_few_patients
+from mammobench.evaluation.metrics import (
+    SUBGROUP_METRICS,
+    UndefinedMetricWarning,
+    metrics_with_ci,
+    too_few_patients,
+)
 from mammobench.evaluation.report import ReportOptions
 from mammobench.runtime import MammobenchError
 
@@ -99,7 +104,7 @@ def subgroups(scored: ScoredSet, options: ReportOptions) -> dict[str, Any]:
                 m = part.metrics(options.part_boot, options.seed)
             entry: dict[str, Any] = {"n": int(sel.sum()), "patients": int(len(np.unique(part.groups))),
                                      "counts": {lab: int((part.y == i).sum()) for i, lab in enumerate(labels)}}
-            entry.update({key: m[key] for key in ("auc_malignant", "auc_macro", "sensitivity", "specificity") if key in m})
+            entry.update({key: m[key] for key in SUBGROUP_METRICS if key in m})
             reason = too_few_patients(part.y, part.groups, labels)
             if reason:  # a subgroup of a handful: its AUC is printed with this caution, never alone
                 entry["caution"] = reason

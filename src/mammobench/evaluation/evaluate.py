@@ -177,7 +177,7 @@ def _header(run: RunDir, predictions: Predictions, *, split: str, tta: bool, dat
         "bootstrap": {"unit": "patient", "n": n_boot, "seed": seed, "level": 0.95},
         "skipped": predictions.skipped, "data": str(Path(data).resolve()) if data is not None else None,
         "label_matching": predictions.label_note, "overlap": predictions.overlap,
-        "run_warnings": run.read_info().get("warnings", []),
+        "run_warnings": run.read_info().warnings,
         "run_warnings_about": f"the training run {run.path} (its own splits)",
     }
 
@@ -308,6 +308,6 @@ def write_evaluation(out_dir: Path, report: EvaluationReport, preds: pd.DataFram
         plot_subgroups(report.to_json()["subgroups"], files.plot_path("subgroups"), title=f"Subgroups ({tag})")
     if run is not None and run.history_path.is_file():
         plot_training_curves(pd.read_csv(run.history_path), files.plot_path("curves"),
-                             best_epoch=run.read_info().get("kept_epoch"),
+                             best_epoch=run.read_info().kept_epoch,
                              title=f"Training ({report.architecture}){mark}")
     report.write(files.metrics_path)

@@ -24,6 +24,104 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, r
 from mammobench.data.labels import MALIGNANT
 
 
+@dataclass(frozen=True)
+class Metric:
+    """What one metric is, read by every table, report and card that shows metrics (as torchmetrics' ``Metric``
+    carries ``higher_is_better``): add a metric here and to :func:`compute_metrics`, and it reaches all of them.
+
+    Attributes:
+        key: its name in ``metrics.json`` and in every table.
+        name: how a person reads it.
+        higher_is_better: its direction (studies rank and test variants by it).
+        percent: a proportion, shown in %.
+        interval: ``metrics.json`` carries a patient-bootstrap interval for it.
+        tier: 1 = the short tables (console summary, cross-validation folds, ablation, model card, bundle,
+            comparison); 2 = also an evaluation's report; 3 = ``metrics.json`` and its own report section only.
+        baseline: a property of the data, not of the model (shown beside, never compared).
+        subgroup: estimated per subgroup and per external set (``breakdowns``).
+        paired: compared between two models on the same cases (``compare``: paired bootstrap, DeLong).
+        screening: measured where screening is (per breast or woman): shown in an evaluation's screening line.
+    """
+
+    key: str
+    name: str
+    higher_is_better: bool
+    percent: bool
+    interval: bool = True
+    tier: int = 2
+    baseline: bool = False
+    subgroup: bool = False
+    paired: bool = False
+    screening: bool = False
+
+
+#: The specificities a screening programme works at (its recall rate is about 1 - specificity): the sensitivity a
+#: model reaches there is what a screening reader compares, beside the AUC.
+SCREENING_SPECIFICITIES = (0.80, 0.90, 0.95)
+
+
+def _sens_at_spec_key(specificity: float) -> str:
+    return f"sens_at_spec_{round(specificity * 100)}"
+
+
+METRICS: tuple[Metric, ...] = (
+    Metric("auc_malignant", "malignant AUC", True, False, tier=1, subgroup=True, paired=True),
+    Metric("auc_macro", "macro AUC", True, False, tier=1, subgroup=True, paired=True),
+    Metric("accuracy", "accuracy", True, True, tier=1),
+    Metric("majority_accuracy", "always-majority accuracy", True, True, tier=1, baseline=True),
+    Metric("balanced_accuracy", "balanced accuracy", True, True, tier=1),
+    Metric("sensitivity", "sensitivity", True, True, subgroup=True),
+    Metric("specificity", "specificity", True, True, subgroup=True),
+    Metric("f1_macro", "macro F1", True, False),
+    Metric("ece", "expected calibration error", False, False),
+    Metric("ppv", "positive predictive value", True, True, tier=3),
+    Metric("npv", "negative predictive value", True, True, tier=3),
+    *(Metric(_sens_at_spec_key(s), f"sensitivity at specificity {s:.2f}", True, True, tier=3, screening=True)
+      for s in SCREENING_SPECIFICITIES),
+    Metric("probabilistic_f1", "RSNA probabilistic F1", True, False, tier=3, screening=True),
+)
+_BY_KEY = {m.key: m for m in METRICS}
+
+
+def metric(key: str) -> Metric:
+    """The registry entry of ``key``; a per-class AUC (``auc_BENIGN``) is an AUC of that class.
+
+    Raises:
+        KeyError: a name that is no metric.
+    """
+    if key in _BY_KEY:
+        return _BY_KEY[key]
+    if key.startswith("auc_"):
+        return Metric(key, f"AUC of {key[4:]} vs rest", True, False, tier=3)
+    raise KeyError(f"{key!r} is not a metric; known: {', '.join(_BY_KEY)}")
+
+
+def metrics_up_to(tier: int, *, baseline: bool = True) -> tuple[str, ...]:
+    """The keys shown by a table of ``tier`` (registry order), with or without the data's own baselines."""
+    return tuple(m.key for m in METRICS if m.tier <= tier and (baseline or not m.baseline))
+
+
+#: The metrics estimated per subgroup and per external set.
+SUBGROUP_METRICS: tuple[str, ...] = tuple(m.key for m in METRICS if m.subgroup)
+#: The metrics two models are compared on, case by case (``compare``).
+PAIRED_METRICS: tuple[str, ...] = tuple(m.key for m in METRICS if m.paired)
+#: The screening metrics (sensitivity at the programme's specificities, the RSNA pF1).
+SCREENING_METRICS: tuple[str, ...] = tuple(m.key for m in METRICS if m.screening)
+#: What a study may rank variants by: every model metric with a direction (not the data's baseline).
+STUDY_METRICS: tuple[str, ...] = tuple(m.key for m in METRICS if not m.baseline)
+
+
+def is_percent(key: str) -> bool:
+    """Whether ``key`` is a proportion shown in % (unknown keys: no)."""
+    return key in _BY_KEY and _BY_KEY[key].percent
+
+
+def headline_metric(keys: Any) -> str:
+    """The one number a report leads with: the malignant-vs-rest AUC when the set has a positive class, else the
+    macro AUC (``keys``: the metrics present)."""
+    return "auc_malignant" if "auc_malignant" in keys else "auc_macro"
+
+
 class UndefinedMetricWarning(UserWarning):
     """A metric that cannot be computed on this set (reported as NaN)."""
 
@@ -222,11 +320,6 @@ def compute_metrics(
     return out
 
 
-#: The specificities a screening programme works at (its recall rate is about 1 - specificity): the sensitivity a
-#: model reaches there is what a screening reader compares, beside the AUC.
-SCREENING_SPECIFICITIES = (0.80, 0.90, 0.95)
-
-
 def sensitivity_at_specificities(y_positive: np.ndarray, score: np.ndarray,
                                  specificities: Sequence[float] = SCREENING_SPECIFICITIES) -> dict[str, float]:
     """``{"sens_at_spec_90": ...}``: the highest sensitivity of any threshold whose specificity is at least each of
@@ -234,7 +327,7 @@ def sensitivity_at_specificities(y_positive: np.ndarray, score: np.ndarray,
     classes."""
     y_positive = np.asarray(y_positive).astype(bool)
     score = np.asarray(score, dtype=np.float64)
-    keys = [f"sens_at_spec_{round(s * 100)}" for s in specificities]
+    keys = [_sens_at_spec_key(s) for s in specificities]
     if y_positive.all() or not y_positive.any():
         return dict.fromkeys(keys, float("nan"))
     # Without sklearn's roc_curve (its checks tripled the cost of a 1,000-resample bootstrap): a threshold just above

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_curve
 
-from mammobench.evaluation.metrics import reliability_bins, safe_auc
+from mammobench.evaluation.metrics import headline_metric, reliability_bins, safe_auc
 from mammobench.figures import pyplot as _plt
 from mammobench.figures import save_png
 
@@ -125,7 +125,7 @@ def plot_subgroups(subgroups: Mapping[str, Mapping[str, Any]], path: str | Path,
     rows = []
     for column, values in subgroups.items():
         for value, m in values.items():
-            metric = m.get("auc_malignant") or m.get("auc_macro") or {}
+            metric = m.get(headline_metric([k for k, v in m.items() if v])) or {}
             rows.append((f"{column} = {value} (n={m['n']})", metric.get("value"), *(metric.get("ci") or [None, None])))
     fig, ax = _plt().subplots(figsize=(6.4, 0.4 * len(rows) + 1.2))
     for i, (_name, v, lo, hi) in enumerate(rows):

@@ -23,6 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from mammobench.evaluation.metrics import SUBGROUP_METRICS, headline_metric
 from mammobench.runs import read_json
 from mammobench.runtime import MammobenchError, atomic_write_json
 
@@ -99,7 +100,7 @@ class Subgroup(_Model):
     caution: str | None = None
 
     def estimate(self, name: str) -> Estimate | None:
-        return getattr(self, name, None) if name in ("auc_malignant", "auc_macro", "sensitivity", "specificity") else None
+        return getattr(self, name, None) if name in SUBGROUP_METRICS else None
 
 
 class Threshold(_Model):
@@ -157,7 +158,7 @@ class SetReport(_Model):
     @property
     def headline_key(self) -> str:
         """``auc_malignant`` for a model with a positive class, else ``auc_macro``."""
-        return "auc_malignant" if "auc_malignant" in self.metrics else "auc_macro"
+        return headline_metric(self.metrics)
 
 
 class EvaluationReport(SetReport):

@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 
 import mammobench
-from mammobench.evaluation.metrics import safe_auc
+from mammobench.evaluation.metrics import metric as metric_spec
+from mammobench.evaluation.metrics import metrics_up_to, safe_auc
 from mammobench.experiments.document import Section, write_document
 from mammobench.experiments.stats import DIFFERENCE_RANGE, METRIC_RANGE, CorrectedMean, corrected_mean
 from mammobench.experiments.study import StudySpec, cell_of, identical_variants
@@ -20,7 +21,7 @@ from mammobench.formatting import format_estimate, format_p
 from mammobench.runtime import utc_now
 
 #: Metrics summarised per variant (the study's own metric first).
-SUMMARY_METRICS = ("auc_malignant", "auc_macro", "balanced_accuracy", "accuracy")
+SUMMARY_METRICS = metrics_up_to(1, baseline=False)
 TEST = "corrected resampled t-test (Nadeau & Bengio 2003), paired over the same repeats x folds"
 
 
@@ -92,52 +93,60 @@ def summarise(spec: StudySpec, study: Any, out: Path) -> tuple[pd.DataFrame, pd.
     summary["test_train_ratio"] = ratio
     summary["run_warnings"] = run_warnings(cells)
 
+    base = cells[cells["variant"] == aliases.get(spec.baseline, spec.baseline)].set_index(["repeat", "fold"])
+    rows = []
+    for name, overrides in variants.items():
+        summary["variants"][name], row = _variant(spec, name, overrides, cells=cells, base=base, aliases=aliases,
+                                                  ratio=ratio, positive=positive)
+        rows.append(row)
+    return cells, pd.DataFrame(rows), summary
+
+
+def _variant(spec: StudySpec, name: str, overrides: list[str], *, cells: pd.DataFrame, base: pd.DataFrame,
+             aliases: dict[str, str], ratio: float, positive: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One variant's entry in ``summary.json`` (its metrics over the cells, pooled AUC, paired difference from the
+    baseline) and its row of the variants table."""
     def mean_of(values: pd.Series) -> CorrectedMean:
         return corrected_mean(values.to_numpy(dtype=float), test_train_ratio=ratio, bounds=METRIC_RANGE)
 
-    base = cells[cells["variant"] == aliases.get(spec.baseline, spec.baseline)].set_index(["repeat", "fold"])
     expected = spec.cv.repeats * spec.cv.folds
-    rows = []
-    for name, overrides in variants.items():
-        twin = aliases.get(name)  # the same config under another name: its cells, trained once
-        mine = cells[cells["variant"] == (twin or name)].set_index(["repeat", "fold"])
-        entry: dict[str, Any] = {"overrides": overrides, "cells": int(len(mine)), "expected_cells": expected}
-        if twin:
-            entry["same_config_as"] = twin
-        for metric in SUMMARY_METRICS:
-            if metric in mine:
-                c = mean_of(mine[metric])
-                entry[metric] = {"mean": c.mean, "ci": list(c.ci), "n": c.n,
-                                 "per_cell": mine[metric].astype(float).tolist()}
-        pooled = _pooled_auc(mine.reset_index(), positive) if len(mine) else {}
-        complete = [r for r, n in mine.reset_index().groupby("repeat").size().items() if n == spec.cv.folds]
-        pooled = {r: v for r, v in pooled.items() if r in complete}
-        entry["pooled_oof_auc"] = {"per_repeat": pooled, "mean": float(np.nanmean(list(pooled.values()))) if pooled else None}
-        diff: CorrectedMean | None = None
-        identical = name != spec.baseline and (twin or name) == aliases.get(spec.baseline, spec.baseline)
-        if name != spec.baseline and not identical and spec.metric in mine and len(base):
-            shared = mine.index.intersection(base.index)
-            d = mine.loc[shared, spec.metric].astype(float) - base.loc[shared, spec.metric].astype(float)
-            diff = corrected_mean(d.to_numpy(), test_train_ratio=ratio, bounds=DIFFERENCE_RANGE)
-            entry["difference"] = {"metric": spec.metric, "mean": diff.mean, "ci": list(diff.ci), "t": diff.t,
-                                   "p": diff.p, "n": diff.n}
-        summary["variants"][name] = entry
-        own = mean_of(mine[spec.metric]) if spec.metric in mine else mean_of(pd.Series([], dtype=float))
-        pooled_vals = list(pooled.values())
-        label = name + (" (baseline)" if name == spec.baseline else "") + (f" (= {twin})" if twin else "")
-        rows.append({
-            "variant": label,
-            "overrides": ", ".join(overrides) or "-",
-            "cells": f"{len(mine)}/{expected}" + (f" ({twin}'s)" if twin else ""),
-            f"mean {spec.metric} [95% CI]": _fmt(own),
-            "pooled OOF AUC (range over repeats)": (f"{np.nanmean(pooled_vals):.3f} ({np.nanmin(pooled_vals):.3f}-"
-                                                    f"{np.nanmax(pooled_vals):.3f})") if pooled_vals else "n/a",
-            "balanced acc.": _fmt(mean_of(mine["balanced_accuracy"])) if "balanced_accuracy" in mine else "n/a",
-            f"difference vs {spec.baseline} [95% CI]": ("same config" if identical else
-                                                        "-" if diff is None else _fmt(diff, signed=True)),
-            "p": "-" if diff is None else format_p(diff.p),
-        })
-    return cells, pd.DataFrame(rows), summary
+    twin = aliases.get(name)  # the same config under another name: its cells, trained once
+    mine = cells[cells["variant"] == (twin or name)].set_index(["repeat", "fold"])
+    entry: dict[str, Any] = {"overrides": overrides, "cells": int(len(mine)), "expected_cells": expected}
+    if twin:
+        entry["same_config_as"] = twin
+    for key in SUMMARY_METRICS:
+        if key in mine:
+            c = mean_of(mine[key])
+            entry[key] = {"mean": c.mean, "ci": list(c.ci), "n": c.n, "per_cell": mine[key].astype(float).tolist()}
+    pooled = _pooled_auc(mine.reset_index(), positive) if len(mine) else {}
+    complete = [r for r, n in mine.reset_index().groupby("repeat").size().items() if n == spec.cv.folds]
+    pooled = {r: v for r, v in pooled.items() if r in complete}
+    entry["pooled_oof_auc"] = {"per_repeat": pooled, "mean": float(np.nanmean(list(pooled.values()))) if pooled else None}
+    diff: CorrectedMean | None = None
+    identical = name != spec.baseline and (twin or name) == aliases.get(spec.baseline, spec.baseline)
+    if name != spec.baseline and not identical and spec.metric in mine and len(base):
+        shared = mine.index.intersection(base.index)
+        d = mine.loc[shared, spec.metric].astype(float) - base.loc[shared, spec.metric].astype(float)
+        diff = corrected_mean(d.to_numpy(), test_train_ratio=ratio, bounds=DIFFERENCE_RANGE)
+        entry["difference"] = {"metric": spec.metric, "mean": diff.mean, "ci": list(diff.ci), "t": diff.t,
+                               "p": diff.p, "n": diff.n}
+    own = mean_of(mine[spec.metric]) if spec.metric in mine else mean_of(pd.Series([], dtype=float))
+    pooled_vals = list(pooled.values())
+    label = name + (" (baseline)" if name == spec.baseline else "") + (f" (= {twin})" if twin else "")
+    row = {
+        "variant": label,
+        "overrides": ", ".join(overrides) or "-",
+        "cells": f"{len(mine)}/{expected}" + (f" ({twin}'s)" if twin else ""),
+        f"mean {spec.metric} [95% CI]": _fmt(own),
+        "pooled OOF AUC (range over repeats)": (f"{np.nanmean(pooled_vals):.3f} ({np.nanmin(pooled_vals):.3f}-"
+                                                f"{np.nanmax(pooled_vals):.3f})") if pooled_vals else "n/a",
+        "balanced acc.": _fmt(mean_of(mine["balanced_accuracy"])) if "balanced_accuracy" in mine else "n/a",
+        f"difference vs {spec.baseline} [95% CI]": ("same config" if identical else
+                                                    "-" if diff is None else _fmt(diff, signed=True)),
+        "p": "-" if diff is None else format_p(diff.p),
+    }
+    return entry, row
 
 
 def run_warnings(cells: pd.DataFrame) -> list[dict[str, Any]]:
@@ -167,6 +176,7 @@ def run_warnings(cells: pd.DataFrame) -> list[dict[str, Any]]:
 def _summarise_search(spec: StudySpec, study: Any, summary: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     from optuna.trial import TrialState
 
+    higher = metric_spec(spec.metric).higher_is_better
     rows = []
     for t in study.get_trials(deepcopy=False):
         rows.append({"trial": t.number, "state": t.state.name, **{k: v for k, v in t.params.items()},
@@ -174,10 +184,10 @@ def _summarise_search(spec: StudySpec, study: Any, summary: dict[str, Any]) -> t
                      "error": t.user_attrs.get("error", "")})
     table = pd.DataFrame(rows)
     if len(table):
-        table = table.sort_values(f"mean {spec.metric}", ascending=False, na_position="last").reset_index(drop=True)
+        table = table.sort_values(f"mean {spec.metric}", ascending=not higher, na_position="last").reset_index(drop=True)
     done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     if done:
-        best = max(done, key=lambda t: -np.inf if t.value is None or np.isnan(t.value) else t.value)
+        best = max(done, key=lambda t: -np.inf if t.value is None or np.isnan(t.value) else t.value * (1 if higher else -1))
         summary["best"] = {"trial": best.number, "params": best.params, "value": best.value,
                            "overrides": best.user_attrs.get("overrides", [])}
     summary["trials"] = table.to_dict("records")

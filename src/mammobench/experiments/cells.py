@@ -47,7 +47,7 @@ def run_cell(spec: StudySpec, base: Config, out: Path, variant: str, overrides: 
                          f"({', '.join(exc.differences[:5])} differ): the study file changed since its cells ran; use "
                          "a new study folder (--out) or restore the file") from None
     ev = evaluate(run_dir, split="test", n_boot=spec.n_boot, tta=spec.tta)
-    counts = RunDir(run_dir).read_info().get("counts", {})
+    counts = RunDir(run_dir).read_info().counts
     n_train = int(sum(counts.get("train", {}).values()))
     return {"variant": variant, "repeat": repeat, "fold": fold, "n_test": ev.report.n, "n_train": n_train,
             **{k: v.value for k, v in ev.metrics.items()},

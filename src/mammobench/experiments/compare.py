@@ -30,14 +30,13 @@ from mammobench.data.cache import ImageCache, cache_request
 from mammobench.data.demo import SYNTHETIC_NOTICE, is_synthetic
 from mammobench.data.manifest import manifest_folder, patient_key
 from mammobench.evaluation.evaluate import EvaluationResult, evaluate
-from mammobench.evaluation.explain import explain_arrays, explanation_title, overlay
 from mammobench.evaluation.metrics import delong_test, paired_auc_difference
 from mammobench.evaluation.plots import plot_roc_overlay
 from mammobench.evaluation.report import EvaluationReport
 from mammobench.experiments.compare_report import matrix_section, matrix_table, write_report
 from mammobench.experiments.document import write_document
 from mammobench.formatting import format_estimate, format_metric
-from mammobench.runs import RunDir
+from mammobench.runs import RunDir, RunRecord
 from mammobench.runtime import (
     MammobenchError,
     atomic_path,
@@ -46,7 +45,6 @@ from mammobench.runtime import (
     environment_info,
     utc_now,
 )
-from mammobench.training.reuse import train_or_reuse
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +61,7 @@ class ModelResult:
     name: str
     run_dir: Path | None
     config: Config | None
-    run_info: dict[str, Any]
+    run_info: RunRecord  # empty for imported predictions
     test: EvaluationResult
     val: EvaluationResult | None  # None: the run had no validation split
     gallery: list[dict[str, Any]] = field(default_factory=list)
@@ -128,6 +126,8 @@ def compare(
     if not external:
         _same_data(cfgs)
     check_external(cfgs, external or {}, external_split, allow_overlap=allow_overlap)
+    from mammobench.training.reuse import train_or_reuse  # the training stack loads when a comparison starts
+
     models = []
     for cfg in cfgs:
         run_dir = train_or_reuse(cfg, overwrite=overwrite, show_progress=show_progress)
@@ -172,7 +172,7 @@ def _imported(name: str, path: str | Path, first: ModelResult, out: Path, *, n_b
                             scored.levels)
     about = {"file": str(imported.path.resolve()), "format": imported.format, "key": matched.key,
              "level": matched.level, "missing": matched.missing}
-    return ModelResult(name, None, None, {}, test, None, imported=about)
+    return ModelResult(name, None, None, RunRecord(), test, None, imported=about)
 
 
 def _configs(configs: Sequence[str | Path | Config], overrides: list[str] | None, out: Path) -> list[Config]:
@@ -373,10 +373,11 @@ def _report(models: list[ModelResult], matrix: dict[str, Any], out: Path, *, tta
         "notice": SYNTHETIC_NOTICE if synthetic else "", "labels": labels, "positive_label": positive, "tta": tta,
         "bootstrap": {"unit": "patient", "n": n_boot}, "machine": environment_info(),
         "models": {m.name: {"run_dir": str(m.run_dir) if m.run_dir else None, "architecture": _architecture(m),
-                            "run": m.run_info, "imported": m.imported,
+                            "run": m.run_info.model_dump(mode="json") if m.imported is None else {},
+                            "imported": m.imported,
                             "test": m.test.report.to_json(), "val": m.val.report.to_json() if m.val else None,
                             "gallery": m.gallery,
-                            "run_warnings": m.run_info.get("warnings", []),
+                            "run_warnings": m.run_info.warnings,
                             "two_stage": bool(m.config and m.config.stages.head_epochs > 0)} for m in models},
         "paired": paired, "n_common_test": n_common, "paired_level": level, "matrix": matrix,
     }
@@ -398,7 +399,7 @@ def results_table(models: list[ModelResult]) -> pd.DataFrame:
         rows.append({
             "model": m.name,
             "architecture": _architecture(m),
-            "parameters (M)": f"{m.run_info['parameters'] / 1e6:.2f}" if m.run_info.get("parameters") else "n/a",
+            "parameters (M)": f"{m.run_info.parameters / 1e6:.2f}" if m.run_info.parameters else "n/a",
             "val accuracy %": format_metric(v.get("accuracy"), digits=1, scale=100),
             "test accuracy %": format_metric(t["accuracy"], digits=1, scale=100),
             "test majority %": format_estimate(t["majority_accuracy"].value, digits=1, scale=100),
@@ -408,8 +409,8 @@ def results_table(models: list[ModelResult]) -> pd.DataFrame:
             "sensitivity %": format_metric(t.get("sensitivity"), digits=1, scale=100),
             "specificity %": format_metric(t.get("specificity"), digits=1, scale=100),
             "ECE": format_metric(t["ece"]),
-            "train time (s)": format_estimate(m.run_info.get("train_seconds"), digits=0),
-            "train images/s": format_estimate(m.run_info.get("train_images_per_s"), digits=1),
+            "train time (s)": format_estimate(m.run_info.train_seconds, digits=0),
+            "train images/s": format_estimate(m.run_info.train_images_per_s, digits=1),
         })
     return pd.DataFrame(rows)
 
@@ -456,6 +457,8 @@ def _gallery(m: ModelResult, out: Path, per_kind: int) -> list[dict[str, Any]]:
     chosen += [("wrong", i) for i in _across_classes(true, np.where(~correct, conf, -1.0), per_kind)]
     if not chosen:
         return []
+    from mammobench.evaluation.explain import explain_arrays, explanation_title, overlay
+
     model, info = run.load_model()
     rows = run.split_rows("test").set_index("sample_id")
     cache = ImageCache(run.cache_root(), info.preprocess)

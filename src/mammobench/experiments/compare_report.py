@@ -11,6 +11,7 @@ import pandas as pd
 
 from mammobench.data.manifest import patient_key
 from mammobench.data.summary import majority_accuracy
+from mammobench.evaluation.metrics import PAIRED_METRICS, metric
 from mammobench.experiments.document import Section, write_document
 from mammobench.formatting import format_estimate, format_metric, format_p
 from mammobench.runs import RunDir
@@ -105,7 +106,7 @@ def _paired_section(results: dict[str, Any]) -> Section:
     rows = []
     for e in results["paired"]:
         row = {"model A": e["a"], "model B": e["b"]}
-        for key, name in (("auc_macro", "macro AUC"), ("auc_malignant", "malignant AUC")):
+        for key, name in ((k, metric(k).name) for k in PAIRED_METRICS):
             d = e.get(key)
             row[f"Δ {name} (A - B) [95 % CI]"] = (format_estimate(d["difference"], [d["ci_low"], d["ci_high"]],
                                                                   signed=True) if d else "n/a")

@@ -22,15 +22,19 @@ import mammobench
 from mammobench.config import Config, load_config
 from mammobench.data.manifest import read_manifest
 from mammobench.evaluation.evaluate import evaluate
-from mammobench.evaluation.metrics import PatientBootstrap, safe_auc, too_few_patients
+from mammobench.evaluation.metrics import (
+    PatientBootstrap,
+    is_percent,
+    metrics_up_to,
+    safe_auc,
+    too_few_patients,
+)
 from mammobench.evaluation.report import EvaluationReport
 from mammobench.formatting import format_estimate, format_metric
 from mammobench.runtime import Interrupted, MammobenchError, atomic_write_csv, atomic_write_json, utc_now
-from mammobench.training.reuse import train_or_reuse
 
-FOLD_METRICS = ("auc_macro", "auc_malignant", "accuracy", "majority_accuracy", "balanced_accuracy")
-#: Metrics that are proportions: shown in % (as every report shows accuracies), the others as fractions.
-PERCENT_METRICS = ("accuracy", "majority_accuracy", "balanced_accuracy")
+#: The metrics of each fold's test set (the registry's short-table metrics, the majority baseline beside).
+FOLD_METRICS = metrics_up_to(1)
 
 
 @dataclass
@@ -70,6 +74,8 @@ def crossval(
     if unknown:
         raise MammobenchError(f"fold(s) {unknown} do not exist in {cfg.data.manifest} (folds {all_folds})")
     rows: list[dict[str, Any]] = []
+    from mammobench.training.reuse import train_or_reuse  # the training stack loads when the folds start
+
     oof: list[pd.DataFrame] = []
     evaluations: list[EvaluationReport] = []
     base = cfg.output.name or cfg.name
@@ -160,7 +166,7 @@ def write_report(out: Path, summary: dict[str, Any], table: pd.DataFrame) -> tup
 
 def fold_metric_line(name: str, s: dict[str, Any]) -> str:
     """One metric over the folds: mean, SD, range; proportions in % with the always-majority accuracy beside."""
-    if name in PERCENT_METRICS:
+    if is_percent(name):
         return (f"{name}: mean {s['mean'] * 100:.1f} %, SD {s['sd'] * 100:.1f} (min {s['min'] * 100:.1f} %, "
                 f"max {s['max'] * 100:.1f} %)")
     return f"{name}: mean {s['mean']:.3f}, SD {s['sd']:.3f} (min {s['min']:.3f}, max {s['max']:.3f})"
@@ -171,6 +177,6 @@ def fold_table(table: pd.DataFrame) -> pd.DataFrame:
     shown = table.drop(columns=["run_dir"]).copy()
     for col in FOLD_METRICS:
         if col in shown:
-            shown[col] = shown[col].map(lambda v: f"{v * 100:.1f}" if v == v else "n/a") if col in PERCENT_METRICS \
+            shown[col] = shown[col].map(lambda v: f"{v * 100:.1f}" if v == v else "n/a") if is_percent(col) \
                 else shown[col].map(format_estimate)
-    return shown.rename(columns={c: f"{c} %" for c in PERCENT_METRICS})
+    return shown.rename(columns={c: f"{c} %" for c in FOLD_METRICS if is_percent(c)})

@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from mammobench.evaluation.metrics import metric
 from mammobench.experiments.study import StudyError, StudySpec
 
 #: Heartbeat of a running trial in a shared storage; a trial silent for GRACE seconds is re-queued.
@@ -73,7 +74,8 @@ def optuna_study(spec: StudySpec, storage: Any, *, create: bool) -> Any:
         sampler = (optuna.samplers.TPESampler(seed=spec.search.seed) if spec.search is not None
                    else optuna.samplers.RandomSampler(seed=0))
         return optuna.create_study(study_name=spec.name, storage=storage, load_if_exists=True,
-                                   direction="maximize", sampler=sampler)
+                                   direction="maximize" if metric(spec.metric).higher_is_better else "minimize",
+                                   sampler=sampler)
     try:
         return optuna.load_study(study_name=spec.name, storage=storage,
                                  sampler=optuna.samplers.TPESampler(seed=None) if spec.search else None)

@@ -25,12 +25,13 @@ from __future__ import annotations
 import itertools
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mammobench.config import Config, load_config, parse_overrides
+from mammobench.evaluation.metrics import STUDY_METRICS
 from mammobench.runtime import (
     FileLimitError,
     MammobenchError,
@@ -40,8 +41,14 @@ from mammobench.runtime import (
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=,+-]*$")
 
-#: Metrics a study can be judged on (each evaluation's ``metrics.json`` holds them).
-StudyMetric = Literal["auc_malignant", "auc_macro", "balanced_accuracy", "accuracy", "f1_macro"]
+def _study_metric(value: str) -> str:
+    if value not in STUDY_METRICS:
+        raise ValueError(f"{value!r} is not a metric a study can rank by; one of {', '.join(STUDY_METRICS)}")
+    return value
+
+
+#: What a study ranks its variants by: a model metric of the registry (its direction read from there).
+StudyMetric = Annotated[str, AfterValidator(_study_metric)]
 
 
 class StudyError(MammobenchError):

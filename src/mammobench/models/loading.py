@@ -18,6 +18,7 @@ import timm
 import torch
 from torch import nn
 
+from mammobench.models.provenance import WeightsProvenance
 from mammobench.runtime import MammobenchError, format_list, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ class LoadReport:
             parts.append(f"new head: {', '.join(self.reinitialised)}")
         return "; ".join(parts)
 
-    def provenance(self) -> dict[str, Any]:
+    def provenance(self) -> WeightsProvenance:
         """What ``run.json`` records about the starting weights (file, SHA-256, hub revision, adaptations)."""
         out: dict[str, Any] = {"source": self.source, "summary": self.summary()}
         for key in ("path", "sha256", "encoder", "hub_revision", "static_padding", "entry", "global_pool"):
@@ -93,7 +94,7 @@ class LoadReport:
             out["placeholders"] = self.placeholders
         if self.left_out:
             out["left_out"] = self.left_out
-        return out
+        return WeightsProvenance.model_validate(out)
 
 
 def check_model_name(name: str) -> None:
@@ -138,6 +139,19 @@ def load_weights_file(model: nn.Module, path: str | Path, *, new_head: bool = Fa
     report = LoadReport("file", path=str(path))
     state = read_state_dict(path, key=key, strip_prefix=strip_prefix, report=report)
     return load_state(model, state, report, new_head=new_head)
+
+
+def load_exact(model: nn.Module, state: dict[str, Any], what: str) -> nn.Module:
+    """Load ``state`` into ``model`` tensor for tensor: the weights a run or checkpoint wrote for this very network
+    (the other way a state dict meets a model, beside :func:`load_state` for pretrained files).
+
+    Raises:
+        ModelError: naming ``what`` and the first missing or unexpected tensors.
+    """
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ModelError(f"{what} does not fit the network: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return model
 
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], report: LoadReport, *,

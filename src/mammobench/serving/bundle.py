@@ -35,6 +35,8 @@ from torch import nn
 import mammobench
 from mammobench.data.sources.base import is_synthetic
 from mammobench.evaluation.inference import TTA_FLIPS
+from mammobench.evaluation.metrics import metrics_up_to
+from mammobench.models.provenance import LicenceRecord
 from mammobench.runs import MODEL_FILE, ModelInfo, RunDir
 from mammobench.runtime import (
     FileLimitError,
@@ -57,6 +59,7 @@ from mammobench.serving.bundle_format import (  # noqa: F401  (re-exported: the 
     ONNX_FILE,
     BundleError,
     BundleMeta,
+    BundleProvenance,
     FileEntry,
     Threshold,
     description_digest,
@@ -185,7 +188,7 @@ def _test_summary(run: RunDir) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for name, evaluation in run.evaluations().items():
         metrics = EvaluationReport.read(evaluation.metrics_path).to_json()["metrics"]
-        summary[name] = {k: metrics[k] for k in ("accuracy", "majority_accuracy", "auc_macro", "auc_malignant")
+        summary[name] = {k: metrics[k] for k in metrics_up_to(1)
                          if k in metrics}
     return summary
 
@@ -199,7 +202,7 @@ class BundleContent:
     info: ModelInfo
     thresholds: dict[str, Threshold]
     temperature: float | None
-    provenance: dict[str, Any]
+    provenance: BundleProvenance
     check_run: RunDir
     terms: list[str]
     ensemble: dict[str, Any] | None = None
@@ -300,11 +303,9 @@ def _say_what_is_replaced(out: Path) -> None:
     try:
         provenance = read_bundle_meta(out).provenance
     except Exception:  # noqa: BLE001 - a damaged old bundle is replaced all the same
-        provenance = {}
-    runs = provenance.get("runs")
-    was = f"an ensemble of {len(runs)} runs" if isinstance(runs, list) else f"run {provenance.get('run', 'unknown')}"
-    logger.warning("replacing the bundle in %s (exported %s from %s)", out, provenance.get("exported", "at an unknown "
-                   "time"), was)
+        provenance = BundleProvenance()
+    logger.warning("replacing the bundle in %s (exported %s from %s)", out, provenance.exported or "at an unknown time",
+                   provenance.origin())
 
 
 def _swap_in(staging: Path, out: Path) -> None:
@@ -340,8 +341,8 @@ def _write_bundle(content: BundleContent, out: Path, *, onnx: bool, parity_toler
                       provenance=content.provenance, weights_terms=content.terms, ensemble=content.ensemble,
                       tta=list(TTA_FLIPS) if tta else [])  # the flips evaluate --tta averages
     licence = weights_licence(info.encoder)
-    meta.weights_licence = licence.as_dict() if licence is not None else None
-    name = str(content.provenance.get("run_name") or content.check_run.name)
+    meta.weights_licence = LicenceRecord.model_validate(licence.as_dict()) if licence is not None else None
+    name = str(content.provenance.run_name or content.check_run.name)
     atomic_write_text(out / MODEL_CARD, model_card(meta, content.check_run, name=name))
     meta.model_card = FileEntry(file=MODEL_CARD, sha256=sha256_file(out / MODEL_CARD))
     if onnx:
@@ -356,19 +357,17 @@ def _write_bundle(content: BundleContent, out: Path, *, onnx: bool, parity_toler
         sign_bundle(out, sign)
 
 
-def _provenance(run: RunDir) -> dict[str, Any]:
+def _provenance(run: RunDir) -> BundleProvenance:
     """Where a bundle's model came from: its run, versions, config, best epoch, counts and test metrics."""
     info = run.read_info()
     split = run.read_split()
-    return {
-        "run": str(run.path.resolve()), "run_name": info.get("name"), "exported": utc_now(),
-        "mammobench_version": mammobench.__version__, "trained_with": info.get("mammobench_version"),
-        "environment": environment_info()["versions"], "config": run.read_config().model_dump(mode="json"),
-        "best_epoch": info.get("best_epoch"), "best_validation": {info.get("monitor"): info.get("best_score")},
-        "counts": info.get("counts"), "evaluation": _test_summary(run), "split_rows": len(split),
-        "synthetic": is_synthetic(split),
-        "pretrained": info.get("pretrained"), "linear_probe": info.get("probe"),
-    }
+    return BundleProvenance(
+        run=str(run.path.resolve()), run_name=info.name, exported=utc_now(), mammobench_version=mammobench.__version__,
+        trained_with=info.mammobench_version, environment=environment_info()["versions"],
+        config=run.read_config().model_dump(mode="json"), best_epoch=info.best_epoch,
+        best_validation={str(info.monitor): info.best_score} if info.monitor else {}, counts=info.counts,
+        evaluation=_test_summary(run), split_rows=len(split), synthetic=is_synthetic(split), pretrained=info.pretrained,
+        linear_probe=info.probe)
 
 
 def _add_onnx(meta: BundleMeta, model: nn.Module, run: RunDir, out: Path, *, parity_tolerance: float,

@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from mammobench.models.provenance import LicenceRecord, WeightsProvenance
 from mammobench.runs import ModelInfo
 from mammobench.runtime import MammobenchError
 
@@ -42,6 +43,35 @@ class Threshold(BaseModel):
     reason: str = ""
 
 
+class BundleProvenance(BaseModel):
+    """Where a bundle's model came from: its run (or an ensemble's runs), the versions, the config, the kept epoch, the
+    training counts, the test metrics and the starting weights. Fields an older or newer bundle has beyond these are
+    kept as they are."""
+
+    model_config = ConfigDict(extra="allow")
+
+    run: str | None = None
+    runs: list[str] | None = None  # an ensemble's member runs
+    run_name: str | None = None
+    exported: str | None = None
+    mammobench_version: str | None = None
+    trained_with: str | None = None
+    environment: dict[str, Any] = {}
+    config: dict[str, Any] = {}
+    best_epoch: int | None = None
+    best_validation: dict[str, float | None] = {}
+    counts: dict[str, dict[str, int]] | None = None
+    evaluation: dict[str, Any] = {}
+    split_rows: int | None = None
+    synthetic: bool = False
+    pretrained: WeightsProvenance | None = None
+    linear_probe: dict[str, Any] | None = None
+
+    def origin(self) -> str:
+        """``run PATH`` or ``an ensemble of N runs``."""
+        return f"an ensemble of {len(self.runs)} runs" if self.runs else f"run {self.run or 'unknown'}"
+
+
 class BundleMeta(BaseModel):
     """``bundle.json``: the run's ``model.json`` (architecture, labels, input, preprocessing), the decision
     thresholds, the files with their checksums, and where the model came from."""
@@ -56,11 +86,11 @@ class BundleMeta(BaseModel):
     onnx: FileEntry | None = None
     onnx_max_abs_difference: float | None = None
     onnx_check: str = ""
-    provenance: dict[str, Any] = {}
+    provenance: BundleProvenance = BundleProvenance()
     #: temperature scaling fitted on the run's validation split (None: none fitted); applied to every output
     temperature: float | None = None
     #: the licence of the pretrained weights the model was built on (mammobench.encoders), and what was said of it
-    weights_licence: dict[str, Any] | None = None
+    weights_licence: LicenceRecord | None = None
     weights_terms: list[str] = []
     #: test-time augmentation the Predictor applies: the flips whose probabilities are averaged with the image's
     tta: list[str] = []

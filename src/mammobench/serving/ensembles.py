@@ -37,6 +37,7 @@ from mammobench.serving.bundle import (
     _test_summary,
     write_bundle,
 )
+from mammobench.serving.bundle_format import BundleProvenance
 
 logger = logging.getLogger(__name__)
 
@@ -94,12 +95,11 @@ def export_ensemble(
                     **_shared_test(runs, model, info)}
         if out_of_fold_auc:  # a cross-validation's pooled out-of-fold AUC: what stands for the ensemble
             ensemble["out_of_fold_auc"] = out_of_fold_auc
-        provenance = {"runs": [str(run.path.resolve()) for run in runs], "exported": utc_now(),
-                      "mammobench_version": mammobench.__version__, "environment": environment_info()["versions"],
-                      "config": runs[0].read_config().model_dump(mode="json"),
-                      "synthetic": any(is_synthetic(run.read_split()) for run in runs),
-                      "pretrained": runs[0].read_info().get("pretrained"),
-                      "run_name": name or f"{info.architecture} ensemble of {len(runs)} runs"}
+        provenance = BundleProvenance(
+            runs=[str(run.path.resolve()) for run in runs], exported=utc_now(), mammobench_version=mammobench.__version__,
+            environment=environment_info()["versions"], config=runs[0].read_config().model_dump(mode="json"),
+            synthetic=any(is_synthetic(run.read_split()) for run in runs), pretrained=runs[0].read_info().pretrained,
+            run_name=name or f"{info.architecture} ensemble of {len(runs)} runs")
         return BundleContent(model, info, thresholds, temperature, provenance, runs[0], terms, ensemble)
 
     return write_bundle(content, Path(out), onnx=onnx, parity_tolerance=parity_tolerance,

@@ -16,6 +16,7 @@ import yaml
 
 import mammobench
 from mammobench.data.sources.base import is_synthetic
+from mammobench.evaluation.metrics import is_percent, metrics_up_to
 from mammobench.formatting import format_estimate, format_metric, format_probability
 
 if TYPE_CHECKING:
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
 
 NOTICE = ("**Research use only.** This model is not a medical device: it has not been cleared or approved for "
           "clinical use, and its outputs must not guide the care of a patient.")
-_PERCENT = ("accuracy", "majority_accuracy", "balanced_accuracy", "sensitivity", "specificity")
 
 
 def input_kind(meta: BundleMeta) -> str:
@@ -67,7 +67,7 @@ def model_card(meta: BundleMeta, run: RunDir, *, name: str) -> str:
         "mammobench predict BUNDLE exam_folder/ --exam --dicom-out dicom/         # per breast, a DICOM report",
         "```", "",
         "## Provenance", "",
-        f"- Exported by mammobench {mammobench.__version__} from run `{meta.provenance.get('run', run.path)}`.",
+        f"- Exported by mammobench {mammobench.__version__} from run `{meta.provenance.run or run.path}`.",
         f"- Weights SHA-256: `{meta.weights.sha256}` (checked on every load; this card is covered by the bundle's "
         "checksums and, when present, its signature).",
     ]
@@ -82,7 +82,7 @@ def _evaluations(run: RunDir) -> dict[str, EvaluationReport]:
 
 def _front_matter(meta: BundleMeta, run: RunDir, name: str, evaluations: dict[str, EvaluationReport]
                   ) -> dict[str, Any]:
-    licence = meta.weights_licence or {}
+    licence = meta.weights_licence
     datasets = sorted(set(run.read_split(columns=["dataset"])["dataset"]))
     front: dict[str, Any] = {
         "library_name": "mammobench", "pipeline_tag": "image-classification",
@@ -91,14 +91,14 @@ def _front_matter(meta: BundleMeta, run: RunDir, name: str, evaluations: dict[st
         "datasets": datasets,
     }
     if licence:
-        front["license_name"] = licence.get("governing", "")
+        front["license_name"] = licence.governing
     results = []
     for key, report in evaluations.items():
         if report.split == "val" or not key.startswith(("test", "external")):
             continue
         metrics = [{"type": "roc_auc" if k.startswith("auc") else k, "name": k,
                     "value": round(float(report.metrics[k].value or 0.0), 4)}
-                   for k in ("auc_malignant", "auc_macro", "accuracy", "sensitivity", "specificity")
+                   for k in metrics_up_to(2, baseline=False)
                    if k in report.metrics and report.metrics[k].defined]
         where = report.data or ", ".join(datasets)
         results.append({"task": {"type": "image-classification", "name": "malignancy"},
@@ -173,7 +173,7 @@ def _estimate(report: EvaluationReport, key: str) -> str:
     m = report.metrics.get(key)
     if m is None:
         return "n/a"
-    if key in _PERCENT:
+    if is_percent(key):
         return format_metric(m, digits=1, scale=100, unit=" %")
     return format_metric(m)
 
@@ -217,8 +217,7 @@ def _results_section(meta: BundleMeta, test: EvaluationReport | None,
     lines.append("")
     lines.append("| metric | test |")
     lines.append("|---|---|")
-    for key in ("auc_malignant", "auc_macro", "accuracy", "majority_accuracy", "balanced_accuracy", "sensitivity",
-                "specificity", "ece"):
+    for key in metrics_up_to(2):
         if key in test.metrics:
             lines.append(f"| {key} | {_estimate(test, key)} |")
     external = {k: r for k, r in evaluations.items() if k.startswith("external")}
@@ -267,10 +266,10 @@ def _licence_section(meta: BundleMeta) -> list[str]:
     if not licence:
         return [*lines, "The pretrained weights carry no catalogued terms (ImageNet or a file of your own): check "
                         "the terms of the weights you started from. mammobench itself is open source.", ""]
-    lines.append(f"- Weights' terms (governing): {licence.get('governing')}"
-                 + (f"; forbids {', '.join(licence['forbids'])}" if licence.get("forbids") else "") + ".")
+    lines.append(f"- Weights' terms (governing): {licence.governing}"
+                 + (f"; forbids {', '.join(licence.forbids)}" if licence.forbids else "") + ".")
     lines += [f"- Stated by {s['stated_by']}: {s['licence']}" + (f" ({s['url']})" if s.get("url") else "")
-              for s in licence.get("statements", [])]
+              for s in licence.statements]
     lines += [f"- Noted at export: {note}" for note in meta.weights_terms]
     spec = ENCODERS.get(meta.model.encoder or "")
     if spec is not None:

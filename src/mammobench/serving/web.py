@@ -95,12 +95,12 @@ def describe(predictor: Predictor) -> str:
     lines = [f"**Model:** {m.architecture} · classes: {', '.join(m.labels)} · input {size_label(m.input_size)} px "
              f"({'whole mammograms' if m.mode == 'full' else 'lesion crops'})"]
     if m.encoder:
-        head = "a linear probe on its frozen features" if predictor.meta.provenance.get("linear_probe") else "fine-tuned"
+        head = "a linear probe on its frozen features" if predictor.meta.provenance.linear_probe else "fine-tuned"
         lines.append(f"**Encoder:** {m.encoder} (pretrained on mammograms; `mammobench weights list`), {head}")
     licence = predictor.meta.weights_licence
     if licence:
-        forbids = f"; forbids {'; '.join(licence['forbids'])}" if licence.get("forbids") else ""
-        lines.append(f"**Weights' licence:** {licence['governing']}{forbids}")
+        forbids = f"; forbids {'; '.join(licence.forbids)}" if licence.forbids else ""
+        lines.append(f"**Weights' licence:** {licence.governing}{forbids}")
     origin = choice_origin(predictor.meta)
     if predictor.threshold is not None:
         t = predictor.meta.thresholds.get(m.positive_label or "")
@@ -113,7 +113,7 @@ def describe(predictor: Predictor) -> str:
                      f"{origin}).")
     mark = "✓" if predictor.verification.verified else "⚠"
     lines.append(f"**Signature:** {mark} {predictor.verification.line()}")
-    if predictor.meta.provenance.get("synthetic"):
+    if predictor.meta.provenance.synthetic:
         lines.append("⚠ **This model was trained on SYNTHETIC demo data: its outputs mean nothing for real images.**")
     return "  \n".join(lines)
 
@@ -218,31 +218,36 @@ def create_app(predictor: Predictor, *, max_file_mb: int = 100, upload_dir: Path
 
         button.click(run, inputs=[upload, roi], outputs=[probs, decision, cam])
 
-        gr.Markdown("## One exam: up to four views")
-        gr.Markdown("The CC and MLO views of each breast (side and view from the DICOM header, else the file name: "
-                    "L_CC, L-MLO, RCC, RIGHT_MLO). One decision per breast"
-                    + (", from both views together (two-view model)." if predictor.breast_model else
-                       ", the mean of its views' probabilities."))
-        with gr.Row():
-            with gr.Column():
-                exam_files = gr.File(label="Up to four images of one exam", file_count="multiple", type="filepath",
-                                     elem_id="exam_upload")
-                exam_button = gr.Button("Predict the exam", variant="primary", elem_id="exam_predict")
-            with gr.Column():
-                exam_text = gr.Markdown(elem_id="exam_decision")
-        exam_gallery = gr.HTML(label=f"{method} per view", elem_id="exam_gradcam")
-
-        def run_exam(file_paths: list[str] | None) -> tuple[str, str]:
-            try:
-                text, gallery = analyse_exam(predictor, file_paths, max_bytes=max_file_mb * 2**20, upload_dir=upload_dir)
-                return text, inline_images(gallery or [])
-            except Exception as exc:  # never a stack trace in the page
-                logger.error("exam prediction failed: %s", _without_paths(exc, *(file_paths or [])))
-                logger.debug("traceback", exc_info=True)
-                return "Something went wrong with this exam; the server log has the details.", ""
-
-        exam_button.click(run_exam, inputs=[exam_files], outputs=[exam_text, exam_gallery])
+        _exam_section(gr, predictor, method, max_bytes=max_file_mb * 2**20, upload_dir=upload_dir)
     return app
+
+
+def _exam_section(gr: Any, predictor: Predictor, method: str, *, max_bytes: int, upload_dir: Path | None) -> None:
+    """The page's second part, inside the Blocks being built: up to four views of one exam, a decision per breast."""
+    gr.Markdown("## One exam: up to four views")
+    gr.Markdown("The CC and MLO views of each breast (side and view from the DICOM header, else the file name: "
+                "L_CC, L-MLO, RCC, RIGHT_MLO). One decision per breast"
+                + (", from both views together (two-view model)." if predictor.breast_model else
+                   ", the mean of its views' probabilities."))
+    with gr.Row():
+        with gr.Column():
+            exam_files = gr.File(label="Up to four images of one exam", file_count="multiple", type="filepath",
+                                 elem_id="exam_upload")
+            exam_button = gr.Button("Predict the exam", variant="primary", elem_id="exam_predict")
+        with gr.Column():
+            exam_text = gr.Markdown(elem_id="exam_decision")
+    exam_gallery = gr.HTML(label=f"{method} per view", elem_id="exam_gradcam")
+
+    def run_exam(file_paths: list[str] | None) -> tuple[str, str]:
+        try:
+            text, gallery = analyse_exam(predictor, file_paths, max_bytes=max_bytes, upload_dir=upload_dir)
+            return text, inline_images(gallery or [])
+        except Exception as exc:  # never a stack trace in the page
+            logger.error("exam prediction failed: %s", _without_paths(exc, *(file_paths or [])))
+            logger.debug("traceback", exc_info=True)
+            return "Something went wrong with this exam; the server log has the details.", ""
+
+    exam_button.click(run_exam, inputs=[exam_files], outputs=[exam_text, exam_gallery])
 
 
 EXAM_DISPLAY_HEIGHT = 512

@@ -43,11 +43,10 @@ from mammobench.data.demo import is_synthetic
 from mammobench.models.factory import (
     count_parameters,
 )
-from mammobench.models.loading import LoadReport
+from mammobench.models.loading import LoadReport, load_exact
 from mammobench.runs import RUN_FORMAT, ModelInfo, RunDir, RunError
 from mammobench.runtime import (
     Interrupted,
-    atomic_write_json,
     utc_now,
 )
 from mammobench.training.callbacks import EpochSeed, History
@@ -141,7 +140,7 @@ def fit(
         if trainer.is_global_zero:  # 6. what reproduces the run, before the first step
             write_reproducibility(run, requested, data, training)
             _say_validation_policy(config, data, training, warned)
-            atomic_write_json(run.info_path, {**base_info, "status": "running"})
+            run.write_info({**base_info, "status": "running"})
         status, seconds = _train(trainer, training, run, base_info, resume=resume)  # 7. training
         if not trainer.is_global_zero:
             return RunResult(run.path, status, monitor, None, None, history.frame(), seconds)
@@ -214,7 +213,7 @@ def _train(trainer: pl.Trainer, training: Training, run: RunDir, base_info: dict
     finally:
         seconds = time.perf_counter() - t0
         if trainer.is_global_zero and status != "finished":
-            atomic_write_json(run.info_path, {**base_info, "status": status, "error": error, "stopped": utc_now(),
+            run.write_info({**base_info, "status": status, "error": error, "stopped": utc_now(),
                                               "train_seconds": seconds})
     if status == "interrupted":  # Lightning turns Ctrl-C into a quiet exit(1): say where it stopped, and how on
         kept = "its last checkpoint is kept" if run.last_checkpoint.is_file() else "no epoch had finished"
@@ -241,7 +240,7 @@ def export_weights(run: RunDir, config: Config, data: SplitData, training: Train
     """The kept epoch's weights (best or last; EMA when on) as ``model.safetensors`` and ``model.json``."""
     last_path = str(run.last_checkpoint)
     kept = last_path if training.weights_rule == "last" else (checkpoint.best_model_path or last_path)
-    training.module.load_state_dict(torch.load(kept, map_location="cpu", weights_only=True)["state_dict"])
+    load_exact(training.module, torch.load(kept, map_location="cpu", weights_only=True)["state_dict"], f"checkpoint {kept}")
     return write_model(run, config, data, training, training.module.eval_model(), load_report)
 
 
@@ -265,7 +264,7 @@ def finish(run: RunDir, config: Config, data: SplitData, base_info: dict[str, An
         plot_training_curves(hist, run.curves_path, title=f"{config.run_name()} ({config.model.name}){synthetic}",
                              best_epoch=kept_epoch)
     ips = hist["train/images_per_s"].median() if "train/images_per_s" in hist else None
-    atomic_write_json(run.info_path, {
+    run.write_info({
         **base_info, "status": status, "finished": utc_now(), "train_seconds": seconds, "epochs_run": len(hist),
         "stopped_early": len(hist) < config.stages.head_epochs + config.stages.finetune_epochs,
         "best_epoch": best_epoch, "best_score": best_score, "kept_epoch": kept_epoch,

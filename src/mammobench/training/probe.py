@@ -37,8 +37,8 @@ from mammobench.data.dataset import MammoDataset
 from mammobench.data.manifest import cache_folder, patient_key
 from mammobench.data.transforms import create_transform
 from mammobench.models.factory import count_parameters
-from mammobench.runs import RUN_FORMAT, RunDir
-from mammobench.runtime import MammobenchError, atomic_path, atomic_write_json, utc_now
+from mammobench.runs import RUN_FORMAT, RunDir, RunRecord
+from mammobench.runtime import MammobenchError, atomic_path, utc_now
 from mammobench.training.callbacks import History
 from mammobench.training.checks import pretrained_warnings, split_warnings
 from mammobench.training.parts import (
@@ -380,7 +380,7 @@ def fit_probe(config: Config, *, overwrite: bool = False, show_progress: bool = 
                   + data.notes + pretrained_warnings(config, parameters=count_parameters(model)))
         for w in warned:
             logger.warning("%s", w)
-        atomic_write_json(run.info_path, {**base, "status": "running"})
+        run.write_info({**base, "status": "running"})
         t0 = time.perf_counter()
         try:
             embedded = embed_splits(model, training, config)  # 2. features, through the cache
@@ -388,11 +388,11 @@ def fit_probe(config: Config, *, overwrite: bool = False, show_progress: bool = 
             write_model(run, config, data, training, model, load_report)
         except BaseException as exc:  # the folder says how it ended; --overwrite runs it again
             status = "interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed"
-            atomic_write_json(run.info_path, {**base, "status": status, "error": f"{type(exc).__name__}: {exc}",
+            run.write_info({**base, "status": status, "error": f"{type(exc).__name__}: {exc}",
                                               "stopped": utc_now()})
             raise
         seconds = time.perf_counter() - t0
-        atomic_write_json(run.info_path, {**base, "status": "finished", "finished": utc_now(), "train_seconds": seconds,
+        run.write_info({**base, "status": "finished", "finished": utc_now(), "train_seconds": seconds,
                                           "epochs_run": 0, "kept_epoch": None, "best_epoch": None, "best_score": None,
                                           "monitor": None, "probe": probe_record(probe, embedded), "warnings": warned})
         settle_replaced(backup, run.path, finished=True, started_training=True)
@@ -402,9 +402,9 @@ def fit_probe(config: Config, *, overwrite: bool = False, show_progress: bool = 
     return RunResult(run.path, "finished", None, None, None, pd.DataFrame(), seconds)
 
 
-def probe_summary(info: dict[str, Any]) -> str:
+def probe_summary(info: RunRecord) -> str:
     """One line about a probe run's fit, for the command line."""
-    p = info.get("probe") or {}
+    p = info.probe or {}
     return (f"linear probe, C = {p.get('C', float('nan')):.3g} by {p.get('inner_folds')}-fold inner CV on "
             f"{p.get('train_samples')} training samples ({p.get('features')} features; "
             f"{p.get('embedded_now')} images embedded now)")

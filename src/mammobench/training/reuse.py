@@ -62,7 +62,7 @@ def train_or_reuse(config: Config, *, overwrite: bool = False, show_progress: bo
     status = run.status()
     if status is None:
         return fit(config, show_progress=show_progress).run_dir
-    differences = result_differences(run.read_config(), config) if run.config_path.is_file() else ["config.yaml"]
+    differences = result_differences(run.read_config(), config) if run.config_path.is_file() else [run.config_path.name]
     if status == "finished" and not differences and (why := split_difference(run, config)):
         differences = [why]
     if status == "finished" and not differences:
