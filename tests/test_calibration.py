@@ -27,7 +27,7 @@ def test_temperature_is_recovered_and_lowers_the_calibration_error():
     t = fit_temperature(probs, y)
     assert t == pytest.approx(3.0, rel=0.1)
     result = calibrate(probs, y)
-    assert result["ece_after"] < result["ece_before"] / 2 and result["nll_after"] < result["nll_before"]
+    assert result.ece_after < result.ece_before / 2 and result.nll_after < result.nll_before
     scaled = apply_temperature(probs, t)
     assert np.allclose(scaled.sum(1), 1, atol=1e-5) and (scaled.argmax(1) == probs.argmax(1)).all()
     assert expected_calibration_error(y, scaled) < 0.03
@@ -35,15 +35,15 @@ def test_temperature_is_recovered_and_lowers_the_calibration_error():
 
 def test_no_temperature_from_too_little_or_one_class_data():
     probs, y = _overconfident(n=30)
-    assert calibrate(probs, y)["temperature"] is None and "at least 50" in calibrate(probs, y)["reason"]
+    assert calibrate(probs, y).temperature is None and "at least 50" in calibrate(probs, y).reason
     probs, _ = _overconfident(n=80)
-    assert calibrate(probs, np.zeros(80, int))["temperature"] is None
+    assert calibrate(probs, np.zeros(80, int)).temperature is None
     # a validation set classified without error: the likelihood falls as T -> 0, no temperature is used
     y = np.repeat([0, 1, 2], 30)
     perfect = np.full((90, 3), 0.1)
     perfect[np.arange(90), y] = 0.8
     result = calibrate(perfect, y)
-    assert result["temperature"] is None and "edge" in result["reason"]
+    assert result.temperature is None and "edge" in result.reason
 
 
 def test_the_bundle_serves_calibrated_probabilities(trained_runs, tmp_path):

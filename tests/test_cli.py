@@ -17,7 +17,7 @@ from .conftest import REPO
 
 runner = CliRunner()
 
-COMMANDS = ["prepare", "presets", "train", "evaluate", "compare", "crossval", "ablate", "explain", "demo", "export",
+COMMANDS = ["prepare", "presets", "train", "pretrain", "evaluate", "compare", "crossval", "ablate", "explain", "demo", "export",
             "keygen", "predict", "serve", "weights", "trust"]
 
 

@@ -74,7 +74,7 @@ def test_mammo_clip_encoder_maps_exactly_onto_timm(mammo_clip_b2):
     assert report.left_out == sum(not k.startswith("image_encoder.") for k in saved)  # text encoder, projections, scale
     assert report.reinitialised == ["classifier.weight", "classifier.bias"]
     assert any(a.startswith("conv_stem.weight") for a in report.adapted)  # one channel: the RGB filters summed
-    assert report.provenance()["licence"]["governing"].startswith("CC BY-NC-SA 4.0")
+    assert report.provenance().licence.governing.startswith("CC BY-NC-SA 4.0")
     torch.manual_seed(1)
     for size in [(260, 260), (192, 160)]:  # the package's native size, and one where its fixed padding matters
         grey = torch.rand(2, 1, *size)
@@ -262,7 +262,7 @@ def test_the_rsna_2023_checkpoint_loads_its_ema_weights_with_max_pooling_and_its
     model, report = create_model("convnext_atto", num_classes=2,
                                  pretrained=PretrainedWeights(source="rsna2023-convnext-small", file=path))
     assert report.entry == "state_dict_ema" and report.global_pool == "max" and report.placeholders == []
-    assert report.provenance()["ema"].startswith("the exponential moving average")
+    assert report.provenance().ema.startswith("the exponential moving average")
     assert any("per-channel mean/std folded" in a for a in report.adapted)
     grey = np.random.default_rng(1).integers(0, 256, (96, 80)).astype(np.uint8)  # an 8-bit PNG, as they saved them
     with torch.no_grad():
@@ -275,7 +275,7 @@ def test_the_rsna_2023_checkpoint_loads_its_ema_weights_with_max_pooling_and_its
     # the raw weights stay one key away, and say so
     _, raw_report = create_model("convnext_atto", num_classes=2, pretrained=PretrainedWeights(
         source="rsna2023-convnext-small", file=path, key="state_dict"))
-    assert raw_report.entry == "state_dict" and "ema" not in raw_report.provenance()
+    assert raw_report.entry == "state_dict" and raw_report.provenance().ema is None
     cfg = load_config("resnet50_whole", ["model.name=convnext_small",
                                          f"model.pretrained={{source: rsna2023-convnext-small, file: {path}}}"])
     assert (cfg.model.mean, cfg.model.std) == (0.0, 1.0)
@@ -326,7 +326,7 @@ def test_the_hub_path_offline_uses_the_cache_or_says_where_to_put_the_file(mammo
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
     _, report = create_model("tf_efficientnet_b2", num_classes=2, pretrained="mammo-clip-b2")
     assert report.hub_revision == "0123abcd" and report.path == str(cached) and report.encoder == "mammo-clip-b2"
-    assert report.provenance()["sha256"] and report.provenance()["hub_revision"] == "0123abcd"
+    assert report.provenance().sha256 and report.provenance().hub_revision == "0123abcd"
 
 
 def test_offline_a_download_says_so_at_once_without_retries(monkeypatch, tmp_path, caplog):
@@ -488,8 +488,8 @@ def test_weights_licences_travel_and_restrictive_terms_need_an_acknowledgement(t
         return run
 
     clip = read_bundle_meta(export_bundle(run_on("mammo-clip-b2"), tmp_path / "clip_bundle"))
-    assert clip.weights_licence["governing"].startswith("CC BY-NC-SA 4.0")
-    assert clip.weights_terms == [f"fine-tuned from mammo-clip-b2 weights under {clip.weights_licence['governing']}: "
+    assert clip.weights_licence.governing.startswith("CC BY-NC-SA 4.0")
+    assert clip.weights_terms == [f"fine-tuned from mammo-clip-b2 weights under {clip.weights_licence.governing}: "
                                   "no commercial use of this model"]
     fm_run = run_on("mammo-fm")
     with pytest.raises(WeightsTermsError, match="forbids commercial use; clinical or diagnostic use; serving .*"
@@ -500,7 +500,7 @@ def test_weights_licences_travel_and_restrictive_terms_need_an_acknowledgement(t
         export_bundle(fm_run, tmp_path / "fm_bundle", accept_weights_terms="mit")
     bundle = export_bundle(fm_run, tmp_path / "fm_bundle", accept_weights_terms="mammo-fm-weights-licence")
     meta = read_bundle_meta(bundle)
-    assert meta.weights_terms[0].startswith("mammo-fm weights' terms acknowledged") and meta.weights_licence["forbids"]
+    assert meta.weights_terms[0].startswith("mammo-fm weights' terms acknowledged") and meta.weights_licence.forbids
     assert "Weights' licence:** Mammo-FM weights licence" in describe(Predictor.from_bundle(bundle, device="cpu"))
     with pytest.raises(WeightsTermsError, match="To serve it .*--accept-weights-terms mammo-fm-weights-licence"):
         serve(bundle, block=False)

@@ -74,7 +74,7 @@ def test_a_linear_probe_end_to_end(mammo_clip_b2, demo_prepared, lesion_images, 
     report = evaluate(result.run_dir, split="test", n_boot=50).report
     assert 0.0 <= report.metrics["auc_macro"].value <= 1.0
     bundle = export_bundle(result.run_dir, tmp_path / "bundle", onnx=True)
-    assert read_bundle_meta(bundle).provenance["linear_probe"]["C"] == probe["C"]
+    assert read_bundle_meta(bundle).provenance.linear_probe["C"] == probe["C"]
     torch_p = Predictor.from_bundle(bundle, device="cpu").predict_paths(lesion_images[:3])
     onnx_p = Predictor.from_bundle(bundle, backend="onnx", device="cpu").predict_paths(lesion_images[:3])
     np.testing.assert_allclose([list(r.probabilities.values()) for r in torch_p],

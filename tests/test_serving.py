@@ -60,7 +60,7 @@ def test_bundle_contents(bundle):
     t = meta.thresholds["MALIGNANT"]
     assert 0.0 <= t.value <= 1.0 and t.chosen_on == "val"
     assert meta.onnx_max_abs_difference is not None and meta.onnx_max_abs_difference <= 1e-4
-    assert meta.provenance["synthetic"] and meta.provenance["config"]["model"]["name"] == "test_resnet"
+    assert meta.provenance.synthetic and meta.provenance.config["model"]["name"] == "test_resnet"
     assert meta.model.preprocess.size == 64
 
 
@@ -477,7 +477,7 @@ def test_exporting_again_replaces_a_bundle_says_which_and_never_a_users_folder(t
         export_bundle(trained_runs["cnn"], mine)
     assert [p.name for p in mine.iterdir()] == ["thesis.tex"]
     out = export_bundle(trained_runs["cnn"], tmp_path / "b")
-    first = read_bundle_meta(out).provenance["exported"]
+    first = read_bundle_meta(out).provenance.exported
     with caplog.at_level(logging.WARNING, logger="mammobench.serving.bundle"):
         export_bundle(trained_runs["cnn"], out)
     replaced = [r.getMessage() for r in caplog.records if "replacing the bundle" in r.getMessage()]

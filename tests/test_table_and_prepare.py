@@ -279,18 +279,21 @@ def test_a_source_that_skips_everything_hands_its_skips_on():
     assert SourceOptions(roi_margin=0.5, csv_dir=None).given() == {"roi_margin"}
 
 
-def test_the_demo_prepares_synthetic_data_and_compares_the_two_demo_models(tmp_path, monkeypatch):
-    from mammobench.experiments import demo
+@pytest.mark.slow  # it trains both demo models (one short epoch each)
+def test_the_demo_runs_end_to_end_and_says_its_data_is_synthetic(tmp_path):
+    """``make demo``'s pipeline for real (prepare, train both models, compare, report), one short epoch each."""
+    import json
 
-    seen = {}
+    from mammobench.experiments.demo import run_demo
+    from mammobench.runs import RunDir
 
-    def fake_compare(configs, out, *, overrides, n_boot, show_progress):
-        seen.update(configs=configs, out=out, overrides=overrides, n_boot=n_boot)
-        return "result"
-
-    monkeypatch.setattr(demo, "compare", fake_compare)
-    assert demo.run_demo(tmp_path, n_boot=7) == "result"
-    assert seen["configs"] == ["demo_cnn", "demo_vit"] and seen["n_boot"] == 7 and seen["out"] == tmp_path
+    result = run_demo(tmp_path, n_boot=20, overrides=["stages.head_epochs=0", "stages.finetune_epochs=1",
+                                                      "trainer.limit_train_batches=2"])
     prepared = tmp_path / "data"
-    assert seen["overrides"] == [f"data.manifest={prepared}"]
     assert read_manifest_info(prepared).synthetic and read_manifest(prepared)["dataset"].eq("demo-synthetic").all()
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results["models"]) == {"demo_cnn", "demo_vit"} and results["synthetic"]
+    assert all(RunDir(tmp_path / "runs" / name).weights_path.is_file() for name in results["models"])
+    report = (tmp_path / "report.md").read_text()
+    assert "SYNTHETIC DEMO DATA" in report and "demo_cnn" in report and "demo_vit" in report
+    assert result.html is not None and result.html.is_file()

@@ -258,6 +258,40 @@ class OutputConfig(_Strict):
         "and best.ckpt (weights only) are kept")
 
 
+class PretrainConfig(_Strict):
+    """Self-supervised pretraining of ``model.name`` on unlabelled mammograms (``mammobench pretrain``).
+
+    Views are crops of breast tissue at the model's resolution (``crop_size``) cut from the manifest's cache at
+    ``data.image_size`` (prepare it large: the crops then keep the detail a whole-frame resize loses), each keeping at
+    least ``min_tissue`` of breast, with the grey-level augmentations a mammogram can show (no colour).
+    """
+
+    method: Literal["simclr", "byol", "dino"] = Field(
+        "simclr", description="simclr (contrastive, NT-Xent), byol (momentum teacher, no negatives), dino (momentum "
+        "teacher, centred soft targets, multi-crop): lightly's heads and losses")
+    epochs: int = Field(20, ge=1)
+    crop_size: int = Field(224, ge=16, le=2048, description="the model's input side: a view's size in pixels")
+    crops_per_image: int = Field(4, ge=1, description="samples drawn from each image per epoch")
+    min_tissue: float = Field(0.5, ge=0, le=1, description="share of breast a crop must hold (background crops "
+                              "are drawn again, up to 20 times)")
+    scale: tuple[float, float] = Field((0.3, 1.0), description="area of a view within its crop (random resized crop)")
+    local_crops: int = Field(4, ge=0, description="dino: small views per sample beside the two large ones")
+    local_size: int = Field(96, ge=16, description="dino: side of a small view")
+    projection_dim: int = Field(128, ge=8)
+    hidden_dim: int = Field(1024, ge=8)
+    temperature: float = Field(0.1, gt=0, description="simclr: the NT-Xent temperature")
+    momentum: tuple[float, float] = Field((0.99, 1.0), description="byol, dino: the teacher's EMA momentum, from the "
+                                          "first to the last step (cosine)")
+    warmup_epochs: int = Field(1, ge=0)
+
+    @field_validator("scale", "momentum")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1] <= 1:
+            raise ValueError(f"expected 0 < low <= high <= 1, got {list(v)}")
+        return v
+
+
 class Config(_Strict):
     """A whole training run."""
 
@@ -270,6 +304,7 @@ class Config(_Strict):
     stages: StagesConfig = StagesConfig()
     trainer: TrainerConfig = TrainerConfig()
     output: OutputConfig = OutputConfig()
+    pretrain: PretrainConfig | None = Field(None, description="self-supervised pretraining (mammobench pretrain)")
 
     @model_validator(mode="after")
     def _probe_needs_a_frozen_image_model(self) -> Config:

@@ -18,6 +18,8 @@ step (evaluation, experiments, serving) reads it back safely. The run format liv
       fingerprints.csv   content fingerprints of the training files (the external-overlap check)
       checkpoints/       Lightning checkpoints (last.ckpt, best.ckpt) to resume this run - local use only (fine-tunes)
       logs/              CSV and TensorBoard logs (fine-tunes)
+      encoder.safetensors, encoder.json   a pretraining run's encoder and what it is (mammobench pretrain; such a run
+                         has no model.json: split.csv lists the images it read, history.csv its loss per epoch)
       evaluation/<split>[_tta]/, evaluation/external_<data>_<split>[_tta]/   what evaluate() wrote (EvaluationDir):
                          metrics.json, predictions.csv, predictions_<level>.csv, roc.png, pr.png, confusion.png,
                          reliability.png, reliability_calibrated.png, subgroups.png, curves.png
@@ -133,6 +135,7 @@ class RunRecord(_Record):
     uniform_loss: float | None = None
     warnings: list[str] = []
     probe: dict[str, Any] | None = None  # a linear probe's fit (training.probe.probe_record)
+    pretraining: dict[str, Any] | None = None  # a pretraining run's method, epochs and images (training.pretrain)
 
 
 def read_json(path: Path, what: str) -> dict[str, Any]:
@@ -235,6 +238,16 @@ class RunDir:
     @property
     def weights_path(self) -> Path:
         return self.path / MODEL_FILE
+
+    @property
+    def encoder_path(self) -> Path:
+        """A pretraining run's encoder (``mammobench pretrain``): timm's names, usable as ``model.pretrained``."""
+        return self.path / "encoder.safetensors"
+
+    @property
+    def encoder_sidecar_path(self) -> Path:
+        """What the encoder is and where it came from (:class:`~mammobench.models.provenance.EncoderSidecar`)."""
+        return self.path / "encoder.json"
 
     @property
     def model_info_path(self) -> Path:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from mammobench.serving.pacs import StudyResult
     from mammobench.serving.predictor import Prediction
     from mammobench.training.parts import RunResult
+    from mammobench.training.pretrain import PretrainResult
 
 
 def metric_line(name: str, m: Estimate | dict[str, Any] | None, *, percent: bool = False) -> str:
@@ -73,6 +74,15 @@ def trained(result: RunResult) -> None:
         console.print(f"[yellow]{len(info.warnings)} warning(s)[/] about this run's numbers (above; kept in run.json)")
     curves = f"Curves: {plain(run.curves_path)}   " if run.curves_path.is_file() else ""
     console.print(f"{curves}next: mammobench evaluate {plain(result.run_dir)}")
+
+
+def pretrained(result: PretrainResult) -> None:
+    epochs = len(result.history)
+    loss = result.history["train/loss"].iloc[-1] if epochs else float("nan")
+    console.print(f"Pretraining [bold]{plain(result.run_dir)}[/] {result.status}: {epochs} epoch{'' if epochs == 1 else 's'} "
+                  f"on {result.images} images in {result.seconds:.0f} s, last loss {loss:.4f}")
+    console.print(f"Encoder: [bold]{plain(result.encoder)}[/]   next: mammobench train --config ... --set "
+                  f"model.pretrained={plain(result.encoder)}")
 
 
 def evaluated(result: EvaluationResult) -> None:
@@ -185,7 +195,7 @@ def ablated(result: AblationResult | None, *, setup_only: bool) -> None:
     console.print(f"Report: [bold]{plain(result.html)}[/] (and report.md, cells.csv, summary.json)")
 
 
-def weights_catalogue() -> None:
+def weights_catalogue(folders: list[Path] | None = None) -> None:
     from mammobench.encoders import ENCODERS
 
     console.print("[bold]Pretrained encoders[/] (model.pretrained: NAME, or {source: NAME, file: PATH})")
@@ -198,8 +208,26 @@ def weights_catalogue() -> None:
         for label, text in (("learnt from", spec.trained_on), ("weights", where),
                             ("licence", spec.licence.summary()), ("cite", spec.citation)):
             console.print(f"  {plain(label)}: {plain(text)}", soft_wrap=True, highlight=False)
+    local_encoder_list(folders or [])
 
 
+def local_encoder_list(folders: list[Path]) -> None:
+    """The encoders ``weights convert`` and ``pretrain`` wrote under ``folders`` (model.pretrained: PATH)."""
+    from mammobench.models.provenance import local_encoders
+
+    found = local_encoders([f for f in folders if f.is_dir()])
+    where = ", ".join(str(f) for f in folders) or "no folder"
+    console.print(f"\n[bold]Your encoders[/] under {plain(where)} (model.pretrained: PATH): {len(found) or 'none'}")
+    for path, info in found:
+        if info.pretraining:
+            p = info.pretraining
+            made = (f"mammobench pretrain ({p.get('method')}, {p.get('epochs')} epochs on {p.get('images')} images of "
+                    f"{info.source_file}, seed {p.get('seed')})")
+        else:
+            made = f"converted from {info.source_file} ({info.encoder or 'no catalogue entry'})"
+        console.print(f"\n[bold]{plain(path)}[/]  {plain(info.architecture)}, SHA-256 {info.sha256[:12]}...",
+                      soft_wrap=True, highlight=False)
+        console.print(f"  made by: {plain(made)}", soft_wrap=True, highlight=False)
 def bundle(path: Path, meta: BundleMeta, *, signed_with: Path | None = None) -> None:
     console.print(f"Bundle [bold]{plain(path)}[/]: {plain(meta.model.architecture)}, classes "
                   f"{plain(', '.join(meta.model.labels))}")

@@ -17,9 +17,13 @@ weights_app = typer.Typer(help="Mammography-pretrained encoders: list the catalo
 
 
 @command(weights_app, "list")
-def weights_list() -> None:
-    """The encoders model.pretrained can name: what each is, its input, weights, licence and citation."""
-    show.weights_catalogue()
+def weights_list(
+    folders: Annotated[list[Path] | None, Arg(help="Folders to search for your own encoders (weights convert, "
+                                                   "pretrain): default runs/ and encoders/.", show_default=False)] = None,
+) -> None:
+    """The encoders model.pretrained can name: the catalogue (what each is, its input, weights, licence and citation)
+    and the encoders you made (pretrain) or converted."""
+    show.weights_catalogue(folders or [Path("runs"), Path("encoders")])
 
 
 @command(weights_app, "convert")
@@ -37,8 +41,8 @@ def weights_convert(
 
     result = convert_weights(src, out, source=source, arch=arch, key=key, strip_prefix=strip_prefix, overwrite=overwrite)
     info = result.info
-    console.print(f"Wrote [bold]{plain(result.out)}[/] ({plain(info['architecture'])}, {plain(info['tensors'])} tensors; "
-                  f"{plain(info['left_out'])} of the checkpoint's tensors left out) and {plain(result.sidecar)}")
-    if info["placeholders"]:
-        console.print(f"  stored classes never imported: {plain(', '.join(info['placeholders']))}")
-    console.print(f"  use it: --set model.pretrained={plain(result.out)} model.name={plain(info['architecture'])}")
+    console.print(f"Wrote [bold]{plain(result.out)}[/] ({plain(info.architecture)}, {info.tensors} tensors; "
+                  f"{info.left_out} of the checkpoint's tensors left out) and {plain(result.sidecar)}")
+    if info.placeholders:
+        console.print(f"  stored classes never imported: {plain(', '.join(info.placeholders))}")
+    console.print(f"  use it: --set model.pretrained={plain(result.out)} model.name={plain(info.architecture)}")

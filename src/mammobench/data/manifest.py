@@ -91,6 +91,12 @@ def format_roi(box: tuple[int, int, int, int] | None) -> str:
     return "" if box is None else " ".join(str(int(v)) for v in box)
 
 
+def manifest_csv(manifest: str | Path) -> Path:
+    """The ``manifest.csv`` of a manifest given as the file or as its folder."""
+    path = Path(manifest)
+    return path / "manifest.csv" if path.is_dir() or path.suffix.lower() != ".csv" else path
+
+
 def manifest_folder(manifest: str | Path) -> Path:
     """The folder of a manifest given as its ``manifest.csv`` or as the folder itself."""
     path = Path(manifest)

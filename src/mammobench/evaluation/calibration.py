@@ -8,12 +8,11 @@ outputs; T < 1 sharpens timid ones.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
 from scipy.optimize import minimize_scalar
 
 from mammobench.evaluation.metrics import expected_calibration_error
@@ -51,41 +50,61 @@ def fit_temperature(probs: np.ndarray, y: np.ndarray) -> float:
     return float(np.exp(result.x))
 
 
-def calibrate(probs: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+class TemperatureFit(BaseModel):
+    """A temperature fitted on validation predictions (``calibration.json``), or ``None`` with the ``reason`` why
+    none was: the likelihood and the ECE before and after it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    temperature: float | None = None
+    fitted_on: str | None = None
+    n: int | None = None
+    nll_before: float | None = None
+    nll_after: float | None = None
+    ece_before: float | None = None
+    ece_after: float | None = None
+    reason: str = ""
+    created: str | None = None
+
+
+def calibrate(probs: np.ndarray, y: np.ndarray) -> TemperatureFit:
     """Fit a temperature on validation predictions; ``temperature`` is ``None`` (with ``reason``) when the
     set is too small or holds one class."""
     counts = np.bincount(y, minlength=probs.shape[1])
     if len(y) < MIN_CALIBRATION_SAMPLES or (counts < MIN_CALIBRATION_CLASS).any():
         reason = (f"the validation split holds {len(y)} sample(s) ({', '.join(map(str, counts))} per class); a "
                   f"temperature needs at least {MIN_CALIBRATION_SAMPLES}, with {MIN_CALIBRATION_CLASS} of every class")
-        return {"temperature": None, "reason": reason}
+        return TemperatureFit(reason=reason)
     t = fit_temperature(probs, y)
     if not T_RANGE[0] * 1.01 < t < T_RANGE[1] * 0.99:
-        return {"temperature": None, "reason": f"the best temperature lies on the edge of {T_RANGE} ({t:.3g}): the "
-                "validation set is (nearly) separated without error, and the likelihood has no optimum to fit"}
+        return TemperatureFit(reason=f"the best temperature lies on the edge of {T_RANGE} ({t:.3g}): the validation "
+                              "set is (nearly) separated without error, and the likelihood has no optimum to fit")
     scaled = apply_temperature(probs, t)
-    return {"temperature": t, "fitted_on": "val", "n": int(len(y)), "nll_before": nll(probs, y), "nll_after": nll(scaled, y),
-            "ece_before": expected_calibration_error(y, probs), "ece_after": expected_calibration_error(y, scaled),
-            "reason": ""}
+    return TemperatureFit(temperature=t, fitted_on="val", n=int(len(y)), nll_before=nll(probs, y),
+                          nll_after=nll(scaled, y), ece_before=expected_calibration_error(y, probs),
+                          ece_after=expected_calibration_error(y, scaled))
 
 
-def run_calibration(run_dir: str | Path, *, refit: bool = False) -> dict[str, Any]:
+def run_calibration(run_dir: str | Path, *, refit: bool = False) -> TemperatureFit:
     """The run's temperature (``calibration.json``), fitted on its validation split the first time."""
     from mammobench.evaluation.predictions import run_predictions, targets
-    from mammobench.runs import RunDir
+    from mammobench.runs import RunDir, RunError, read_json
 
     run = RunDir(run_dir)
     path = run.calibration_path
     if path.is_file() and not refit:
-        return dict(json.loads(path.read_text()))
+        try:
+            return TemperatureFit.model_validate(read_json(path, "the run's temperature"))
+        except ValidationError as exc:
+            raise RunError(f"{path} is malformed: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
     if run.has_split("val"):
         val = run_predictions(run.path, "val")
         result = calibrate(val.probs, targets(val.rows, val.info.labels, f"split.csv of {run.path}"))
     else:
-        result = {"temperature": None, "reason": "the run has no validation split to fit a temperature on"}
-    result["created"] = utc_now()
-    atomic_write_json(path, result)
-    if result["temperature"] is not None:
-        logger.info("temperature %.3f fitted on %d validation samples (NLL %.3f -> %.3f)", result["temperature"],
-                    result["n"], result["nll_before"], result["nll_after"])
+        result = TemperatureFit(reason="the run has no validation split to fit a temperature on")
+    result.created = utc_now()
+    atomic_write_json(path, result.model_dump(mode="json"))
+    if result.temperature is not None:
+        logger.info("temperature %.3f fitted on %d validation samples (NLL %.3f -> %.3f)", result.temperature,
+                    result.n, result.nll_before, result.nll_after)
     return result

@@ -146,7 +146,7 @@ def evaluate(
         threshold=threshold.value, options=ReportOptions(n_boot, seed, breakdown_min, aggregate, tuple(by)),
         unit="breast" if predictions.info.views else "image", about=about)
     y = targets(predictions.rows, predictions.labels, data or f"split.csv of {run.path}")
-    temperature = calibration.get("temperature")
+    temperature = calibration.temperature
     calibrated = merge_classes(apply_temperature(predictions.probs, temperature), predictions.merge)
     if data is not None and threshold.value is not None and threshold.positive_class is not None:
         threshold.external = external_threshold(y, predictions.merged, predictions.labels, threshold.positive_class,
@@ -154,8 +154,8 @@ def evaluate(
     report = EvaluationReport(
         **_header(run, predictions, split=split, tta=tta, data=data, n_boot=n_boot, seed=seed),
         **dict(set_report), threshold=threshold,
-        calibration=Calibration(temperature=temperature, fitted_on=calibration.get("fitted_on"),
-                                reason=calibration.get("reason", ""), ece_before=set_report.metrics["ece"].value,
+        calibration=Calibration(temperature=temperature, fitted_on=calibration.fitted_on,
+                                reason=calibration.reason, ece_before=set_report.metrics["ece"].value,
                                 ece_after=expected_calibration_error(y, calibrated) if temperature else None))
     # 5. The files.
     out_dir = run.evaluation(split if data is None else run.external_name(data, split), tta=tta).path

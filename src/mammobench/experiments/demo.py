@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from mammobench.data.prepare import prepare
@@ -19,9 +20,13 @@ from mammobench.experiments.compare import CompareResult, compare
 DEMO_CONFIGS = ("demo_cnn", "demo_vit")
 
 
-def run_demo(out: str | Path = "demo_output", *, n_boot: int = 1000, show_progress: bool = False) -> CompareResult:
-    """Prepare the synthetic demo data in ``out/data`` and compare the two demo models in ``out``."""
+def run_demo(out: str | Path = "demo_output", *, n_boot: int = 1000, show_progress: bool = False,
+             overrides: Sequence[str] = ()) -> CompareResult:
+    """Prepare the synthetic demo data in ``out/data`` and compare the two demo models in ``out``.
+
+    ``overrides``: ``key=value`` for both models beyond the manifest (the test suite's shorter training).
+    """
     out = Path(out)
     prepared = prepare("demo", None, out / "data", preprocess=PreprocessSettings(size=64), show_progress=show_progress)
-    return compare(list(DEMO_CONFIGS), out, overrides=[f"data.manifest={prepared.out}"], n_boot=n_boot,
+    return compare(list(DEMO_CONFIGS), out, overrides=[f"data.manifest={prepared.out}", *overrides], n_boot=n_boot,
                    show_progress=show_progress)

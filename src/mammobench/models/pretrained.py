@@ -39,6 +39,7 @@ from mammobench.models.loading import (
     load_weights_file,
     read_state_dict,
 )
+from mammobench.models.provenance import EncoderSidecar, LicenceRecord
 from mammobench.runtime import atomic_write_json, format_list, save_safetensors, sha256_file, utc_now
 
 logger = logging.getLogger(__name__)
@@ -290,7 +291,7 @@ class ConvertResult:
 
     out: Path
     sidecar: Path
-    info: dict[str, Any]
+    info: EncoderSidecar
 
 
 def convert_weights(src: str | Path, out: str | Path, *, source: str | None = None, arch: str | None = None,
@@ -350,17 +351,15 @@ def convert_weights(src: str | Path, out: str | Path, *, source: str | None = No
     if request.fold_normalisation:
         metadata["folded"] = "per-channel input normalisation in the first convolution"
     save_safetensors(tensors, out, metadata)
-    info = {
-        "encoder": spec.name if spec else None, "architecture": architecture, "file": out.name,
-        "sha256": sha256_file(out), "source_file": str(src), "source_sha256": report.sha256,
-        "tensors": len(tensors), "left_out": report.left_out, "placeholders": report.placeholders,
-        "entry": report.entry, "adapted": report.adapted,
-        "input_channels": "3 (as published; mammobench sums them for its one-channel input when loading)",
-        "preprocessing": spec.config_values() if spec else None,
-        "static_padding": spec.static_padding if spec else None, "global_pool": spec.global_pool if spec else None,
-        "licence": spec.licence.as_dict() if spec else None, "citation": spec.citation if spec else None,
-        "homepage": spec.homepage if spec else None, "converted": utc_now(),
-        "mammobench_version": mammobench.__version__,
-    }
-    atomic_write_json(sidecar, info)
+    info = EncoderSidecar(
+        encoder=spec.name if spec else None, architecture=architecture, file=out.name, sha256=sha256_file(out),
+        source_file=str(src), source_sha256=report.sha256, tensors=len(tensors), left_out=report.left_out,
+        placeholders=report.placeholders, entry=report.entry, adapted=report.adapted,
+        input_channels="3 (as published; mammobench sums them for its one-channel input when loading)",
+        preprocessing=spec.config_values() if spec else None, static_padding=spec.static_padding if spec else None,
+        global_pool=spec.global_pool if spec else None,
+        licence=LicenceRecord.model_validate(spec.licence.as_dict()) if spec else None,
+        citation=spec.citation if spec else None, homepage=spec.homepage if spec else None, converted=utc_now(),
+        mammobench_version=mammobench.__version__)
+    atomic_write_json(sidecar, info.model_dump(mode="json"))
     return ConvertResult(out, sidecar, info)

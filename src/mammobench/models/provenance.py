@@ -4,9 +4,10 @@ their terms (:class:`LicenceRecord`). Plain pydantic records, light to import (n
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 
 class _Record(BaseModel):
@@ -42,3 +43,49 @@ class WeightsProvenance(_Record):
     licence: LicenceRecord | None = None
     placeholders: list[str] = []
     left_out: int = 0
+
+
+class EncoderSidecar(_Record):
+    """The JSON beside an encoder file mammobench wrote (``weights convert``): what it is, where it came from (the
+    source file and its SHA-256), what was left out or filled, its preprocessing, licence and citation."""
+
+    encoder: str | None = None  # the catalogue name, when it is one
+    architecture: str
+    file: str
+    sha256: str
+    source_file: str | None = None
+    source_sha256: str | None = None
+    tensors: int = 0
+    left_out: int = 0
+    placeholders: list[str] = []
+    entry: str | None = None
+    adapted: list[str] = []
+    input_channels: str | None = None
+    preprocessing: dict[str, Any] | None = None
+    static_padding: int | None = None
+    global_pool: str | None = None
+    licence: LicenceRecord | None = None
+    citation: str | None = None
+    homepage: str | None = None
+    converted: str | None = None
+    mammobench_version: str | None = None
+    pretraining: dict[str, Any] | None = None  # an encoder mammobench pretrain made: method, epochs, images, run
+
+
+def local_encoders(folders: list[Path], *, depth: int = 3) -> list[tuple[Path, EncoderSidecar]]:
+    """Encoder files mammobench wrote under ``folders`` (``weights convert``, ``pretrain``): each ``.safetensors`` with
+    a valid sidecar ``.json`` beside it, at most ``depth`` folders down; anything else is passed over."""
+    import json
+
+    found = []
+    for folder in folders:
+        for level in range(depth + 1):
+            for sidecar in sorted(folder.glob("/".join(["*"] * level + ["*.json"]))):
+                weights = sidecar.with_suffix(".safetensors")
+                if not weights.is_file() or sidecar.stat().st_size > 1_000_000:
+                    continue
+                try:
+                    found.append((weights, EncoderSidecar.model_validate(json.loads(sidecar.read_text()))))
+                except (ValueError, ValidationError, OSError):
+                    continue
+    return found

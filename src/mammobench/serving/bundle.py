@@ -241,7 +241,7 @@ def export_bundle(
         from mammobench.evaluation.calibration import run_calibration
 
         model, info = run.load_model()
-        temperature = run_calibration(run.path).get("temperature")
+        temperature = run_calibration(run.path).temperature
         return BundleContent(model, info, _val_threshold(run, info, threshold_method, temperature), temperature,
                              _provenance(run), run, terms)
 

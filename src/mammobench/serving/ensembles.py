@@ -161,7 +161,7 @@ def _choose(rows: pd.DataFrame, probs: np.ndarray, info: ModelInfo, method: str,
 
     y = targets(rows, info.labels, "the ensemble's choice set")
     calibration = calibrate(probs, y)
-    temperature = calibration.get("temperature")
+    temperature = calibration.temperature
     thresholds: dict[str, Threshold] = {}
     if info.positive_label is not None:
         k = info.labels.index(info.positive_label)
@@ -170,7 +170,7 @@ def _choose(rows: pd.DataFrame, probs: np.ndarray, info: ModelInfo, method: str,
             choice = select_threshold(y == k, apply_temperature(probs, temperature)[:, k], method=method)
         thresholds[info.positive_label] = Threshold(value=choice.value, method=method, chosen_on=chosen_on,
                                                     rule=choice.rule, reason=choice.reason)
-    return temperature, thresholds, {k: v for k, v in calibration.items() if k != "fitted_on"}
+    return temperature, thresholds, calibration.model_dump(mode="json", exclude={"fitted_on", "created"})
 
 
 def _shared_test(runs: list[RunDir], model: Any, info: ModelInfo) -> dict[str, Any]:
