@@ -48,8 +48,8 @@ def test_a_cross_validation_becomes_one_ensemble_bundle(cv_runs):
     result, work = cv_runs
     bundle = export_ensemble(list(result.folds["run_dir"]), work / "ens", out_of_fold=result.out_of_fold, onnx=True)
     meta = read_bundle_meta(bundle)
-    assert meta.model.ensemble == 2 and meta.ensemble["average"] == "probabilities"
-    assert meta.ensemble["chosen_on"].startswith("out-of-fold predictions") and meta.ensemble["test"] is None
+    assert meta.model.ensemble == 2 and meta.ensemble.average == "probabilities"
+    assert meta.ensemble.chosen_on.startswith("out-of-fold predictions") and meta.ensemble.test is None
     assert meta.thresholds["MALIGNANT"].chosen_on.startswith("out-of-fold") and meta.onnx_max_abs_difference <= 1e-4
     frame = read_manifest(work / "kfold")
     paths = list(frame["image_path"][:4])
@@ -103,8 +103,8 @@ def test_seeds_of_one_split_share_their_validation_and_test_sets(demo_prepared, 
     runs = [fit(load_config("demo_cnn", [f"data.manifest={demo_prepared.out}", f"output.dir={tmp_path}", f"seed={s}",
                                          f"output.name=seed{s}", *TINY])).run_dir for s in (1, 2)]
     meta = read_bundle_meta(export_ensemble(runs, tmp_path / "b", average="logits"))
-    assert meta.ensemble["average"] == "logits" and meta.ensemble["chosen_on"].startswith("the validation split")
-    test = meta.ensemble["test"]
+    assert meta.ensemble.average == "logits" and meta.ensemble.chosen_on.startswith("the validation split")
+    test = meta.ensemble.test
     assert len(test["auc_members"]) == 2 and 0 <= test["auc_ensemble"] <= 1 and test["n"] > 0
     card = (tmp_path / "b" / "MODEL_CARD.md").read_text()
     said = " ".join(card.split())

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from mammobench.experiments.compare import CompareResult
     from mammobench.experiments.crossval import CrossValResult
     from mammobench.serving.bundle import BundleMeta
+    from mammobench.serving.bundle_format import EnsembleRecord
     from mammobench.serving.exams import ExamBatch
     from mammobench.serving.pacs import StudyResult
     from mammobench.serving.predictor import Prediction
@@ -247,18 +248,17 @@ def bundle(path: Path, meta: BundleMeta, *, signed_with: Path | None = None) -> 
     ensemble(meta.ensemble)
 
 
-def ensemble(summary: dict[str, Any] | None) -> None:
+def ensemble(summary: EnsembleRecord | None) -> None:
     if not summary:
         return
-    members = summary["members"]
-    console.print(f"  ensemble of {plain(len(members))} runs ({plain(summary['average'])} averaged); threshold and temperature "
-                  f"chosen on {plain(summary['chosen_on'])}")
-    test = summary.get("test")
+    console.print(f"  ensemble of {len(summary.members)} runs ({plain(summary.average)} averaged); threshold and "
+                  f"temperature chosen on {plain(summary.chosen_on)}")
+    test = summary.test
     if test:
         console.print(f"  test AUC ({plain(test['positive_label'])}, {plain(test['n'])} samples): members "
                       + ", ".join(f"{a:.3f}" for a in test["auc_members"]) + f"; ensemble {test['auc_ensemble']:.3f}")
-    elif summary.get("test_note"):
-        console.print(f"  [yellow]note:[/] {plain(summary['test_note'])}")
+    elif summary.test_note:
+        console.print(f"  [yellow]note:[/] {plain(summary.test_note)}")
 
 
 def predictions(results: list[Prediction], out: Path) -> None:

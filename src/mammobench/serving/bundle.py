@@ -60,6 +60,7 @@ from mammobench.serving.bundle_format import (  # noqa: F401  (re-exported: the 
     BundleError,
     BundleMeta,
     BundleProvenance,
+    EnsembleRecord,
     FileEntry,
     Threshold,
     description_digest,
@@ -205,7 +206,7 @@ class BundleContent:
     provenance: BundleProvenance
     check_run: RunDir
     terms: list[str]
-    ensemble: dict[str, Any] | None = None
+    ensemble: EnsembleRecord | None = None
 
 
 def export_bundle(

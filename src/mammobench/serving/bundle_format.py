@@ -72,6 +72,22 @@ class BundleProvenance(BaseModel):
         return f"an ensemble of {len(self.runs)} runs" if self.runs else f"run {self.run or 'unknown'}"
 
 
+class EnsembleRecord(BaseModel):
+    """An ensemble bundle's members (their runs and test metrics), how they are averaged, where its threshold and
+    temperature were chosen, and its own evidence: the test split its members share, or a cross-validation's pooled
+    out-of-fold AUC (with why there is no held-out test)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    members: list[dict[str, Any]] = []
+    average: str | None = None
+    chosen_on: str | None = None
+    calibration: dict[str, Any] = {}
+    test: dict[str, Any] | None = None
+    test_note: str | None = None
+    out_of_fold_auc: dict[str, Any] | None = None
+
+
 class BundleMeta(BaseModel):
     """``bundle.json``: the run's ``model.json`` (architecture, labels, input, preprocessing), the decision
     thresholds, the files with their checksums, and where the model came from."""
@@ -95,7 +111,7 @@ class BundleMeta(BaseModel):
     #: test-time augmentation the Predictor applies: the flips whose probabilities are averaged with the image's
     tta: list[str] = []
     #: an ensemble's members (their runs and test metrics) and how its threshold and temperature were chosen
-    ensemble: dict[str, Any] | None = None
+    ensemble: EnsembleRecord | None = None
     #: MODEL_CARD.md (serving.model_card): what the model is for, its data, results and limits; checksummed
     model_card: FileEntry | None = None
     description_sha256: str = ""

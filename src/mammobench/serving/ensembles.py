@@ -37,7 +37,7 @@ from mammobench.serving.bundle import (
     _test_summary,
     write_bundle,
 )
-from mammobench.serving.bundle_format import BundleProvenance
+from mammobench.serving.bundle_format import BundleProvenance, EnsembleRecord
 
 logger = logging.getLogger(__name__)
 
@@ -90,11 +90,11 @@ def export_ensemble(
         info = infos[0].model_copy(update={"ensemble": len(runs), "ensemble_average": average})
         rows, probs, chosen_on = _choice_set(runs, model, info, out_of_fold)
         temperature, thresholds, calibration = _choose(rows, probs, info, threshold_method, chosen_on)
-        ensemble = {"members": [{"run": str(run.path.resolve()), "evaluation": _test_summary(run)} for run in runs],
-                    "average": average, "chosen_on": chosen_on, "calibration": calibration,
-                    **_shared_test(runs, model, info)}
-        if out_of_fold_auc:  # a cross-validation's pooled out-of-fold AUC: what stands for the ensemble
-            ensemble["out_of_fold_auc"] = out_of_fold_auc
+        ensemble = EnsembleRecord(
+            members=[{"run": str(run.path.resolve()), "evaluation": _test_summary(run)} for run in runs],
+            average=average, chosen_on=chosen_on, calibration=calibration, **_shared_test(runs, model, info),
+            # a cross-validation's pooled out-of-fold AUC: what stands for the ensemble
+            out_of_fold_auc=out_of_fold_auc or None)
         provenance = BundleProvenance(
             runs=[str(run.path.resolve()) for run in runs], exported=utc_now(), mammobench_version=mammobench.__version__,
             environment=environment_info()["versions"], config=runs[0].read_config().model_dump(mode="json"),

@@ -18,6 +18,7 @@ import mammobench
 from mammobench.data.sources.base import is_synthetic
 from mammobench.evaluation.metrics import is_percent, metrics_up_to
 from mammobench.formatting import format_estimate, format_metric, format_probability
+from mammobench.serving.bundle_format import EnsembleRecord
 
 if TYPE_CHECKING:
     from mammobench.evaluation.report import EvaluationReport
@@ -120,9 +121,8 @@ def _model_section(meta: BundleMeta) -> list[str]:
     if info.encoder:
         lines.append(f"- Started from the pretrained encoder `{info.encoder}` (mammobench weights list).")
     if meta.ensemble:
-        members = meta.ensemble.get("members", [])
-        lines.append(f"- An ensemble of {len(members)} runs ({meta.ensemble.get('average')} averaged); threshold and "
-                     f"temperature chosen on {meta.ensemble.get('chosen_on')}.")
+        lines.append(f"- An ensemble of {len(meta.ensemble.members)} runs ({meta.ensemble.average} averaged); threshold "
+                     f"and temperature chosen on {meta.ensemble.chosen_on}.")
     if meta.tta:
         lines.append(f"- Test-time augmentation: the image and its {' and '.join(meta.tta)} averaged.")
     return [*lines, ""]
@@ -180,12 +180,12 @@ def _estimate(report: EvaluationReport, key: str) -> str:
 
 def _ensemble_results(meta: BundleMeta) -> list[str]:
     """An ensemble's own evidence, with where its threshold and temperature were chosen."""
-    ens = meta.ensemble or {}
+    ens = meta.ensemble or EnsembleRecord()
     lines = ["## Evaluation", ""]
-    test, pooled = ens.get("test"), ens.get("out_of_fold_auc")
+    test, pooled = ens.test, ens.out_of_fold_auc
     if test:
         members = ", ".join(f"{a:.3f}" for a in test["auc_members"])
-        lines.append(f"On the test split its {len(ens.get('members', []))} members share ({test['n']} samples): "
+        lines.append(f"On the test split its {len(ens.members)} members share ({test['n']} samples): "
                      f"{test['positive_label']} AUC {test['auc_ensemble']:.3f} (members {members}).")
     if pooled:
         lines.append(f"Pooled out-of-fold {meta.model.positive_label or 'malignant'} AUC of the "
@@ -194,14 +194,14 @@ def _ensemble_results(meta: BundleMeta) -> list[str]:
                      "ensemble itself has no held-out test estimate: every patient was in some member's training "
                      "data; test it on an external set (`mammobench evaluate`).")
     elif not test:
-        lines.append(str(ens.get("test_note") or "The ensemble has no held-out estimate of its own."))
+        lines.append(ens.test_note or "The ensemble has no held-out estimate of its own.")
     for label, t in meta.thresholds.items():
         how = f"{t.rule}: {t.reason}" if t.reason else f"{t.method}"
         lines += ["", f"Decision: {label} when its probability >= {format_probability(t.value)} ({how}), chosen on "
-                      f"{ens.get('chosen_on') or t.chosen_on}."]
+                      f"{ens.chosen_on or t.chosen_on}."]
     if meta.temperature:
         lines.append(f"Calibration: probabilities are temperature-scaled (T = {meta.temperature:.2f}, fitted on "
-                     f"{ens.get('chosen_on') or 'the validation split'}).")
+                     f"{ens.chosen_on or 'the validation split'}).")
     return [*lines, ""]
 
 

@@ -84,8 +84,8 @@ def _gradio():  # type: ignore[no-untyped-def]
 def choice_origin(meta: Any) -> str:
     """Where a bundle's threshold and temperature were chosen: an ensemble's choice set (out-of-fold predictions,
     or the validation split its members share), else the run's validation split."""
-    if meta.ensemble and meta.ensemble.get("chosen_on"):
-        return str(meta.ensemble["chosen_on"])
+    if meta.ensemble and meta.ensemble.chosen_on:
+        return meta.ensemble.chosen_on
     chosen = next((t.chosen_on for t in meta.thresholds.values()), "val")
     return "the validation split" if chosen == "val" else str(chosen)
 
