@@ -54,7 +54,7 @@ def test_cnn_smoke_run_writes_a_complete_run_directory(demo_prepared, tmp_path):
     # finished: the kept weights are model.safetensors; no checkpoint with optimiser state is left behind
     assert not (run / "checkpoints").exists()
     info = RunDir(run).require_finished()
-    assert info["labels"] == ["BENIGN", "MALIGNANT", "BENIGN_WITHOUT_CALLBACK"]
+    assert info.labels == ["BENIGN", "MALIGNANT", "BENIGN_WITHOUT_CALLBACK"]
     env = json.loads((run / "environment.json").read_text())
     assert env["versions"]["torch"] and env["versions"]["timm"] and env["seed"] == 42
     model = RunDir(run).read_model_info()
