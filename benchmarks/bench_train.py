@@ -171,7 +171,7 @@ def main() -> None:
             textbook = statistics.median(plain_rates(False)) if nhwc else None
             cfg = load_config("efficientnet_lite0_whole" if args.whole else None, [
                 f"name=bench_{model_name}_{int(deterministic)}", f"model.name={model_name}", "model.pretrained=none",
-                f"data.manifest={prepared.out}", f"data.image_size={args.size}", f"data.batch_size={args.batch}",
+                f"data.manifest={prepared}", f"data.image_size={args.size}", f"data.batch_size={args.batch}",
                 f"output.dir={tmp_path / 'runs'}", "output.tensorboard=false", "stages.head_epochs=0",
                 f"stages.finetune_epochs={args.epochs}", "stages.unfreeze_blocks=all", "optim.backbone_lr_mult=1",
                 f"trainer.limit_train_batches={len(dataset) // args.batch}", "trainer.limit_val_batches=1",

@@ -261,6 +261,7 @@ class SelfSupervised(pl.LightningModule):
         assert cfg is not None
         self.cfg, self.optim, self.channels_last = cfg, config.optim, channels_last
         self.backbone = backbone
+
         def head() -> nn.Module:
             if cfg.method == "simclr":
                 return SimCLRProjectionHead(feature_dim, cfg.hidden_dim, cfg.projection_dim)
@@ -276,8 +277,10 @@ class SelfSupervised(pl.LightningModule):
             self.criterion = NegativeCosineSimilarity()
         else:
             self.criterion = DINOLoss(output_dim=cfg.projection_dim, warmup_teacher_temp_epochs=max(1, cfg.epochs // 3))
-        if cfg.method in ("byol", "dino"):  # the momentum teacher starts as the student (a weight-normed head is
-            self.teacher_backbone = copy.deepcopy(backbone)  # rebuilt: it cannot be deep-copied)
+        if cfg.method in ("byol", "dino"):
+            # the momentum teacher starts as the student; its head is rebuilt (DINO's weight-normed layer cannot be
+            # deep-copied) and given the student's weights
+            self.teacher_backbone = copy.deepcopy(backbone)
             self.teacher_head = load_exact(head(), self.head.state_dict(), "the teacher's head")
             deactivate_requires_grad(self.teacher_backbone)
             deactivate_requires_grad(self.teacher_head)
