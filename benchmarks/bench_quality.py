@@ -299,8 +299,8 @@ def lesions_as_written(frame: pd.DataFrame, prepared: Path, mias: Path, weights:
           f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{len(folded)} lesions, the reference's 5 folds (StratifiedGroupKFold, random_state 0), its 12 epochs; the "
           "preset as shipped (15 epochs). NB: the preset's lesion context was chosen by a study on these same 40 lesions "
-          "(docs/recipe.md), so this comparison favours it; --fold-seed 100 without --plain as-written measures it on "
-          "folds that played no part in choosing it.")
+          "(docs/recipe.md), so this comparison favours it; --plain written-out --fold-seed 100 measures it on other "
+          "partitions of the same lesions.")
     for arm in ARMS:
         c = corrected_mean(table[arm].to_numpy(), test_train_ratio=ratio, bounds=METRIC_RANGE)
         print(f"| {arm} | {c.mean:.3f} [{c.ci[0]:.3f}, {c.ci[1]:.3f}] |")
