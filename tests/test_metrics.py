@@ -12,12 +12,12 @@ from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 from mammobench.evaluation.metrics import (
     PatientBootstrap,
     UndefinedMetricWarning,
-    choose_threshold,
     compute_metrics,
     expected_calibration_error,
     metrics_with_ci,
     paired_auc_difference,
     rank_auc,
+    select_threshold,
 )
 
 LABELS = ["BENIGN", "MALIGNANT", "BENIGN_WITHOUT_CALLBACK"]
@@ -108,11 +108,11 @@ def test_threshold_choice():
     # Twice the same 7 cases: 8 positives and 6 negatives, enough for a threshold that is not a fallback.
     y = np.tile(np.array([0, 0, 0, 1, 1, 1, 1], bool), 2)
     score = np.tile(np.array([0.1, 0.2, 0.6, 0.4, 0.8, 0.85, 0.9]), 2)
-    assert choose_threshold(y, score, method="youden") == pytest.approx(0.8)
-    assert choose_threshold(y, score, method="sensitivity", target_sensitivity=1.0) == pytest.approx(0.4)
+    assert select_threshold(y, score, method="youden").value == pytest.approx(0.8)
+    assert select_threshold(y, score, method="sensitivity", target_sensitivity=1.0).value == pytest.approx(0.4)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert choose_threshold(np.ones(3, bool), np.ones(3)) == 0.5
+        assert select_threshold(np.ones(3, bool), np.ones(3)).value == 0.5
 
 
 def test_paired_difference_detects_a_better_model():

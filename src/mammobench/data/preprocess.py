@@ -125,11 +125,6 @@ def apply_window(image: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.clip((image - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 
-def window_percentile(image: np.ndarray, low: float, high: float, mask: np.ndarray | None = None) -> np.ndarray:
-    """Map the ``low``/``high`` percentiles (of the masked pixels) to 0/1 and clip."""
-    return apply_window(image, *window_limits(image, low, high, mask))
-
-
 def apply_clahe(image: np.ndarray, clip: float = 2.0, tiles: int = 8) -> np.ndarray:
     """CLAHE on a 16-bit rendering of ``image`` (float [0, 1] in and out)."""
     u16 = np.clip(image * 65535.0, 0, 65535).astype(np.uint16)

@@ -256,12 +256,6 @@ def select_threshold(y_positive: np.ndarray, score: np.ndarray, *, method: str =
     return ThresholdChoice(value, method, method)
 
 
-def choose_threshold(y_positive: np.ndarray, score: np.ndarray, *, method: str = "youden",
-                     target_sensitivity: float = 0.9) -> float:
-    """The value of :func:`select_threshold` (kept for callers that need only the number)."""
-    return select_threshold(y_positive, score, method=method, target_sensitivity=target_sensitivity).value
-
-
 def binary_rates(y_positive: np.ndarray, called: np.ndarray) -> dict[str, float]:
     """Sensitivity, specificity, PPV, NPV of a positive call (NaN where a denominator is zero)."""
     y_positive, called = np.asarray(y_positive, bool), np.asarray(called, bool)
