@@ -129,7 +129,9 @@ def test_the_whole_image_pipeline_takes_the_export_as_is(size, tmp_path):
 
 
 def _kaggle_export(root) -> None:
-    """A Kaggle export's layout: ``labels.csv`` (image, patient_id, image_id, cancer 0/1) beside ``images/``."""
+    """A Kaggle export's layout: ``labels.csv`` (image, patient_id, image_id, cancer 0/1) beside ``images/``, as
+    ../shared/data/rsna-screening/README.md's file table gives it (its first line: ``image,patient_id,image_id,cancer``;
+    images named ``{patient_id}_{image_id}.jpg``); the real table goes through the same command in the README."""
     (root / "images").mkdir(parents=True)
     rows = []
     for i in range(8):

@@ -59,7 +59,9 @@ def test_pretraining_writes_an_encoder_that_train_probe_and_weights_list_take(fu
 def test_the_momentum_teacher_methods_train(full_prepared, tmp_path, method):
     from mammobench.training.pretrain import pretrain
 
+    before = torch.are_deterministic_algorithms_enabled()
     result = pretrain(_config(full_prepared.out, tmp_path, method, "pretrain.epochs=1", "trainer.limit_train_batches=1"))
+    assert torch.are_deterministic_algorithms_enabled() == before, "the caller's determinism setting is given back"
     assert result.status == "finished" and torch.isfinite(torch.tensor(result.history["train/loss"].to_numpy())).all()
 
 

@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from mammobench.data.options import IntensityStats
 from mammobench.data.preprocess import PreprocessSettings
-from mammobench.models.provenance import WeightsProvenance
+from mammobench.models.provenance import Record, WeightsProvenance
 from mammobench.runtime import FileLimitError, MammobenchError, load_json_text, read_text_bounded, sha256_file
 
 if TYPE_CHECKING:  # heavy imports only where a model is built
@@ -92,14 +92,7 @@ class ModelInfo(BaseModel):
     ensemble_average: str | None = None  # how the members combine: probabilities or logits (models.ensemble)
 
 
-class _Record(BaseModel):
-    """A JSON record a run writes: fields a newer mammobench adds are kept (``extra``), fields an older run lacks
-    take their defaults, so every run folder ever written still reads."""
-
-    model_config = ConfigDict(extra="allow")
-
-
-class RunRecord(_Record):
+class RunRecord(Record):
     """``run.json``: what a run was and how it went. Written when a run starts (``status: running``), when it stops
     and when it finishes; read through :meth:`RunDir.read_info` only."""
 

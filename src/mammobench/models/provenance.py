@@ -10,13 +10,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 
-class _Record(BaseModel):
+class Record(BaseModel):
     """Fields a newer mammobench adds are kept (``extra``); fields an older file lacks take their defaults."""
 
     model_config = ConfigDict(extra="allow")
 
 
-class LicenceRecord(_Record):
+class LicenceRecord(Record):
     """The terms of pretrained weights as ``run.json`` and a bundle carry them (:class:`~mammobench.encoders.WeightsLicence`)."""
 
     governing: str = ""
@@ -26,7 +26,7 @@ class LicenceRecord(_Record):
     statements: list[dict[str, Any]] = []
 
 
-class WeightsProvenance(_Record):
+class WeightsProvenance(Record):
     """Where a run's starting weights came from (``run.json`` ``pretrained``, a bundle's provenance): the source, the
     file and its SHA-256, the hub revision, what was adapted, left out or filled, and their licence."""
 
@@ -45,7 +45,7 @@ class WeightsProvenance(_Record):
     left_out: int = 0
 
 
-class EncoderSidecar(_Record):
+class EncoderSidecar(Record):
     """The JSON beside an encoder file mammobench wrote (``weights convert``): what it is, where it came from (the
     source file and its SHA-256), what was left out or filled, its preprocessing, licence and citation."""
 

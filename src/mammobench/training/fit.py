@@ -34,7 +34,6 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
 import mammobench
@@ -70,14 +69,11 @@ from mammobench.training.trainer import (
     callers_determinism,
     create_trainer,
     interactive,
+    is_rank_zero,
     resume_epoch,
 )
 
 logger = logging.getLogger(__name__)
-
-def _is_rank_zero() -> bool:
-    # Under DDP every process runs fit; only the first judges and writes the run folder.
-    return getattr(rank_zero_only, "rank", 0) == 0  # set by Lightning from RANK / LOCAL_RANK / SLURM_PROCID
 
 
 def fit(
@@ -110,7 +106,7 @@ def fit(
 
         return fit_probe(config, overwrite=overwrite, show_progress=show_progress)
     run = RunDir(config.output.dir / config.run_name())
-    if _is_rank_zero():  # 1. the run folder (the other DDP processes would find it "running")
+    if is_rank_zero():  # 1. the run folder (the other DDP processes would find it "running")
         check_run_dir(run, resume=resume, overwrite=overwrite)
     pl.seed_everything(config.seed, workers=True, verbose=False)
     data = load_split(config)  # 2. the data
@@ -130,7 +126,7 @@ def fit(
     history, first_loss = History(run.history_path), InitialLossCheck()
     cbs = [last] + _callbacks(config, monitor, checkpoint, history, first_loss, show_progress) + (callbacks or [])
     # 5. Everything is validated (config, model, weights, data): only now may an old run make way for this one.
-    backup = set_aside(run.path) if overwrite and not resume and run.exists() and _is_rank_zero() else None
+    backup = set_aside(run.path) if overwrite and not resume and run.exists() and is_rank_zero() else None
     with replacing(backup, run.path, history), callers_determinism():
         trainer = create_trainer(config, run.path, precision=training.precision, callbacks=cbs,
                                  has_val=training.has_val, show_progress=show_progress and interactive())

@@ -38,7 +38,6 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 from torch.utils.data import Dataset, Sampler
 
@@ -70,7 +69,9 @@ from mammobench.training.trainer import (
     AtomicCheckpointIO,
     EpochLog,
     ProgressBar,
+    callers_determinism,
     interactive,
+    is_rank_zero,
     loggers,
     resolve_hardware,
     resume_epoch,
@@ -407,18 +408,24 @@ def pretrain(config: Config, *, resume: bool = False, overwrite: bool = False, s
     Raises:
         ConfigError, PretrainError, ModelError, RunError: what cannot work, named, before anything is written.
     """
+    with callers_determinism():  # Lightning turns deterministic algorithms on process-wide: give the caller's back
+        return _pretrain(config, resume=resume, overwrite=overwrite, show_progress=show_progress, callbacks=callbacks)
+
+
+def _pretrain(config: Config, *, resume: bool, overwrite: bool, show_progress: bool,
+              callbacks: list[pl.Callback] | None) -> PretrainResult:
     cfg = _check(config)
     rows = pretrain_rows(config)
     run = RunDir(config.output.dir / config.run_name())
-    if _is_rank_zero():  # the other DDP processes would find the folder "running"
+    if is_rank_zero():  # the other DDP processes would find the folder "running"
         check_run_dir(run, resume=resume, overwrite=overwrite)
     pl.seed_everything(config.seed, workers=True, verbose=False)  # before any weight is drawn
     backbone, feature_dim, report, input_cfg = build_backbone(config)
     cache = ImageCache(cache_folder(config.data.manifest, config.data.cache_dir),
                        config.data.preprocess.with_size(config.data.image_size or DEFAULT_CACHE_SIDE))
-    backup = set_aside(run.path) if overwrite and run.path.exists() and not resume and _is_rank_zero() else None
+    backup = set_aside(run.path) if overwrite and run.path.exists() and not resume and is_rank_zero() else None
     run.path.mkdir(parents=True, exist_ok=True)
-    requests, kept = cached_images(rows, cache, run if _is_rank_zero() else None)
+    requests, kept = cached_images(rows, cache, run if is_rank_zero() else None)
     precision, channels_last = resolve_hardware(config, backbone)
     if channels_last:
         backbone = backbone.to(memory_format=torch.channels_last)
@@ -462,9 +469,6 @@ def pretrain(config: Config, *, resume: bool = False, overwrite: bool = False, s
         logger.info("pretraining %s finished: %s", run.path, encoder)
     return PretrainResult(run.path, encoder, "finished", history, seconds, len(kept))
 
-
-def _is_rank_zero() -> bool:
-    return getattr(rank_zero_only, "rank", 0) == 0  # set by Lightning from RANK / LOCAL_RANK / SLURM_PROCID
 
 
 def _trainer(config: Config, run: RunDir, precision: str, show_progress: bool, extra: list[pl.Callback]) -> pl.Trainer:

@@ -86,6 +86,13 @@ class EpochLog(pl.Callback):
                     ", ".join(shown) or "done", seconds)
 
 
+def is_rank_zero() -> bool:
+    """Under DDP every process runs the command; only the first judges and writes the run folder."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0  # set by Lightning from RANK / LOCAL_RANK / SLURM_PROCID
+
+
 def interactive() -> bool:
     """Whether a person watches a terminal (a live progress bar), rather than a log being written."""
     import sys
