@@ -4,6 +4,7 @@ its encoder in train, probe and ``weights list``; resume; bad input; two process
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -130,3 +131,50 @@ def test_two_process_ddp_pretraining_on_cpu(full_prepared, tmp_path):
     run = RunDir(tmp_path / "ssl_simclr")
     info = run.read_info()
     assert info.status == "finished" and info.batch["effective"] == 16 and run.encoder_path.is_file()
+
+
+def test_a_plain_folder_of_images_is_pretrained_on_and_its_bad_files_reported(full_prepared, tmp_path):
+    """``--images FOLDER``: every image under it (one subfolder per woman, or loose files), an unreadable one reported
+    and skipped, other files ignored; the folder's manifest named in config.yaml (so --resume needs no folder) and
+    refused by training, which needs labels."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from mammobench.cli import app, expand_set_args
+    from mammobench.training.fit import fit
+
+    images = sorted(read_path for read_path in pd.read_csv(full_prepared.out / "manifest.csv")["image_path"])[:5]
+    folder = tmp_path / "archive"
+    for i, src in enumerate(images):
+        target = folder / (f"woman{i % 2}" if i < 4 else "") / f"img{i}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(full_prepared.out / src, target)
+    (folder / "woman0" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    (folder / "notes.txt").write_text("not an image")
+    (folder / ".hidden.png").write_bytes(b"")
+    def cli(images, *sets, out="runs"):
+        argv = ["pretrain", "--config", "ssl_simclr", "--images", str(images), "--set", f"output.dir={tmp_path / out}",
+                "pretrain.epochs=1", *TINY, *sets]
+        return CliRunner().invoke(app, expand_set_args(argv))
+
+    done = cli(folder)
+    assert done.exit_code == 0, done.output
+    run = RunDir(tmp_path / "runs" / "ssl_simclr")
+    assert run.read_info().status == "finished" and run.encoder_path.is_file()
+    seen = pd.read_csv(run.split_path, dtype=str)
+    assert sorted(seen["sample_id"]) == ["img4.png", "woman0/img0.png", "woman0/img2.png", "woman1/img1.png",
+                                         "woman1/img3.png"]
+    assert sorted(set(seen["patient_id"])) == ["img4", "woman0", "woman1"]
+    skipped = pd.read_csv(run.skipped_path)
+    assert [Path(p).name for p in skipped["image_path"]] == ["broken.png"]
+    manifest = load_config(run.config_path).data.manifest
+    assert manifest == tmp_path / "runs" / "ssl_simclr.images"
+    with pytest.raises(ConfigError, match="unlabelled images"):
+        fit(load_config("demo_cnn", [f"data.manifest={manifest}", f"output.dir={tmp_path / 'ft'}"]))
+    # refused, naming what is wrong, before anything is written
+    both = cli(folder, f"data.manifest={full_prepared.out}", out="both")
+    assert both.exit_code != 0 and "replaces data.manifest" in both.output and not (tmp_path / "both").exists()
+    (tmp_path / "empty").mkdir()
+    empty = cli(tmp_path / "empty", out="other")
+    assert empty.exit_code != 0 and "holds no image" in empty.output and not (tmp_path / "other").exists()

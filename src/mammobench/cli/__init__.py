@@ -142,21 +142,24 @@ def pretrain(
     config: Annotated[str | None, Opt("--config", "-c", help="ssl_simclr | ssl_byol | ssl_dino, or a YAML file with a "
                                                              "pretrain section.")] = None,
     set_: Annotated[list[str] | None, Opt("--set", "-s", help="Override a config value: key=value (repeatable).")] = None,
+    images: Annotated[Path | None, Opt(help="A plain folder of images (DICOM, PNG, JPEG, TIFF; subfolders too) instead "
+                                            "of data.manifest: every image is read, none is held out.")] = None,
     resume: Annotated[Path | None, Opt(help="Continue an interrupted pretraining run from its last checkpoint.")] = None,
     overwrite: Annotated[bool, Opt(help="Replace a run of the same name.")] = False,
 ) -> None:
-    """Self-supervised pretraining of a backbone on your own unlabelled mammograms (the manifest's non-test images):
-    writes an encoder that model.pretrained takes."""
+    """Self-supervised pretraining of a backbone on your own unlabelled mammograms (a manifest's non-test images, or a
+    folder's): writes an encoder that model.pretrained takes."""
     from mammobench.config import load_config
     from mammobench.training.pretrain import pretrain as run_pretrain
     from mammobench.training.pretrain import resume_pretrain
 
     if resume is not None:
-        if config or set_:
-            fail("--resume continues a run with the config it saved; drop --config/--set")
+        if config or set_ or images:
+            fail("--resume continues a run with the config it saved; drop --config/--set/--images")
         show.pretrained(resume_pretrain(resume, show_progress=True))
     else:
-        show.pretrained(run_pretrain(load_config(config or "ssl_simclr", set_), overwrite=overwrite, show_progress=True))
+        show.pretrained(run_pretrain(load_config(config or "ssl_simclr", set_), images=images, overwrite=overwrite,
+                                     show_progress=True))
 
 
 # --------------------------------------------------------------------------- evaluation and experiments

@@ -7,6 +7,7 @@ Everything comes back as a float32 single-channel array in [0, 1]; a file that c
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,20 @@ def is_dicom(path: str | Path) -> bool:
             return fh.read(4) == b"DICM"
     except OSError:
         return False
+
+
+def collect_images(paths: Iterable[str | Path]) -> list[Path]:
+    """Files as given; folders searched recursively for images (by suffix, or DICOM without one)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            for f in sorted(p.rglob("*")):
+                image = f.suffix.lower() in IMAGE_SUFFIXES or (not f.suffix and is_dicom(f))
+                if f.is_file() and not f.name.startswith(".") and image:
+                    out.append(f)
+        else:
+            out.append(p)  # a missing or odd file is reported per file, not here
+    return out
 
 
 def read_image(path: str | Path) -> np.ndarray:

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 import mammobench
 from mammobench.data.cache import ImageCache, cache_request
 from mammobench.data.demo import DEMO_DATASET, SYNTHETIC_NOTICE, generate_demo_dataset, is_synthetic
+from mammobench.data.images import IMAGE_SUFFIXES, collect_images
 from mammobench.data.labels import (
     LabelError,
     LabelMapping,
@@ -86,6 +87,46 @@ class CacheOptions:
     processes: bool | None = None
     cache_dir: str | Path | None = None
     preview: bool = True
+
+
+#: The ``dataset`` of a manifest made from a plain folder of images (:func:`folder_manifest`): no labels.
+FOLDER_DATASET = "folder"
+#: The ``label`` such a manifest's rows carry (pretraining ignores labels; training refuses the manifest).
+UNLABELLED = "UNLABELLED"
+
+
+def folder_manifest(folder: str | Path, out: str | Path) -> Path:
+    """An unlabelled manifest of every image under ``folder`` (DICOM with or without a suffix, PNG, JPEG, TIFF, PGM,
+    BMP; hidden files skipped), written to ``out``: what ``mammobench pretrain --images FOLDER`` reads.
+
+    Each image is one row of split ``train``: ``sample_id`` its path under ``folder``, ``patient_id`` the first
+    folder below ``folder`` (one folder per woman, the usual export) or, for an image directly in ``folder``, its
+    name without the suffix. Images are decoded later (an unreadable one is then reported and skipped).
+
+    Raises:
+        MammobenchError: ``folder`` is not a folder or holds no image.
+    """
+    folder = Path(folder).resolve()
+    if not folder.is_dir():
+        raise MammobenchError(f"{folder} is not a folder of images")
+    files = collect_images([folder])
+    if not files:
+        raise MammobenchError(f"{folder} holds no image (looked for DICOM files and "
+                           f"{', '.join(sorted(s for s in IMAGE_SUFFIXES if s not in ('.dcm', '.dicom')))}, in every "
+                           "subfolder)")
+    rows = []
+    for f in files:
+        rel = f.relative_to(folder)
+        rows.append({"sample_id": rel.as_posix(), "dataset": FOLDER_DATASET,
+                     "patient_id": rel.parts[0] if len(rel.parts) > 1 else rel.stem, "image_path": str(f), "roi": "",
+                     "label": UNLABELLED, "lesion_type": "", "laterality": "", "view": "", "split": "train",
+                     "image_type": "full", "source": rel.as_posix()})
+    info = ManifestInfo(dataset=FOLDER_DATASET, mode="full", labels=[], label_mapping={"name": "none", "mapping": {}},
+                        positive_label=None, source_root=str(folder), created=utc_now(),
+                        mammobench_version=mammobench.__version__,
+                        notes=[f"{len(rows)} unlabelled images of {folder}: for mammobench pretrain (labels ignored); "
+                               "train, evaluate and probe need a labelled manifest (mammobench prepare)"])
+    return write_manifest(pd.DataFrame(rows), out, info)
 
 
 def parse_shard(text: str) -> tuple[int, int]:

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from mammobench.data.images import collect_images
 from mammobench.runtime import MammobenchError, atomic_write_bytes, atomic_write_csv
-from mammobench.serving.predictor import BreastPrediction, ExamPrediction, Predictor, collect_images
+from mammobench.serving.predictor import BreastPrediction, ExamPrediction, Predictor
 
 if TYPE_CHECKING:
     from mammobench.serving.dicom_out import StudyOutput

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from mammobench.data.dicom import ImageReadError
-from mammobench.data.images import IMAGE_SUFFIXES, is_dicom, read_image
+from mammobench.data.images import collect_images, read_image
 from mammobench.data.preprocess import input_batch
 from mammobench.data.views import ViewId, laterality_of
 from mammobench.evaluation.inference import TTA_FLIPS, model_input, resolve_device, with_flips
@@ -91,20 +91,6 @@ class ExamPrediction:
     cams: dict[str, np.ndarray] = field(default_factory=dict)  # image path -> heat map at the image's resolution
     #: image path -> the image at its resolution with the intensities the model saw (its window): draw heat maps on it
     shown: dict[str, np.ndarray] = field(default_factory=dict)
-
-
-def collect_images(paths: Iterable[str | Path]) -> list[Path]:
-    """Files as given; folders searched recursively for images (by suffix, or DICOM without one)."""
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            for f in sorted(p.rglob("*")):
-                image = f.suffix.lower() in IMAGE_SUFFIXES or (not f.suffix and is_dicom(f))
-                if f.is_file() and not f.name.startswith(".") and image:
-                    out.append(f)
-        else:
-            out.append(p)  # a missing or odd file is reported per file, not here
-    return out
 
 
 class Predictor:

@@ -19,6 +19,7 @@ from mammobench.data.cache import ImageCache, cache_request
 from mammobench.data.datamodule import MammoDataModule
 from mammobench.data.dataset import BreastDataset
 from mammobench.data.manifest import cache_folder, manifest_folder, read_manifest, read_manifest_info
+from mammobench.data.prepare import FOLDER_DATASET
 from mammobench.data.splits import auto_val_fraction, resolve_fold
 from mammobench.models.factory import InputConfig, create_model, init_head, resolve_input_config
 from mammobench.models.finetune import parameter_plan
@@ -95,6 +96,10 @@ def load_split(config: Config) -> SplitData:
         raise ConfigError("data.manifest is not set: point it at a prepared manifest (mammobench prepare ...)")
     frame = read_manifest(config.data.manifest)
     info = read_manifest_info(config.data.manifest)
+    if info.dataset == FOLDER_DATASET:
+        raise ConfigError(f"{config.data.manifest} holds unlabelled images (made by mammobench pretrain --images for "
+                          "pretraining): training and evaluation need labels; prepare the images with a table "
+                          "(mammobench prepare csv TABLE ...)")
     val_note = ""
     if (frame["split"] == "cv").any():
         if config.data.fold is None:

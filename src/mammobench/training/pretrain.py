@@ -5,7 +5,7 @@ mammograms: crops of breast tissue at the model's resolution cut from the manife
 crop keeps the detail a whole-frame resize loses), each holding at least ``pretrain.min_tissue`` of breast, with
 the grey-level changes a mammogram can show (brightness, contrast, gamma, blur, noise, flips; no colour). Labels
 are ignored and no test image is read: a k-fold manifest gives every fold but ``data.fold``, any other manifest its
-train and validation rows.
+train and validation rows; ``images=FOLDER`` (``--images``) reads every image of a plain folder instead.
 
 Lightning runs it, so it resumes after an interruption (``--resume``), trains on several GPUs or nodes (DDP, the
 NT-Xent negatives gathered across them) and logs its loss. The run folder (:class:`~mammobench.runs.RunDir`) holds the
@@ -47,6 +47,7 @@ from mammobench.data.cache import ImageCache, cache_request
 from mammobench.data.datamodule import EpochSeededLoader, default_workers
 from mammobench.data.dicom import ImageReadError
 from mammobench.data.manifest import cache_folder, manifest_csv, read_manifest
+from mammobench.data.prepare import folder_manifest
 from mammobench.data.preprocess import normalise
 from mammobench.models.factory import create_model, resolve_input_config
 from mammobench.models.loading import LoadReport, load_exact
@@ -396,11 +397,12 @@ def _check(config: Config) -> PretrainConfig:
     return cfg
 
 
-def pretrain(config: Config, *, resume: bool = False, overwrite: bool = False, show_progress: bool = False,
-             callbacks: list[pl.Callback] | None = None) -> PretrainResult:
+def pretrain(config: Config, *, images: str | Path | None = None, resume: bool = False, overwrite: bool = False,
+             show_progress: bool = False, callbacks: list[pl.Callback] | None = None) -> PretrainResult:
     """Pretrain ``config.model.name`` on the manifest's images as ``config.pretrain`` says; see the module.
 
     Args:
+        images: a plain folder of images instead of ``data.manifest``: every image under it (:func:`with_images`).
         resume: continue the run folder's interrupted run from its last checkpoint (same config).
         overwrite: replace a run of the same name (kept aside until the new one trained an epoch).
         callbacks: extra Lightning callbacks.
@@ -409,16 +411,49 @@ def pretrain(config: Config, *, resume: bool = False, overwrite: bool = False, s
         ConfigError, PretrainError, ModelError, RunError: what cannot work, named, before anything is written.
     """
     with callers_determinism():  # Lightning turns deterministic algorithms on process-wide: give the caller's back
-        return _pretrain(config, resume=resume, overwrite=overwrite, show_progress=show_progress, callbacks=callbacks)
+        return _pretrain(config, images, resume=resume, overwrite=overwrite, show_progress=show_progress,
+                         callbacks=callbacks)
 
 
-def _pretrain(config: Config, *, resume: bool, overwrite: bool, show_progress: bool,
-              callbacks: list[pl.Callback] | None) -> PretrainResult:
-    cfg = _check(config)
-    rows = pretrain_rows(config)
-    run = RunDir(config.output.dir / config.run_name())
+def with_images(config: Config, folder: str | Path) -> Config:
+    """``config`` reading every image under ``folder``: their unlabelled manifest (:func:`~mammobench.data.prepare.
+    folder_manifest`) written to ``<output.dir>/<run name>.images`` (the cache beside it) and set as ``data.manifest``
+    (so ``config.yaml`` names it and ``--resume`` needs no folder).
+
+    Raises:
+        ConfigError: ``data.manifest`` or ``data.fold`` set as well. MammobenchError: no image under ``folder``.
+    """
+    _images_alone(config, folder)
+    manifest = folder_manifest(folder, config.output.dir / f"{config.run_name()}.images")
+    return config.model_copy(update={"data": config.data.model_copy(update={"manifest": manifest.parent})})
+
+
+def _images_alone(config: Config, folder: str | Path) -> None:
+    if config.data.manifest is not None or config.data.fold is not None:
+        raise ConfigError(f"--images {folder} replaces data.manifest: give one or the other, and no data.fold "
+                          f"(got data.manifest={config.data.manifest}, data.fold={config.data.fold})")
+
+
+def _inputs(config: Config, images: str | Path | None, run: RunDir, *, resume: bool,
+            overwrite: bool) -> tuple[Config, pd.DataFrame]:
+    """The config reading its images and the rows it may read; the manifest (or the folder's options) checked before
+    the run folder, and the folder's manifest written only when nothing stands in the way."""
+    if images is None:
+        pretrain_rows(config)
+    else:
+        _images_alone(config, images)
     if is_rank_zero():  # the other DDP processes would find the folder "running"
         check_run_dir(run, resume=resume, overwrite=overwrite)
+    if images is not None:
+        config = with_images(config, images)
+    return config, pretrain_rows(config)
+
+
+def _pretrain(config: Config, images: str | Path | None, *, resume: bool, overwrite: bool, show_progress: bool,
+              callbacks: list[pl.Callback] | None) -> PretrainResult:
+    cfg = _check(config)
+    run = RunDir(config.output.dir / config.run_name())
+    config, rows = _inputs(config, images, run, resume=resume, overwrite=overwrite)
     pl.seed_everything(config.seed, workers=True, verbose=False)  # before any weight is drawn
     backbone, feature_dim, report, input_cfg = build_backbone(config)
     cache = ImageCache(cache_folder(config.data.manifest, config.data.cache_dir),
