@@ -100,6 +100,10 @@ def test_what_cannot_be_pretrained_is_refused_by_name(full_prepared, tmp_path, m
     write_manifest(only_test, tmp_path / "only_test", read_manifest_info(full_prepared.out))
     with pytest.raises(module.PretrainError, match="no image outside its test split"):
         module.pretrain(_config(tmp_path / "only_test", tmp_path))
+    gone = read_manifest(full_prepared.out).assign(image_path=lambda f: f["image_path"] + ".moved")
+    write_manifest(gone, tmp_path / "gone", read_manifest_info(full_prepared.out))
+    with pytest.raises(module.PretrainError, match=r"none of the \d+ images could be read \(first: .*\.moved"):
+        module.pretrain(_config(tmp_path / "gone", tmp_path, "simclr", "data.cache_dir=" + str(tmp_path / "c")))
     with pytest.raises(ConfigError, match="pretrain.method"):
         _config(full_prepared.out, tmp_path, "simclr", "pretrain.method=mae")
     with pytest.raises(ConfigError, match="pretrain.crop_size=128 is larger than the images"):

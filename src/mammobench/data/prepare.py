@@ -111,9 +111,8 @@ def folder_manifest(folder: str | Path, out: str | Path) -> Path:
         raise MammobenchError(f"{folder} is not a folder of images")
     files = collect_images([folder])
     if not files:
-        raise MammobenchError(f"{folder} holds no image (looked for DICOM files and "
-                           f"{', '.join(sorted(s for s in IMAGE_SUFFIXES if s not in ('.dcm', '.dicom')))}, in every "
-                           "subfolder)")
+        others = ", ".join(sorted(s for s in IMAGE_SUFFIXES if s not in (".dcm", ".dicom")))
+        raise MammobenchError(f"{folder} holds no image (looked for DICOM files and {others}, in every subfolder)")
     rows = []
     for f in files:
         rel = f.relative_to(folder)

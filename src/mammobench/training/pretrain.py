@@ -215,9 +215,9 @@ class SeededKeys(Sampler[tuple[int, int]]):
         return iter(zip(order, seeds, strict=True))
 
 
-def cached_images(rows: pd.DataFrame, cache: ImageCache, run: RunDir | None) -> tuple[list[Any], pd.DataFrame]:
-    """Every row's cache entry, built now where missing; an image that cannot be read is reported and skipped (in
-    ``run``'s ``skipped.csv``; ``None``: another DDP process writes it), never silently dropped.
+def cached_images(rows: pd.DataFrame, cache: ImageCache) -> tuple[list[Any], pd.DataFrame, pd.DataFrame]:
+    """Every row's cache entry, built now where missing: the requests, the rows kept, and the images that cannot be
+    read (logged, and written by the caller to the run's ``skipped.csv``: skipped, never silently dropped).
 
     Raises:
         PretrainError: none of the images could be read.
@@ -233,12 +233,10 @@ def cached_images(rows: pd.DataFrame, cache: ImageCache, run: RunDir | None) -> 
             continue
         requests.append(request)
         kept.append(row)
-    if skipped and run is not None:
-        atomic_write_csv(run.skipped_path, pd.DataFrame(skipped))
     if not requests:
         raise PretrainError(f"none of the {len(rows)} images could be read (first: {skipped[0]['image_path']}: "
                             f"{skipped[0]['reason']})")
-    return requests, pd.DataFrame(kept)
+    return requests, pd.DataFrame(kept), pd.DataFrame(skipped)
 
 
 # --------------------------------------------------------------------------- the method
@@ -458,9 +456,11 @@ def _pretrain(config: Config, images: str | Path | None, *, resume: bool, overwr
     backbone, feature_dim, report, input_cfg = build_backbone(config)
     cache = ImageCache(cache_folder(config.data.manifest, config.data.cache_dir),
                        config.data.preprocess.with_size(config.data.image_size or DEFAULT_CACHE_SIDE))
+    requests, kept, skipped = cached_images(rows, cache)  # no image readable: refused before anything is moved
     backup = set_aside(run.path) if overwrite and run.path.exists() and not resume and is_rank_zero() else None
     run.path.mkdir(parents=True, exist_ok=True)
-    requests, kept = cached_images(rows, cache, run if is_rank_zero() else None)
+    if len(skipped) and is_rank_zero():
+        atomic_write_csv(run.skipped_path, skipped)
     precision, channels_last = resolve_hardware(config, backbone)
     if channels_last:
         backbone = backbone.to(memory_format=torch.channels_last)
