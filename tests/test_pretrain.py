@@ -172,6 +172,8 @@ def test_a_plain_folder_of_images_is_pretrained_on_and_its_bad_files_reported(fu
     assert sorted(set(seen["patient_id"])) == ["img4", "woman0", "woman1"]
     skipped = pd.read_csv(run.skipped_path)
     assert [Path(p).name for p in skipped["image_path"]] == ["broken.png"]
+    listed = CliRunner().invoke(app, ["weights", "list", str(tmp_path / "runs")], env={"COLUMNS": "1200"})
+    assert f"{run.encoder_path}  test_resnet" in listed.output and "(simclr, 1 epochs on 5 images of" in listed.output
     manifest = load_config(run.config_path).data.manifest
     assert manifest == tmp_path / "runs" / "ssl_simclr.images"
     with pytest.raises(ConfigError, match="unlabelled images"):

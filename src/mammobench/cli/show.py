@@ -222,8 +222,9 @@ def local_encoder_list(folders: list[Path]) -> None:
     for path, info in found:
         if info.pretraining:
             p = info.pretraining
+            held_out = f", fold {p['fold_left_out']} never seen" if p.get("fold_left_out") is not None else ""
             made = (f"mammobench pretrain ({p.get('method')}, {p.get('epochs')} epochs on {p.get('images')} images of "
-                    f"{info.source_file}, seed {p.get('seed')})")
+                    f"{info.source_file}{held_out}, seed {p.get('seed')})")
         else:
             made = f"converted from {info.source_file} ({info.encoder or 'no catalogue entry'})"
         console.print(f"\n[bold]{plain(path)}[/]  {plain(info.architecture)}, SHA-256 {info.sha256[:12]}...",
