@@ -119,3 +119,17 @@ def test_a_frozen_encoder_fine_tuned_trains_only_its_head(demo_prepared, tmp_pat
     trainable = apply_stage(model, module.plan, stage=2, unfreeze_blocks=int(module.stages.unfreeze_blocks))
     assert trainable == set(module.plan.head) and trainable
     assert all(not m.training for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+
+
+def test_features_pooled_another_way_are_not_served_from_the_cache(demo_prepared, tmp_path):
+    """Max and average pooling share every weight: the feature cache must tell them apart (it did not, and a probe
+    with max pooling then read average-pooled features and failed its own head check)."""
+    from mammobench.training.fit import fit
+
+    base = [f"data.manifest={demo_prepared.out}", "model.freeze=all", "trainer.mode=linear_probe",
+            f"output.dir={tmp_path}", "output.tensorboard=false"]
+    first = fit(load_config("demo_cnn", [*base, "output.name=avg"]))
+    embedded = json.loads((first.run_dir / "run.json").read_text())["probe"]["embedded_now"]
+    pooled = fit(load_config("demo_cnn", [*base, "output.name=max", "model.global_pool=max"]))
+    info = json.loads((pooled.run_dir / "run.json").read_text())
+    assert embedded > 0 and info["status"] == "finished" and info["probe"]["embedded_now"] == embedded

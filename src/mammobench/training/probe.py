@@ -65,8 +65,9 @@ class ProbeError(MammobenchError):
 
 
 def encoder_fingerprint(model: nn.Module, *, mean: float, std: float) -> str:
-    """A hash of what makes an image's features: the encoder's weights (not its head), its padding, the
-    normalisation. Two runs with the same fingerprint compute the same features from the same cached image."""
+    """A hash of what makes an image's features: the encoder's weights (not its head), its padding, its pooling
+    (max and average pooling have no weights, yet give other features), the normalisation. Two runs with the same
+    fingerprint compute the same features from the same cached image."""
     head = set(_head_names(model))
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
@@ -75,7 +76,8 @@ def encoder_fingerprint(model: nn.Module, *, mean: float, std: float) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     pads = [str(getattr(m, "static_pad", "")) for m in model.modules() if hasattr(m, "static_pad")]
-    digest.update(repr((type(model).__name__, pads, round(mean, 8), round(std, 8), EMBEDDINGS_FORMAT)).encode())
+    pools = [repr(m) for m in model.modules() if "pool" in type(m).__name__.lower()]
+    digest.update(repr((type(model).__name__, pads, pools, round(mean, 8), round(std, 8), EMBEDDINGS_FORMAT)).encode())
     return digest.hexdigest()[:20]
 
 
