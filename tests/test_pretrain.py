@@ -184,3 +184,25 @@ def test_a_plain_folder_of_images_is_pretrained_on_and_its_bad_files_reported(fu
     (tmp_path / "empty").mkdir()
     empty = cli(tmp_path / "empty", out="other")
     assert empty.exit_code != 0 and "holds no image" in empty.output and not (tmp_path / "other").exists()
+
+
+def test_a_pretraining_stopped_by_ctrl_c_says_interrupted_and_resumes(full_prepared, tmp_path):
+    """Lightning turns Ctrl-C into SystemExit: the run must read "interrupted" (it read "failed"), and resume."""
+    import signal
+
+    from mammobench.training.pretrain import pretrain, resume_pretrain
+
+    class CtrlC(_CrashAt):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == self.epoch:
+                raise KeyboardInterrupt
+
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit):
+            pretrain(_config(full_prepared.out, tmp_path), callbacks=[CtrlC(1)])
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores Ctrl-C after it
+    run = RunDir(tmp_path / "ssl_simclr")
+    assert run.read_info().status == "interrupted"
+    assert resume_pretrain(run.path).status == "finished" and run.read_info().epochs_run == 2

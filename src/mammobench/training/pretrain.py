@@ -484,7 +484,8 @@ def _pretrain(config: Config, images: str | Path | None, *, resume: bool, overwr
         status = "interrupted"
     except BaseException as exc:
         if trainer.is_global_zero:
-            run.write_info({**base, "status": "failed", "error": f"{type(exc).__name__}: {exc}", "stopped": utc_now(),
+            stopped = "interrupted" if isinstance(exc, SystemExit) else "failed"  # Lightning's Ctrl-C ends in SystemExit
+            run.write_info({**base, "status": stopped, "error": f"{type(exc).__name__}: {exc}", "stopped": utc_now(),
                             "train_seconds": time.perf_counter() - t0})
         settle_replaced(backup, run.path, finished=False, started_training=bool(history_cb.rows))
         raise
