@@ -19,6 +19,7 @@ from mammobench.data.preprocess import (
     PreprocessSettings,
     bbox_of,
     breast_mask,
+    chest_wall_side,
     looks_inverted,
     preprocess_with_geometry,
 )
@@ -69,6 +70,10 @@ def test_an_export_folder_is_read_as_mammograms_and_its_bad_files_named(tmp_path
                     preprocess=PreprocessSettings(size=64), cache=CacheOptions(workers=1, preview=False),
                     split=SplitOptions(val_fraction=0.0, test_fraction=0.34))
     assert "whole images: 3 inverted back" in " ".join(again.notes)
+    # no laterality in the table: each woman's two images (chest wall on opposite edges) are two breasts
+    breasts = again.frame.set_index(again.frame["image_path"].map(lambda p: p.rsplit("/", 1)[-1]))["breast_id"]
+    assert breasts["1.jpg"].endswith("/W0/chest-wall-left") and breasts["0.jpg"].endswith("/W0/chest-wall-right")
+    assert breasts.nunique() == 12 and "breast of 12 told from the edge their chest wall lies on" in " ".join(again.notes)
 
 
 def test_an_inverted_export_becomes_the_mammogram_it_was_and_a_label_is_not_the_breast(tmp_path):
@@ -103,18 +108,24 @@ def test_the_real_export_inverted_images_and_crops_are_as_stated():
     mini-MIAS and CBIS-DDSM; the crop keeps the breast's faint periphery (6 of 146 lose tissue; about 14 before)."""
     with open(RSNA / "labels.csv") as handle:
         rows = list(csv.DictReader(handle))[::8]
-    inverted, lost = 0, 0
+    inverted, lost, walls = 0, 0, {}
     for row in rows:
         image = read_image(RSNA / "images" / row["image"])
         if looks_inverted(image):
             inverted += 1
             image = 1 - image
-        x0, y0, x1, y1 = bbox_of(breast_mask(image))
+        mask = breast_mask(image)
+        walls.setdefault((row["patient_id"], chest_wall_side(mask)), set()).add(row["cancer"])
+        x0, y0, x1, y1 = bbox_of(mask)
         inside = np.zeros(image.shape, bool)
         inside[y0:y1, x0:x1] = True
         tissue = image > np.percentile(image, 5) + 0.08
         lost += (tissue & ~inside).sum() > 0.05 * tissue.sum()
     assert inverted == 18 and lost <= 7
+    # a woman's images with the chest wall on one edge are one breast: RSNA labels cancer per breast, so never both
+    # labels in one (all 1,168: 498 such breasts, none mixed, prepare's summary says how many)
+    assert not [key for key, labels in walls.items() if len(labels) > 1]
+    assert 0.4 < sum(side == "left" for _, side in walls) / len(walls) < 0.6
     others = [*(SHARED / "data" / "mini-mias").glob("*.p[ng]*"), *(SHARED / "data" / "cbis-ddsm" / "dicom").glob("*.dcm")]
     assert len(others) == 108 and not any(looks_inverted(read_image(p)) for p in others)
 
@@ -155,6 +166,8 @@ def test_a_table_someone_else_wrote_is_read_with_its_own_column_names(tmp_path):
     assert sorted(manifest["label"].value_counts().items()) == [("MALIGNANT", 4), ("NORMAL", 4)]
     assert manifest["image_path"].str.endswith("images/3_7.jpg").any() and set(manifest["image_type"]) == {"full"}
     assert "1 inverted back" in result.output
+    # every image has its chest wall on the left (an export turned them one way): no breast is made up
+    assert "turned one way" in " ".join(result.output.split()) and manifest["breast_id"].isna().all()
     # what cannot be read is said by name
     for columns, image_dir, expected in [("path=image,label=verdict", "images", "has no column 'verdict'"),
                                          ("path=image,lable=cancer", "images", "'lable' is not a manifest column"),

@@ -211,6 +211,27 @@ def test_breast_table_takes_the_worst_finding_and_reports_what_it_sets_aside():
     assert any("more than once" in n and "x/1/L CC (2)" in n for n in notes)
 
 
+def test_a_breast_without_laterality_is_told_from_its_chest_wall_and_only_when_that_says_something():
+    import pandas as pd
+
+    from mammobench.data.views import breasts_from_chest_wall
+
+    frame = pd.DataFrame({"sample_id": list("abcde"), "dataset": "x", "patient_id": ["1", "1", "1", "2", "2"],
+                          "exam_id": "", "breast_id": ["", "", "", "x/2/R", ""]})
+    ids, note = breasts_from_chest_wall(frame, ["left", "right", "left", "right", None])
+    assert ids.tolist() == ["x/1/chest-wall-left", "x/1/chest-wall-right", "x/1/chest-wall-left", "x/2/R", ""]
+    assert "3 told from the edge" in note and "1 have no side recorded" in note
+    # an export that turned every image one way: the side says nothing, nothing is made up
+    many = pd.DataFrame({"sample_id": [str(i) for i in range(10)], "dataset": "x",
+                         "patient_id": [str(i // 2) for i in range(10)]})
+    ids, note = breasts_from_chest_wall(many, ["left"] * 10)
+    assert ids.eq("").all() and "turned one way" in note
+    # every breast named already: nothing to do
+    named = frame.assign(breast_id=["x/1/L", "x/1/R", "x/1/L", "x/2/R", "x/2/L"])
+    ids, note = breasts_from_chest_wall(named, [None] * 5)
+    assert ids.tolist() == named["breast_id"].tolist() and note == ""
+
+
 @pytest.mark.slow  # it trains a model
 def test_two_view_model_trains_and_evaluates_per_breast_with_a_missing_view(full_prepared, tmp_path):
     from mammobench.data.manifest import read_manifest_info, write_manifest

@@ -69,7 +69,7 @@ class CacheReport:
     whole: int = 0
     unrecorded: int = 0
 
-    def count(self, flags: dict[str, bool] | None) -> None:
+    def count(self, flags: dict[str, Any] | None) -> None:
         if flags is None:
             self.unrecorded += 1
             return
@@ -256,18 +256,20 @@ def flags_path(entry: str | Path) -> Path:
     return Path(entry).with_suffix(".json")
 
 
-def read_flags(entry: str | Path) -> dict[str, bool] | None:
+def read_flags(entry: str | Path) -> dict[str, Any] | None:
     try:
         return dict(json.loads(flags_path(entry).read_text()))
     except (OSError, ValueError):
         return None
 
 
-def geometry_flags(geometry: Geometry) -> dict[str, bool]:
-    return {"inverted": geometry.inverted, "cropped": geometry.cropped}
+def geometry_flags(geometry: Geometry) -> dict[str, Any]:
+    """What preprocessing did (inverted back, cropped) and the chest wall's side of a whole image (``left``,
+    ``right``; ``None`` when no breast was looked for): written beside the entry, read by :func:`read_flags`."""
+    return {"inverted": geometry.inverted, "cropped": geometry.cropped, "chest_wall": geometry.chest_wall}
 
 
-def _build_job(job: tuple[CacheRequest, str, PreprocessSettings]) -> dict[str, bool] | str:
+def _build_job(job: tuple[CacheRequest, str, PreprocessSettings]) -> dict[str, Any] | str:
     """Worker: build one entry; return what preprocessing did (:func:`geometry_flags`) or the reason it failed."""
     request, entry, settings = job
     try:

@@ -22,7 +22,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 import mammobench
-from mammobench.data.cache import ImageCache, cache_request
+from mammobench.data.cache import ImageCache, cache_request, read_flags
 from mammobench.data.demo import DEMO_DATASET, SYNTHETIC_NOTICE, generate_demo_dataset, is_synthetic
 from mammobench.data.images import IMAGE_SUFFIXES, collect_images
 from mammobench.data.labels import (
@@ -41,7 +41,7 @@ from mammobench.data.sources import SourceOptions, check_options, load_source
 from mammobench.data.sources.base import Skipped
 from mammobench.data.splits import SplitReport, check_no_leakage, split_kfold, split_official, split_random
 from mammobench.data.summary import count_table, majority_accuracy, preview_grid
-from mammobench.data.views import breast_key, normalise_view
+from mammobench.data.views import breast_key, breasts_from_chest_wall, normalise_view
 from mammobench.runtime import (
     MammobenchError,
     atomic_write_csv,
@@ -262,6 +262,8 @@ def prepare(
         records.notes.append(_check_shards(out, images))
     if decoding.build:
         _decode(records, images, workers=decoding.workers, processes=decoding.processes, show_progress=show_progress)
+        if mode == "full":
+            _breasts_from_images(records, images)
     if records.frame.empty:
         where = _write_failed_skipped(out, records.skipped)
         raise MammobenchError(f"no readable image left in {records.root} ({len(records.skipped)} skipped; every one "
@@ -292,6 +294,17 @@ def _decode(records: Records, cache: ImageCache, *, workers: int, processes: boo
     records.notes.append(f"cache {cache.folder}: {report.built} built, {report.reused} reused, {len(report.failed)} failed")
     if report.summary():
         records.notes.append(report.summary())
+
+
+def _breasts_from_images(records: Records, cache: ImageCache) -> None:
+    """Whole images with no laterality: their breast told from the chest-wall side the cache recorded."""
+    frame = records.frame
+    if frame.empty or ("breast_id" in frame.columns and frame["breast_id"].astype(str).str.strip().ne("").all()):
+        return
+    walls = [(read_flags(cache.entry_path(cache_request(row))) or {}).get("chest_wall") for _, row in frame.iterrows()]
+    frame["breast_id"], note = breasts_from_chest_wall(frame, walls)
+    if note:
+        records.notes.append(note)
 
 
 def _split(records: Records, options: SplitOptions) -> tuple[pd.DataFrame, SplitReport]:

@@ -178,6 +178,8 @@ class Geometry:
     window: tuple[float, float] | None = None  # intensities mapped to 0 and 1 (None: the decoded ones as they are)
     clahe: tuple[float, int] | None = None  # CLAHE clip and tiles applied after the window
     inverted: bool = False  # the decoded image was inverted back first (an export's white background)
+    #: which edge of the decoded image the chest wall lies on (a whole image whose breast was found), else None
+    chest_wall: Literal["left", "right"] | None = None
 
     @property
     def cropped(self) -> bool:
@@ -241,13 +243,15 @@ def preprocess_with_geometry(
     box = (0, 0, w, h)
     mask: np.ndarray | None = None
     flip = False
+    wall: Literal["left", "right"] | None = None
     image, inverted = _as_displayed(image, settings, whole=roi is None) if full_image else (image, False)
     limits: tuple[float, float] | None = None  # the window, when it is measured before the ROI is cut out
     needs_mask = settings.crop_breast or settings.canonical_side != "none" or settings.window_from == "image"
     if full_image and needs_mask:
         mask = breast_mask(image)
-        if settings.canonical_side != "none":
-            flip = chest_wall_side(mask) != settings.canonical_side
+        side = chest_wall_side(mask)
+        wall = side if roi is None else None
+        flip = settings.canonical_side != "none" and side != settings.canonical_side
     if roi is not None:
         x0, y0, x1, y1 = roi
         if x0 >= w or y0 >= h:
@@ -285,7 +289,7 @@ def preprocess_with_geometry(
         align = settings.canonical_side
     out = resize_pad(image, settings.size, settings.keep_aspect, align)
     return out, Geometry((h, w), box, flip, _placement(image.shape, settings.size, settings.keep_aspect, align),
-                         window=limits, clahe=clahe, inverted=inverted)
+                         window=limits, clahe=clahe, inverted=inverted, chest_wall=wall)
 
 
 def _as_displayed(image: np.ndarray, settings: PreprocessSettings, *, whole: bool) -> tuple[np.ndarray, bool]:

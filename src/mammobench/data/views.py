@@ -59,6 +59,44 @@ def breast_key(frame: pd.DataFrame) -> pd.Series:
     return (patient_key(frame) + "/" + exam + side).where(side != "", "")
 
 
+def breasts_from_chest_wall(frame: pd.DataFrame, walls: Sequence[str | None]) -> tuple[pd.Series, str]:
+    """Each whole image's breast where the table names none (no laterality, no ``breast_id``): a woman's images
+    whose chest wall lies on the same edge are one breast (``dataset/patient[/exam]/chest-wall-left``). Both views of
+    a breast are taken with its chest wall on one edge, so this groups CC with MLO; which breast (L or R) it is stays
+    unknown, and ``laterality`` stays empty.
+
+    Args:
+        frame: manifest rows (``patient_id``, ``dataset``, optional ``exam_id`` and ``breast_id``).
+        walls: per row, the edge the chest wall was found on (``left``/``right``; ``None``: not looked for).
+
+    Returns:
+        ``(breast_id, note)``: the rows' ``breast_id`` (those already named kept, the rest inferred where the side is
+        known) and what was done, for the summary (empty when nothing was inferred). Nothing is inferred when every
+        image has its chest wall on the same edge: an export that turned all images one way says nothing of sides.
+    """
+    given = (frame["breast_id"].astype(str).str.strip() if "breast_id" in frame.columns
+             else pd.Series("", index=frame.index))
+    side = pd.Series([w if w in ("left", "right") else "" for w in walls], index=frame.index)
+    todo = given.eq("")
+    if not todo.any():
+        return given, ""
+    known = todo & side.ne("")
+    if known.sum() and side[known].nunique() == 1 and known.sum() >= 8:
+        return given, (f"{int(todo.sum())} image(s) have no laterality, and every one has its chest wall on the "
+                       f"{side[known].iloc[0]}: the images were turned one way, so their breast is unknown "
+                       "(no breast-level results; add a laterality column)")
+    exam = frame["exam_id"].astype(str).map(lambda e: f"{e}/" if e else "") if "exam_id" in frame.columns else ""
+    inferred = patient_key(frame) + "/" + exam + "chest-wall-" + side
+    out = given.where(~known, inferred)
+    note = (f"{int(todo.sum())} image(s) have no laterality: the breast of {int(known.sum())} told from the edge "
+            f"their chest wall lies on ({out[known].nunique()} breasts of {patient_key(frame)[known].nunique()} "
+            "women, a breast's views together; which breast is L and which R stays unknown)")
+    if known.sum() < todo.sum():
+        note += (f"; {int(todo.sum() - known.sum())} have no side recorded (cached before mammobench recorded it: "
+                 "delete the cache folder to look again), so no breast level")
+    return out, note
+
+
 def breast_ids(frame: pd.DataFrame) -> pd.Series:
     """Each row's breast: its ``breast_id`` when the manifest has one, else dataset/patient[/exam]/laterality.
 
