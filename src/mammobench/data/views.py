@@ -92,8 +92,9 @@ def breasts_from_chest_wall(frame: pd.DataFrame, walls: Sequence[str | None]) ->
             f"their chest wall lies on ({out[known].nunique()} breasts of {patient_key(frame)[known].nunique()} "
             "women, a breast's views together; which breast is L and which R stays unknown)")
     if known.sum() < todo.sum():
-        note += (f"; {int(todo.sum() - known.sum())} have no side recorded (cached before mammobench recorded it: "
-                 "delete the cache folder to look again), so no breast level")
+        note += (f"; {int(todo.sum() - known.sum())} have no side recorded (cached before mammobench recorded it, "
+                 "or preprocessed without looking for the breast: delete the cache folder to look again), so no "
+                 "breast level")
     return out, note
 
 
