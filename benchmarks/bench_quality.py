@@ -162,9 +162,10 @@ def mammobench_whole(folder: Path, prepared: Path, weights: Path, args: argparse
     reused)."""
     from mammobench.training.reuse import train_or_reuse
 
+    head = load_config("efficientnet_lite0_whole", list(args.set)).stages.head_epochs  # the budget counts every epoch
     cfg = load_config("efficientnet_lite0_whole", [
         f"data.manifest={folder}", f"data.fold={k}", f"data.cache_dir={prepared / 'cache'}", f"model.pretrained={weights}",
-        f"data.image_size={args.size}", f"stages.finetune_epochs={args.epochs}", f"seed={42 + r}",
+        f"data.image_size={args.size}", f"stages.finetune_epochs={args.epochs - head}", f"seed={42 + r}",
         f"output.dir={args.out / 'runs'}", f"output.name=r{r}_f{k}", "output.tensorboard=false", *args.set])
     run = train_or_reuse(cfg)
     return evaluate(run, split="test", n_boot=0).predictions[["sample_id", "patient_id", "label", "prob_MALIGNANT"]]

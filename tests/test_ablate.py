@@ -163,6 +163,35 @@ def test_a_crashing_cell_is_recorded_and_the_study_goes_on(tmp_path, demo_prepar
     assert "Failed cells" in (tmp_path / "study" / "report.md").read_text()
 
 
+def test_a_stopped_worker_stops_and_its_cell_is_queued_again(tmp_path, demo_prepared, monkeypatch):
+    """Ctrl-C or a cluster's SIGTERM in a cell makes training raise Interrupted (training.fit): the worker stops there,
+    the other cells stay queued, and the same command queues the stopped cell again. (Before: the cell
+    was recorded as failed and the worker went on to the next one, so a pre-empted job kept training.)"""
+    import mammobench.experiments.workers as workers
+    from mammobench.runtime import Interrupted
+
+    path = study_file(tmp_path, demo_prepared.out, cv={"repeats": 1, "folds": 2, "seed": 0})
+    spec, out, real = load_study(path), tmp_path / "study", workers.run_cell
+    calls = []
+
+    def stopped_in_the_first(*args, **kwargs):
+        calls.append((args[3], args[5], args[6]))  # variant, repeat, fold
+        if len(calls) == 1:
+            raise Interrupted("training of runs/x stopped in epoch 1 (no epoch had finished)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(workers, "run_cell", stopped_in_the_first)
+    setup(spec, out)
+    with pytest.raises(Interrupted, match="run the same ablate command again"):
+        run_worker(spec, out)
+    assert len(calls) == 1, "the worker stopped with its cell"
+    states = sorted(t.state.name for t in _trials(out))
+    assert states == ["FAIL", "WAITING", "WAITING", "WAITING"]
+    setup(spec, out)  # what the same command does first: the stopped cell is queued again, nothing twice
+    waiting = sorted(cell_of(t) for t in _trials(out) if t.state.name == "WAITING")
+    assert waiting == sorted([("default", 0, 0), ("default", 0, 1), ("ce", 0, 0), ("ce", 0, 1)])
+
+
 def test_grid_and_search_designs(tmp_path, demo_prepared):
     grid = load_study(study_file(tmp_path, demo_prepared.out, variants={}, grid={"optim.lr": [0.001, 0.003]}))
     assert list(grid.variant_overrides()) == ["default", "optim.lr=0.001", "optim.lr=0.003"]

@@ -31,6 +31,7 @@ from mammobench.experiments.study import (
     study_config,
     yaml_value,
 )
+from mammobench.runtime import Interrupted
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +168,11 @@ def run_worker(spec: StudySpec, out: Path, storage_url: str | None = None, *, ma
         # catch=Exception: a crashed cell is recorded as failed (with its error) and the study goes on.
         try:
             study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+            if objective.interrupted is not None:
+                # Ctrl-C or SIGTERM (a cluster's pre-emption) stopped the cell: stop the worker, not just the cell
+                # (the cell is recorded as failed, so the next `ablate` queues it again)
+                raise Interrupted(f"{objective.interrupted}; or run the same ablate command again: every finished "
+                                  "cell is kept and this one is queued again")
         except ValueError:
             # Optuna cannot record a trial that another process already finished: ours was declared stale and
             # failed (its cell is queued again). Anything else is a real error.
@@ -187,6 +193,7 @@ class _Objective:
         self.base = study_config(spec, [])
         self.variants = spec.variant_overrides()
         self.last: int | None = None
+        self.interrupted: Interrupted | None = None  # the cell was stopped by Ctrl-C or SIGTERM
 
     def __call__(self, trial: Any) -> float:
         import optuna
@@ -205,6 +212,10 @@ class _Objective:
         try:
             result = run_cell(self.spec, self.base, self.out, variant, self.variants[variant], repeat, fold)
         except Exception as exc:
+            if isinstance(exc, Interrupted):
+                self.interrupted = exc
+                trial.set_user_attr("error", "interrupted (Ctrl-C or SIGTERM)")
+                raise
             log = write_cell_log(self.out, variant, repeat, fold)
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
             logger.error("%s repeat %d fold %d failed: %s: %s (traceback: %s)", variant, repeat, fold,
