@@ -81,7 +81,7 @@ def breasts_from_chest_wall(frame: pd.DataFrame, walls: Sequence[str | None]) ->
     if not todo.any():
         return given, ""
     known = todo & side.ne("")
-    if known.sum() and side[known].nunique() == 1 and known.sum() >= 8:
+    if known.sum() >= 8 and side[known].nunique() == 1:
         return given, (f"{int(todo.sum())} image(s) have no laterality, and every one has its chest wall on the "
                        f"{side[known].iloc[0]}: the images were turned one way, so their breast is unknown "
                        "(no breast-level results; add a laterality column)")
