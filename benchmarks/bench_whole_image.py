@@ -2,7 +2,8 @@
 gradient checkpointing, mammobench's training step against a plain PyTorch + timm loop, in one run.
 
     python benchmarks/bench_whole_image.py [--models resnet50 efficientnet_b0] [--sizes 224 512 1024x512 1152x896]
-                                           [--batches 2] [--steps 3] [--device cpu|cuda]
+                                           [--batches 2] [--steps 3] [--device cpu|cuda] [--views 1|2]
+                                           [--ckpt off on]
 
 Every measurement runs in its own process (peak memory is then that configuration's alone: the resident
 set size on a CPU, ``torch.cuda.max_memory_allocated`` on a GPU), the two arms alternating which goes
@@ -16,6 +17,11 @@ set, gradient checkpointing (timm's ``set_grad_checkpointing``); on a GPU both u
 
 The figure is the median time per optimiser step after ``--warmup`` steps, as images/s. ``--accumulate``
 shows the effective batch a small per-step batch reaches (``trainer.accumulate``).
+
+``--views 2``: a two-view model (a breast's CC and MLO through one shared encoder, features concatenated): in the
+plain arm the timm backbone on both views and one linear layer; in mammobench's ``create_model(fusion="concat")``
+(``model.views``) with its view mask. A batch is that many breasts; images/s counts every view. Vision
+Transformers get the input size as timm's ``img_size`` in both arms (their position embeddings are sized by it).
 """
 
 from __future__ import annotations
@@ -46,17 +52,39 @@ def _peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
 
 
-def run_plain(model_name: str, hw: tuple[int, int], batch: int, steps: int, warmup: int, ckpt: bool, device: str) -> list[float]:
+def _img_size(model_name: str, hw: tuple[int, int]) -> dict:  # type: ignore[type-arg]
+    """timm's ``img_size`` for transformers (their position embeddings follow it), nothing for CNNs."""
+    return {"img_size": hw} if "vit" in model_name or "deit" in model_name else {}
+
+
+def run_plain(model_name: str, hw: tuple[int, int], batch: int, steps: int, warmup: int, ckpt: bool, device: str,
+              views: int = 1) -> list[float]:
     import timm
     import torch
     import torch.nn.functional as F
 
     torch.manual_seed(0)
-    model = timm.create_model(model_name, pretrained=False, num_classes=2, in_chans=1).to(device).train()
+    if views == 1:
+        model = timm.create_model(model_name, pretrained=False, num_classes=2, in_chans=1, **_img_size(model_name, hw))
+        backbone = model
+    else:
+        class Views(torch.nn.Module):  # one shared encoder over every view, pooled features concatenated, one layer
+            def __init__(self) -> None:
+                super().__init__()
+                self.backbone = timm.create_model(model_name, pretrained=False, num_classes=0, in_chans=1,
+                                                  **_img_size(model_name, hw))
+                self.head = torch.nn.Linear(self.backbone.num_features * views, 2)
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.head(self.backbone(x.flatten(0, 1)).reshape(x.shape[0], -1))
+
+        model = Views()
+        backbone = model.backbone
+    model.to(device).train()
     if ckpt:
-        model.set_grad_checkpointing(True)
+        backbone.set_grad_checkpointing(True)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randn(batch, 1, *hw, device=device)
+    x = torch.randn(batch, *((views,) if views > 1 else ()), 1, *hw, device=device)
     y = torch.randint(0, 2, (batch,), device=device)
     times = []
     for _ in range(warmup + steps):
@@ -74,7 +102,7 @@ def run_plain(model_name: str, hw: tuple[int, int], batch: int, steps: int, warm
 
 
 def run_mammobench(model_name: str, hw: tuple[int, int], batch: int, steps: int, warmup: int, ckpt: bool,
-                   device: str, accumulate: int) -> list[float]:
+                   device: str, accumulate: int, views: int = 1) -> list[float]:
     import lightning.pytorch as pl
     import torch
     from torch.utils.data import DataLoader, Dataset
@@ -91,7 +119,10 @@ def run_mammobench(model_name: str, hw: tuple[int, int], batch: int, steps: int,
 
         def __getitem__(self, i: int) -> dict[str, torch.Tensor | int]:
             g = torch.Generator().manual_seed(i % batch)
-            return {"image": torch.randn(1, *hw, generator=g), "target": i % 2, "index": i}
+            if views == 1:
+                return {"image": torch.randn(1, *hw, generator=g), "target": i % 2, "index": i}
+            return {"image": torch.randn(views, 1, *hw, generator=g), "view_mask": torch.ones(views, dtype=torch.bool),
+                    "target": i % 2, "index": i}
 
     class StepTimes(pl.Callback):
         def __init__(self) -> None:
@@ -114,7 +145,8 @@ def run_mammobench(model_name: str, hw: tuple[int, int], batch: int, steps: int,
                       [f"model.name={model_name}", "model.pretrained=none", f"data.batch_size={batch}",
                        f"model.grad_checkpointing={str(ckpt).lower()}", f"trainer.accumulate={accumulate}"])
     torch.manual_seed(0)
-    model, _ = create_model(model_name, num_classes=2, pretrained="none")
+    model, _ = create_model(model_name, num_classes=2, pretrained="none", fusion="concat" if views > 1 else None,
+                            num_views=views, img_size=_img_size(model_name, hw).get("img_size"))
     if ckpt:
         model.set_grad_checkpointing(True)  # type: ignore[operator]
     module = LesionClassifier(model, labels=["BENIGN", "MALIGNANT"], loss=create_loss("ce", num_classes=2),
@@ -136,13 +168,15 @@ def one(spec: dict) -> dict:  # type: ignore[type-arg]
     torch.set_num_threads(spec["threads"])
     hw = tuple(spec["hw"])
     args = (spec["model"], hw, spec["batch"], spec["steps"], spec["warmup"], spec["ckpt"], spec["device"])
+    views = spec.get("views", 1)
     try:
-        times = run_plain(*args) if spec["arm"] == "plain" else run_mammobench(*args, spec["accumulate"])
+        times = (run_plain(*args, views=views) if spec["arm"] == "plain" else
+                 run_mammobench(*args, spec["accumulate"], views=views))
     except torch.OutOfMemoryError:
         return {**spec, "images_per_s": None, "peak_mb": None, "error": "out of memory"}
     step = statistics.median(times)
-    return {**spec, "images_per_s": spec["batch"] * (spec["accumulate"] if spec["arm"] != "plain" else 1) / step,
-            "peak_mb": _peak_memory_mb(spec["device"]), "error": ""}
+    images = spec["batch"] * views * (spec["accumulate"] if spec["arm"] != "plain" else 1)
+    return {**spec, "images_per_s": images / step, "peak_mb": _peak_memory_mb(spec["device"]), "error": ""}
 
 
 def main() -> None:
@@ -154,6 +188,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--accumulate", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--views", type=int, default=1, help="views per sample: 2 = a two-view (CC + MLO) model")
+    parser.add_argument("--ckpt", nargs="+", choices=["off", "on"], default=["off", "on"], help="gradient checkpointing")
     parser.add_argument("--out", type=Path, default=Path("/tmp/mammobench_bench_whole_image.json"))
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -169,13 +205,13 @@ def main() -> None:
     for model in args.models:
         for size in args.sizes:
             for batch in args.batches:
-                for ckpt in (False, True):
+                for ckpt in [c == "on" for c in args.ckpt]:
                     arms = ["plain", "mammobench"] if n % 2 == 0 else ["mammobench", "plain"]
                     n += 1
                     for arm in arms:
                         spec = {"arm": arm, "model": model, "hw": list(_size(size)), "batch": batch, "ckpt": ckpt,
                                 "steps": args.steps, "warmup": args.warmup, "device": args.device, "threads": threads,
-                                "accumulate": args.accumulate}
+                                "accumulate": args.accumulate, "views": args.views}
                         done = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True,
                                               text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
                         lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
@@ -188,7 +224,8 @@ def main() -> None:
     args.out.write_text(json.dumps(rows, indent=2))
     gpu = torch.cuda.get_device_name(0) if args.device == "cuda" else ""
     print(f"\n# whole-image training - {time.strftime('%Y-%m-%d')} - {gpu or platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs, torch {torch.__version__}, {threads} threads, {time.time() - t0:.0f} s")
+          f"{os.cpu_count()} CPUs, torch {torch.__version__}, {threads} threads, {time.time() - t0:.0f} s"
+          + (f"; {args.views} views per sample (batch = samples, img/s = views)" if args.views > 1 else ""))
     print("| model | input (H x W) | batch | grad ckpt | plain img/s | mammobench img/s | ratio | plain peak MB | "
           "mammobench peak MB |")
     print("|---|---|---|---|---|---|---|---|---|")
