@@ -9,7 +9,11 @@ cancer. The plain arm is ``../shared/tools/rsna_plain_reference.py`` as written,
 ``StratifiedGroupKFold(K, shuffle=True, random_state=seed)`` on the labels table's rows, seed = fold seed + r); the
 mammobench arm is ``efficientnet_lite0_whole`` as shipped on exactly those folds, its images prepared as a user
 prepares the export (``prepare csv labels.csv --columns path=image,label=cancer ...``). Both at the reference's
-budget (``--size``, ``--epochs``). Each arm's finished cells are kept in ``--out``: a rerun resumes.
+budget (``--size``, ``--epochs``). Each arm's finished cells are kept in ``--out``: a rerun resumes. The reference
+is run through ``runpy`` (the same code and arguments, the same output) so that the out-of-fold probabilities it
+leaves in its ``oof`` array are kept: both arms are then also compared pooled per image, per breast (the mean of
+its images; the breast from ``prepare``: the chest wall's side on this export) and per woman (her highest image),
+each difference with a paired patient bootstrap.
 
 Lesions (the default): ``--plain as-written`` runs ``../shared/tools/mias_plain_reference.py`` itself (its 5 folds,
 ``random_state=0``, its 12 epochs: one repeat, as the reference has one) and the preset on exactly those folds; the
@@ -140,10 +144,27 @@ def reference_folds(table: pd.DataFrame, folds: int, seed: int) -> np.ndarray:
     return fold
 
 
-def plain_whole(rsna: Path, weights: Path, args: argparse.Namespace, seed: int) -> dict[int, tuple[float, float]]:
-    """``{fold: (AUC, seconds)}`` of the reference script as written, run once for fold seed ``seed`` (its log kept
-    in ``--out``; a complete log is read instead of running it again)."""
-    log = args.out / f"plain_seed{seed}_{args.folds}fold_{args.size}px_{args.epochs}ep.log"
+# Runs the reference script itself (runpy, as ``python script ...`` would: the same code, arguments and output) and
+# then writes the out-of-fold probabilities it leaves in its ``oof`` array, one row per row of its labels table.
+KEEP_PREDICTIONS = """
+import csv, runpy, sys
+script, out = sys.argv[1], sys.argv[2]
+sys.argv = [script, *sys.argv[3:]]
+done = runpy.run_path(script, run_name="__main__")
+with open(out + ".part", "w", newline="") as f:
+    csv.writer(f).writerows([("image", "prob_MALIGNANT"), *zip((r["image"] for r in done["rows"]), done["oof"])])
+__import__("os").replace(out + ".part", out)
+"""
+
+
+def plain_whole(rsna: Path, weights: Path, args: argparse.Namespace, seed: int
+                ) -> tuple[dict[int, tuple[float, float]], pd.DataFrame | None]:
+    """``{fold: (AUC, seconds)}`` of the reference script as written, run once for fold seed ``seed``, and its
+    out-of-fold probability of every image (``image``, ``prob_MALIGNANT``). Its log and predictions are kept in
+    ``--out`` and read instead of running it again; a complete log from before predictions were kept gives the
+    fold AUCs alone (None: that repeat stays out of the pooled comparisons; delete the log to run it again)."""
+    stem = args.out / f"plain_seed{seed}_{args.folds}fold_{args.size}px_{args.epochs}ep"
+    log, predictions = stem.with_suffix(".log"), stem.with_suffix(".predictions.csv")
 
     def parsed() -> dict[int, tuple[float, float]]:
         lines = log.read_text().splitlines() if log.is_file() else []
@@ -152,9 +173,13 @@ def plain_whole(rsna: Path, weights: Path, args: argparse.Namespace, seed: int) 
     if len(parsed()) < args.folds:
         script = args.shared / "tools" / "rsna_plain_reference.py"
         with log.open("w") as out:
-            subprocess.run([sys.executable, str(script), str(rsna), str(weights), "tf_efficientnet_lite0", str(args.epochs),
-                            str(args.size), str(args.folds), str(seed)], stdout=out, stderr=subprocess.STDOUT, check=True)
-    return parsed()
+            subprocess.run([sys.executable, "-c", KEEP_PREDICTIONS, str(script), str(predictions), str(rsna), str(weights),
+                            "tf_efficientnet_lite0", str(args.epochs), str(args.size), str(args.folds), str(seed)],
+                           stdout=out, stderr=subprocess.STDOUT, check=True)
+    if not predictions.is_file():
+        print(f"{log.name}: an earlier run's fold AUCs without its predictions; fold seed {seed} stays out of the pooled "
+              "comparisons", flush=True)
+    return parsed(), pd.read_csv(predictions) if predictions.is_file() else None
 
 
 def mammobench_whole(folder: Path, prepared: Path, weights: Path, args: argparse.Namespace, r: int, k: int) -> pd.DataFrame:
@@ -193,7 +218,11 @@ def whole(args: argparse.Namespace) -> None:
         folded = frame.assign(fold=reference_folds(table, args.folds, seed)[rows])
         folder = args.out / f"repeat{r}"
         write_manifest(folded, folder, read_manifest_info(prepared.out))
-        plain = plain_whole(rsna, weights, args, seed) if args.only != "mammobench" else {}
+        plain, plain_preds = plain_whole(rsna, weights, args, seed) if args.only != "mammobench" else ({}, None)
+        if plain_preds is not None:  # the reference's rows are the labels table's: each image's sample
+            by_image = folded.assign(image=folded["image_path"].map(lambda p: Path(p).name))
+            oof.append(by_image[["sample_id", "patient_id", "label", "image"]].merge(plain_preds, on="image")
+                       .drop(columns="image").assign(repeat=r, arm="plain"))
         for k in range(args.folds if args.only != "plain" else 0):
             t = time.time()
             preds = mammobench_whole(folder, prepared.out, weights, args, r, k)
@@ -203,11 +232,30 @@ def whole(args: argparse.Namespace) -> None:
                           "plain": plain.get(k, (np.nan, np.nan))[0], "plain_seconds": plain.get(k, (np.nan, np.nan))[1],
                           "mammobench": safe_auc(y, preds["prob_MALIGNANT"].to_numpy(), warn=False),
                           "mammobench_seconds": time.time() - t})
-            oof.append(preds.assign(repeat=r))
+            oof.append(preds.assign(repeat=r, arm="mammobench"))
             print(f"repeat {r} fold {k}: plain {cells[-1]['plain']:.3f}  mammobench {cells[-1]['mammobench']:.3f}", flush=True)
     if args.only:
         return  # one arm's cells, kept for the run that compares them
     report_whole(pd.DataFrame(cells), pd.concat(oof, ignore_index=True), frame, args, time.time() - t0)
+
+
+def screening_levels(oof: pd.DataFrame, frame: pd.DataFrame) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
+    """The out-of-fold rows (``sample_id``, ``label``, ``prob_MALIGNANT``, ``arm``, ``repeat``) at each level screening
+    is measured, each with its units' women: per image; per breast, the mean of its images (the breast from
+    ``prepare``: laterality, or the chest wall's side on an export without it); per woman, her highest image."""
+    def level(rows: pd.DataFrame, unit: str, how: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+        out = rows.assign(unit=rows[unit]).groupby(["arm", "repeat", "unit"], as_index=False).agg(
+            label=("label", lambda s: "MALIGNANT" if (s == "MALIGNANT").any() else "NORMAL"),
+            prob_MALIGNANT=("prob_MALIGNANT", how), patient_id=("patient_id", "first"))
+        return (out.drop(columns="patient_id").rename(columns={"unit": "sample_id"}),
+                out[["unit", "patient_id"]].drop_duplicates("unit").rename(columns={"unit": "sample_id"}))
+
+    rows = oof.merge(frame[["sample_id", "breast_id"]], on="sample_id", how="left")
+    levels = {"image": (oof, frame[["sample_id", "patient_id"]]), "woman (her highest image)": level(rows, "patient_id", "max")}
+    breasts = rows[rows["breast_id"].fillna("").astype(str) != ""]
+    if len(breasts) == len(rows):
+        levels["breast (the mean of its images)"] = level(breasts, "breast_id", "mean")
+    return levels
 
 
 def report_whole(cells: pd.DataFrame, oof: pd.DataFrame, frame: pd.DataFrame, args: argparse.Namespace,
@@ -230,11 +278,20 @@ def report_whole(cells: pd.DataFrame, oof: pd.DataFrame, frame: pd.DataFrame, ar
     summary["difference"] = {"mean": d.mean, "ci": d.ci, "p": d.p, "n": d.n}
     print(f"\nmammobench - plain, per cell: {d.mean:+.3f} [{d.ci[0]:+.3f}, {d.ci[1]:+.3f}] (corrected resampled t-test, "
           f"p = {d.p:.3f}, {d.n} paired cells; mammobench ahead in {int((cells['mammobench'] > cells['plain']).sum())})")
-    y = (oof["label"] == "MALIGNANT").to_numpy()
-    woman = oof.groupby(["repeat", "patient_id"]).agg(y=("label", lambda s: (s == "MALIGNANT").any()),
-                                                      p=("prob_MALIGNANT", "max"))
-    print(f"mammobench pooled out-of-fold AUC per image {safe_auc(y, oof['prob_MALIGNANT'].to_numpy(), warn=False):.3f}, "
-          f"per woman (her highest image) {safe_auc(woman['y'].to_numpy(), woman['p'].to_numpy(), warn=False):.3f}")
+    print("\n| pooled out-of-fold AUC [patient bootstrap 95 % CI] | plain | mammobench | mammobench - plain (paired) |")
+    print("|---|---|---|---|")
+    paired = oof.groupby("repeat")["arm"].transform("nunique") == len(ARMS)  # repeats with both arms' predictions
+    print(f"(pooled over fold seeds {sorted(args.fold_seed + r for r in oof.loc[paired, 'repeat'].unique())}: both arms' "
+          "predictions kept)")
+    for level, (rows, units) in screening_levels(oof[paired], frame).items():
+        if rows.empty:
+            continue
+        pooled = pooled_auc(rows, units)
+        summary[f"pooled_{level}"] = pooled
+        print(f"| {level} | " + " | ".join(f"{pooled[k]['value']:{'+' if k == 'difference' else ''}.3f} "
+                                            f"[{pooled[k]['ci'][0]:{'+' if k == 'difference' else ''}.3f}, "
+                                            f"{pooled[k]['ci'][1]:{'+' if k == 'difference' else ''}.3f}]"
+                                            for k in (*ARMS, "difference")) + " |")
     cells.to_csv(args.out / "cells.csv", index=False)
     oof.to_csv(args.out / "out_of_fold.csv", index=False)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
