@@ -42,7 +42,7 @@ if [ -n "${SMALL:-}" ]; then  # toy sizes: checks the script, measures nothing
   big=128x96; vit=64; batch=2; vbatch=2; steps="--steps 1 --warmup 1"; train="--models resnet18 --size 64 --n 32 --batch 8"
 else
   big=1152x896; vit=224; batch=8; vbatch=64; steps="--steps 8 --warmup 3"
-  train="--models resnet50 vit_base_patch16_224 --size 224 --n 1024 --batch 64"
+  train="--models resnet50 vit_base_patch16_224 --size 224 --n 512 --batch 64"
 fi
 
 step() {  # step NAME SECONDS COMMAND...: one benchmark, its output in OUT/NAME.log, cut at SECONDS
@@ -59,14 +59,14 @@ step() {  # step NAME SECONDS COMMAND...: one benchmark, its output in OUT/NAME.
 } | tee "$out/machine.txt"
 
 # shellcheck disable=SC2086
-step whole_1152x896 200 "$py" benchmarks/bench_whole_image.py --device "$device" --models resnet50 efficientnet_b0 \
+step whole_1152x896 180 "$py" benchmarks/bench_whole_image.py --device "$device" --models resnet50 efficientnet_b0 \
   --sizes "$big" --batches "$batch" --ckpt off on $steps --out "$out/whole_1152x896.json"
 # shellcheck disable=SC2086
-step vit_b16 90 "$py" benchmarks/bench_whole_image.py --device "$device" --models vit_base_patch16_224 \
+step vit_b16 75 "$py" benchmarks/bench_whole_image.py --device "$device" --models vit_base_patch16_224 \
   --sizes "$vit" --batches "$vbatch" --ckpt off $steps --out "$out/vit_b16.json"
 # shellcheck disable=SC2086
-step two_view_bf16 90 "$py" benchmarks/bench_whole_image.py --device "$device" --models efficientnet_b0 --views 2 \
+step two_view_bf16 75 "$py" benchmarks/bench_whole_image.py --device "$device" --models efficientnet_b0 --views 2 \
   --sizes "$big" --batches $((batch / 2)) --ckpt off $steps --out "$out/two_view_bf16.json"
 # shellcheck disable=SC2086
-step train_loop 150 "$py" benchmarks/bench_train.py --device "$device" $train --epochs 3 --repeats 2
+step train_loop 160 "$py" benchmarks/bench_train.py --device "$device" $train --epochs 3 --repeats 2
 echo "== done $(date -u +%H:%M:%S); logs in $out"
