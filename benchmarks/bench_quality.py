@@ -281,7 +281,7 @@ def report_whole(cells: pd.DataFrame, oof: pd.DataFrame, frame: pd.DataFrame, ar
     print("\n| pooled out-of-fold AUC [patient bootstrap 95 % CI] | plain | mammobench | mammobench - plain (paired) |")
     print("|---|---|---|---|")
     paired = oof.groupby("repeat")["arm"].transform("nunique") == len(ARMS)  # repeats with both arms' predictions
-    print(f"(pooled over fold seeds {sorted(args.fold_seed + r for r in oof.loc[paired, 'repeat'].unique())}: both arms' "
+    print(f"(pooled over fold seeds {sorted(args.fold_seed + int(r) for r in oof.loc[paired, 'repeat'].unique())}: both arms' "
           "predictions kept)")
     for level, (rows, units) in screening_levels(oof[paired], frame).items():
         if rows.empty:
