@@ -278,11 +278,11 @@ def report_whole(cells: pd.DataFrame, oof: pd.DataFrame, frame: pd.DataFrame, ar
     summary["difference"] = {"mean": d.mean, "ci": d.ci, "p": d.p, "n": d.n}
     print(f"\nmammobench - plain, per cell: {d.mean:+.3f} [{d.ci[0]:+.3f}, {d.ci[1]:+.3f}] (corrected resampled t-test, "
           f"p = {d.p:.3f}, {d.n} paired cells; mammobench ahead in {int((cells['mammobench'] > cells['plain']).sum())})")
-    print("\n| pooled out-of-fold AUC [patient bootstrap 95 % CI] | plain | mammobench | mammobench - plain (paired) |")
-    print("|---|---|---|---|")
     paired = oof.groupby("repeat")["arm"].transform("nunique") == len(ARMS)  # repeats with both arms' predictions
-    print(f"(pooled over fold seeds {sorted(args.fold_seed + int(r) for r in oof.loc[paired, 'repeat'].unique())}: both arms' "
-          "predictions kept)")
+    print(f"\npooled over fold seeds {sorted(args.fold_seed + int(r) for r in oof.loc[paired, 'repeat'].unique())} (both "
+          "arms' predictions kept):")
+    print("| pooled out-of-fold AUC [patient bootstrap 95 % CI] | plain | mammobench | mammobench - plain (paired) |")
+    print("|---|---|---|---|")
     for level, (rows, units) in screening_levels(oof[paired], frame).items():
         if rows.empty:
             continue
