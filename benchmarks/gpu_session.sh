@@ -14,12 +14,12 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 if [ "${1:-}" = "wheels" ]; then
-  # pydantic and its parts are all mammobench imports that a stock PyTorch + timm + Lightning image lacks for these
-  # benchmarks (pydicom too, for a header read on a path that meets a DICOM); the versions are this environment's,
-  # the wheels for the GPU machine's Python (3.12 by default).
+  # pydantic and its parts (with a typing_extensions new enough for it) are all mammobench imports that a stock
+  # PyTorch + timm + Lightning image lacks for these benchmarks (pydicom too, for a header read on a path that meets
+  # a DICOM); the versions are this environment's, the wheels for the GPU machine's Python (3.12 by default).
   py=${PYTHON:-.venv/bin/python}
   pins=$("$py" -m pip list --format=freeze 2>/dev/null \
-    | grep -iE '^(pydantic|pydantic[-_]core|annotated[-_]types|typing[-_]inspection|pydicom)==')
+    | grep -iE '^(pydantic|pydantic[-_]core|annotated[-_]types|typing[-_]inspection|typing[-_]extensions|pydicom)==')
   [ -n "$pins" ] || { echo "no pydantic in $py's environment: install the project first (make install)"; exit 1; }
   mkdir -p .whl
   # shellcheck disable=SC2086
