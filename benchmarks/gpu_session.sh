@@ -32,13 +32,14 @@ fi
 
 out=${2:-${OUT:-/tmp/mammobench_gpu}}
 mkdir -p "$out"
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/mammobench_site \
+py=${PYTHON:-python3}
+if ! "$py" -c "import pydantic, pydicom" 2>/dev/null; then  # a stock PyTorch image: the wheels from `wheels`
+  ls .whl/*.whl >/dev/null 2>&1 || { echo "$py lacks pydantic/pydicom and .whl/ is empty: run '$0 wheels' first"; exit 1; }
+  "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/mammobench_site \
     .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/mammobench_site
 fi
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
-py=${PYTHON:-python3}
 device=${DEVICE:-cuda}
 if [ -n "${SMALL:-}" ]; then  # toy sizes: checks the script, measures nothing
   big=128x96; vit=64; batch=2; vbatch=2; steps="--steps 1 --warmup 1"; train="--models resnet18 --size 64 --n 32 --batch 8"
