@@ -61,6 +61,7 @@ from mammobench.data.prepare import CacheOptions, SplitOptions, prepare  # noqa:
 from mammobench.data.preprocess import PreprocessSettings, context_box  # noqa: E402
 from mammobench.data.sources import SourceOptions  # noqa: E402
 from mammobench.data.splits import split_kfold  # noqa: E402
+from mammobench.evaluation.breakdowns import aggregate_levels  # noqa: E402
 from mammobench.evaluation.evaluate import evaluate  # noqa: E402
 from mammobench.evaluation.metrics import PatientBootstrap, safe_auc  # noqa: E402
 from mammobench.experiments.stats import DIFFERENCE_RANGE, METRIC_RANGE, corrected_mean  # noqa: E402
@@ -145,7 +146,9 @@ def reference_folds(table: pd.DataFrame, folds: int, seed: int) -> np.ndarray:
 
 
 # Runs the reference script itself (runpy, as ``python script ...`` would: the same code, arguments and output) and
-# then writes the out-of-fold probabilities it leaves in its ``oof`` array, one row per row of its labels table.
+# then writes the out-of-fold probabilities it leaves in its ``oof`` array, one row per row of its labels table
+# (../shared/tools/rsna_plain_reference.py: ``rows = list(csv.DictReader(...))`` line 22, ``oof = np.full(len(y), ...)``
+# line 28, ``oof[te] = p`` line 48).
 KEEP_PREDICTIONS = """
 import csv, runpy, sys
 script, out = sys.argv[1], sys.argv[2]
@@ -241,21 +244,27 @@ def whole(args: argparse.Namespace) -> None:
 
 def screening_levels(oof: pd.DataFrame, frame: pd.DataFrame) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
     """The out-of-fold rows (``sample_id``, ``label``, ``prob_MALIGNANT``, ``arm``, ``repeat``) at each level screening
-    is measured, each with its units' women: per image; per breast, the mean of its images (the breast from
-    ``prepare``: laterality, or the chest wall's side on an export without it); per woman, her highest image."""
-    def level(rows: pd.DataFrame, unit: str, how: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-        out = rows.assign(unit=rows[unit]).groupby(["arm", "repeat", "unit"], as_index=False).agg(
-            label=("label", lambda s: "MALIGNANT" if (s == "MALIGNANT").any() else "NORMAL"),
-            prob_MALIGNANT=("prob_MALIGNANT", how), patient_id=("patient_id", "first"))
-        return (out.drop(columns="patient_id").rename(columns={"unit": "sample_id"}),
-                out[["unit", "patient_id"]].drop_duplicates("unit").rename(columns={"unit": "sample_id"}))
-
-    rows = oof.merge(frame[["sample_id", "breast_id"]], on="sample_id", how="left")
-    levels = {"image": (oof, frame[["sample_id", "patient_id"]]), "woman (her highest image)": level(rows, "patient_id", "max")}
-    breasts = rows[rows["breast_id"].fillna("").astype(str) != ""]
-    if len(breasts) == len(rows):
-        levels["breast (the mean of its images)"] = level(breasts, "breast_id", "mean")
-    return levels
+    is measured, each with its units' women, combined by ``evaluate``'s own rule (``aggregate_levels``): per image;
+    per breast, the mean of its images (the breast from ``prepare``: laterality, or the chest wall's side on an export
+    without it); per woman, her highest image."""
+    labels = ["MALIGNANT", "NORMAL"]
+    manifest = frame.drop(columns=["label"], errors="ignore")
+    levels: dict[str, tuple[list[pd.DataFrame], list[pd.DataFrame]]] = {}
+    for (arm, r), rows in oof.groupby(["arm", "repeat"]):
+        rows = rows[["sample_id", "label", "prob_MALIGNANT"]].merge(manifest, on="sample_id")
+        probs = np.stack([rows["prob_MALIGNANT"], 1 - rows["prob_MALIGNANT"]], axis=1)
+        for how, level, name in (("mean", "breast", "breast (the mean of its images)"),
+                                 ("max", "patient", "woman (her highest image)")):
+            combined, _ = aggregate_levels(rows, probs, labels, "MALIGNANT", how=how)
+            if level in combined:  # no breast level where the rows say no breast
+                units, p = combined[level]
+                scored = units[["sample_id", "label"]].assign(prob_MALIGNANT=p[:, 0], arm=arm, repeat=r)
+                levels.setdefault(name, ([], []))[0].append(scored)
+                levels[name][1].append(units[["sample_id", "patient_id"]])
+    out = {"image": (oof, frame[["sample_id", "patient_id"]])}
+    for name, (scored, units) in levels.items():
+        out[name] = (pd.concat(scored, ignore_index=True), pd.concat(units).drop_duplicates("sample_id"))
+    return out
 
 
 def report_whole(cells: pd.DataFrame, oof: pd.DataFrame, frame: pd.DataFrame, args: argparse.Namespace,
