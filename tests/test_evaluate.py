@@ -273,3 +273,28 @@ def test_breast_and_patient_levels_equal_the_group_by_group_definition(how, labe
             assert (row["sample_id"], row["patient_id"], row["dataset"], row["n_images"]) == (
                 name, rows["patient_id"].iloc[idx[0]], rows["dataset"].iloc[idx[0]], len(idx))
             assert row["label"] == worst_label(rows["label"].iloc[idx].tolist(), labels, positive)
+
+
+def test_the_levels_say_when_a_womans_number_of_images_gives_her_label_away():
+    """The woman level by her highest image favours women with more images: evaluate names a count that predicts the
+    label (the RSNA Kaggle export: every woman with two or three images has cancer), and says nothing otherwise."""
+    import numpy as np
+    import pandas as pd
+
+    from mammobench.evaluation.breakdowns import aggregate_levels
+
+    def rows(counts: dict[str, list[int]]) -> pd.DataFrame:
+        out = []
+        for label, sizes in counts.items():
+            for n in sizes:
+                woman = f"W{len(out)}"
+                out += [{"sample_id": f"{woman}-{i}", "dataset": "csv", "patient_id": woman, "label": label,
+                         "laterality": "LR"[i % 2]} for i in range(n)]
+        return pd.DataFrame(out)
+
+    labels = ["NORMAL", "MALIGNANT"]
+    leaky, fair = rows({"MALIGNANT": [2] * 12, "NORMAL": [4] * 12}), rows({"MALIGNANT": [2, 4] * 6, "NORMAL": [4, 2] * 6})
+    _, said = aggregate_levels(leaky, np.full((len(leaky), 2), 0.5), labels, "MALIGNANT", how="max")
+    assert [n for n in said["_notes"] if "images per woman predicts MALIGNANT (AUC 1.00 over 24 women" in n]
+    _, said = aggregate_levels(fair, np.full((len(fair), 2), 0.5), labels, "MALIGNANT", how="max")
+    assert not [n for n in said["_notes"] if n.startswith("shortcut")]

@@ -23,6 +23,7 @@ from mammobench.data.preprocess import (
     looks_inverted,
     preprocess_with_geometry,
 )
+from mammobench.data.summary import count_shortcuts
 
 from .conftest import SHARED, fake_mammogram, requires_shared
 
@@ -179,3 +180,52 @@ def test_a_table_someone_else_wrote_is_read_with_its_own_column_names(tmp_path):
     # without --image-dir the paths start from the table's folder: every image is missing, and that is said
     result = CliRunner().invoke(app, [*args[:5], *args[7:], "--no-cache"], env={"COLUMNS": "200"})
     assert result.exit_code != 0 and "none of the 8 images exist" in " ".join(result.output.split())
+
+
+def _women(counts_malignant: list[int], counts_normal: list[int]) -> pd.DataFrame:
+    rows = []
+    for label, counts in (("MALIGNANT", counts_malignant), ("NORMAL", counts_normal)):
+        for n in counts:
+            woman = f"{label[0]}{len(rows)}"
+            rows += [{"dataset": "csv", "patient_id": woman, "label": label}] * n
+    return pd.DataFrame(rows)
+
+
+def test_a_count_of_images_that_tells_the_label_is_named_and_an_honest_one_is_not():
+    # the export's pattern: women with cancer kept two images (one breast), the others four
+    notes = count_shortcuts(_women([2] * 15 + [4] * 3, [4] * 20 + [5] * 2), "MALIGNANT")
+    assert len(notes) == 1 and "images per woman predicts MALIGNANT (AUC 0.9" in notes[0]
+    assert "2: 15 of 15, 4: 3 of 23, 5: 0 of 2)" in notes[0]
+    (longer,) = count_shortcuts(_women([2] * 15 + [4] * 3, [4] * 20 + [5, 6, 7]), "MALIGNANT")
+    assert "2: 15 of 15, 4: 3 of 23, 5: 0 of 1, 6+: 0 of 2)" in longer
+    assert count_shortcuts(_women([2, 4] * 10, [4, 2] * 10), "MALIGNANT") == []
+    assert count_shortcuts(_women([2] * 5, [4] * 20), "MALIGNANT") == [], "five women cannot say"
+    assert count_shortcuts(_women([2] * 15, [4] * 20), None) == []
+
+
+def test_prepare_says_when_the_number_of_a_womans_images_gives_her_label_away(tmp_path):
+    rows = []
+    (tmp_path / "images").mkdir()
+    for w in range(24):
+        for i in range(2 if w < 12 else 4):
+            side = "L" if w < 12 else "LR"[i % 2]  # the women with cancer: both views of one breast, as in the export
+            _export(tmp_path / "images" / f"{w}_{i}.jpg", fake_mammogram(160, 160, side=side, seed=w * 5 + i))
+            rows.append({"path": f"images/{w}_{i}.jpg", "patient_id": f"W{w}", "label": "1" if w < 12 else "0",
+                         "image_type": "full"})
+    pd.DataFrame(rows).to_csv(tmp_path / "table.csv", index=False)
+    result = prepare("csv", tmp_path / "table.csv", tmp_path / "prepared", mode="full", labels="1=MALIGNANT,0=NORMAL",
+                     preprocess=PreprocessSettings(size=32), cache=CacheOptions(workers=1, preview=False),
+                     split=SplitOptions(kind="kfold", folds=3))
+    said = [n for n in result.notes if n.startswith("shortcut:")]
+    assert len(said) == 1 and "per woman predicts MALIGNANT (AUC 1.00 over 24 women" in said[0]
+    assert "shortcut: the number of images per woman" in (tmp_path / "prepared" / "summary.md").read_text()
+    assert result.frame["breast_id"].nunique() == 36, "per breast the count says nothing (two images each): no note"
+
+
+@requires_shared
+def test_the_real_export_gives_cancer_away_by_the_number_of_a_womans_images():
+    """The trap docs/recipe.md states: in the RSNA Kaggle export every woman with two or three images has cancer."""
+    table = pd.read_csv(RSNA / "labels.csv").assign(dataset="csv")
+    table["label"] = table["cancer"].map({1: "MALIGNANT", 0: "NORMAL"})
+    (note,) = count_shortcuts(table, "MALIGNANT")
+    assert "(AUC 0.94 over 327 women; MALIGNANT women by their number of images: 2: 106 of 106, 3: 37 of 37" in note

@@ -40,7 +40,7 @@ from mammobench.data.preprocess import PreprocessSettings
 from mammobench.data.sources import SourceOptions, check_options, load_source
 from mammobench.data.sources.base import Skipped
 from mammobench.data.splits import SplitReport, check_no_leakage, split_kfold, split_official, split_random
-from mammobench.data.summary import count_table, majority_accuracy, preview_grid
+from mammobench.data.summary import count_shortcuts, count_table, majority_accuracy, preview_grid
 from mammobench.data.views import breast_key, breasts_from_chest_wall, normalise_view
 from mammobench.runtime import (
     MammobenchError,
@@ -269,6 +269,8 @@ def prepare(
         raise MammobenchError(f"no readable image left in {records.root} ({len(records.skipped)} skipped; every one "
                               f"with its reason in {where})")
     frame, split_report = _split(records, split)
+    if mode == "full":
+        records.notes.extend(count_shortcuts(frame, positive_label(order_labels(frame["label"]))))
     info = _manifest_info(dataset, mode, frame, records, split_report)
     manifest_path = write_manifest(frame, out, info)
     _write_skipped(out / "skipped.csv", records.skipped)

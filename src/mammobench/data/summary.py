@@ -49,6 +49,53 @@ def majority_accuracy(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values("split", key=lambda s: s.map(_split_order)).reset_index(drop=True)
 
 
+def count_shortcuts(frame: pd.DataFrame, positive: str | None, *, strength: float = 0.75, min_each: int = 10) -> list[str]:
+    """Notes where the number of images a woman (or a breast) has predicts the label: a shortcut of the dataset.
+
+    Exports that keep only some of a woman's images can tell the label by their count alone: in the RSNA 2023 Kaggle
+    export of ``../shared`` every woman with two or three images has cancer, and the count predicts an image's label
+    with an AUC of 0.93. A single-image model cannot see it; an exam or two-view model whose missing views are
+    padded can, and so can the woman level of ``evaluate`` (her highest image: more images, a higher maximum).
+
+    Args:
+        frame: manifest rows (``dataset``, ``patient_id``, ``label``; ``breast_id`` where known).
+        positive: the class scored (``MALIGNANT``); nothing is checked without one.
+        strength: the AUC (or 1 - AUC) of the count from which a note is written.
+        min_each: the fewest women (breasts) of each outcome for a note: fewer cannot say.
+
+    Returns:
+        One note per level where the count predicts the label (``[]`` where it does not).
+    """
+    from sklearn.metrics import roc_auc_score
+
+    if positive is None or frame.empty:
+        return []
+    levels = {"woman": patient_key(frame)}
+    if "breast_id" in frame.columns and frame["breast_id"].astype(str).str.strip().ne("").all():
+        levels["breast"] = frame["breast_id"].astype(str)
+    notes = []
+    for level, keys in levels.items():
+        plural = {"woman": "women", "breast": "breasts"}[level]
+        units = frame.assign(_key=keys.to_numpy(), _pos=frame["label"] == positive).groupby("_key")["_pos"].agg(["any", "size"])
+        counts = units["any"].value_counts()
+        if counts.get(True, 0) < min_each or counts.get(False, 0) < min_each:
+            continue
+        auc = float(roc_auc_score(units["any"], units["size"]))
+        if max(auc, 1 - auc) < strength:
+            continue
+        sizes = sorted(units["size"].unique())
+        bins = units["size"].clip(upper=sizes[min(3, len(sizes) - 1)])
+        shares = ", ".join(f"{n}{'+' if n == bins.max() and n < sizes[-1] else ''}: {int(g.sum())} of {len(g)}"
+                           for n, g in units["any"].groupby(bins))
+        notes.append(
+            f"shortcut: the number of images per {level} predicts {positive} (AUC {max(auc, 1 - auc):.2f} over "
+            f"{len(units):,} {plural}; {positive} {plural} by their number of images: {shares}). A model or a score "
+            f"that can count a {level}'s images (an exam or two-view model with missing views filled in, the woman "
+            f"level by her highest image) can learn the count, not the images: compare at the image and breast level"
+        )
+    return notes
+
+
 def _split_order(name: str) -> tuple[int, int]:
     """train, val, test, then fold0, fold1, ... fold10 in numeric order."""
     fixed = {"train": 0, "val": 1, "test": 2}

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from mammobench.data.manifest import patient_key
+from mammobench.data.summary import count_shortcuts
 from mammobench.evaluation.metrics import (
     SUBGROUP_METRICS,
     UndefinedMetricWarning,
@@ -176,6 +177,8 @@ def aggregate_levels(rows: pd.DataFrame, probs: np.ndarray, labels: list[str], p
             keys["breast"] = breast_ids(rows)
         except ViewError as exc:
             tables["_notes"].append(f"no breast level: {exc}")
+        # a count that gives the label away biases the levels formed by counting images (the woman's highest image)
+        tables["_notes"].extend(count_shortcuts(rows, positive))
     keys["patient"] = patient_key(rows)
     present = rows["label"].astype(str).to_numpy(dtype=object)
     for level, key in keys.items():
