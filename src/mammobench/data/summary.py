@@ -91,8 +91,8 @@ def count_shortcuts(frame: pd.DataFrame, positive: str | None, *, strength: floa
             f"shortcut: the number of images per {level} predicts {positive} (AUC {max(auc, 1 - auc):.2f} over "
             f"{len(units):,} {plural}; {positive} {plural} by their number of images: {shares}). A model or a score "
             f"that can count a {level}'s images (an exam or two-view model with missing views filled in, the woman "
-            f"level by her highest image) can learn the count, not the images: compare at the image{' and breast' if level == 'woman' else ''} "
-            f"level"
+            f"level by her highest image) can learn the count, not the images: compare at the "
+            f"{'image and breast levels' if level == 'woman' else 'image level'}"
         )
     return notes
 
