@@ -50,6 +50,24 @@ def test_gem_pooling_is_the_generalised_mean_and_only_where_timm_pools_adaptivel
         create_model("test_vit", num_classes=2, pretrained="none", global_pool="gem")
 
 
+def test_gem_pooling_starts_from_weights_trained_with_average_pooling(tmp_path):
+    """ImageNet files hold no GeM ``p``: model.global_pool=gem on them failed with "1 missing (global_pool.pool.p)"
+    (docs/studies/whole.yaml's pool_gem cells). The new p starts at 3; a GeM run's own weights give back their p."""
+    src, _ = create_model("test_efficientnet", num_classes=2, pretrained="none")
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(tmp_path / "avg.safetensors"))
+    model, report = create_model("test_efficientnet", num_classes=2, pretrained=str(tmp_path / "avg.safetensors"),
+                                 global_pool="gem")
+    assert report.new_pool == ["global_pool.pool.p"] and float(model.global_pool.pool.p) == 3.0
+    assert "new pooling: global_pool.pool.p" in report.summary()
+    assert torch.equal(model.conv_stem.weight, src.conv_stem.weight), "the rest is the file's"
+    with torch.no_grad():
+        model.global_pool.pool.p.fill_(2.5)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "gem.safetensors"))
+    again, report = create_model("test_efficientnet", num_classes=2, pretrained=str(tmp_path / "gem.safetensors"),
+                                 global_pool="gem")
+    assert report.new_pool == [] and float(again.global_pool.pool.p) == 2.5
+
+
 def test_vit_blocks_are_transformer_blocks():
     model, _ = create_model("test_vit", num_classes=2)
     plan = parameter_plan(model)

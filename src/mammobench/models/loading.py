@@ -46,6 +46,8 @@ class LoadReport:
         static_padding: the input side the convolutions' "same" padding was fixed for (``models.padding``).
         entry: the checkpoint entry the weights came from (``state_dict_ema``: the EMA weights; ``model``).
         global_pool: the pooling the weights' authors used, when it is not timm's default (``max``).
+        new_pool: pooling parameters the file does not hold, left at their start (GeM's ``p`` = 3, when
+            ``model.global_pool=gem`` meets weights trained with another pooling).
     """
 
     source: str
@@ -61,6 +63,7 @@ class LoadReport:
     static_padding: int | None = None
     entry: str | None = None
     global_pool: str | None = None
+    new_pool: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         if self.source == "none":
@@ -75,6 +78,8 @@ class LoadReport:
             parts.append(f"adapted: {', '.join(self.adapted)}")
         if self.reinitialised:
             parts.append(f"new head: {', '.join(self.reinitialised)}")
+        if self.new_pool:
+            parts.append(f"new pooling: {', '.join(self.new_pool)} (GeM, p = 3 at the start)")
         return "; ".join(parts)
 
     def provenance(self) -> WeightsProvenance:
@@ -201,10 +206,13 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], report: LoadRep
                     report.reinitialised.append(key)
             elif key in own and key not in state:  # a file without a head (an encoder): the new head stays
                 report.reinitialised.append(key)
+    # GeM pooling (model.global_pool=gem) on weights trained with another pooling: its p is new, starting at 3
+    report.new_pool = [k for k in own if k.endswith("global_pool.pool.p") and k not in state]
     mismatched = [f"{k} {tuple(v.shape)} != {tuple(own[k].shape)}" for k, v in state.items()
                   if k in own and v.shape != own[k].shape]
     # BatchNorm's step counter is absent from many exported files and unused in eval and training.
-    missing = [k for k in own if k not in state and k not in report.reinitialised and not k.endswith("num_batches_tracked")]
+    missing = [k for k in own if k not in state and k not in report.reinitialised + report.new_pool
+               and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in own]
     if mismatched or missing or unexpected:
         problems = []
