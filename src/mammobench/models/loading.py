@@ -211,8 +211,8 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], report: LoadRep
     mismatched = [f"{k} {tuple(v.shape)} != {tuple(own[k].shape)}" for k, v in state.items()
                   if k in own and v.shape != own[k].shape]
     # BatchNorm's step counter is absent from many exported files and unused in eval and training.
-    missing = [k for k in own if k not in state and k not in report.reinitialised + report.new_pool
-               and not k.endswith("num_batches_tracked")]
+    new = {*report.reinitialised, *report.new_pool}
+    missing = [k for k in own if k not in state and k not in new and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in own]
     if mismatched or missing or unexpected:
         problems = []
